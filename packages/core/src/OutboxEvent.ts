@@ -1,0 +1,119 @@
+/**
+ * The outbox event model: what a producer publishes, what the relay claims,
+ * and the statuses a row moves through.
+ *
+ * @since 0.1.0
+ */
+import * as Schema from "effect/Schema"
+
+/**
+ * The lifecycle of an outbox row.
+ *
+ * - `PENDING`: waiting to be claimed (the column default, so plain-SQL inserts start here).
+ * - `PROCESSING`: claimed under a lease (`locked_until`, `lock_token`).
+ * - `COMPLETED`: delivered.
+ * - `FAILED`: an attempt failed; claimable again once its backoff (`available_at`) passes.
+ * - `DEAD_LETTER`: retries exhausted or a permanent failure; never claimed again.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export const EventStatus = Schema.Literals(["PENDING", "PROCESSING", "COMPLETED", "FAILED", "DEAD_LETTER"])
+
+/**
+ * @category models
+ * @since 0.1.0
+ */
+export type EventStatus = typeof EventStatus.Type
+
+/**
+ * What a producer passes to `Outbox.publish`.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface EventInput {
+  readonly aggregateType: string
+  readonly aggregateId: string
+  readonly eventType: string
+  readonly payload: unknown
+  readonly metadata?: Readonly<Record<string, unknown>> | undefined
+  /** Overrides the row's `max_retries` (default from config, then the column default 5). */
+  readonly maxRetries?: number | undefined
+}
+
+/**
+ * An event that passed validation: its payload and metadata are already
+ * serialised to JSON text, so the store writes exactly what was checked.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface ValidEvent {
+  readonly aggregateType: string
+  readonly aggregateId: string
+  readonly eventType: string
+  readonly payloadJson: string
+  readonly metadataJson: string
+  readonly maxRetries: number | undefined
+}
+
+/**
+ * The identity of a published row.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface PublishedEvent {
+  readonly id: bigint
+  readonly trackingId: string
+  readonly createdAt: Date
+}
+
+/**
+ * The fencing identity of one claim of one row. Every transition after the
+ * claim (renew, complete, retry, dead-letter, release) must present it; a row
+ * re-claimed by someone else carries another `lockToken`, so a stale holder
+ * changes nothing and gets `LeaseLost`.
+ *
+ * `createdAt` is carried so that updates can prune to the right partition.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Lease {
+  readonly id: bigint
+  readonly createdAt: Date
+  readonly lockToken: bigint
+}
+
+/**
+ * A claimed event, as handed to a sink.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface OutboxEvent extends Lease {
+  readonly trackingId: string
+  readonly aggregateType: string
+  readonly aggregateId: string
+  readonly eventType: string
+  readonly payload: unknown
+  readonly metadata: Readonly<Record<string, unknown>>
+  /** Failed attempts so far (0 on first delivery). */
+  readonly retryCount: number
+  readonly maxRetries: number
+  readonly lockedUntil: Date
+}
+
+/**
+ * Extracts the fencing identity of an event.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const leaseOf = (event: Lease): Lease => ({
+  id: event.id,
+  createdAt: event.createdAt,
+  lockToken: event.lockToken
+})

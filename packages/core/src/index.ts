@@ -1,0 +1,11 @@
+/**
+ * @since 0.1.0
+ */
+export * as Inbox from "./Inbox.ts"
+export * as Outbox from "./Outbox.ts"
+export * as OutboxConfig from "./OutboxConfig.ts"
+export * as OutboxError from "./OutboxError.ts"
+export * as OutboxEvent from "./OutboxEvent.ts"
+export * as OutboxSink from "./OutboxSink.ts"
+export * as OutboxStore from "./OutboxStore.ts"
+export * as RetryPolicy from "./RetryPolicy.ts"

@@ -1,0 +1,127 @@
+/**
+ * The outbox schema, applied by the library through `effect/sql`'s
+ * `Migrator` (tracked in `outbox_migrations`).
+ *
+ * - `outbox`: partitioned by `RANGE (created_at)` from day 0, one partition
+ *   per UTC day (`outbox_pYYYYMMDD`) created for today and the next days at
+ *   migration time, plus `outbox_default` as a backstop so an insert never
+ *   fails for lack of a partition. Maintenance and retention come with the
+ *   partition manager.
+ * - Partial indexes keep the claim an index scan over claimable rows only
+ *   (`status IN ('PENDING','FAILED')`) and the reaper a scan over leased rows.
+ * - `outbox_lock_token_seq`: a fresh fencing token per claim.
+ * - `outbox_inbox`: the idempotency store, keyed by `(consumer, tracking_id)`.
+ *
+ * Plain-SQL producers only need `aggregate_type`, `aggregate_id`,
+ * `event_type` and `payload`; every other column has a default.
+ *
+ * @since 0.1.0
+ */
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Migrator from "effect/sql/Migrator"
+import * as SqlClient from "effect/sql/SqlClient"
+import type * as SqlError from "effect/sql/SqlError"
+
+/**
+ * How many days ahead (after today) the first migration creates partitions for.
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const initialPremakeDays = 3
+
+const createOutbox = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  // one statement per call: the extended protocol refuses several commands in one
+  const statements = [
+    `CREATE SEQUENCE outbox_lock_token_seq`,
+    `CREATE TABLE outbox (
+        id             bigserial    NOT NULL,
+        tracking_id    uuid         NOT NULL DEFAULT gen_random_uuid(),
+        aggregate_type text         NOT NULL,
+        aggregate_id   text         NOT NULL,
+        event_type     text         NOT NULL,
+        payload        jsonb        NOT NULL,
+        metadata       jsonb        NOT NULL DEFAULT '{}'::jsonb,
+        status         text         NOT NULL DEFAULT 'PENDING'
+                       CHECK (status IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED', 'DEAD_LETTER')),
+        retry_count    integer      NOT NULL DEFAULT 0,
+        max_retries    integer      NOT NULL DEFAULT 5 CHECK (max_retries >= 0),
+        created_at     timestamptz  NOT NULL DEFAULT now(),
+        processed_at   timestamptz,
+        available_at   timestamptz,
+        locked_until   timestamptz,
+        lock_token     bigint,
+        last_error     text,
+        PRIMARY KEY (id, created_at)
+      ) PARTITION BY RANGE (created_at)`,
+    `COMMENT ON COLUMN outbox.available_at IS 'NULL or a time: a FAILED row is claimable again once it passes (backoff)'`,
+    `CREATE INDEX outbox_claimable_idx ON outbox (id) WHERE status IN ('PENDING', 'FAILED')`,
+    `      CREATE INDEX outbox_leased_idx ON outbox (locked_until) WHERE status = 'PROCESSING'`,
+    `CREATE TABLE outbox_default PARTITION OF outbox DEFAULT`,
+    `-- Creates the daily partitions [from_day, from_day + days] (UTC days) that
+      -- do not exist yet. A day whose rows already sit in the DEFAULT partition
+      -- is skipped with a notice (moving them is the partition manager's job).
+      CREATE FUNCTION outbox_ensure_daily_partitions(from_day date, days integer)
+      RETURNS integer LANGUAGE plpgsql AS $fn$
+      DECLARE
+        d date;
+        part_name text;
+        lower_bound timestamptz;
+        upper_bound timestamptz;
+        created integer := 0;
+      BEGIN
+        FOR i IN 0..days LOOP
+          d := from_day + i;
+          part_name := 'outbox_p' || to_char(d, 'YYYYMMDD');
+          lower_bound := d::timestamp AT TIME ZONE 'UTC';
+          upper_bound := (d + 1)::timestamp AT TIME ZONE 'UTC';
+          CONTINUE WHEN to_regclass(format('%I', part_name)) IS NOT NULL;
+          IF EXISTS (SELECT 1 FROM outbox_default WHERE created_at >= lower_bound AND created_at < upper_bound) THEN
+            RAISE NOTICE 'outbox: rows for % sit in outbox_default; partition % not created', d, part_name;
+            CONTINUE;
+          END IF;
+          EXECUTE format('CREATE TABLE %I PARTITION OF outbox FOR VALUES FROM (%L) TO (%L)', part_name, lower_bound, upper_bound);
+          created := created + 1;
+        END LOOP;
+        RETURN created;
+      END
+      $fn$`,
+    `CREATE TABLE outbox_inbox (
+        consumer     text        NOT NULL,
+        tracking_id  text        NOT NULL,
+        processed_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (consumer, tracking_id)
+      )`
+  ]
+  for (const statement of statements) yield* sql.unsafe(statement)
+  yield* sql`SELECT outbox_ensure_daily_partitions((now() AT TIME ZONE 'UTC')::date, ${initialPremakeDays})`
+})
+
+/**
+ * The migrations, by name.
+ *
+ * @category migrations
+ * @since 0.1.0
+ */
+export const loader = Migrator.fromRecord({
+  "0001_create_outbox": createOutbox
+})
+
+/**
+ * Runs the outbox migrations (idempotent; already applied ones are skipped).
+ *
+ * @category migrations
+ * @since 0.1.0
+ */
+export const run = Migrator.make({})({ loader, table: "outbox_migrations" })
+
+/**
+ * A layer that runs the migrations when built.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layer: Layer.Layer<never, Migrator.MigrationError | SqlError.SqlError, SqlClient.SqlClient> =
+  Layer.effectDiscard(run)

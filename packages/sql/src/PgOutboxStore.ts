@@ -1,0 +1,317 @@
+/**
+ * The PostgreSQL implementation of `OutboxStore`.
+ *
+ * **Claiming**: one statement claims a batch with `FOR UPDATE SKIP LOCKED`
+ * over the partial index of claimable rows, stamps one fresh `lock_token`
+ * (from `outbox_lock_token_seq`) and a lease (`locked_until`), and returns the
+ * rows in id order.
+ *
+ * **Fencing**: every later transition matches `lock_token` (and
+ * `status = 'PROCESSING'`); leases that do not match are reported as
+ * `LeaseLost` and nothing is changed for them. Batched transitions
+ * (complete, renew, release) are one statement per lock token.
+ *
+ * **Time**: with `timeSource: "database"` (the default, for production) every
+ * timestamp the store compares or writes comes from the database clock
+ * (`now()`), so relays on several hosts agree whatever their clocks say. With
+ * `timeSource: "clock"` the same statements receive Effect's `Clock` time as a
+ * parameter instead, which makes lease expiry, heartbeats, reaping and backoff
+ * on real PostgreSQL controllable with `TestClock`. The statements are the
+ * same; only the source of "now" differs. `created_at` always comes from the
+ * database default (it decides the partition).
+ *
+ * @since 0.1.0
+ */
+import { LeaseLost, StoreError } from "@outbox/core/OutboxError"
+import type { EventStatus, Lease, OutboxEvent, PublishedEvent, ValidEvent } from "@outbox/core/OutboxEvent"
+import { type EventRecord, OutboxStore, type Publisher } from "@outbox/core/OutboxStore"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as SqlClient from "effect/sql/SqlClient"
+import type * as SqlError from "effect/sql/SqlError"
+import type { Fragment } from "effect/sql/Statement"
+import * as OutboxMigrations from "./OutboxMigrations.ts"
+import { fromSqlError, mapSqlError } from "./internal/storeError.ts"
+
+/**
+ * Where "now" comes from: the database clock (production) or Effect's
+ * `Clock` (deterministic tests with `TestClock`).
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export type TimeSource = "database" | "clock"
+
+/**
+ * @category models
+ * @since 0.1.0
+ */
+export interface Options {
+  readonly timeSource?: TimeSource | undefined
+}
+
+interface ClaimedRow {
+  readonly id: bigint
+  readonly tracking_id: string
+  readonly aggregate_type: string
+  readonly aggregate_id: string
+  readonly event_type: string
+  readonly payload: unknown
+  readonly metadata: Record<string, unknown>
+  readonly retry_count: number
+  readonly max_retries: number
+  readonly created_at: Date
+  readonly locked_until: Date
+  readonly lock_token: bigint
+}
+
+interface FullRow extends Omit<ClaimedRow, "locked_until" | "lock_token"> {
+  readonly status: EventStatus
+  readonly processed_at: Date | null
+  readonly available_at: Date | null
+  readonly locked_until: Date | null
+  readonly lock_token: bigint | null
+  readonly last_error: string | null
+}
+
+class TransactionBodyFailure<E> {
+  readonly error: E
+  constructor(error: E) {
+    this.error = error
+  }
+}
+
+const bigintArray = (ids: ReadonlyArray<bigint>): string => `{${ids.join(",")}}`
+
+/** Groups leases by lock token, with the created_at window that prunes partitions. */
+const groupByToken = (leases: ReadonlyArray<Lease>) => {
+  const groups = new Map<bigint, { ids: Array<bigint>; min: number; max: number }>()
+  for (const lease of leases) {
+    const t = lease.createdAt.getTime()
+    const group = groups.get(lease.lockToken)
+    if (group === undefined) groups.set(lease.lockToken, { ids: [lease.id], min: t, max: t })
+    else {
+      group.ids.push(lease.id)
+      if (t < group.min) group.min = t
+      if (t > group.max) group.max = t
+    }
+  }
+  // JavaScript dates keep milliseconds, PostgreSQL microseconds: widen by 1 ms each side.
+  return Array.from(groups, ([token, g]) => ({
+    token,
+    ids: g.ids,
+    from: new Date(g.min - 1),
+    to: new Date(g.max + 1)
+  }))
+}
+
+/**
+ * Builds the store. Does not run migrations (see `layer`).
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const make = Effect.fnUntraced(function*(options: Options = {}) {
+  const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+  const timeSource = options.timeSource ?? "database"
+
+  const now: Effect.Effect<Fragment> = timeSource === "database"
+    ? Effect.succeed(sql.literal("now()"))
+    : Effect.map(Clock.currentTimeMillis, (ms) => sql`${new Date(ms).toISOString()}::timestamptz`)
+  const plus = (base: Fragment, duration: Duration.Duration): Fragment =>
+    sql`(${base} + ${Duration.toMillis(duration)} * interval '1 millisecond')`
+
+  const publish: Publisher = (events: ReadonlyArray<ValidEvent>) => {
+    const rows = events.map((e) =>
+      sql`(${e.aggregateType}, ${e.aggregateId}, ${e.eventType}, ${e.payloadJson}::jsonb, ${e.metadataJson}::jsonb, ${
+        e.maxRetries ?? sql.literal("DEFAULT")
+      })`
+    )
+    return sql<{ id: bigint; tracking_id: string; created_at: Date }>`
+      INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, metadata, max_retries)
+      VALUES ${sql.csv(rows)}
+      RETURNING id, tracking_id, created_at`.pipe(
+      Effect.map((inserted): ReadonlyArray<PublishedEvent> =>
+        inserted.map((r) => ({ id: r.id, trackingId: r.tracking_id, createdAt: r.created_at }))
+      ),
+      mapSqlError("publish")
+    )
+  }
+
+  const withTransaction = <A, E, R>(f: (publish: Publisher) => Effect.Effect<A, E, R>) =>
+    sql.withTransaction(Effect.mapError(f(publish), (e) => new TransactionBodyFailure(e))).pipe(
+      Effect.catch((e: TransactionBodyFailure<E> | SqlError.SqlError) =>
+        Effect.fail(e instanceof TransactionBodyFailure ? e.error : fromSqlError("transaction")(e))
+      )
+    ) as Effect.Effect<A, E | StoreError, R>
+
+  const toEvent = (r: ClaimedRow): OutboxEvent => ({
+    id: r.id,
+    trackingId: r.tracking_id,
+    aggregateType: r.aggregate_type,
+    aggregateId: r.aggregate_id,
+    eventType: r.event_type,
+    payload: r.payload,
+    metadata: r.metadata,
+    retryCount: r.retry_count,
+    maxRetries: r.max_retries,
+    createdAt: r.created_at,
+    lockedUntil: r.locked_until,
+    lockToken: r.lock_token
+  })
+
+  const claim = Effect.fnUntraced(function*(options: { readonly limit: number; readonly leaseDuration: Duration.Duration }) {
+    const ts = yield* now
+    const rows = yield* sql<ClaimedRow>`
+      WITH token AS (SELECT nextval('outbox_lock_token_seq') AS lock_token),
+      candidates AS (
+        SELECT id, created_at FROM outbox
+        WHERE status IN ('PENDING', 'FAILED') AND (available_at IS NULL OR available_at <= ${ts})
+        ORDER BY id
+        LIMIT ${options.limit}
+        FOR UPDATE SKIP LOCKED
+      ),
+      claimed AS (
+        UPDATE outbox o
+        SET status = 'PROCESSING', lock_token = token.lock_token, locked_until = ${plus(ts, options.leaseDuration)}
+        FROM candidates c, token
+        WHERE o.id = c.id AND o.created_at = c.created_at
+        RETURNING o.id, o.tracking_id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.metadata,
+                  o.retry_count, o.max_retries, o.created_at, o.locked_until, o.lock_token
+      )
+      SELECT * FROM claimed ORDER BY id`.pipe(mapSqlError("claim"))
+    return rows.map(toEvent)
+  })
+
+  /** Runs a fenced batch transition, one statement per lock token; reports fenced leases. */
+  const fenced = (
+    operation: LeaseLost["operation"],
+    leases: ReadonlyArray<Lease>,
+    set: (ts: Fragment) => Fragment
+  ): Effect.Effect<void, LeaseLost | StoreError> =>
+    leases.length === 0 ? Effect.void : Effect.flatMap(now, (ts) =>
+      Effect.forEach(groupByToken(leases), (group) =>
+        sql<{ id: bigint }>`
+          UPDATE outbox SET ${set(ts)}
+          WHERE id = ANY(${bigintArray(group.ids)}::bigint[])
+            AND created_at >= ${group.from} AND created_at < ${group.to}
+            AND lock_token = ${group.token} AND status = 'PROCESSING'
+          RETURNING id`.pipe(
+          mapSqlError(operation),
+          Effect.flatMap((updated) => {
+            if (updated.length === group.ids.length) return Effect.void
+            const done = new Set(updated.map((r) => r.id))
+            return Effect.fail(
+              new LeaseLost({ operation, lockToken: group.token, eventIds: group.ids.filter((id) => !done.has(id)) })
+            )
+          })
+        ), { discard: true }))
+
+  const renew = (leases: ReadonlyArray<Lease>, leaseDuration: Duration.Duration) =>
+    fenced("renew", leases, (ts) => sql`locked_until = ${plus(ts, leaseDuration)}`)
+
+  const complete = (leases: ReadonlyArray<Lease>) =>
+    fenced(
+      "complete",
+      leases,
+      (ts) => sql`status = 'COMPLETED', processed_at = ${ts}, locked_until = NULL, lock_token = NULL`
+    )
+
+  const retry = (lease: Lease, options: { readonly error: string; readonly delay: Duration.Duration }) =>
+    fenced(
+      "retry",
+      [lease],
+      (ts) =>
+        sql`status = 'FAILED', retry_count = retry_count + 1, last_error = ${options.error},
+            available_at = ${plus(ts, options.delay)}, locked_until = NULL, lock_token = NULL`
+    )
+
+  const deadLetter = (lease: Lease, options: { readonly error: string }) =>
+    fenced(
+      "deadLetter",
+      [lease],
+      (ts) =>
+        sql`status = 'DEAD_LETTER', retry_count = retry_count + 1, last_error = ${options.error},
+            processed_at = ${ts}, locked_until = NULL, lock_token = NULL`
+    )
+
+  const release = (leases: ReadonlyArray<Lease>) =>
+    fenced("release", leases, () => sql`status = 'PENDING', locked_until = NULL, lock_token = NULL`)
+
+  const reap = Effect.flatMap(now, (ts) =>
+    sql<{ id: bigint }>`
+      WITH expired AS (
+        SELECT id, created_at FROM outbox
+        WHERE status = 'PROCESSING' AND locked_until < ${ts}
+        ORDER BY id
+        FOR UPDATE SKIP LOCKED
+      )
+      UPDATE outbox o
+      SET status = 'PENDING', locked_until = NULL, lock_token = NULL,
+          last_error = 'lease expired at ' || to_char(o.locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') || ' and was reaped'
+      FROM expired e
+      WHERE o.id = e.id AND o.created_at = e.created_at
+      RETURNING o.id`.pipe(
+      Effect.map((rows) => rows.map((r) => r.id)),
+      mapSqlError("reap")
+    ))
+
+  const get = (id: bigint) =>
+    sql<FullRow>`SELECT * FROM outbox WHERE id = ${id}`.pipe(
+      Effect.map((rows): Option.Option<EventRecord> => {
+        const r = rows[0]
+        if (r === undefined) return Option.none()
+        return Option.some({
+          id: r.id,
+          trackingId: r.tracking_id,
+          aggregateType: r.aggregate_type,
+          aggregateId: r.aggregate_id,
+          eventType: r.event_type,
+          payload: r.payload,
+          metadata: r.metadata,
+          status: r.status,
+          retryCount: r.retry_count,
+          maxRetries: r.max_retries,
+          createdAt: r.created_at,
+          processedAt: r.processed_at,
+          availableAt: r.available_at,
+          lockedUntil: r.locked_until,
+          lockToken: r.lock_token,
+          lastError: r.last_error
+        })
+      }),
+      mapSqlError("get")
+    )
+
+  return OutboxStore.of({ withTransaction, claim, renew, complete, retry, deadLetter, release, reap, get })
+})
+
+/**
+ * The store, without running migrations (for deployments where the schema
+ * is applied separately, e.g. `npx outbox migrate`).
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerWithoutMigrations = (options: Options = {}): Layer.Layer<OutboxStore, never, SqlClient.SqlClient> =>
+  Layer.effect(OutboxStore, make(options))
+
+/**
+ * The store; runs the outbox migrations first.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layer = (options: Options = {}): Layer.Layer<OutboxStore, StoreError, SqlClient.SqlClient> =>
+  Layer.effect(
+    OutboxStore,
+    Effect.andThen(
+      OutboxMigrations.run.pipe(
+        Effect.mapError((e) => new StoreError({ operation: "migrate", message: `migration failed: ${e.message}`, retryable: false, cause: e }))
+      ),
+      make(options)
+    )
+  )

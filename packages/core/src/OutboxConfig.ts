@@ -112,14 +112,15 @@ export const layer = (options: Partial<Options> = {}): Layer.Layer<OutboxConfig>
 
 /**
  * Provides `OutboxConfig` from the environment (see the module header);
- * `overrides` supplies what the environment cannot, such as policies.
+ * `overrides` supplies what the environment cannot, such as policies, and
+ * wins over the environment for the fields it sets.
  * Fails with a `ConfigError` naming the variable on a bad value.
  *
  * @category layers
  * @since 0.1.0
  */
 export const layerConfig = (
-  overrides: Partial<Pick<Options, "retryPolicy" | "deadLetterPolicy">> = {}
+  overrides: Partial<Options> = {}
 ): Layer.Layer<OutboxConfig, Config.ConfigError> =>
   settingsLayer.pipe(
     Layer.provideMerge(Layer.effect(

@@ -1,0 +1,77 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as Outbox from "@outbox/core/Outbox"
+import type { OutboxStore } from "@outbox/core/OutboxStore"
+import * as Effect from "effect/Effect"
+
+const settings: Outbox.PublishSettings = { maxPayloadBytes: 64, maxRetries: 5 }
+const base = { aggregateType: "Order", aggregateId: "o-1", eventType: "OrderCreated", payload: { ok: true } }
+
+const reasonOf = (input: unknown) =>
+  Effect.map(Effect.flip(Outbox.validate(input as Outbox.PublishSettings & typeof base, settings)), (e) => [e.reason, e.field])
+
+describe("Outbox.validate", () => {
+  it.effect("accepts a well-formed event and serialises it once", () =>
+    Effect.gen(function*() {
+      const valid = yield* Outbox.validate({ ...base, metadata: { source: "api" } }, settings)
+      assert.strictEqual(valid.payloadJson, "{\"ok\":true}")
+      assert.strictEqual(valid.metadataJson, "{\"source\":\"api\"}")
+      assert.strictEqual(valid.maxRetries, 5)
+    }))
+
+  it.effect("refuses missing or empty fields", () =>
+    Effect.gen(function*() {
+      assert.deepStrictEqual(yield* reasonOf({ ...base, eventType: "" }), ["MissingField", "eventType"])
+      assert.deepStrictEqual(yield* reasonOf({ ...base, aggregateType: "  " }), ["MissingField", "aggregateType"])
+      assert.deepStrictEqual(yield* reasonOf({ ...base, aggregateId: undefined }), ["MissingField", "aggregateId"])
+      assert.deepStrictEqual(yield* reasonOf(null), ["MissingField", "event"])
+    }))
+
+  it.effect("refuses what JSON would drop or mangle silently, and what jsonb cannot store", () =>
+    Effect.gen(function*() {
+      const circular: Record<string, unknown> = {}
+      circular.self = circular
+      for (
+        const payload of [
+          { n: 10n },
+          circular,
+          { f: () => 1 },
+          { x: Number.NaN },
+          { m: new Map([["a", 1]]) },
+          [1, undefined],
+          "nul\u0000byte",
+          undefined,
+          Symbol("s")
+        ]
+      ) {
+        assert.deepStrictEqual(yield* reasonOf({ ...base, payload }), ["NotSerializable", "payload"])
+      }
+      assert.deepStrictEqual(yield* reasonOf({ ...base, metadata: { n: 1n } }), ["NotSerializable", "metadata"])
+      // what JSON represents faithfully is fine
+      yield* Outbox.validate({ ...base, payload: { at: new Date(0), list: [1, "a", null] } }, { ...settings, maxPayloadBytes: 1000 })
+    }))
+
+  it.effect("refuses an oversized payload, measured in UTF-8 bytes", () =>
+    Effect.gen(function*() {
+      // 30 two-byte characters + quotes = 62 bytes: fits; 32 → 66 bytes: too large
+      yield* Outbox.validate({ ...base, payload: "é".repeat(30) }, settings)
+      const error = yield* Effect.flip(Outbox.validate({ ...base, payload: "é".repeat(32) }, settings))
+      assert.strictEqual(error.reason, "PayloadTooLarge")
+      assert.include(error.message, "66 bytes")
+    }))
+
+  it.effect("refuses a negative maxRetries", () =>
+    Effect.gen(function*() {
+      assert.deepStrictEqual(yield* reasonOf({ ...base, maxRetries: -1 }), ["InvalidMaxRetries", "maxRetries"])
+    }))
+})
+
+describe("Outbox.publish", () => {
+  it("does not compile outside Outbox.transaction (checked by tsc over the tests)", () => {
+    const program = Outbox.publish(base)
+    // @ts-expect-error OutboxTransaction is required, and only Outbox.transaction provides it
+    const outside: Effect.Effect<unknown, unknown, never> = program
+    const inside: Effect.Effect<unknown, unknown, OutboxStore> = Outbox.transaction(program)
+    assert.isTrue(Effect.isEffect(outside))
+    assert.isTrue(Effect.isEffect(inside))
+  })
+})

@@ -1,0 +1,60 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as OutboxConfig from "@outbox/core/OutboxConfig"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+
+const load = (env: Record<string, string>) =>
+  Effect.gen(function*() {
+    return yield* OutboxConfig.OutboxConfig
+  }).pipe(
+    Effect.provide(OutboxConfig.layerConfig().pipe(
+      Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env })))
+    ))
+  )
+
+describe("OutboxConfig", () => {
+  it.effect("defaults", () =>
+    Effect.gen(function*() {
+      const config = yield* load({})
+      assert.strictEqual(config.batchSize, 100)
+      assert.strictEqual(Duration.toMillis(config.leaseDuration), 30_000)
+      assert.strictEqual(Duration.toMillis(config.pollInterval), 1000)
+      assert.strictEqual(config.maxRetries, 5)
+      assert.strictEqual(config.concurrency, 1)
+    }))
+
+  it.effect("reads the environment", () =>
+    Effect.gen(function*() {
+      const config = yield* load({
+        OUTBOX_BATCH_SIZE: "250",
+        OUTBOX_LEASE_SECONDS: "12",
+        OUTBOX_POLL_INTERVAL_MS: "40",
+        OUTBOX_MAX_RETRIES: "0",
+        OUTBOX_CONCURRENCY: "3"
+      })
+      assert.strictEqual(config.batchSize, 250)
+      assert.strictEqual(Duration.toMillis(config.leaseDuration), 12_000)
+      assert.strictEqual(Duration.toMillis(config.pollInterval), 40)
+      assert.strictEqual(config.maxRetries, 0)
+      assert.strictEqual(config.concurrency, 3)
+    }))
+
+  for (
+    const [name, value] of [
+      ["OUTBOX_BATCH_SIZE", "lots"],
+      ["OUTBOX_BATCH_SIZE", "0"],
+      ["OUTBOX_LEASE_SECONDS", "-5"],
+      ["OUTBOX_POLL_INTERVAL_MS", "1.5"],
+      ["OUTBOX_MAX_RETRIES", "-1"],
+      ["OUTBOX_CONCURRENCY", "two"]
+    ] as const
+  ) {
+    it.effect(`a bad ${name}=${value} fails at start naming the variable`, () =>
+      Effect.gen(function*() {
+        const error = yield* Effect.flip(load({ [name]: value }))
+        assert.include(String(error), name)
+      }))
+  }
+})

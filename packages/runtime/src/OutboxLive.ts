@@ -1,0 +1,69 @@
+/**
+ * The whole outbox in one layer: configuration from the environment, the
+ * PostgreSQL store (migrations applied at start) and the relay's fiber tree.
+ *
+ * Provide it with a `SqlClient` (e.g. `PgClient.layerConfig`, or
+ * `OutboxLive.layerPg` which reads `DATABASE_URL`) and an `OutboxSink`:
+ *
+ * ```ts
+ * const AppLive = OutboxLive.layer().pipe(
+ *   Layer.provide(OutboxSink.layerHandler((event) => Effect.log(event.eventType))),
+ *   Layer.provideMerge(OutboxLive.layerPg)
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
+import * as OutboxConfig from "@outbox/core/OutboxConfig"
+import type { StoreError } from "@outbox/core/OutboxError"
+import type { OutboxSink } from "@outbox/core/OutboxSink"
+import type { OutboxStore } from "@outbox/core/OutboxStore"
+import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
+import { PgClient } from "@effect/sql-pg"
+import * as Config from "effect/Config"
+import * as Layer from "effect/Layer"
+import type * as SqlClient from "effect/sql/SqlClient"
+import type * as SqlError from "effect/sql/SqlError"
+import * as Relay from "./Relay.ts"
+
+/**
+ * Options of `layer`.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Options {
+  /** Overrides of the environment configuration (policies, or any field). */
+  readonly config?: Partial<OutboxConfig.Options> | undefined
+  readonly store?: PgOutboxStore.Options | undefined
+}
+
+/**
+ * Store + relay + configuration (environment first, then `options.config`).
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<
+  Relay.Relay | OutboxStore | OutboxConfig.OutboxConfig,
+  StoreError | Config.ConfigError,
+  SqlClient.SqlClient | OutboxSink
+> =>
+  Relay.layer.pipe(
+    Layer.provideMerge(PgOutboxStore.layer(options.store)),
+    Layer.provideMerge(OutboxConfig.layerConfig(options.config))
+  )
+
+/**
+ * A PostgreSQL client from `DATABASE_URL` (and `OUTBOX_PG_POOL_MAX`, default 10).
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerPg: Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, Config.ConfigError | SqlError.SqlError> = PgClient
+  .layerConfig({
+    url: Config.Redacted("DATABASE_URL"),
+    maxConnections: Config.Int("OUTBOX_PG_POOL_MAX").pipe(Config.withDefault(10))
+  })

@@ -1,0 +1,5 @@
+/**
+ * @since 0.1.0
+ */
+export * as OutboxLive from "./OutboxLive.ts"
+export * as Relay from "./Relay.ts"

@@ -1,0 +1,80 @@
+/**
+ * The PostgreSQL idempotency store (inbox), table `outbox_inbox`, keyed by
+ * `(consumer, tracking_id)`.
+ *
+ * `process` inserts the key first, inside the transaction that runs the
+ * consumer's effect: a concurrent redelivery of the same event blocks on the
+ * key until the first transaction ends, then sees the conflict and skips; a
+ * failed effect rolls back the key together with the effect's own writes.
+ * Put the consumer's database writes on the same `SqlClient` so they share
+ * the transaction.
+ *
+ * @since 0.1.0
+ */
+import { Inbox, type ProcessResult } from "@outbox/core/Inbox"
+import type { StoreError } from "@outbox/core/OutboxError"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as SqlClient from "effect/sql/SqlClient"
+import type * as SqlError from "effect/sql/SqlError"
+import { fromSqlError, mapSqlError } from "./internal/storeError.ts"
+
+class BodyFailure<E> {
+  readonly error: E
+  constructor(error: E) {
+    this.error = error
+  }
+}
+
+/**
+ * Builds the inbox over the current `SqlClient`. The table is created by
+ * the outbox migrations.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const make = Effect.gen(function*() {
+  const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+
+  const insertKey = (consumer: string, trackingId: string) =>
+    sql<{ inserted: number }>`
+      INSERT INTO outbox_inbox (consumer, tracking_id) VALUES (${consumer}, ${trackingId})
+      ON CONFLICT (consumer, tracking_id) DO NOTHING
+      RETURNING 1 AS inserted`.pipe(Effect.map((rows) => rows.length > 0))
+
+  const isProcessed = (consumer: string, trackingId: string) =>
+    sql`SELECT 1 FROM outbox_inbox WHERE consumer = ${consumer} AND tracking_id = ${trackingId}`.pipe(
+      Effect.map((rows) => rows.length > 0),
+      mapSqlError("inbox.isProcessed")
+    )
+
+  const markProcessed = (consumer: string, trackingId: string) =>
+    insertKey(consumer, trackingId).pipe(mapSqlError("inbox.markProcessed"))
+
+  const process = <A, E, R>(
+    consumer: string,
+    trackingId: string,
+    effect: Effect.Effect<A, E, R>
+  ): Effect.Effect<ProcessResult<A>, E | StoreError, R> =>
+    sql.withTransaction(
+      Effect.flatMap(
+        insertKey(consumer, trackingId),
+        (fresh): Effect.Effect<ProcessResult<A>, BodyFailure<E>, R> =>
+          fresh
+            ? Effect.map(Effect.mapError(effect, (e) => new BodyFailure(e)), (value) => ({ _tag: "Processed", value }))
+            : Effect.succeed({ _tag: "Duplicate" })
+      )
+    ).pipe(
+      Effect.catch((e: BodyFailure<E> | SqlError.SqlError) =>
+        Effect.fail(e instanceof BodyFailure ? e.error : fromSqlError("inbox.process")(e))
+      )
+    )
+
+  return Inbox.of({ isProcessed, markProcessed, process })
+})
+
+/**
+ * @category layers
+ * @since 0.1.0
+ */
+export const layer: Layer.Layer<Inbox, never, SqlClient.SqlClient> = Layer.effect(Inbox, make)

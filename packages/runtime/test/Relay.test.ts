@@ -1,0 +1,234 @@
+import { assert, describe, it, layer } from "@effect/vitest"
+import * as Outbox from "@outbox/core/Outbox"
+import * as OutboxConfig from "@outbox/core/OutboxConfig"
+import { DeliveryError } from "@outbox/core/OutboxError"
+import { leaseOf, type OutboxEvent } from "@outbox/core/OutboxEvent"
+import * as OutboxSink from "@outbox/core/OutboxSink"
+import { OutboxStore } from "@outbox/core/OutboxStore"
+import * as RetryPolicy from "@outbox/core/RetryPolicy"
+import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
+import * as MemoryOutboxStore from "@outbox/testing/MemoryOutboxStore"
+import { advance, advanceUntil, eventually } from "@outbox/testing/RelayTestKit"
+import * as TestDatabase from "@outbox/testing/TestDatabase"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import * as SqlClient from "effect/sql/SqlClient"
+import * as Relay from "../src/Relay.ts"
+
+// Each test gets an empty store: a new memory store, or the PostgreSQL store
+// (driven by Effect's Clock, i.e. TestClock) over a truncated outbox.
+const stores = [
+  { name: "memory store", layer: MemoryOutboxStore.layer },
+  {
+    name: "PostgreSQL store",
+    layer: Layer.effect(
+      OutboxStore,
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`TRUNCATE outbox`
+        return yield* PgOutboxStore.make({ timeSource: "clock" })
+      })
+    ).pipe(Layer.orDie)
+  }
+] as const
+
+const startRelay = <E>(
+  handler: (event: OutboxEvent) => Effect.Effect<void, E>,
+  config: Partial<OutboxConfig.Options> = {}
+) =>
+  Effect.gen(function*() {
+    const scope = yield* Scope.make()
+    const context = yield* Layer.buildWithScope(
+      Relay.layer.pipe(
+        Layer.provide(OutboxSink.layerHandler(handler)),
+        Layer.provide(OutboxConfig.layer({ leaseDuration: Duration.seconds(30), pollInterval: Duration.millis(100), ...config }))
+      ),
+      scope
+    )
+    return { scope, relay: Context.get(context, Relay.Relay) }
+  })
+
+const publishEvents = (...eventTypes: ReadonlyArray<string>) =>
+  Outbox.transaction(
+    Outbox.publishAll(eventTypes.map((eventType, i) => ({
+      aggregateType: "Order",
+      aggregateId: `order-${i}`,
+      eventType,
+      payload: { n: i }
+    })))
+  )
+
+const statusOf = (id: bigint) =>
+  Effect.flatMap(Effect.service(OutboxStore), (store) =>
+    Effect.map(store.get(id), (row) => Option.getOrThrow(row)))
+
+/** A retry policy without jitter, so the progression can be asserted exactly. */
+const doubling: RetryPolicy.Policy = Schedule.exponential("1 second").pipe(Schedule.setInputType<RetryPolicy.FailedAttempt>())
+
+layer(TestDatabase.layer, { timeout: "60 seconds" })("Relay under TestClock", (it) => {
+  for (const store of stores) {
+    describe(store.name, () => {
+      it.effect("heartbeat keeps the lease of a long handler; it is delivered once", () =>
+        Effect.gen(function*() {
+          const release = yield* Deferred.make<void>()
+          const deliveries = yield* Ref.make(0)
+          const [event] = yield* publishEvents("OrderCreated")
+          const { relay, scope } = yield* startRelay(() =>
+            Effect.andThen(Ref.update(deliveries, (n) => n + 1), Deferred.await(release))
+          )
+          yield* advanceUntil(Effect.map(Ref.get(deliveries), (n) => n === 1))
+          const before = yield* statusOf(event!.id)
+          assert.strictEqual(before.status, "PROCESSING")
+
+          // four lease lengths pass while the handler runs
+          yield* advance("120 seconds", "5 seconds")
+          const during = yield* statusOf(event!.id)
+          assert.strictEqual(during.status, "PROCESSING")
+          assert.strictEqual(during.lockToken, before.lockToken)
+          assert.isTrue(during.lockedUntil!.getTime() >= before.lockedUntil!.getTime() + 90_000)
+          assert.strictEqual((yield* relay.stats).reaped, 0)
+
+          yield* Deferred.succeed(release, undefined)
+          yield* eventually(Effect.map(statusOf(event!.id), (r) => r.status === "COMPLETED"))
+          assert.strictEqual(yield* Ref.get(deliveries), 1)
+          yield* Scope.close(scope, Exit.void)
+        }).pipe(Effect.provide(store.layer)))
+
+      it.effect("a stopped worker's lease is reaped after expiry and redelivered; its late complete is fenced", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxStore
+          const deliveredAt = yield* Ref.make<Array<number>>([])
+          const [event] = yield* publishEvents("OrderCreated")
+          // a worker claims the event and then stops (crashed: no heartbeat, no complete)
+          const stale = yield* outbox.claim({ limit: 10, leaseDuration: Duration.seconds(30) })
+          assert.strictEqual(stale.length, 1)
+
+          const { relay, scope } = yield* startRelay(() =>
+            Effect.flatMap(Clock.currentTimeMillis, (now) => Ref.update(deliveredAt, (a) => [...a, now]))
+          )
+          yield* advance("29 seconds")
+          assert.deepStrictEqual(yield* Ref.get(deliveredAt), [])
+          assert.strictEqual((yield* statusOf(event!.id)).status, "PROCESSING")
+
+          yield* advanceUntil(Effect.map(Ref.get(deliveredAt), (a) => a.length === 1), { step: "1 second" })
+          assert.isAtLeast((yield* Ref.get(deliveredAt))[0]!, 30_000)
+          yield* eventually(Effect.map(statusOf(event!.id), (r) => r.status === "COMPLETED"))
+          assert.strictEqual((yield* relay.stats).reaped, 1)
+
+          const late = yield* Effect.flip(outbox.complete([leaseOf(stale[0]!)]))
+          assert.strictEqual(late._tag, "LeaseLost")
+          if (late._tag === "LeaseLost") assert.deepStrictEqual(late.eventIds, [event!.id])
+          assert.strictEqual((yield* statusOf(event!.id)).status, "COMPLETED")
+          yield* Scope.close(scope, Exit.void)
+        }).pipe(Effect.provide(store.layer)))
+
+      it.effect("failed attempts back off by the retry policy, then dead-letter after max retries", () =>
+        Effect.gen(function*() {
+          const attempts = yield* Ref.make<Array<number>>([])
+          const [event] = yield* Outbox.transaction(Outbox.publishAll([{
+            aggregateType: "Order",
+            aggregateId: "o-1",
+            eventType: "OrderCreated",
+            payload: {},
+            maxRetries: 3
+          }]))
+          const { relay, scope } = yield* startRelay(
+            () =>
+              Effect.flatMap(Clock.currentTimeMillis, (now) =>
+                Effect.andThen(
+                  Ref.update(attempts, (a) => [...a, now]),
+                  Effect.fail(new Error("downstream unavailable"))
+                )),
+            { retryPolicy: doubling }
+          )
+          yield* advanceUntil(Effect.map(Ref.get(attempts), (a) => a.length === 1))
+          yield* eventually(Effect.map(statusOf(event!.id), (r) => r.status === "FAILED"))
+          const failed = yield* statusOf(event!.id)
+          assert.strictEqual(failed.retryCount, 1)
+          assert.strictEqual(failed.lastError, "downstream unavailable")
+          assert.isNull(failed.lockToken)
+
+          yield* advanceUntil(Effect.map(statusOf(event!.id), (r) => r.status === "DEAD_LETTER"), { max: "1 minute" })
+          const times = yield* Ref.get(attempts)
+          // 1 attempt + 3 retries, 1 s, 2 s and 4 s apart (plus at most a poll interval and a step)
+          assert.strictEqual(times.length, 4)
+          const gaps = times.slice(1).map((t, i) => t - times[i]!)
+          for (const [i, expected] of [1000, 2000, 4000].entries()) {
+            assert.isAtLeast(gaps[i]!, expected)
+            assert.isAtMost(gaps[i]!, expected + 300)
+          }
+          const dead = yield* statusOf(event!.id)
+          assert.strictEqual(dead.retryCount, 4)
+          const stats = yield* relay.stats
+          assert.strictEqual(stats.retried, 3)
+          assert.strictEqual(stats.deadLettered, 1)
+          // nothing more happens to a dead letter
+          yield* advance("1 minute", "5 seconds")
+          assert.strictEqual((yield* Ref.get(attempts)).length, 4)
+          yield* Scope.close(scope, Exit.void)
+        }).pipe(Effect.provide(store.layer)))
+
+      it.effect("a poison event is dead-lettered at once and does not block the others", () =>
+        Effect.gen(function*() {
+          const delivered = yield* Ref.make<Array<string>>([])
+          const [poison, good1, good2] = yield* publishEvents("Poison", "OrderCreated", "OrderCreated")
+          const { scope } = yield* startRelay((event) =>
+            event.eventType === "Poison"
+              ? Effect.fail(DeliveryError.permanent("cannot parse payload"))
+              : Ref.update(delivered, (a) => [...a, event.trackingId])
+          )
+          yield* advanceUntil(Effect.map(Ref.get(delivered), (a) => a.length === 2))
+          yield* eventually(Effect.map(statusOf(poison!.id), (r) => r.status === "DEAD_LETTER"))
+          const dead = yield* statusOf(poison!.id)
+          assert.strictEqual(dead.retryCount, 1)
+          assert.strictEqual(dead.lastError, "cannot parse payload")
+          assert.deepStrictEqual(yield* Ref.get(delivered), [good1!.trackingId, good2!.trackingId])
+          yield* Scope.close(scope, Exit.void)
+        }).pipe(Effect.provide(store.layer)))
+
+      it.effect("graceful shutdown: stops claiming, lets in-flight finish within the deadline, releases the rest", () =>
+        Effect.gen(function*() {
+          const gate = yield* Deferred.make<void>()
+          const started = yield* Ref.make<Array<bigint>>([])
+          const [e1, e2, e3] = yield* publishEvents("A", "B", "C")
+          const { relay, scope } = yield* startRelay(
+            (event) =>
+              Effect.andThen(
+                Ref.update(started, (a) => [...a, event.id]),
+                event.eventType === "A" ? Deferred.await(gate) : Effect.never
+              ),
+            { batchSize: 2, shutdownTimeout: Duration.seconds(5) }
+          )
+          yield* advanceUntil(Effect.map(Ref.get(started), (a) => a.length === 1))
+          const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void), { startImmediately: true })
+          // the first handler finishes after shutdown began; the second hangs past the deadline
+          yield* Deferred.succeed(gate, undefined)
+          yield* advanceUntil(Effect.map(Ref.get(started), (a) => a.length === 2))
+          yield* advance("6 seconds", "500 millis")
+          yield* Fiber.join(closing)
+
+          assert.strictEqual((yield* statusOf(e1!.id)).status, "COMPLETED")
+          const released = yield* statusOf(e2!.id)
+          assert.strictEqual(released.status, "PENDING")
+          assert.strictEqual(released.retryCount, 0)
+          assert.isNull(released.lockToken)
+          // the third event was never claimed: claiming stopped
+          assert.strictEqual((yield* statusOf(e3!.id)).status, "PENDING")
+          assert.deepStrictEqual(yield* Ref.get(started), [e1!.id, e2!.id])
+          const stats = yield* relay.stats
+          assert.strictEqual(stats.completed, 1)
+          assert.strictEqual(stats.released, 1)
+        }).pipe(Effect.provide(store.layer)))
+    })
+  }
+})

@@ -1,4 +1,4 @@
-import { assert, describe, it, layer } from "@effect/vitest"
+import { assert, describe, layer } from "@effect/vitest"
 import * as Outbox from "@outbox/core/Outbox"
 import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
@@ -41,10 +41,10 @@ const waitFor = (condition: Effect.Effect<boolean>, what: string) =>
 
 layer(
   Layer.provideMerge(PgOutboxStore.layer(), TestDatabase.layer),
-  { timeout: "120 seconds" }
+  { timeout: "120 seconds", excludeTestServices: true }
 )("crash", (it) => {
   describe("a relay killed with SIGKILL mid-batch", () => {
-    it.live("loses nothing: after restart every committed event is delivered", () =>
+    it.effect("loses nothing: after restart every committed event is delivered", () =>
       Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
         const { url } = yield* TestDatabase.TestDatabase

@@ -1,4 +1,4 @@
-import { assert, describe, it, layer } from "@effect/vitest"
+import { assert, describe, layer } from "@effect/vitest"
 import * as Outbox from "@outbox/core/Outbox"
 import * as OutboxConfig from "@outbox/core/OutboxConfig"
 import { DeliveryError } from "@outbox/core/OutboxError"
@@ -6,6 +6,7 @@ import { leaseOf, type OutboxEvent } from "@outbox/core/OutboxEvent"
 import * as OutboxSink from "@outbox/core/OutboxSink"
 import { OutboxStore } from "@outbox/core/OutboxStore"
 import * as RetryPolicy from "@outbox/core/RetryPolicy"
+import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
 import * as MemoryOutboxStore from "@outbox/testing/MemoryOutboxStore"
 import { advance, advanceUntil, eventually } from "@outbox/testing/RelayTestKit"
@@ -23,6 +24,7 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
+import { TestClock } from "effect/testing"
 import * as Relay from "../src/Relay.ts"
 
 // Each test gets an empty store: a new memory store, or the PostgreSQL store
@@ -75,7 +77,12 @@ const statusOf = (id: bigint) =>
 /** A retry policy without jitter, so the progression can be asserted exactly. */
 const doubling: RetryPolicy.Policy = Schedule.exponential("1 second").pipe(Schedule.setInputType<RetryPolicy.FailedAttempt>())
 
-layer(TestDatabase.layer, { timeout: "60 seconds" })("Relay under TestClock", (it) => {
+// The shared database is built outside the test services (its pool must not
+// wait on TestClock when it closes); each test runs under its own TestClock.
+layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.orDie), {
+  timeout: "60 seconds",
+  excludeTestServices: true
+})("Relay under TestClock", (it) => {
   for (const store of stores) {
     describe(store.name, () => {
       it.effect("heartbeat keeps the lease of a long handler; it is delivered once", () =>
@@ -102,7 +109,7 @@ layer(TestDatabase.layer, { timeout: "60 seconds" })("Relay under TestClock", (i
           yield* eventually(Effect.map(statusOf(event!.id), (r) => r.status === "COMPLETED"))
           assert.strictEqual(yield* Ref.get(deliveries), 1)
           yield* Scope.close(scope, Exit.void)
-        }).pipe(Effect.provide(store.layer)))
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
 
       it.effect("a stopped worker's lease is reaped after expiry and redelivered; its late complete is fenced", () =>
         Effect.gen(function*() {
@@ -130,7 +137,7 @@ layer(TestDatabase.layer, { timeout: "60 seconds" })("Relay under TestClock", (i
           if (late._tag === "LeaseLost") assert.deepStrictEqual(late.eventIds, [event!.id])
           assert.strictEqual((yield* statusOf(event!.id)).status, "COMPLETED")
           yield* Scope.close(scope, Exit.void)
-        }).pipe(Effect.provide(store.layer)))
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
 
       it.effect("failed attempts back off by the retry policy, then dead-letter after max retries", () =>
         Effect.gen(function*() {
@@ -176,7 +183,7 @@ layer(TestDatabase.layer, { timeout: "60 seconds" })("Relay under TestClock", (i
           yield* advance("1 minute", "5 seconds")
           assert.strictEqual((yield* Ref.get(attempts)).length, 4)
           yield* Scope.close(scope, Exit.void)
-        }).pipe(Effect.provide(store.layer)))
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
 
       it.effect("a poison event is dead-lettered at once and does not block the others", () =>
         Effect.gen(function*() {
@@ -194,7 +201,7 @@ layer(TestDatabase.layer, { timeout: "60 seconds" })("Relay under TestClock", (i
           assert.strictEqual(dead.lastError, "cannot parse payload")
           assert.deepStrictEqual(yield* Ref.get(delivered), [good1!.trackingId, good2!.trackingId])
           yield* Scope.close(scope, Exit.void)
-        }).pipe(Effect.provide(store.layer)))
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
 
       it.effect("graceful shutdown: stops claiming, lets in-flight finish within the deadline, releases the rest", () =>
         Effect.gen(function*() {
@@ -228,7 +235,7 @@ layer(TestDatabase.layer, { timeout: "60 seconds" })("Relay under TestClock", (i
           const stats = yield* relay.stats
           assert.strictEqual(stats.completed, 1)
           assert.strictEqual(stats.released, 1)
-        }).pipe(Effect.provide(store.layer)))
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
     })
   }
 })

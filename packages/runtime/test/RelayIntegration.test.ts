@@ -27,9 +27,9 @@ const waitUntil = (condition: Effect.Effect<boolean>, what: string) =>
     Effect.timeoutOrElse({ duration: "30 seconds", orElse: () => Effect.die(new Error(`timed out waiting for ${what}`)) })
   )
 
-layer(Layer.provideMerge(PgOutboxStore.layer(), TestDatabase.layer), { timeout: "60 seconds" })("relay on PostgreSQL", (it) => {
+layer(Layer.provideMerge(PgOutboxStore.layer(), TestDatabase.layer), { timeout: "60 seconds", excludeTestServices: true })("relay on PostgreSQL", (it) => {
   describe("delivery", () => {
-    it.live("concurrent workers of two relays never deliver one event to two handlers at once", () =>
+    it.effect("concurrent workers of two relays never deliver one event to two handlers at once", () =>
       Effect.gen(function*() {
         const total = 3000
         yield* Outbox.transaction(Outbox.publishAll(Array.from({ length: total }, (_, i) => ({
@@ -63,7 +63,7 @@ layer(Layer.provideMerge(PgOutboxStore.layer(), TestDatabase.layer), { timeout: 
         assert.strictEqual(row!.n, 0)
       }))
 
-    it.live("a rolled-back publish is never delivered; rows inserted with plain SQL are", () =>
+    it.effect("a rolled-back publish is never delivered; rows inserted with plain SQL are", () =>
       Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
         yield* sql`TRUNCATE outbox`

@@ -88,13 +88,13 @@ const bigintArray = (ids: ReadonlyArray<bigint>): string => `{${ids.join(",")}}`
 
 /** Groups leases by lock token, with the created_at window that prunes partitions. */
 const groupByToken = (leases: ReadonlyArray<Lease>) => {
-  const groups = new Map<bigint, { ids: Array<bigint>; min: number; max: number }>()
+  const groups = new Map<bigint, { ids: Set<bigint>; min: number; max: number }>()
   for (const lease of leases) {
     const t = lease.createdAt.getTime()
     const group = groups.get(lease.lockToken)
-    if (group === undefined) groups.set(lease.lockToken, { ids: [lease.id], min: t, max: t })
+    if (group === undefined) groups.set(lease.lockToken, { ids: new Set([lease.id]), min: t, max: t })
     else {
-      group.ids.push(lease.id)
+      group.ids.add(lease.id)
       if (t < group.min) group.min = t
       if (t > group.max) group.max = t
     }
@@ -102,7 +102,7 @@ const groupByToken = (leases: ReadonlyArray<Lease>) => {
   // JavaScript dates keep milliseconds, PostgreSQL microseconds: widen by 1 ms each side.
   return Array.from(groups, ([token, g]) => ({
     token,
-    ids: g.ids,
+    ids: Array.from(g.ids),
     from: new Date(g.min - 1),
     to: new Date(g.max + 1)
   }))
@@ -186,29 +186,33 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     return rows.map(toEvent)
   })
 
-  /** Runs a fenced batch transition, one statement per lock token; reports fenced leases. */
+  /**
+   * Runs a fenced batch transition, one statement per lock token. Every group
+   * is applied; the fenced leases of all groups are reported together.
+   */
   const fenced = (
     operation: LeaseLost["operation"],
     leases: ReadonlyArray<Lease>,
     set: (ts: Fragment) => Fragment
   ): Effect.Effect<void, LeaseLost | StoreError> =>
-    leases.length === 0 ? Effect.void : Effect.flatMap(now, (ts) =>
-      Effect.forEach(groupByToken(leases), (group) =>
-        sql<{ id: bigint }>`
+    leases.length === 0 ? Effect.void : Effect.gen(function*() {
+      const ts = yield* now
+      const lost: Array<bigint> = []
+      let lostToken: bigint | undefined
+      for (const group of groupByToken(leases)) {
+        const updated = yield* sql<{ id: bigint }>`
           UPDATE outbox SET ${set(ts)}
           WHERE id = ANY(${bigintArray(group.ids)}::bigint[])
             AND created_at >= ${group.from} AND created_at < ${group.to}
             AND lock_token = ${group.token} AND status = 'PROCESSING'
-          RETURNING id`.pipe(
-          mapSqlError(operation),
-          Effect.flatMap((updated) => {
-            if (updated.length === group.ids.length) return Effect.void
-            const done = new Set(updated.map((r) => r.id))
-            return Effect.fail(
-              new LeaseLost({ operation, lockToken: group.token, eventIds: group.ids.filter((id) => !done.has(id)) })
-            )
-          })
-        ), { discard: true }))
+          RETURNING id`.pipe(mapSqlError(operation))
+        if (updated.length === group.ids.length) continue
+        const done = new Set(updated.map((r) => r.id))
+        for (const id of group.ids) if (!done.has(id)) lost.push(id)
+        lostToken ??= group.token
+      }
+      if (lostToken !== undefined) return yield* new LeaseLost({ operation, lockToken: lostToken, eventIds: lost })
+    })
 
   const renew = (leases: ReadonlyArray<Lease>, leaseDuration: Duration.Duration) =>
     fenced("renew", leases, (ts) => sql`locked_until = ${plus(ts, leaseDuration)}`)

@@ -1,0 +1,359 @@
+/**
+ * An in-memory `OutboxStore` with the semantics of `PgOutboxStore`, for unit
+ * tests of producers and of the relay without a database.
+ *
+ * **Semantics** (the same contract suite runs against both stores):
+ *
+ * - `withTransaction` buffers what its body publishes; the rows become
+ *   visible, all at once, only when the body succeeds. A failed or
+ *   interrupted body publishes nothing and its error surfaces unchanged.
+ *   Nested transactions behave like savepoints: a failed inner body discards
+ *   only its own rows.
+ * - Ids are increasing `bigint`s handed out at publish time (like a
+ *   sequence: a rolled-back transaction leaves a gap). Tracking ids are
+ *   random UUIDs; `created_at` is the `Clock` time of the publish.
+ * - `claim` takes PENDING rows and FAILED rows whose backoff has passed,
+ *   oldest id first, stamps one fresh lock token per claim and a lease.
+ * - Every later transition is fenced by lock token and `PROCESSING` status;
+ *   leases that do not match are reported in `LeaseLost` and left unchanged,
+ *   and the other leases of the same call are applied.
+ * - `reap` returns every expired lease to PENDING.
+ *
+ * **Time**: every "now" comes from Effect's `Clock`, so `TestClock` drives
+ * leases, reaping and backoff.
+ *
+ * **Concurrency**: each operation reads the clock, then applies its change
+ * in one synchronous step, so concurrent fibers never see a half-applied
+ * change and a row is never handed to two claimers.
+ *
+ * @since 0.1.0
+ */
+import { LeaseLost, StoreError } from "@outbox/core/OutboxError"
+import type { EventStatus, Lease, OutboxEvent, PublishedEvent, ValidEvent } from "@outbox/core/OutboxEvent"
+import { type EventRecord, OutboxStore, type Publisher } from "@outbox/core/OutboxStore"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import { randomUUID } from "node:crypto"
+
+/** The column default of `max_retries`. */
+const defaultMaxRetries = 5
+
+interface Row {
+  readonly id: bigint
+  readonly trackingId: string
+  readonly aggregateType: string
+  readonly aggregateId: string
+  readonly eventType: string
+  /** Kept as JSON text and parsed on every read, so callers never share objects with the store. */
+  readonly payloadJson: string
+  readonly metadataJson: string
+  readonly maxRetries: number
+  readonly createdAt: number
+  status: EventStatus
+  retryCount: number
+  processedAt: number | null
+  availableAt: number | null
+  lockedUntil: number | null
+  lockToken: bigint | null
+  lastError: string | null
+}
+
+/** The rows published by one (possibly nested) transaction, not yet visible. */
+interface TransactionBuffer {
+  readonly rows: Array<Row>
+}
+
+/** The open transactions of the current fiber, innermost per store. */
+const OpenTransactions = Context.Reference<ReadonlyMap<symbol, TransactionBuffer>>(
+  "@outbox/testing/MemoryOutboxStore/OpenTransactions",
+  { defaultValue: () => new Map() }
+)
+
+const toDate = (ms: number | null): Date | null => ms === null ? null : new Date(ms)
+
+const toRecord = (row: Row): EventRecord => ({
+  id: row.id,
+  trackingId: row.trackingId,
+  aggregateType: row.aggregateType,
+  aggregateId: row.aggregateId,
+  eventType: row.eventType,
+  payload: JSON.parse(row.payloadJson),
+  metadata: JSON.parse(row.metadataJson),
+  status: row.status,
+  retryCount: row.retryCount,
+  maxRetries: row.maxRetries,
+  createdAt: new Date(row.createdAt),
+  processedAt: toDate(row.processedAt),
+  availableAt: toDate(row.availableAt),
+  lockedUntil: toDate(row.lockedUntil),
+  lockToken: row.lockToken,
+  lastError: row.lastError
+})
+
+const toEvent = (row: Row): OutboxEvent => ({
+  id: row.id,
+  trackingId: row.trackingId,
+  aggregateType: row.aggregateType,
+  aggregateId: row.aggregateId,
+  eventType: row.eventType,
+  payload: JSON.parse(row.payloadJson),
+  metadata: JSON.parse(row.metadataJson),
+  retryCount: row.retryCount,
+  maxRetries: row.maxRetries,
+  createdAt: new Date(row.createdAt),
+  lockedUntil: new Date(row.lockedUntil!),
+  lockToken: row.lockToken!
+})
+
+/** Groups leases by lock token, in first-seen order (the order `PgOutboxStore` runs its statements in). */
+const groupByToken = (leases: ReadonlyArray<Lease>) => {
+  const groups = new Map<bigint, Array<Lease>>()
+  for (const lease of leases) {
+    const group = groups.get(lease.lockToken)
+    if (group === undefined) groups.set(lease.lockToken, [lease])
+    else group.push(lease)
+  }
+  return groups
+}
+
+/**
+ * Builds an empty store. Each call gives an independent store.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const make: Effect.Effect<OutboxStore["Service"]> = Effect.sync(() => {
+  /** Visible rows; kept in id order (see `ordered`). */
+  let rows = new Map<bigint, Row>()
+  /** False once a row was made visible after a row with a higher id (a later commit of an earlier id). */
+  let inIdOrder = true
+  let lastVisibleId = 0n
+  let lastId = 0n
+  let lastToken = 0n
+  /** Identifies this store's transactions in `OpenTransactions`. */
+  const storeKey = Symbol("MemoryOutboxStore")
+
+  const makeVisible = (row: Row) => {
+    rows.set(row.id, row)
+    if (row.id < lastVisibleId) inIdOrder = false
+    else lastVisibleId = row.id
+  }
+
+  /** The visible rows in id order. */
+  const ordered = (): Iterable<Row> => {
+    if (!inIdOrder) {
+      rows = new Map(Array.from(rows).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      inIdOrder = true
+    }
+    return rows.values()
+  }
+
+  /**
+   * Writes into the innermost open transaction of this store in the current
+   * fiber, like the PostgreSQL publisher writes on the transaction's
+   * connection; outside any transaction the rows are visible at once (an
+   * autocommitted INSERT).
+   */
+  const publish: Publisher = (events: ReadonlyArray<ValidEvent>) =>
+    Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.flatMap(OpenTransactions, (open) =>
+        Effect.sync((): ReadonlyArray<PublishedEvent> => {
+          const buffer = open.get(storeKey)
+          return events.map((event) => {
+            const row: Row = {
+              id: ++lastId,
+              trackingId: randomUUID(),
+              aggregateType: event.aggregateType,
+              aggregateId: event.aggregateId,
+              eventType: event.eventType,
+              // parsed and serialised again, like the jsonb cast (whitespace is not kept)
+              payloadJson: JSON.stringify(JSON.parse(event.payloadJson)),
+              metadataJson: JSON.stringify(JSON.parse(event.metadataJson)),
+              maxRetries: event.maxRetries ?? defaultMaxRetries,
+              createdAt: now,
+              status: "PENDING",
+              retryCount: 0,
+              processedAt: null,
+              availableAt: null,
+              lockedUntil: null,
+              lockToken: null,
+              lastError: null
+            }
+            if (buffer === undefined) makeVisible(row)
+            else buffer.rows.push(row)
+            return { id: row.id, trackingId: row.trackingId, createdAt: new Date(row.createdAt) }
+          })
+        })))
+
+  /**
+   * Runs `f` with a fresh buffer as this store's innermost transaction. On
+   * success the buffer is merged into the enclosing transaction (a released
+   * savepoint) or, at the top level, made visible (a commit); on failure or
+   * interruption it is dropped (a rollback).
+   */
+  const withTransaction = <A, E, R>(
+    f: (publish: Publisher) => Effect.Effect<A, E, R>
+  ): Effect.Effect<A, E | StoreError, R> =>
+    Effect.flatMap(OpenTransactions, (open) => {
+      const parent = open.get(storeKey)
+      const buffer: TransactionBuffer = { rows: [] }
+      return f(publish).pipe(
+        Effect.provideService(OpenTransactions, new Map(open).set(storeKey, buffer)),
+        Effect.onExit((exit) =>
+          Exit.isSuccess(exit)
+            ? Effect.sync(() => {
+              if (parent !== undefined) parent.rows.push(...buffer.rows)
+              else buffer.rows.forEach(makeVisible)
+            })
+            : Effect.void
+        )
+      )
+    })
+
+  const claim = (options: { readonly limit: number; readonly leaseDuration: Duration.Duration }) =>
+    Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.suspend((): Effect.Effect<ReadonlyArray<OutboxEvent>, StoreError> => {
+        // like PostgreSQL's LIMIT: rounded to an integer, negative refused
+        const limit = Math.round(options.limit)
+        if (!(limit >= 0)) {
+          return Effect.fail(
+            new StoreError({ operation: "claim", message: "claim: LIMIT must not be negative", retryable: false })
+          )
+        }
+        const claimed: Array<Row> = []
+        for (const row of ordered()) {
+          if (claimed.length >= limit) break
+          if (
+            (row.status === "PENDING" || row.status === "FAILED") &&
+            (row.availableAt === null || row.availableAt <= now)
+          ) claimed.push(row)
+        }
+        if (claimed.length === 0) return Effect.succeed([])
+        const token = ++lastToken
+        const lockedUntil = now + Duration.toMillis(options.leaseDuration)
+        for (const row of claimed) {
+          row.status = "PROCESSING"
+          row.lockToken = token
+          row.lockedUntil = lockedUntil
+        }
+        return Effect.succeed(claimed.map(toEvent))
+      }))
+
+  /**
+   * Applies `update` to every lease that still holds its row (same lock
+   * token, still PROCESSING, matching `createdAt`). As the port documents,
+   * the other leases are applied even when some are fenced; the failure
+   * lists every fenced id, with the first lock token that had one.
+   */
+  const fenced = (
+    operation: LeaseLost["operation"],
+    leases: ReadonlyArray<Lease>,
+    update: (row: Row, now: number) => void
+  ): Effect.Effect<void, LeaseLost | StoreError> =>
+    leases.length === 0 ? Effect.void : Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.suspend(() => {
+        const lost: Array<bigint> = []
+        let lostToken: bigint | undefined
+        for (const [token, group] of groupByToken(leases)) {
+          // the created_at window PgOutboxStore prunes partitions with (±1 ms)
+          let from = Infinity
+          let to = -Infinity
+          for (const lease of group) {
+            from = Math.min(from, lease.createdAt.getTime() - 1)
+            to = Math.max(to, lease.createdAt.getTime() + 1)
+          }
+          const ids = Array.from(new Set(group.map((lease) => lease.id)))
+          for (const id of ids) {
+            const row = rows.get(id)
+            if (
+              row !== undefined && row.lockToken === token && row.status === "PROCESSING" &&
+              row.createdAt >= from && row.createdAt < to
+            ) {
+              update(row, now)
+            } else {
+              lost.push(id)
+              if (lostToken === undefined) lostToken = token
+            }
+          }
+        }
+        return lostToken === undefined
+          ? Effect.void
+          : Effect.fail(new LeaseLost({ operation, eventIds: lost, lockToken: lostToken }))
+      }))
+
+  const clearLease = (row: Row) => {
+    row.lockedUntil = null
+    row.lockToken = null
+  }
+
+  const renew = (leases: ReadonlyArray<Lease>, leaseDuration: Duration.Duration) =>
+    fenced("renew", leases, (row, now) => {
+      row.lockedUntil = now + Duration.toMillis(leaseDuration)
+    })
+
+  const complete = (leases: ReadonlyArray<Lease>) =>
+    fenced("complete", leases, (row, now) => {
+      row.status = "COMPLETED"
+      row.processedAt = now
+      clearLease(row)
+    })
+
+  const retry = (lease: Lease, options: { readonly error: string; readonly delay: Duration.Duration }) =>
+    fenced("retry", [lease], (row, now) => {
+      row.status = "FAILED"
+      row.retryCount += 1
+      row.lastError = options.error
+      row.availableAt = now + Duration.toMillis(options.delay)
+      clearLease(row)
+    })
+
+  const deadLetter = (lease: Lease, options: { readonly error: string }) =>
+    fenced("deadLetter", [lease], (row, now) => {
+      row.status = "DEAD_LETTER"
+      row.retryCount += 1
+      row.lastError = options.error
+      row.processedAt = now
+      clearLease(row)
+    })
+
+  const release = (leases: ReadonlyArray<Lease>) =>
+    fenced("release", leases, (row) => {
+      row.status = "PENDING"
+      clearLease(row)
+    })
+
+  const reap = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+    Effect.sync((): ReadonlyArray<bigint> => {
+      const reaped: Array<bigint> = []
+      for (const row of ordered()) {
+        if (row.status === "PROCESSING" && row.lockedUntil !== null && row.lockedUntil < now) {
+          row.status = "PENDING"
+          row.lastError = `lease expired at ${new Date(row.lockedUntil).toISOString()} and was reaped`
+          clearLease(row)
+          reaped.push(row.id)
+        }
+      }
+      return reaped
+    }))
+
+  const get = (id: bigint) =>
+    Effect.sync((): Option.Option<EventRecord> => {
+      const row = rows.get(id)
+      return row === undefined ? Option.none() : Option.some(toRecord(row))
+    })
+
+  return OutboxStore.of({ withTransaction, claim, renew, complete, retry, deadLetter, release, reap, get })
+})
+
+/**
+ * A fresh, empty in-memory store per build of the layer.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layer: Layer.Layer<OutboxStore> = Layer.effect(OutboxStore, make)

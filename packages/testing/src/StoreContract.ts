@@ -1,0 +1,703 @@
+/**
+ * The `OutboxStore` contract: one conformance suite that every store must
+ * pass (`MemoryOutboxStore`, and `PgOutboxStore` with
+ * `timeSource: "clock"`).
+ *
+ * Every test runs against an empty store built from `layer` for that test,
+ * under its own `TestClock` set to {@link start}: leases, backoff and reaping
+ * are driven by `TestClock.adjust`, never by real waiting. Expensive
+ * resources (a database) go in `shared`, built once for the suite; `layer`
+ * is then built per test on top of it and must start empty (e.g. truncate).
+ * The tests of one suite run one after the other.
+ *
+ * **Example**
+ *
+ * ```ts
+ * // a new memory store per test
+ * StoreContract.suite("memory", MemoryOutboxStore.layer)
+ *
+ * // one migrated database for the suite, a truncated outbox per test
+ * const emptyOutbox = Layer.effect(OutboxStore, Effect.gen(function*() {
+ *   const sql = yield* SqlClient.SqlClient
+ *   yield* sql`TRUNCATE outbox`
+ *   return yield* OutboxStore
+ * }))
+ * StoreContract.suite(
+ *   "PostgreSQL",
+ *   emptyOutbox,
+ *   PgOutboxStore.layer({ timeSource: "clock" }).pipe(Layer.provideMerge(TestDatabase.layer))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
+import { assert, describe, layer as layerTest } from "@effect/vitest"
+import * as Outbox from "@outbox/core/Outbox"
+import { InvalidEvent, LeaseLost, StoreError } from "@outbox/core/OutboxError"
+import type { EventInput, OutboxEvent, PublishedEvent } from "@outbox/core/OutboxEvent"
+import { leaseOf } from "@outbox/core/OutboxEvent"
+import { type EventRecord, OutboxStore } from "@outbox/core/OutboxStore"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import type * as Scope from "effect/Scope"
+import { TestClock } from "effect/testing"
+
+/**
+ * The `TestClock` time every contract test starts at (2026-01-15T09:00:00Z).
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const start: number = Date.UTC(2026, 0, 15, 9, 0, 0)
+
+const lease = Duration.seconds(30)
+
+class Boom {
+  readonly _tag = "Boom"
+}
+
+const input = (n: number, overrides: Partial<EventInput> = {}): EventInput => ({
+  aggregateType: "Order",
+  aggregateId: `order-${n}`,
+  eventType: "OrderCreated",
+  payload: { n },
+  ...overrides
+})
+
+const publishAll = (count: number): Effect.Effect<ReadonlyArray<PublishedEvent>, unknown, OutboxStore> =>
+  Outbox.transaction(Outbox.publishAll(Array.from({ length: count }, (_, i) => input(i + 1))))
+
+const claim = (limit = 100, leaseDuration: Duration.Duration = lease) =>
+  Effect.flatMap(OutboxStore, (store) => store.claim({ limit, leaseDuration }))
+
+const reap = Effect.flatMap(OutboxStore, (store) => store.reap)
+
+const row = (id: bigint): Effect.Effect<EventRecord, unknown, OutboxStore> =>
+  Effect.flatMap(OutboxStore, (store) => store.get(id)).pipe(
+    Effect.flatMap((found) =>
+      Option.isSome(found) ? Effect.succeed(found.value) : Effect.die(new Error(`row ${id} not found`))
+    )
+  )
+
+const ids = (events: ReadonlyArray<{ readonly id: bigint }>) => events.map((e) => e.id)
+const sorted = (values: ReadonlyArray<bigint>) => [...values].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+const at = (offsetMs: number) => new Date(start + offsetMs)
+
+/** Claims one row, lets its lease expire, reaps it and claims it again: returns the stale and the fresh claim. */
+const staleAndFresh = Effect.gen(function*() {
+  const [published] = yield* publishAll(1)
+  const [stale] = yield* claim()
+  yield* TestClock.adjust(Duration.sum(lease, Duration.millis(1)))
+  assert.deepStrictEqual(yield* reap, [published!.id])
+  const [fresh] = yield* claim()
+  assert.notStrictEqual(fresh!.lockToken, stale!.lockToken)
+  return { stale: stale!, fresh: fresh! }
+})
+
+const assertLeaseLost = (
+  error: unknown,
+  expected: { readonly operation: LeaseLost["operation"]; readonly eventIds: ReadonlyArray<bigint>; readonly lockToken: bigint }
+) => {
+  assert.instanceOf(error, LeaseLost)
+  const lost = error as LeaseLost
+  assert.strictEqual(lost.operation, expected.operation)
+  assert.deepStrictEqual(sorted(lost.eventIds), sorted(expected.eventIds))
+  assert.strictEqual(lost.lockToken, expected.lockToken)
+}
+
+type Body = Effect.Effect<void, unknown, OutboxStore | Scope.Scope>
+
+/**
+ * Registers the contract suite for one store.
+ *
+ * - `layer`: the store under test, built anew for every test; it must start
+ *   empty and take "now" from Effect's `Clock`.
+ * - `shared` (optional): what `layer` needs, built once for the suite.
+ *
+ * @category suites
+ * @since 0.1.0
+ */
+export const suite: {
+  (name: string, layer: Layer.Layer<OutboxStore, unknown>): void
+  <R>(name: string, layer: Layer.Layer<OutboxStore, unknown, R>, shared: Layer.Layer<R, unknown>): void
+} = <R>(name: string, layer: Layer.Layer<OutboxStore, unknown, R>, shared?: Layer.Layer<R, unknown>): void =>
+  layerTest(shared ?? (Layer.empty as Layer.Layer<R>), {
+    timeout: "60 seconds",
+    concurrent: false,
+    excludeTestServices: true
+  })(`OutboxStore contract (${name})`, (it) => {
+    const test = (title: string, body: Body) =>
+      it.effect(
+        title,
+        () =>
+          Effect.andThen(TestClock.setTime(start), body).pipe(
+            Effect.provide(layer),
+            Effect.provide(TestClock.layer())
+          ),
+        30_000
+      )
+
+    describe("publish and claim", () => {
+      test(
+        "events published in a transaction are claimed in id order: PROCESSING, one lock token, lockedUntil = now + lease",
+        Effect.gen(function*() {
+          const published = yield* Outbox.transaction(Effect.gen(function*() {
+            const a = yield* Outbox.publish(input(1, { metadata: { source: "api" } }))
+            const b = yield* Outbox.publish(input(2, { maxRetries: 2 }))
+            const c = yield* Outbox.publish(input(3, { payload: { nested: { list: [1, "two", null, true] }, text: "żółw ✓" } }))
+            return [a, b, c]
+          }))
+          const publishedIds = ids(published)
+          assert.deepStrictEqual(publishedIds, sorted(publishedIds))
+          assert.strictEqual(new Set(publishedIds).size, 3)
+          assert.strictEqual(new Set(published.map((p) => p.trackingId)).size, 3)
+          for (const p of published) {
+            assert.match(p.trackingId, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/)
+            assert.instanceOf(p.createdAt, Date)
+          }
+
+          yield* TestClock.adjust("5 seconds")
+          const claimed = yield* claim(10)
+          assert.deepStrictEqual(ids(claimed), publishedIds)
+          const token = claimed[0]!.lockToken
+          for (const [i, event] of claimed.entries()) {
+            assert.strictEqual(event.lockToken, token)
+            assert.strictEqual(event.lockedUntil.getTime(), start + 5_000 + 30_000)
+            assert.strictEqual(event.trackingId, published[i]!.trackingId)
+            assert.strictEqual(event.createdAt.getTime(), published[i]!.createdAt.getTime())
+            assert.strictEqual(event.aggregateType, "Order")
+            assert.strictEqual(event.aggregateId, `order-${i + 1}`)
+            assert.strictEqual(event.eventType, "OrderCreated")
+            assert.strictEqual(event.retryCount, 0)
+          }
+          assert.deepStrictEqual(claimed.map((e) => e.maxRetries), [5, 2, 5])
+          assert.deepStrictEqual(claimed.map((e) => e.metadata), [{ source: "api" }, {}, {}])
+          assert.deepStrictEqual(claimed.map((e) => e.payload), [
+            { n: 1 },
+            { n: 2 },
+            { nested: { list: [1, "two", null, true] }, text: "żółw ✓" }
+          ])
+
+          for (const event of claimed) {
+            const record = yield* row(event.id)
+            assert.strictEqual(record.status, "PROCESSING")
+            assert.strictEqual(record.lockToken, token)
+            assert.strictEqual(record.lockedUntil!.getTime(), start + 35_000)
+            assert.strictEqual(record.retryCount, 0)
+            assert.isNull(record.processedAt)
+            assert.isNull(record.lastError)
+            assert.deepStrictEqual(record.payload, event.payload)
+          }
+          assert.deepStrictEqual(yield* claim(10), [])
+        })
+      )
+
+      test(
+        "publishAll writes several rows in one call, all PENDING",
+        Effect.gen(function*() {
+          const published = yield* Outbox.transaction(
+            Outbox.publishAll([input(1), input(2, { eventType: "OrderPaid" }), input(3, { aggregateType: "Invoice" })])
+          )
+          assert.strictEqual(published.length, 3)
+          assert.deepStrictEqual(ids(published), sorted(ids(published)))
+          assert.strictEqual(new Set(published.map((p) => p.trackingId)).size, 3)
+          const records = yield* Effect.forEach(published, (p) => row(p.id))
+          assert.deepStrictEqual(records.map((r) => r.status), ["PENDING", "PENDING", "PENDING"])
+          assert.deepStrictEqual(records.map((r) => r.eventType), ["OrderCreated", "OrderPaid", "OrderCreated"])
+          assert.deepStrictEqual(records.map((r) => r.aggregateType), ["Order", "Order", "Invoice"])
+          for (const [i, r] of records.entries()) {
+            assert.strictEqual(r.trackingId, published[i]!.trackingId)
+            assert.strictEqual(r.retryCount, 0)
+            assert.strictEqual(r.maxRetries, 5)
+            assert.isNull(r.lockToken)
+            assert.isNull(r.lockedUntil)
+            assert.isNull(r.availableAt)
+            assert.isNull(r.processedAt)
+          }
+          assert.deepStrictEqual(ids(yield* claim()), ids(published))
+        })
+      )
+
+      test(
+        "rows are invisible to claimers until the transaction commits",
+        Effect.gen(function*() {
+          const published = yield* Deferred.make<void>()
+          const commit = yield* Deferred.make<void>()
+          const writer = yield* Outbox.transaction(
+            Effect.tap(Outbox.publish(input(1)), () => Effect.andThen(Deferred.succeed(published, undefined), Deferred.await(commit)))
+          ).pipe(Effect.forkChild({ startImmediately: true }))
+          yield* Deferred.await(published)
+          assert.deepStrictEqual(yield* claim(), [])
+          yield* Deferred.succeed(commit, undefined)
+          const event = yield* Fiber.join(writer)
+          assert.deepStrictEqual(ids(yield* claim()), [event.id])
+        })
+      )
+
+      test(
+        "a failing transaction body publishes nothing and its error surfaces unchanged",
+        Effect.gen(function*() {
+          const attempted = yield* Ref.make<ReadonlyArray<bigint>>([])
+          const boom = new Boom()
+          const error = yield* Outbox.transaction(Effect.gen(function*() {
+            const events = yield* Outbox.publishAll([input(1), input(2)])
+            yield* Ref.set(attempted, ids(events))
+            return yield* Effect.fail(boom)
+          })).pipe(Effect.flip)
+          assert.strictEqual(error, boom)
+
+          const died = yield* Outbox.transaction(Effect.gen(function*() {
+            const event = yield* Outbox.publish(input(3))
+            yield* Ref.update(attempted, (all) => [...all, event.id])
+            return yield* Effect.die("defect")
+          })).pipe(Effect.exit)
+          assert.isTrue(Exit.isFailure(died))
+
+          const rolledBack = yield* Ref.get(attempted)
+          assert.strictEqual(rolledBack.length, 3)
+          for (const id of rolledBack) assert.isTrue(Option.isNone(yield* OutboxStore.use((s) => s.get(id))))
+          assert.deepStrictEqual(yield* claim(), [])
+
+          // the store stays usable, and new rows get new ids
+          const [after] = yield* publishAll(1)
+          assert.isTrue(after!.id > rolledBack[2]!)
+          assert.deepStrictEqual(ids(yield* claim()), [after!.id])
+        })
+      )
+
+      test(
+        "a nested transaction that fails discards only its own events",
+        Effect.gen(function*() {
+          const committed = yield* Outbox.transaction(Effect.gen(function*() {
+            const outer = yield* Outbox.publish(input(1))
+            const failed = yield* Outbox.transaction(
+              Effect.andThen(Outbox.publish(input(2)), Effect.fail(new Boom()))
+            ).pipe(Effect.flip)
+            assert.instanceOf(failed, Boom)
+            const inner = yield* Outbox.transaction(Outbox.publish(input(3)))
+            return [outer, inner]
+          }))
+          const claimed = yield* claim()
+          assert.deepStrictEqual(ids(claimed), ids(committed))
+          assert.deepStrictEqual(claimed.map((e) => e.aggregateId), ["order-1", "order-3"])
+        })
+      )
+
+      test(
+        "payload and metadata come back as the JSON that was published",
+        Effect.gen(function*() {
+          const payload = { id: "o-1", total: 12.5, lines: [{ sku: "A", qty: 2 }], note: null, flags: [true, false] }
+          const metadata = { traceparent: "00-abc-def-01", tenant: "acme", depth: 3 }
+          const event = yield* Outbox.transaction(Outbox.publish(input(1, { payload, metadata })))
+          const record = yield* row(event.id)
+          assert.deepStrictEqual(record.payload, payload)
+          assert.deepStrictEqual(record.metadata, metadata)
+          const [claimed] = yield* claim()
+          assert.deepStrictEqual(claimed!.payload, payload)
+          assert.deepStrictEqual(claimed!.metadata, metadata)
+          // a scalar payload is a valid JSON document too
+          const scalar = yield* Outbox.transaction(Outbox.publish(input(2, { payload: "just text" })))
+          assert.strictEqual((yield* row(scalar.id)).payload, "just text")
+        })
+      )
+
+      test(
+        "get returns none for an unknown id",
+        Effect.gen(function*() {
+          assert.isTrue(Option.isNone(yield* OutboxStore.use((s) => s.get(987_654_321n))))
+          const [event] = yield* publishAll(1)
+          assert.isTrue(Option.isNone(yield* OutboxStore.use((s) => s.get(event!.id + 1000n))))
+        })
+      )
+    })
+
+    describe("claiming", () => {
+      test(
+        "claim respects limit, oldest id first",
+        Effect.gen(function*() {
+          const published = ids(yield* publishAll(5))
+          assert.deepStrictEqual(yield* claim(0), [])
+          const first = yield* claim(2)
+          const second = yield* claim(2)
+          const third = yield* claim(2)
+          assert.deepStrictEqual(ids(first), published.slice(0, 2))
+          assert.deepStrictEqual(ids(second), published.slice(2, 4))
+          assert.deepStrictEqual(ids(third), published.slice(4))
+          assert.deepStrictEqual(yield* claim(2), [])
+          // one fresh lock token per claim
+          assert.strictEqual(new Set([first[0]!.lockToken, second[0]!.lockToken, third[0]!.lockToken]).size, 3)
+          assert.strictEqual(first[1]!.lockToken, first[0]!.lockToken)
+        })
+      )
+
+      test(
+        "a negative limit fails with StoreError and claims nothing",
+        Effect.gen(function*() {
+          const [event] = yield* publishAll(1)
+          const error = yield* Effect.flip(claim(-1))
+          assert.instanceOf(error, StoreError)
+          assert.strictEqual((yield* row(event!.id)).status, "PENDING")
+        })
+      )
+
+      test(
+        "concurrent claims never return the same row",
+        Effect.gen(function*() {
+          const published = ids(yield* publishAll(40))
+          const rounds = yield* Effect.all(
+            Array.from({ length: 8 }, () => claim(5)),
+            { concurrency: "unbounded" }
+          )
+          const claimed = rounds.flatMap(ids)
+          assert.strictEqual(new Set(claimed).size, claimed.length, "a row was handed to two claimers")
+          const tokens = rounds.filter((r) => r.length > 0).map((r) => r[0]!.lockToken)
+          assert.strictEqual(new Set(tokens).size, tokens.length, "two claims shared a lock token")
+          for (const round of rounds) {
+            assert.deepStrictEqual(ids(round), sorted(ids(round)))
+            for (const event of round) assert.strictEqual(event.lockToken, round[0]!.lockToken)
+          }
+          // whatever the concurrent round skipped is still there, exactly once
+          const rest = yield* claim(100)
+          const all = [...claimed, ...ids(rest)]
+          assert.strictEqual(new Set(all).size, all.length)
+          assert.deepStrictEqual(sorted(all), published)
+        })
+      )
+    })
+
+    describe("fenced transitions", () => {
+      test(
+        "complete marks COMPLETED, clears the lease, and the row is never claimed again",
+        Effect.gen(function*() {
+          const [event] = yield* publishAll(1)
+          const [claimed] = yield* claim()
+          yield* TestClock.adjust("1 second")
+          yield* OutboxStore.use((s) => s.complete([leaseOf(claimed!)]))
+          const record = yield* row(event!.id)
+          assert.strictEqual(record.status, "COMPLETED")
+          assert.strictEqual(record.processedAt!.getTime(), start + 1_000)
+          assert.isNull(record.lockToken)
+          assert.isNull(record.lockedUntil)
+          assert.strictEqual(record.retryCount, 0)
+          assert.deepStrictEqual(yield* claim(), [])
+          yield* TestClock.adjust("1 hour")
+          assert.deepStrictEqual(yield* reap, [])
+          assert.deepStrictEqual(yield* claim(), [])
+          assert.strictEqual((yield* row(event!.id)).status, "COMPLETED")
+        })
+      )
+
+      test(
+        "completing twice fails with LeaseLost listing the id; the row stays COMPLETED",
+        Effect.gen(function*() {
+          yield* publishAll(2)
+          const claimed = yield* claim()
+          yield* OutboxStore.use((s) => s.complete(claimed.map(leaseOf)))
+          const before = yield* Effect.forEach(claimed, (e) => row(e.id))
+          yield* TestClock.adjust("1 second")
+          const error = yield* Effect.flip(OutboxStore.use((s) => s.complete(claimed.map(leaseOf))))
+          assertLeaseLost(error, { operation: "complete", eventIds: ids(claimed), lockToken: claimed[0]!.lockToken })
+          assert.deepStrictEqual(yield* Effect.forEach(claimed, (e) => row(e.id)), before)
+        })
+      )
+
+      test(
+        "renew extends lockedUntil from now and keeps the token",
+        Effect.gen(function*() {
+          const [event] = yield* publishAll(1)
+          const [claimed] = yield* claim()
+          assert.strictEqual(claimed!.lockedUntil.getTime(), start + 30_000)
+          yield* TestClock.adjust("20 seconds")
+          yield* OutboxStore.use((s) => s.renew([leaseOf(claimed!)], lease))
+          const renewed = yield* row(event!.id)
+          assert.strictEqual(renewed.status, "PROCESSING")
+          assert.strictEqual(renewed.lockToken, claimed!.lockToken)
+          assert.strictEqual(renewed.lockedUntil!.getTime(), start + 50_000)
+
+          // past the original lease, not past the renewed one: still held
+          yield* TestClock.adjust("25 seconds")
+          assert.deepStrictEqual(yield* reap, [])
+          assert.deepStrictEqual(yield* claim(), [])
+          // the lease still fences: complete with it works
+          yield* OutboxStore.use((s) => s.complete([leaseOf(claimed!)]))
+          assert.strictEqual((yield* row(event!.id)).status, "COMPLETED")
+        })
+      )
+
+      test(
+        "retry marks FAILED with retry_count + 1 and last_error; invisible until the delay passes, then claimable again",
+        Effect.gen(function*() {
+          const [event] = yield* publishAll(1)
+          const [first] = yield* claim()
+          yield* OutboxStore.use((s) => s.retry(leaseOf(first!), { error: "broker unavailable", delay: Duration.seconds(10) }))
+          const failed = yield* row(event!.id)
+          assert.strictEqual(failed.status, "FAILED")
+          assert.strictEqual(failed.retryCount, 1)
+          assert.strictEqual(failed.lastError, "broker unavailable")
+          assert.strictEqual(failed.availableAt!.getTime(), start + 10_000)
+          assert.isNull(failed.lockToken)
+          assert.isNull(failed.lockedUntil)
+          assert.isNull(failed.processedAt)
+
+          assert.deepStrictEqual(yield* claim(), [])
+          yield* TestClock.adjust(Duration.millis(9_999))
+          assert.deepStrictEqual(yield* claim(), [])
+          yield* TestClock.adjust(Duration.millis(1))
+          const [second] = yield* claim()
+          assert.strictEqual(second!.id, event!.id)
+          assert.strictEqual(second!.retryCount, 1)
+          assert.notStrictEqual(second!.lockToken, first!.lockToken)
+          assert.strictEqual(second!.lockedUntil.getTime(), start + 10_000 + 30_000)
+          assert.strictEqual((yield* row(event!.id)).status, "PROCESSING")
+
+          yield* OutboxStore.use((s) => s.retry(leaseOf(second!), { error: "still down", delay: Duration.zero }))
+          const again = yield* row(event!.id)
+          assert.strictEqual(again.retryCount, 2)
+          assert.strictEqual(again.lastError, "still down")
+          // a zero delay is claimable at once
+          assert.deepStrictEqual(ids(yield* claim()), [event!.id])
+        })
+      )
+
+      test(
+        "a FAILED row waiting for its backoff does not block younger rows",
+        Effect.gen(function*() {
+          const published = ids(yield* publishAll(3))
+          const [first] = yield* claim(1)
+          yield* OutboxStore.use((s) => s.retry(leaseOf(first!), { error: "e", delay: Duration.minutes(1) }))
+          assert.deepStrictEqual(ids(yield* claim()), published.slice(1))
+          yield* TestClock.adjust("1 minute")
+          assert.deepStrictEqual(ids(yield* claim()), [published[0]!])
+        })
+      )
+
+      test(
+        "deadLetter marks DEAD_LETTER; the row is never claimed again and does not block others",
+        Effect.gen(function*() {
+          const published = ids(yield* publishAll(2))
+          const [poison] = yield* claim(1)
+          yield* TestClock.adjust("2 seconds")
+          yield* OutboxStore.use((s) => s.deadLetter(leaseOf(poison!), { error: "cannot parse" }))
+          const dead = yield* row(published[0]!)
+          assert.strictEqual(dead.status, "DEAD_LETTER")
+          assert.strictEqual(dead.retryCount, 1)
+          assert.strictEqual(dead.lastError, "cannot parse")
+          assert.strictEqual(dead.processedAt!.getTime(), start + 2_000)
+          assert.isNull(dead.lockToken)
+          assert.isNull(dead.lockedUntil)
+
+          assert.deepStrictEqual(ids(yield* claim()), [published[1]!])
+          yield* TestClock.adjust("1 day")
+          assert.deepStrictEqual(yield* reap, [published[1]!])
+          assert.deepStrictEqual(ids(yield* claim()), [published[1]!])
+          assert.strictEqual((yield* row(published[0]!)).status, "DEAD_LETTER")
+        })
+      )
+
+      test(
+        "release returns rows to PENDING, claimable again at once, retry_count unchanged",
+        Effect.gen(function*() {
+          const published = ids(yield* publishAll(2))
+          const [first] = yield* claim(1)
+          yield* OutboxStore.use((s) => s.retry(leaseOf(first!), { error: "e", delay: Duration.zero }))
+          const claimed = yield* claim()
+          assert.deepStrictEqual(ids(claimed), published)
+          yield* OutboxStore.use((s) => s.release(claimed.map(leaseOf)))
+          const records = yield* Effect.forEach(published, row)
+          assert.deepStrictEqual(records.map((r) => r.status), ["PENDING", "PENDING"])
+          assert.deepStrictEqual(records.map((r) => r.retryCount), [1, 0])
+          for (const r of records) {
+            assert.isNull(r.lockToken)
+            assert.isNull(r.lockedUntil)
+          }
+          const again = yield* claim()
+          assert.deepStrictEqual(ids(again), published)
+          assert.deepStrictEqual(again.map((e) => e.retryCount), [1, 0])
+          assert.notStrictEqual(again[0]!.lockToken, claimed[0]!.lockToken)
+        })
+      )
+
+      test(
+        "a lease listed twice in one batch is applied once and reports nothing",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const [event] = yield* publishAll(1)
+          const [claimed] = yield* claim()
+          yield* store.renew([leaseOf(claimed!), leaseOf(claimed!)], lease)
+          yield* store.complete([leaseOf(claimed!), leaseOf(claimed!)])
+          assert.strictEqual((yield* row(event!.id)).status, "COMPLETED")
+        })
+      )
+
+      test(
+        "empty batches are a no-op",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          yield* store.complete([])
+          yield* store.renew([], lease)
+          yield* store.release([])
+        })
+      )
+
+      for (
+        const [operation, run] of [
+          ["renew", (s: OutboxStore["Service"], e: OutboxEvent) => s.renew([leaseOf(e)], lease)],
+          ["complete", (s: OutboxStore["Service"], e: OutboxEvent) => s.complete([leaseOf(e)])],
+          ["retry", (s: OutboxStore["Service"], e: OutboxEvent) =>
+            s.retry(leaseOf(e), { error: "late", delay: Duration.seconds(5) })],
+          ["deadLetter", (s: OutboxStore["Service"], e: OutboxEvent) => s.deadLetter(leaseOf(e), { error: "late" })],
+          ["release", (s: OutboxStore["Service"], e: OutboxEvent) => s.release([leaseOf(e)])]
+        ] as const
+      ) {
+        test(
+          `${operation} with a stale token (reaped and re-claimed) fails with LeaseLost and changes nothing`,
+          Effect.gen(function*() {
+            const store = yield* OutboxStore
+            const { fresh, stale } = yield* staleAndFresh
+            yield* TestClock.adjust("1 second")
+            const before = yield* row(fresh.id)
+            const error = yield* Effect.flip(run(store, stale))
+            assertLeaseLost(error, { operation, eventIds: [stale.id], lockToken: stale.lockToken })
+            assert.deepStrictEqual(yield* row(fresh.id), before)
+            // the current holder is unaffected
+            yield* store.complete([leaseOf(fresh)])
+            assert.strictEqual((yield* row(fresh.id)).status, "COMPLETED")
+          })
+        )
+      }
+
+      test(
+        "a stale token after a reap (not yet re-claimed) is fenced too",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const [event] = yield* publishAll(1)
+          const [stale] = yield* claim()
+          yield* TestClock.adjust(Duration.sum(lease, Duration.millis(1)))
+          assert.deepStrictEqual(yield* reap, [event!.id])
+          const before = yield* row(event!.id)
+          for (const attempt of [store.complete([leaseOf(stale!)]), store.renew([leaseOf(stale!)], lease)]) {
+            assert.instanceOf(yield* Effect.flip(attempt), LeaseLost)
+          }
+          assert.instanceOf(yield* Effect.flip(store.retry(leaseOf(stale!), { error: "x", delay: lease })), LeaseLost)
+          assert.deepStrictEqual(yield* row(event!.id), before)
+          assert.strictEqual(before.status, "PENDING")
+        })
+      )
+
+      test(
+        "a batch with a fenced lease applies the others and reports only the fenced one",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const { fresh, stale } = yield* staleAndFresh
+          const [other] = yield* publishAll(1)
+          const [otherClaim] = yield* claim()
+          assert.strictEqual(otherClaim!.id, other!.id)
+          const error = yield* Effect.flip(store.complete([leaseOf(stale), leaseOf(otherClaim!)]))
+          assertLeaseLost(error, { operation: "complete", eventIds: [stale.id], lockToken: stale.lockToken })
+          assert.strictEqual((yield* row(other!.id)).status, "COMPLETED")
+          const held = yield* row(fresh.id)
+          assert.strictEqual(held.status, "PROCESSING")
+          assert.strictEqual(held.lockToken, fresh.lockToken)
+        })
+      )
+    })
+
+    describe("reaping", () => {
+      test(
+        "reap returns only expired leases to PENDING and yields their ids",
+        Effect.gen(function*() {
+          const published = ids(yield* publishAll(2))
+          const [short] = yield* claim(1, Duration.seconds(10))
+          yield* TestClock.adjust("5 seconds")
+          const [long] = yield* claim(1, lease)
+          assert.deepStrictEqual([short!.id, long!.id], published)
+
+          assert.deepStrictEqual(yield* reap, [])
+          // exactly at lockedUntil the lease is not expired yet
+          yield* TestClock.adjust("5 seconds")
+          assert.deepStrictEqual(yield* reap, [])
+          assert.strictEqual((yield* row(short!.id)).status, "PROCESSING")
+          yield* TestClock.adjust(Duration.millis(1))
+          assert.deepStrictEqual(yield* reap, [short!.id])
+
+          const reaped = yield* row(short!.id)
+          assert.strictEqual(reaped.status, "PENDING")
+          assert.isNull(reaped.lockToken)
+          assert.isNull(reaped.lockedUntil)
+          assert.strictEqual(reaped.retryCount, 0)
+          assert.strictEqual(reaped.lastError, `lease expired at ${at(10_000).toISOString()} and was reaped`)
+          const kept = yield* row(long!.id)
+          assert.strictEqual(kept.status, "PROCESSING")
+          assert.strictEqual(kept.lockToken, long!.lockToken)
+
+          assert.deepStrictEqual(yield* reap, [])
+          assert.deepStrictEqual(ids(yield* claim()), [short!.id])
+          yield* TestClock.adjust("1 minute")
+          assert.deepStrictEqual(sorted(yield* reap), published)
+        })
+      )
+    })
+
+    describe("validation", () => {
+      const circular: Record<string, unknown> = { name: "loop" }
+      circular.self = circular
+      const cases: ReadonlyArray<
+        readonly [string, EventInput, InvalidEvent["reason"], string, Outbox.PublishSettings | undefined]
+      > = [
+        ["an empty eventType", input(1, { eventType: "" }), "MissingField", "eventType", undefined],
+        ["a blank aggregateId", input(1, { aggregateId: "  " }), "MissingField", "aggregateId", undefined],
+        ["a bigint in the payload", input(1, { payload: { amount: 10n } }), "NotSerializable", "payload", undefined],
+        ["a circular payload", input(1, { payload: circular }), "NotSerializable", "payload", undefined],
+        ["a function in the metadata", input(1, { metadata: { f: () => 1 } }), "NotSerializable", "metadata", undefined],
+        ["a negative maxRetries", input(1, { maxRetries: -1 }), "InvalidMaxRetries", "maxRetries", undefined],
+        [
+          "an oversized payload",
+          input(1, { payload: { text: "x".repeat(100) } }),
+          "PayloadTooLarge",
+          "payload",
+          { maxPayloadBytes: 64, maxRetries: 5 }
+        ]
+      ]
+      for (const [title, event, reason, field, settings] of cases) {
+        test(
+          `publish refuses ${title} with InvalidEvent(${reason}) and writes nothing`,
+          Effect.gen(function*() {
+            const publish = Outbox.publish(event)
+            const error = yield* Outbox.transaction(
+              settings === undefined ? publish : Effect.provideService(publish, Outbox.PublishSettings, settings)
+            ).pipe(Effect.flip)
+            assert.instanceOf(error, InvalidEvent)
+            const invalid = error as InvalidEvent
+            assert.strictEqual(invalid.reason, reason)
+            assert.strictEqual(invalid.field, field)
+            assert.strictEqual(invalid.index, 0)
+            assert.deepStrictEqual(yield* claim(), [])
+          })
+        )
+      }
+
+      test(
+        "an invalid event in publishAll writes none of the batch; the transaction can still commit other events",
+        Effect.gen(function*() {
+          const valid = yield* Outbox.transaction(Effect.gen(function*() {
+            const error = yield* Effect.flip(
+              Outbox.publishAll([input(1), input(2, { payload: { big: 1n } }), input(3)])
+            )
+            assert.instanceOf(error, InvalidEvent)
+            assert.strictEqual((error as InvalidEvent).index, 1)
+            assert.strictEqual((error as InvalidEvent).reason, "NotSerializable")
+            return yield* Outbox.publish(input(4))
+          }))
+          const claimed = yield* claim()
+          assert.deepStrictEqual(ids(claimed), [valid.id])
+          assert.strictEqual(claimed[0]!.aggregateId, "order-4")
+        })
+      )
+    })
+  })

@@ -3,4 +3,6 @@
  */
 export * as MemoryInbox from "./MemoryInbox.ts"
 export * as MemoryOutboxStore from "./MemoryOutboxStore.ts"
+export * as RelayTestKit from "./RelayTestKit.ts"
 export * as StoreContract from "./StoreContract.ts"
+export * as TestDatabase from "./TestDatabase.ts"

@@ -88,12 +88,13 @@ export interface Lease {
 }
 
 /**
- * A claimed event, as handed to a sink.
+ * What every stored event carries, whatever its status.
  *
  * @category models
  * @since 0.1.0
  */
-export interface OutboxEvent extends Lease {
+export interface EventData {
+  readonly id: bigint
   readonly trackingId: string
   readonly aggregateType: string
   readonly aggregateId: string
@@ -103,6 +104,16 @@ export interface OutboxEvent extends Lease {
   /** Failed attempts so far (0 on first delivery). */
   readonly retryCount: number
   readonly maxRetries: number
+  readonly createdAt: Date
+}
+
+/**
+ * A claimed event, as handed to a sink.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface OutboxEvent extends EventData, Lease {
   readonly lockedUntil: Date
 }
 

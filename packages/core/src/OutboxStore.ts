@@ -16,7 +16,7 @@ import type * as Effect from "effect/Effect"
 import * as Context from "effect/Context"
 import type * as Option from "effect/Option"
 import type { LeaseLost, StoreError } from "./OutboxError.ts"
-import type { EventStatus, Lease, OutboxEvent, PublishedEvent, ValidEvent } from "./OutboxEvent.ts"
+import type { EventData, EventStatus, Lease, OutboxEvent, PublishedEvent, ValidEvent } from "./OutboxEvent.ts"
 
 /**
  * Writes validated events in the transaction it was handed out for.
@@ -32,18 +32,8 @@ export type Publisher = (events: ReadonlyArray<ValidEvent>) => Effect.Effect<Rea
  * @category models
  * @since 0.1.0
  */
-export interface EventRecord {
-  readonly id: bigint
-  readonly trackingId: string
-  readonly aggregateType: string
-  readonly aggregateId: string
-  readonly eventType: string
-  readonly payload: unknown
-  readonly metadata: Readonly<Record<string, unknown>>
+export interface EventRecord extends EventData {
   readonly status: EventStatus
-  readonly retryCount: number
-  readonly maxRetries: number
-  readonly createdAt: Date
   readonly processedAt: Date | null
   readonly availableAt: Date | null
   readonly lockedUntil: Date | null

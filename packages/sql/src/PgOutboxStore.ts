@@ -23,7 +23,7 @@
  * @since 0.1.0
  */
 import { LeaseLost, StoreError } from "@outbox/core/OutboxError"
-import type { EventStatus, Lease, OutboxEvent, PublishedEvent, ValidEvent } from "@outbox/core/OutboxEvent"
+import type { EventData, EventStatus, Lease, OutboxEvent, PublishedEvent, ValidEvent } from "@outbox/core/OutboxEvent"
 import { type EventRecord, OutboxStore, type Publisher } from "@outbox/core/OutboxStore"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
@@ -53,7 +53,7 @@ export interface Options {
   readonly timeSource?: TimeSource | undefined
 }
 
-interface ClaimedRow {
+interface BaseRow {
   readonly id: bigint
   readonly tracking_id: string
   readonly aggregate_type: string
@@ -64,11 +64,14 @@ interface ClaimedRow {
   readonly retry_count: number
   readonly max_retries: number
   readonly created_at: Date
+}
+
+interface ClaimedRow extends BaseRow {
   readonly locked_until: Date
   readonly lock_token: bigint
 }
 
-interface FullRow extends Omit<ClaimedRow, "locked_until" | "lock_token"> {
+interface FullRow extends BaseRow {
   readonly status: EventStatus
   readonly processed_at: Date | null
   readonly available_at: Date | null
@@ -76,6 +79,19 @@ interface FullRow extends Omit<ClaimedRow, "locked_until" | "lock_token"> {
   readonly lock_token: bigint | null
   readonly last_error: string | null
 }
+
+const toData = (r: BaseRow): EventData => ({
+  id: r.id,
+  trackingId: r.tracking_id,
+  aggregateType: r.aggregate_type,
+  aggregateId: r.aggregate_id,
+  eventType: r.event_type,
+  payload: r.payload,
+  metadata: r.metadata,
+  retryCount: r.retry_count,
+  maxRetries: r.max_retries,
+  createdAt: r.created_at
+})
 
 class TransactionBodyFailure<E> {
   readonly error: E
@@ -149,16 +165,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     ) as Effect.Effect<A, E | StoreError, R>
 
   const toEvent = (r: ClaimedRow): OutboxEvent => ({
-    id: r.id,
-    trackingId: r.tracking_id,
-    aggregateType: r.aggregate_type,
-    aggregateId: r.aggregate_id,
-    eventType: r.event_type,
-    payload: r.payload,
-    metadata: r.metadata,
-    retryCount: r.retry_count,
-    maxRetries: r.max_retries,
-    createdAt: r.created_at,
+    ...toData(r),
     lockedUntil: r.locked_until,
     lockToken: r.lock_token
   })
@@ -269,17 +276,8 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         const r = rows[0]
         if (r === undefined) return Option.none()
         return Option.some({
-          id: r.id,
-          trackingId: r.tracking_id,
-          aggregateType: r.aggregate_type,
-          aggregateId: r.aggregate_id,
-          eventType: r.event_type,
-          payload: r.payload,
-          metadata: r.metadata,
+          ...toData(r),
           status: r.status,
-          retryCount: r.retry_count,
-          maxRetries: r.max_retries,
-          createdAt: r.created_at,
           processedAt: r.processed_at,
           availableAt: r.available_at,
           lockedUntil: r.locked_until,

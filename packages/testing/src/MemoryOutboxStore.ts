@@ -29,7 +29,7 @@
  * @since 0.1.0
  */
 import { LeaseLost, StoreError } from "@outbox/core/OutboxError"
-import type { EventStatus, Lease, OutboxEvent, PublishedEvent, ValidEvent } from "@outbox/core/OutboxEvent"
+import type { EventData, EventStatus, Lease, OutboxEvent, PublishedEvent, ValidEvent } from "@outbox/core/OutboxEvent"
 import { type EventRecord, OutboxStore, type Publisher } from "@outbox/core/OutboxStore"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
@@ -76,7 +76,7 @@ const OpenTransactions = Context.Reference<ReadonlyMap<symbol, TransactionBuffer
 
 const toDate = (ms: number | null): Date | null => ms === null ? null : new Date(ms)
 
-const toRecord = (row: Row): EventRecord => ({
+const toData = (row: Row): EventData => ({
   id: row.id,
   trackingId: row.trackingId,
   aggregateType: row.aggregateType,
@@ -84,10 +84,14 @@ const toRecord = (row: Row): EventRecord => ({
   eventType: row.eventType,
   payload: JSON.parse(row.payloadJson),
   metadata: JSON.parse(row.metadataJson),
-  status: row.status,
   retryCount: row.retryCount,
   maxRetries: row.maxRetries,
-  createdAt: new Date(row.createdAt),
+  createdAt: new Date(row.createdAt)
+})
+
+const toRecord = (row: Row): EventRecord => ({
+  ...toData(row),
+  status: row.status,
   processedAt: toDate(row.processedAt),
   availableAt: toDate(row.availableAt),
   lockedUntil: toDate(row.lockedUntil),
@@ -96,16 +100,7 @@ const toRecord = (row: Row): EventRecord => ({
 })
 
 const toEvent = (row: Row): OutboxEvent => ({
-  id: row.id,
-  trackingId: row.trackingId,
-  aggregateType: row.aggregateType,
-  aggregateId: row.aggregateId,
-  eventType: row.eventType,
-  payload: JSON.parse(row.payloadJson),
-  metadata: JSON.parse(row.metadataJson),
-  retryCount: row.retryCount,
-  maxRetries: row.maxRetries,
-  createdAt: new Date(row.createdAt),
+  ...toData(row),
   lockedUntil: new Date(row.lockedUntil!),
   lockToken: row.lockToken!
 })

@@ -5,6 +5,8 @@
  */
 import { NodeHttpServer } from "@effect/platform-node"
 import * as Outbox from "@outbox/core/Outbox"
+import type * as OutboxConfig from "@outbox/core/OutboxConfig"
+import type { OutboxSink } from "@outbox/core/OutboxSink"
 import * as LogSink from "@outbox/runtime/LogSink"
 import * as OutboxLive from "@outbox/runtime/OutboxLive"
 import * as Relay from "@outbox/runtime/Relay"
@@ -121,14 +123,18 @@ export const ProgressLive = Layer.effectDiscard(Effect.gen(function*() {
 
 /**
  * The whole service on a port (0 = any free port): HTTP server, relay with
- * its sink, and progress log. Needs a `SqlClient`.
+ * its sink (default: `SinkLive`), and progress log. Needs a `SqlClient`.
  */
-export const layer = (port: number) =>
+export const layer = (options: {
+  readonly port: number
+  readonly sink?: Layer.Layer<OutboxSink, Config.ConfigError> | undefined
+  readonly config?: Partial<OutboxConfig.Options> | undefined
+}) =>
   HttpRouter.serve(Routes).pipe(
-    Layer.provideMerge(NodeHttpServer.layer(createServer, { port, host: "127.0.0.1" })),
+    Layer.provideMerge(NodeHttpServer.layer(createServer, { port: options.port, host: "127.0.0.1" })),
     Layer.provideMerge(ProgressLive),
-    Layer.provideMerge(OutboxLive.layer()),
-    Layer.provide(SinkLive),
+    Layer.provideMerge(OutboxLive.layer({ config: options.config })),
+    Layer.provide(options.sink ?? SinkLive),
     Layer.provideMerge(Layer.effectDiscard(migrate))
   )
 

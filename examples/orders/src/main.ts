@@ -20,7 +20,7 @@ const DatabaseLive = Layer.unwrap(Effect.gen(function*() {
 
 const Main = Layer.unwrap(Effect.gen(function*() {
   const port = yield* Config.Port("PORT").pipe(Config.withDefault(3000))
-  return App.layer(port).pipe(Layer.provideMerge(DatabaseLive))
+  return App.layer({ port }).pipe(Layer.provideMerge(DatabaseLive))
 }))
 
 Effect.gen(function*() {

@@ -6,7 +6,8 @@
  * Relay (layer scope)
  * ├── worker 1..N   claim a batch (SKIP LOCKED, lease, fresh lock token)
  * │   │             → deliver each event to the sink, in id order
- * │   │             → complete the delivered ones in one statement
+ * │   │             → complete the delivered ones in one statement, while
+ * │   │               the worker claims its next batch (one completion in flight)
  * │   │             → failed ones: retry with backoff, or dead-letter
  * │   └── heartbeat renews the batch's leases every lease/3 while it runs
  * └── reaper        every lease/2: expired leases → PENDING
@@ -34,6 +35,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
@@ -125,9 +127,21 @@ export const make = Effect.gen(function*() {
       }
     })
 
-  const processBatch = (events: ReadonlyArray<OutboxEvent>) =>
+  /** Completes delivered events; a failure is logged and the leases expire into a redelivery. */
+  const completeAll = (leases: ReadonlyArray<Lease>) =>
+    fenced(store.complete(leases)).pipe(
+      Effect.andThen(count("completed", leases.length)),
+      Effect.catchCause((cause) => Effect.logWarning(`completing ${leases.length} event(s) failed; they will be redelivered`, cause))
+    )
+
+  /**
+   * Delivers one claimed batch. The completion of the delivered events is
+   * handed to `completions` so the worker can claim its next batch while it
+   * runs (at most one completion in flight per worker: `pending`).
+   */
+  const processBatch = (events: ReadonlyArray<OutboxEvent>, pending: { fiber: Fiber.Fiber<void> | undefined }) =>
     Effect.gen(function*() {
-      // leases still held by this batch (undelivered, or delivered but not yet completed)
+      // leases still held by this batch (undelivered, or delivered but not yet handed to completion)
       const held = new Map<bigint, Lease>(events.map((e) => [e.id, leaseOf(e)]))
       const delivered: Array<Lease> = []
       const renew = Effect.suspend(() => store.renew(Array.from(held.values()), config.leaseDuration)).pipe(
@@ -142,15 +156,12 @@ export const make = Effect.gen(function*() {
         Effect.repeat(Schedule.spaced(heartbeatEvery)),
         Effect.forkChild({ startImmediately: true })
       )
-      const settle = Effect.gen(function*() {
-        yield* Fiber.interrupt(heartbeat)
-        if (delivered.length > 0) {
-          yield* fenced(store.complete(delivered))
-          yield* count("completed", delivered.length)
-          for (const lease of delivered) held.delete(lease.id)
-          delivered.length = 0
-        }
-      })
+      /** Takes the delivered leases out of this batch's hands. */
+      const takeDelivered = () => {
+        const leases = delivered.splice(0)
+        for (const lease of leases) held.delete(lease.id)
+        return leases
+      }
       yield* Effect.gen(function*() {
         for (const event of events) {
           if (!held.has(event.id)) continue // lease lost while we were busy: someone else owns it now
@@ -163,11 +174,16 @@ export const make = Effect.gen(function*() {
           held.delete(event.id)
           yield* handleFailure(event, Cause.squash(exit.cause))
         }
-        yield* settle
+        yield* Fiber.interrupt(heartbeat)
+        if (pending.fiber !== undefined) yield* Fiber.await(pending.fiber)
+        const leases = takeDelivered()
+        pending.fiber = leases.length === 0 ? undefined : yield* FiberSet.run(completions, completeAll(leases))
       }).pipe(
         Effect.onInterrupt(() =>
           Effect.gen(function*() {
-            yield* settle
+            yield* Fiber.interrupt(heartbeat)
+            const leases = takeDelivered()
+            if (leases.length > 0) yield* completeAll(leases)
             const rest = Array.from(held.values())
             if (rest.length > 0) {
               yield* fenced(store.release(rest))
@@ -178,20 +194,22 @@ export const make = Effect.gen(function*() {
       )
     })
 
-  const iteration = Effect.gen(function*() {
-    const events = yield* store.claim({ limit: config.batchSize, leaseDuration: config.leaseDuration })
-    if (events.length === 0) return 0
-    yield* count("claimed", events.length)
-    yield* processBatch(events)
-    return events.length
-  })
+  const iteration = (pending: { fiber: Fiber.Fiber<void> | undefined }) =>
+    Effect.gen(function*() {
+      const events = yield* store.claim({ limit: config.batchSize, leaseDuration: config.leaseDuration })
+      if (events.length === 0) return 0
+      yield* count("claimed", events.length)
+      yield* processBatch(events, pending)
+      return events.length
+    })
 
   const idle = Effect.raceFirst(Effect.sleep(config.pollInterval), Deferred.await(stop))
 
   const worker = (index: number) =>
     Effect.gen(function*() {
+      const pending: { fiber: Fiber.Fiber<void> | undefined } = { fiber: undefined }
       while (!(yield* Deferred.isDone(stop))) {
-        const claimed = yield* iteration.pipe(
+        const claimed = yield* iteration(pending).pipe(
           Effect.catchCause((cause) =>
             Cause.hasInterruptsOnly(cause)
               ? Effect.failCause(cause)
@@ -219,6 +237,8 @@ export const make = Effect.gen(function*() {
     )
   }
 
+  // completions outlive the worker that delivered the events (and run beside its next claim)
+  const completions = yield* FiberSet.make<void, never>()
   yield* Effect.forkScoped(reaper)
   const workers = yield* Effect.forEach(
     Array.from({ length: config.concurrency }, (_, i) => i + 1),
@@ -232,11 +252,13 @@ export const make = Effect.gen(function*() {
         Effect.timeoutOption(config.shutdownTimeout),
         Effect.exit
       )
-      if (Exit.isSuccess(finished) && finished.value._tag === "Some") return
-      yield* Effect.logWarning(
-        `in-flight handlers did not finish within ${Duration.format(config.shutdownTimeout)}; releasing their leases`
-      )
-      yield* Fiber.interruptAll(workers)
+      if (!(Exit.isSuccess(finished) && finished.value._tag === "Some")) {
+        yield* Effect.logWarning(
+          `in-flight handlers did not finish within ${Duration.format(config.shutdownTimeout)}; releasing their leases`
+        )
+        yield* Fiber.interruptAll(workers)
+      }
+      yield* FiberSet.awaitEmpty(completions)
     })
   )
 

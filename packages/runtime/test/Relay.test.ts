@@ -1,7 +1,7 @@
 import { assert, describe, layer } from "@effect/vitest"
 import * as Outbox from "@outbox/core/Outbox"
 import * as OutboxConfig from "@outbox/core/OutboxConfig"
-import { DeliveryError } from "@outbox/core/OutboxError"
+import { DeliveryError, StoreError } from "@outbox/core/OutboxError"
 import { leaseOf, type OutboxEvent } from "@outbox/core/OutboxEvent"
 import * as OutboxSink from "@outbox/core/OutboxSink"
 import { OutboxStore } from "@outbox/core/OutboxStore"
@@ -73,6 +73,22 @@ const publishEvents = (...eventTypes: ReadonlyArray<string>) =>
 const statusOf = (id: bigint) =>
   Effect.flatMap(Effect.service(OutboxStore), (store) =>
     Effect.map(store.get(id), (row) => Option.getOrThrow(row)))
+
+/** The store in context, whose first `failures` claims fail with a StoreError. */
+const flakyClaims = (failures: number) =>
+  Layer.effect(
+    OutboxStore,
+    Effect.map(Effect.service(OutboxStore), (store) => {
+      let left = failures
+      return OutboxStore.of({
+        ...store,
+        claim: (options) =>
+          left-- > 0
+            ? Effect.fail(new StoreError({ operation: "claim", message: "connection reset", retryable: true }))
+            : store.claim(options)
+      })
+    })
+  )
 
 /** A retry policy without jitter, so the progression can be asserted exactly. */
 const doubling: RetryPolicy.Policy = Schedule.exponential("1 second").pipe(Schedule.setInputType<RetryPolicy.FailedAttempt>())
@@ -202,6 +218,25 @@ layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.
           assert.deepStrictEqual(yield* Ref.get(delivered), [good1!.trackingId, good2!.trackingId])
           yield* Scope.close(scope, Exit.void)
         }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
+
+      it.effect("a failing iteration (store error, handler defect) is logged and the loop goes on", () =>
+        Effect.gen(function*() {
+          const delivered = yield* Ref.make<Array<number>>([])
+          const [event] = yield* publishEvents("OrderCreated")
+          const { relay, scope } = yield* startRelay(
+            () =>
+              Effect.flatMap(Ref.updateAndGet(delivered, (a) => [...a, a.length]), (a) =>
+                // the first delivery dies with a defect, the second succeeds
+                a.length === 1 ? Effect.die(new Error("handler bug")) : Effect.void),
+            { retryPolicy: doubling }
+          )
+          yield* advanceUntil(Effect.map(statusOf(event!.id), (r) => r.status === "COMPLETED"), { max: "1 minute" })
+          assert.strictEqual((yield* Ref.get(delivered)).length, 2)
+          const stats = yield* relay.stats
+          assert.strictEqual(stats.retried, 1)
+          assert.strictEqual(stats.completed, 1)
+          yield* Scope.close(scope, Exit.void)
+        }).pipe(Effect.provide(flakyClaims(3)), Effect.provide(store.layer), Effect.provide(TestClock.layer())))
 
       it.effect("graceful shutdown: stops claiming, lets in-flight finish within the deadline, releases the rest", () =>
         Effect.gen(function*() {

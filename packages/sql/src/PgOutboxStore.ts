@@ -172,25 +172,23 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
 
   const claim = Effect.fnUntraced(function*(options: { readonly limit: number; readonly leaseDuration: Duration.Duration }) {
     const ts = yield* now
+    // the uncorrelated sub-select is an InitPlan: one token for the whole claim
     const rows = yield* sql<ClaimedRow>`
-      WITH token AS (SELECT nextval('outbox_lock_token_seq') AS lock_token),
-      candidates AS (
+      UPDATE outbox o
+      SET status = 'PROCESSING', lock_token = (SELECT nextval('outbox_lock_token_seq')),
+          locked_until = ${plus(ts, options.leaseDuration)}
+      FROM (
         SELECT id, created_at FROM outbox
         WHERE status IN ('PENDING', 'FAILED') AND (available_at IS NULL OR available_at <= ${ts})
         ORDER BY id
         LIMIT ${options.limit}
         FOR UPDATE SKIP LOCKED
-      ),
-      claimed AS (
-        UPDATE outbox o
-        SET status = 'PROCESSING', lock_token = token.lock_token, locked_until = ${plus(ts, options.leaseDuration)}
-        FROM candidates c, token
-        WHERE o.id = c.id AND o.created_at = c.created_at
-        RETURNING o.id, o.tracking_id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.metadata,
-                  o.retry_count, o.max_retries, o.created_at, o.locked_until, o.lock_token
-      )
-      SELECT * FROM claimed ORDER BY id`.pipe(mapSqlError("claim"))
-    return rows.map(toEvent)
+      ) c
+      WHERE o.id = c.id AND o.created_at = c.created_at
+      RETURNING o.id, o.tracking_id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.metadata,
+                o.retry_count, o.max_retries, o.created_at, o.locked_until, o.lock_token`.pipe(mapSqlError("claim"))
+    // RETURNING does not keep the claim order
+    return rows.map(toEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
   })
 
   /**

@@ -2,11 +2,22 @@
  * A sink that POSTs each event as JSON to a URL.
  *
  * Body: `{ trackingId, aggregateType, aggregateId, eventType, payload,
- * metadata, createdAt }`, with the header `Idempotency-Key: <trackingId>` so
- * the receiver can deduplicate redeliveries.
+ * metadata, createdAt }` (`createdAt` as an ISO-8601 string), with the header
+ * `Idempotency-Key: <trackingId>` so the receiver can deduplicate
+ * redeliveries (delivery is at-least-once).
  *
  * Outcome: 2xx delivered; 408, 429, 5xx, network errors and timeouts are
- * retryable; any other status is permanent (the event is dead-lettered).
+ * retryable `DeliveryError`s; any other status is permanent
+ * (`DeliveryError.permanent`: the event is dead-lettered at once).
+ *
+ * **Example**
+ *
+ * ```ts
+ * const AppLive = OutboxLive.layer().pipe(
+ *   Layer.provide(WebhookSink.layer({ url: "https://example.com/events", timeout: "5 seconds" })),
+ *   Layer.provideMerge(OutboxLive.layerPg)
+ * )
+ * ```
  *
  * @since 0.1.0
  */
@@ -22,24 +33,44 @@ import * as HttpClient from "effect/http/HttpClient"
 import * as HttpClientRequest from "effect/http/HttpClientRequest"
 
 /**
- * @category models
- * @since 0.1.0
- */
-export interface Options {
-  readonly url: string
-  /** Per-request timeout (default 10 seconds). */
-  readonly timeout?: Duration.Input | undefined
-  /** Extra headers, e.g. authorization. */
-  readonly headers?: Readonly<Record<string, string>> | undefined
-}
-
-/**
- * The JSON body the webhook receives.
+ * Options of `make` and `layer`.
  *
  * @category models
  * @since 0.1.0
  */
-export const body = (event: OutboxEvent) => ({
+export interface Options {
+  /** Where to POST each event. */
+  readonly url: string
+  /** Per-request timeout, from sending to the end of the response (default 10 seconds). */
+  readonly timeout?: Duration.Input | undefined
+  /** Extra headers, e.g. authorization. `Idempotency-Key` and `Content-Type` are set by the sink. */
+  readonly headers?: Readonly<Record<string, string>> | undefined
+}
+
+/**
+ * The JSON body the webhook receives for an event.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface WebhookBody {
+  readonly trackingId: string
+  readonly aggregateType: string
+  readonly aggregateId: string
+  readonly eventType: string
+  readonly payload: unknown
+  readonly metadata: Readonly<Record<string, unknown>>
+  /** ISO-8601. */
+  readonly createdAt: string
+}
+
+/**
+ * Builds the JSON body the webhook receives for an event.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const body = (event: OutboxEvent): WebhookBody => ({
   trackingId: event.trackingId,
   aggregateType: event.aggregateType,
   aggregateId: event.aggregateId,
@@ -49,7 +80,19 @@ export const body = (event: OutboxEvent) => ({
   createdAt: event.createdAt.toISOString()
 })
 
-const retryableStatus = (status: number) => status === 408 || status === 429 || status >= 500
+/**
+ * Whether a non-2xx status is worth retrying: 408, 429 and 5xx.
+ *
+ * @category guards
+ * @since 0.1.0
+ */
+export const isRetryableStatus = (status: number): boolean => status === 408 || status === 429 || status >= 500
+
+/** The first characters of an error response, for the dead-letter reason. */
+const snippet = (text: string): string => {
+  const trimmed = text.trim().replace(/\s+/g, " ")
+  return trimmed.length === 0 ? "" : `: ${trimmed.length > 200 ? `${trimmed.slice(0, 200)}…` : trimmed}`
+}
 
 /**
  * Builds the sink over the `HttpClient` in context.
@@ -58,35 +101,41 @@ const retryableStatus = (status: number) => status === 408 || status === 429 || 
  * @since 0.1.0
  */
 export const make = (options: Options): Effect.Effect<OutboxSink["Service"], never, HttpClient.HttpClient> =>
-  Effect.map(Effect.service(HttpClient.HttpClient), (client) => {
-    const timeout = Duration.fromInputUnsafe(options.timeout ?? "10 seconds")
+  Effect.map(Effect.service(HttpClient.HttpClient), (httpClient) => {
+    // requests are tied to a scope: whatever happens, the request is aborted when the delivery ends
+    const client = HttpClient.withScope(httpClient)
+    const timeout = Duration.fromInputUnsafe(options.timeout ?? Duration.seconds(10))
+    const timedOut = () => Effect.fail(DeliveryError.transient(`webhook timed out after ${Duration.format(timeout)}`))
     const deliver = (event: OutboxEvent): Effect.Effect<void, DeliveryError> =>
       HttpClientRequest.post(options.url).pipe(
-        HttpClientRequest.setHeaders({ ...options.headers, "idempotency-key": event.trackingId }),
+        HttpClientRequest.setHeaders(options.headers ?? {}),
         HttpClientRequest.bodyJsonUnsafe(body(event)),
+        HttpClientRequest.setHeader("idempotency-key", event.trackingId),
         client.execute,
-        Effect.timeoutOrElse({
-          duration: timeout,
-          orElse: () => Effect.fail(DeliveryError.transient(`webhook timed out after ${Duration.format(timeout)}`))
-        }),
-        Effect.scoped,
         Effect.flatMap((response) =>
           response.status >= 200 && response.status < 300
-            ? Effect.void
-            : Effect.fail(
-              new DeliveryError({
-                message: `webhook answered ${response.status}`,
-                retryable: retryableStatus(response.status)
-              })
-            )
+            // drain the body so that the connection can be reused
+            ? Effect.ignore(response.text)
+            : Effect.flatMap(Effect.orElseSucceed(response.text, () => ""), (text) =>
+              Effect.fail(
+                new DeliveryError({
+                  message: `webhook answered ${response.status}${snippet(text)}`,
+                  retryable: isRetryableStatus(response.status)
+                })
+              ))
         ),
-        Effect.catchTag("HttpClientError", (error) => Effect.fail(DeliveryError.transient(`webhook request failed: ${error.message}`, error)))
+        Effect.catchTag(
+          "HttpClientError",
+          (error) => Effect.fail(DeliveryError.transient(`webhook request failed: ${error.message}`, error))
+        ),
+        Effect.timeoutOrElse({ duration: timeout, orElse: timedOut }),
+        Effect.scoped
       )
     return OutboxSink.of({ name: "webhook", deliver })
   })
 
 /**
- * The webhook sink, with the fetch-based HTTP client.
+ * The webhook sink, over the fetch-based HTTP client.
  *
  * @category layers
  * @since 0.1.0
@@ -95,7 +144,9 @@ export const layer = (options: Options): Layer.Layer<OutboxSink> =>
   Layer.effect(OutboxSink, make(options)).pipe(Layer.provide(FetchHttpClient.layer))
 
 /**
- * The webhook sink for `OUTBOX_SINK_URL` (and `OUTBOX_SINK_TIMEOUT`, a duration, default 10 seconds).
+ * The webhook sink for `OUTBOX_SINK_URL` (and `OUTBOX_SINK_TIMEOUT`, a
+ * duration such as `5 seconds`, default 10 seconds). Fails with a
+ * `ConfigError` when the URL is missing or malformed.
  *
  * @category layers
  * @since 0.1.0

@@ -1,12 +1,13 @@
 import { assert, describe, layer } from "@effect/vitest"
 import * as WebhookSink from "@outbox/runtime/WebhookSink"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Queue from "effect/Queue"
 import * as HttpServer from "effect/http/HttpServer"
-import * as Context from "effect/Context"
+import * as SqlClient from "effect/sql/SqlClient"
 import { createServer, type IncomingHttpHeaders } from "node:http"
 import type { AddressInfo } from "node:net"
 import * as App from "../src/App.ts"
@@ -36,78 +37,108 @@ class Receiver extends Context.Service<Receiver, { readonly url: string; readonl
           })
           s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
         }),
-        (s) => Effect.callback<void>((resume) => s.close(() => resume(Effect.void)))
+        (s) =>
+          Effect.callback<void>((resume) => {
+            s.closeAllConnections()
+            s.close(() => resume(Effect.void))
+          })
       )
-      const port = (server.address() as AddressInfo).port
-      return { url: `http://127.0.0.1:${port}/events`, received }
+      return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/events`, received }
     })
   )
 }
 
+/** The example's layers, on a free port, against a fresh database, relaying to the receiver. */
 const AppUnderTest = Layer.unwrap(Effect.gen(function*() {
   const { url } = yield* Receiver
   return App.layer({
     port: 0,
-    sink: WebhookSink.layer({ url }),
+    sink: WebhookSink.layer({ url, timeout: "5 seconds" }),
     config: { pollInterval: Duration.millis(20) }
   })
 })).pipe(Layer.provideMerge(Receiver.layer), Layer.provideMerge(TestDatabase.layer))
 
-const baseUrl = Effect.map(Effect.service(HttpServer.HttpServer), (server) =>
-  HttpServer.formatAddress(server.address))
+const baseUrl = Effect.map(Effect.service(HttpServer.HttpServer), (server) => HttpServer.formatAddress(server.address))
 
-const post = (url: string, body: string) =>
-  Effect.promise(() =>
-    fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body }).then(async (res) => ({
-      status: res.status,
-      json: await res.json() as Record<string, unknown>
-    }))
-  )
+interface Reply {
+  readonly status: number
+  readonly json: any
+}
+
+const request = (path: string, init?: RequestInit) =>
+  Effect.flatMap(baseUrl, (base) =>
+    Effect.promise(() =>
+      fetch(`${base}${path}`, init).then((res) => res.json().then((json): Reply => ({ status: res.status, json })))
+    ))
+
+const post = (body: string) =>
+  request("/orders", { method: "POST", headers: { "content-type": "application/json" }, body })
+
+const count = (table: "orders" | "outbox") =>
+  Effect.flatMap(Effect.service(SqlClient.SqlClient), (sql) =>
+    Effect.map(sql<{ n: number }>`SELECT count(*)::int AS n FROM ${sql(table)}`, (rows) => rows[0]!.n))
 
 layer(AppUnderTest, { timeout: "60 seconds", excludeTestServices: true })("orders example", (it) => {
   describe("POST /orders", () => {
     it.effect("writes the order and relays OrderCreated to the webhook", () =>
       Effect.gen(function*() {
-        const base = yield* baseUrl
         const { received } = yield* Receiver
         const created = yield* post(
-          `${base}/orders`,
           JSON.stringify({ customerId: "c-1", items: [{ sku: "A", quantity: 2, unitPrice: 9.5 }] })
         )
         assert.strictEqual(created.status, 201)
-        const orderId = created.json.orderId as string
+        const orderId: string = created.json.orderId
         assert.match(orderId, /^[0-9a-f-]{36}$/)
 
         const event = yield* Queue.take(received).pipe(Effect.timeout("20 seconds"))
         assert.strictEqual(event.body.eventType, "OrderCreated")
         assert.strictEqual(event.body.aggregateType, "Order")
         assert.strictEqual(event.body.aggregateId, orderId)
-        assert.strictEqual(event.body.payload.total, 19)
-        assert.strictEqual(event.headers["idempotency-key"], event.body.trackingId)
-
-        const read = yield* Effect.promise(() => fetch(`${base}/orders/${orderId}`).then((r) => r.json()))
-        assert.deepStrictEqual(read, {
+        assert.deepStrictEqual(event.body.payload, {
           orderId,
           customerId: "c-1",
           items: [{ sku: "A", quantity: 2, unitPrice: 9.5 }],
           total: 19
         })
+        assert.strictEqual(event.headers["idempotency-key"], event.body.trackingId)
+
+        const read = yield* request(`/orders/${orderId}`)
+        assert.strictEqual(read.status, 200)
+        assert.strictEqual(read.json.orderId, orderId)
+        assert.strictEqual(read.json.customerId, "c-1")
+        assert.deepStrictEqual(read.json.items, [{ sku: "A", quantity: 2, unitPrice: 9.5 }])
+        assert.strictEqual(read.json.total, 19)
       }))
 
-    it.effect("answers 400 with a message on bad input, and publishes nothing", () =>
+    it.effect("answers 400 with a message on bad input, and writes nothing", () =>
       Effect.gen(function*() {
-        const base = yield* baseUrl
-        const notJson = yield* post(`${base}/orders`, "{ nope")
+        const orders = yield* count("orders")
+        const events = yield* count("outbox")
+
+        const notJson = yield* post("{ nope")
         assert.strictEqual(notJson.status, 400)
-        assert.include(String(notJson.json.error), "JSON")
-        const invalid = yield* post(`${base}/orders`, JSON.stringify({ customerId: "c-1", items: [] }))
-        assert.strictEqual(invalid.status, 400)
-        assert.include(String(invalid.json.error), "items")
+        assert.include(notJson.json.error, "JSON")
+        const noItems = yield* post(JSON.stringify({ customerId: "c-1", items: [] }))
+        assert.strictEqual(noItems.status, 400)
+        assert.include(noItems.json.error, "items")
         const negative = yield* post(
-          `${base}/orders`,
           JSON.stringify({ customerId: "c-1", items: [{ sku: "A", quantity: -1, unitPrice: 1 }] })
         )
         assert.strictEqual(negative.status, 400)
+        assert.include(negative.json.error, "quantity")
+
+        assert.strictEqual(yield* count("orders"), orders)
+        assert.strictEqual(yield* count("outbox"), events)
+      }))
+  })
+
+  describe("GET /orders/:id", () => {
+    it.effect("404 for an unknown order, 400 for a malformed id", () =>
+      Effect.gen(function*() {
+        const missing = yield* request("/orders/00000000-0000-4000-8000-000000000000")
+        assert.strictEqual(missing.status, 404)
+        const malformed = yield* request("/orders/nope")
+        assert.strictEqual(malformed.status, 400)
       }))
   })
 })

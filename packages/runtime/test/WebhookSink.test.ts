@@ -1,8 +1,10 @@
 import { assert, describe, it } from "@effect/vitest"
 import type { OutboxEvent } from "@outbox/core/OutboxEvent"
 import { OutboxSink } from "@outbox/core/OutboxSink"
+import * as ConfigProvider from "effect/ConfigProvider"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import { createServer, type IncomingHttpHeaders, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
 import * as WebhookSink from "../src/WebhookSink.ts"
@@ -23,35 +25,41 @@ const event: OutboxEvent = {
 }
 
 interface Seen {
-  headers: IncomingHttpHeaders
-  body: unknown
+  readonly method: string | undefined
+  readonly headers: IncomingHttpHeaders
+  readonly body: unknown
 }
 
-/** A local HTTP server answering with `respond`; yields its URL and what it saw. */
+/** A real HTTP server on a random loopback port answering with `respond`; yields its URL and what it saw. */
 const server = (respond: (res: ServerResponse) => void) =>
   Effect.gen(function*() {
     const seen: Array<Seen> = []
-    const s = yield* Effect.acquireRelease(
+    const srv = yield* Effect.acquireRelease(
       Effect.callback<ReturnType<typeof createServer>>((resume) => {
-        const srv = createServer((req, res) => {
+        const s = createServer((req, res) => {
           let data = ""
           req.on("data", (chunk) => (data += chunk))
           req.on("end", () => {
-            seen.push({ headers: req.headers, body: JSON.parse(data) })
+            seen.push({ method: req.method, headers: req.headers, body: JSON.parse(data) })
             respond(res)
           })
         })
-        srv.listen(0, "127.0.0.1", () => resume(Effect.succeed(srv)))
+        s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
       }),
-      (srv) => Effect.callback<void>((resume) => { srv.closeAllConnections(); srv.close(() => resume(Effect.void)) })
+      (s) =>
+        Effect.callback<void>((resume) => {
+          s.closeAllConnections()
+          s.close(() => resume(Effect.void))
+        })
     )
-    return { url: `http://127.0.0.1:${(s.address() as AddressInfo).port}/hook`, seen }
+    return { url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}/hook`, seen }
   })
 
-const deliver = (url: string, timeout: Duration.Input = "5 seconds") =>
-  Effect.flatMap(Effect.service(OutboxSink), (sink) => sink.deliver(event)).pipe(
-    Effect.provide(WebhookSink.layer({ url, timeout }))
-  )
+const deliverWith = <E>(sink: Layer.Layer<OutboxSink, E>) =>
+  Effect.flatMap(Effect.service(OutboxSink), (s) => s.deliver(event)).pipe(Effect.provide(sink))
+
+const deliver = (url: string, timeout: Duration.Input = "5 seconds", headers?: Record<string, string>) =>
+  deliverWith(WebhookSink.layer({ url, timeout, headers }))
 
 describe("WebhookSink", () => {
   it.live("POSTs the event as JSON with an Idempotency-Key; 2xx is delivered", () =>
@@ -59,6 +67,7 @@ describe("WebhookSink", () => {
       const { url, seen } = yield* server((res) => res.writeHead(204).end())
       yield* deliver(url)
       assert.strictEqual(seen.length, 1)
+      assert.strictEqual(seen[0]!.method, "POST")
       assert.deepStrictEqual(seen[0]!.body, {
         trackingId: event.trackingId,
         aggregateType: "Order",
@@ -72,7 +81,23 @@ describe("WebhookSink", () => {
       assert.include(String(seen[0]!.headers["content-type"]), "application/json")
     }))
 
-  for (const [status, retryable] of [[500, true], [503, true], [429, true], [408, true], [400, false], [404, false]] as const) {
+  it.live("a 200 with a body is delivered too", () =>
+    Effect.gen(function*() {
+      const { url, seen } = yield* server((res) => res.writeHead(200, { "content-type": "application/json" }).end("{\"ok\":true}"))
+      yield* deliver(url)
+      yield* deliver(url)
+      assert.strictEqual(seen.length, 2)
+    }))
+
+  it.live("sends the extra headers, but the Idempotency-Key is always the tracking id", () =>
+    Effect.gen(function*() {
+      const { url, seen } = yield* server((res) => res.writeHead(202).end())
+      yield* deliver(url, "5 seconds", { Authorization: "Bearer s3cret", "Idempotency-Key": "spoofed" })
+      assert.strictEqual(seen[0]!.headers.authorization, "Bearer s3cret")
+      assert.strictEqual(seen[0]!.headers["idempotency-key"], event.trackingId)
+    }))
+
+  for (const [status, retryable] of [[500, true], [503, true], [429, true], [408, true], [400, false], [404, false], [422, false]] as const) {
     it.live(`status ${status} is ${retryable ? "retryable" : "permanent"}`, () =>
       Effect.gen(function*() {
         const { url } = yield* server((res) => res.writeHead(status).end())
@@ -83,19 +108,47 @@ describe("WebhookSink", () => {
       }))
   }
 
+  it.live("the error message carries the start of the response body", () =>
+    Effect.gen(function*() {
+      const { url } = yield* server((res) => res.writeHead(400).end(`{"error":"unknown customer"}${" ".repeat(50)}${"x".repeat(500)}`))
+      const error = yield* Effect.flip(deliver(url))
+      assert.isFalse(error.retryable)
+      assert.include(error.message, "webhook answered 400: {\"error\":\"unknown customer\"}")
+      assert.isBelow(error.message.length, 260)
+    }))
+
   it.live("a receiver that never answers times out as retryable", () =>
     Effect.gen(function*() {
-      const { url } = yield* server(() => {})
+      const { url, seen } = yield* server(() => {})
       const error = yield* Effect.flip(deliver(url, "200 millis"))
+      assert.strictEqual(seen.length, 1)
       assert.isTrue(error.retryable)
       assert.include(error.message, "timed out")
     }))
 
   it.live("an unreachable receiver is retryable", () =>
     Effect.gen(function*() {
-      const { url } = yield* server((res) => res.writeHead(204).end())
-      const closed = url.replace(/:\d+\//, ":1/")
-      const error = yield* Effect.flip(deliver(closed))
+      const error = yield* Effect.flip(deliver("http://127.0.0.1:1/hook"))
       assert.isTrue(error.retryable)
+      assert.include(error.message, "webhook request failed")
+    }))
+
+  it.live("layerConfig reads OUTBOX_SINK_URL", () =>
+    Effect.gen(function*() {
+      const { url, seen } = yield* server((res) => res.writeHead(200).end())
+      yield* deliverWith(
+        WebhookSink.layerConfig.pipe(
+          Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: { OUTBOX_SINK_URL: url, OUTBOX_SINK_TIMEOUT: "2 seconds" } })))
+        )
+      )
+      assert.strictEqual(seen.length, 1)
+    }))
+
+  it.live("layerConfig fails with a ConfigError when OUTBOX_SINK_URL is missing", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(
+        deliverWith(WebhookSink.layerConfig.pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: {} })))))
+      )
+      assert.include(String(error), "OUTBOX_SINK_URL")
     }))
 })

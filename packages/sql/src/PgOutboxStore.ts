@@ -6,8 +6,10 @@
  * (from `outbox_lock_token_seq`) and a lease (`locked_until`), and returns the
  * rows in id order.
  *
- * **Fencing**: every later transition matches `lock_token` (and
- * `status = 'PROCESSING'`); leases that do not match are reported as
+ * **Fencing**: every later transition matches `lock_token`. A token is set
+ * only by a claim (with PROCESSING) and cleared by every transition out of
+ * PROCESSING, so the token alone identifies a live lease and the update can
+ * use the primary key. Leases that do not match are reported as
  * `LeaseLost` and nothing is changed for them. Batched transitions
  * (complete, renew, release) are one statement per lock token.
  *
@@ -170,6 +172,10 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     lockToken: r.lock_token
   })
 
+  // A literal LIMIT keeps the prepared claim on its custom plan: with a
+  // parameter, PostgreSQL may switch to a generic plan after five executions.
+  const limitLiteral = (limit: number) => sql.literal(String(Math.trunc(limit)))
+
   const claim = Effect.fnUntraced(function*(options: { readonly limit: number; readonly leaseDuration: Duration.Duration }) {
     const ts = yield* now
     // the uncorrelated sub-select is an InitPlan: one token for the whole claim
@@ -181,7 +187,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         SELECT id, created_at FROM outbox
         WHERE status IN ('PENDING', 'FAILED') AND (available_at IS NULL OR available_at <= ${ts})
         ORDER BY id
-        LIMIT ${options.limit}
+        LIMIT ${limitLiteral(options.limit)}
         FOR UPDATE SKIP LOCKED
       ) c
       WHERE o.id = c.id AND o.created_at = c.created_at
@@ -209,7 +215,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
           UPDATE outbox SET ${set(ts)}
           WHERE id = ANY(${bigintArray(group.ids)}::bigint[])
             AND created_at >= ${group.from} AND created_at < ${group.to}
-            AND lock_token = ${group.token} AND status = 'PROCESSING'
+            AND lock_token = ${group.token}
           RETURNING id`.pipe(mapSqlError(operation))
         if (updated.length === group.ids.length) continue
         const done = new Set(updated.map((r) => r.id))

@@ -1,17 +1,31 @@
+import { existsSync, readdirSync } from "node:fs"
+import { fileURLToPath } from "node:url"
 import { defineConfig } from "vitest/config"
 
-// vitest 5 no longer reads vitest.workspace.ts: the packages are `test.projects`.
+const root = fileURLToPath(new URL(".", import.meta.url))
+
+/** `packages/core`, `packages/sql`, …, `examples/orders`: every package directory that has a `test` folder. */
+const packageDirs = ["packages", "examples"].flatMap((parent) =>
+  readdirSync(`${root}${parent}`, { withFileTypes: true })
+    .filter((entry) => entry.isDirectory() && existsSync(`${root}${parent}/${entry.name}/test`))
+    .map((entry) => `${parent}/${entry.name}`)
+)
+
+// vitest 5 ignores vitest.workspace.ts (and rejects `test.workspace`): each package is one of `test.projects`.
 export default defineConfig({
   test: {
+    // Runs once per run, in the main process, before the workers are spawned: without DATABASE_URL it starts
+    // one PostgreSQL (testcontainers, else embedded) and exports DATABASE_URL, which the workers inherit.
+    // Projects extending this config do not run it again.
     globalSetup: ["./packages/testing/src/vitestGlobalSetup.ts"],
-    projects: ["packages/*", "examples/*"].map((root) => ({
+    projects: packageDirs.map((dir) => ({
       extends: true,
       test: {
-        include: [`${root}/test/**/*.test.ts`],
-        name: root
+        name: dir,
+        include: [`${dir}/test/**/*.test.ts`]
       }
     })),
     testTimeout: 30_000,
-    hookTimeout: 120_000
+    hookTimeout: 60_000
   }
 })

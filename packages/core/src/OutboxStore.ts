@@ -42,6 +42,23 @@ export interface EventRecord extends EventData {
 }
 
 /**
+ * What one reap recovered. A reaped lease counts as a failed attempt (its
+ * holder crashed or stalled): the row goes back to PENDING with
+ * `retry_count + 1`, or to DEAD_LETTER once it had already used
+ * `max_retries` retries, so an event that crashes every worker that takes
+ * it cannot loop forever.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface ReapResult {
+  /** Ids returned to PENDING. */
+  readonly requeued: ReadonlyArray<bigint>
+  /** Ids dead-lettered because their attempts were used up. */
+  readonly deadLettered: ReadonlyArray<bigint>
+}
+
+/**
  * Options of one claim.
  *
  * @category models
@@ -92,8 +109,11 @@ export class OutboxStore extends Context.Service<OutboxStore, {
   readonly deadLetter: (lease: Lease, options: { readonly error: string }) => Effect.Effect<void, LeaseLost | StoreError>
   /** Gives leases back without counting an attempt (graceful shutdown): PENDING again. */
   readonly release: (leases: ReadonlyArray<Lease>) => Effect.Effect<void, LeaseLost | StoreError>
-  /** Returns every expired lease to PENDING; yields the ids it recovered. */
-  readonly reap: Effect.Effect<ReadonlyArray<bigint>, StoreError>
+  /**
+   * Recovers every expired lease, counting it as an attempt: PENDING again,
+   * or DEAD_LETTER when `retry_count` had reached `max_retries`.
+   */
+  readonly reap: Effect.Effect<ReapResult, StoreError>
   /** Reads one row. */
   readonly get: (id: bigint) => Effect.Effect<Option.Option<EventRecord>, StoreError>
 }>()("@outbox/core/OutboxStore") {}

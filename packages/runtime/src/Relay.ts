@@ -221,10 +221,17 @@ export const make = Effect.gen(function*() {
     }).pipe(Effect.annotateLogs({ module: "Relay", fiber: `worker-${index}` }))
 
   const reaper = store.reap.pipe(
-    Effect.tap((ids) =>
-      ids.length === 0
-        ? Effect.void
-        : Effect.andThen(count("reaped", ids.length), Effect.logInfo(`reaped ${ids.length} expired lease(s)`))
+    Effect.tap(({ deadLettered, requeued }) =>
+      requeued.length + deadLettered.length === 0 ? Effect.void : Effect.andThen(
+        Effect.andThen(count("reaped", requeued.length + deadLettered.length), count("deadLettered", deadLettered.length)),
+        deadLettered.length === 0
+          ? Effect.logInfo(`reaped ${requeued.length} expired lease(s)`)
+          : Effect.logWarning(
+            `reaped ${requeued.length + deadLettered.length} expired lease(s); dead-lettered ${deadLettered.length} whose attempts were used up: ${
+              deadLettered.join(", ")
+            }`
+          )
+      )
     ),
     Effect.catchCause((cause) => Effect.logWarning("reaper iteration failed", cause)),
     Effect.repeat(Schedule.spaced(reapEvery)),

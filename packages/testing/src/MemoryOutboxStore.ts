@@ -30,7 +30,7 @@
  */
 import { LeaseLost, StoreError } from "@outbox/core/OutboxError"
 import type { EventData, EventStatus, Lease, OutboxEvent, PublishedEvent, ValidEvent } from "@outbox/core/OutboxEvent"
-import { type EventRecord, OutboxStore, type Publisher } from "@outbox/core/OutboxStore"
+import { type EventRecord, OutboxStore, type Publisher, type ReapResult } from "@outbox/core/OutboxStore"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -323,17 +323,22 @@ export const make: Effect.Effect<OutboxStore["Service"]> = Effect.sync(() => {
     })
 
   const reap = Effect.flatMap(Clock.currentTimeMillis, (now) =>
-    Effect.sync((): ReadonlyArray<bigint> => {
-      const reaped: Array<bigint> = []
+    Effect.sync((): ReapResult => {
+      const requeued: Array<bigint> = []
+      const deadLettered: Array<bigint> = []
       for (const row of ordered()) {
         if (row.status === "PROCESSING" && row.lockedUntil !== null && row.lockedUntil < now) {
-          row.status = "PENDING"
-          row.lastError = `lease expired at ${new Date(row.lockedUntil).toISOString()} and was reaped`
+          const exhausted = row.retryCount >= row.maxRetries
+          row.lastError = `lease expired at ${new Date(row.lockedUntil).toISOString()} and was reaped` +
+            (exhausted ? `: dead-lettered after ${row.retryCount + 1} attempts` : "")
+          row.retryCount += 1
+          row.status = exhausted ? "DEAD_LETTER" : "PENDING"
+          if (exhausted) row.processedAt = now
           clearLease(row)
-          reaped.push(row.id)
+          ;(exhausted ? deadLettered : requeued).push(row.id)
         }
       }
-      return reaped
+      return { requeued, deadLettered }
     }))
 
   const get = (id: bigint) =>

@@ -76,7 +76,8 @@ const publishAll = (count: number): Effect.Effect<ReadonlyArray<PublishedEvent>,
 const claim = (limit = 100, leaseDuration: Duration.Duration = lease) =>
   Effect.flatMap(OutboxStore, (store) => store.claim({ limit, leaseDuration }))
 
-const reap = Effect.flatMap(OutboxStore, (store) => store.reap)
+const reapAll = Effect.flatMap(OutboxStore, (store) => store.reap)
+const reap = Effect.map(reapAll, (result) => result.requeued)
 
 const row = (id: bigint): Effect.Effect<EventRecord, unknown, OutboxStore> =>
   Effect.flatMap(OutboxStore, (store) => store.get(id)).pipe(
@@ -630,7 +631,7 @@ export const suite: {
           assert.strictEqual(reaped.status, "PENDING")
           assert.isNull(reaped.lockToken)
           assert.isNull(reaped.lockedUntil)
-          assert.strictEqual(reaped.retryCount, 0)
+          assert.strictEqual(reaped.retryCount, 1, "a reaped lease counts as an attempt")
           assert.strictEqual(reaped.lastError, `lease expired at ${at(10_000).toISOString()} and was reaped`)
           const kept = yield* row(long!.id)
           assert.strictEqual(kept.status, "PROCESSING")
@@ -640,6 +641,34 @@ export const suite: {
           assert.deepStrictEqual(ids(yield* claim()), [short!.id])
           yield* TestClock.adjust("1 minute")
           assert.deepStrictEqual(sorted(yield* reap), published)
+        })
+      )
+
+      test(
+        "an event whose holders keep crashing is dead-lettered once its retries are used up, and stops being claimed",
+        Effect.gen(function*() {
+          const [poison] = yield* Outbox.transaction(Outbox.publishAll([input(1, { maxRetries: 1 }), input(2)]))
+          const expire = TestClock.adjust(Duration.sum(lease, Duration.millis(1)))
+
+          assert.deepStrictEqual(ids(yield* claim(1)), [poison!.id])
+          yield* expire
+          assert.deepStrictEqual(yield* reapAll, { requeued: [poison!.id], deadLettered: [] })
+          assert.strictEqual((yield* row(poison!.id)).retryCount, 1)
+
+          assert.deepStrictEqual(ids(yield* claim(1)), [poison!.id])
+          yield* expire
+          const lockedUntil = at(2 * (Duration.toMillis(lease) + 1) - 1)
+          assert.deepStrictEqual(yield* reapAll, { requeued: [], deadLettered: [poison!.id] })
+
+          const dead = yield* row(poison!.id)
+          assert.strictEqual(dead.status, "DEAD_LETTER")
+          assert.strictEqual(dead.retryCount, 2)
+          assert.isNull(dead.lockToken)
+          assert.isNull(dead.lockedUntil)
+          assert.isNotNull(dead.processedAt)
+          assert.strictEqual(dead.lastError, `lease expired at ${lockedUntil.toISOString()} and was reaped: dead-lettered after 2 attempts`)
+          // the other event is claimable, the dead letter is not
+          assert.deepStrictEqual(ids(yield* claim()), [poison!.id + 1n])
         })
       )
     })

@@ -1,6 +1,7 @@
 /**
  * @since 0.1.0
  */
+export * as ArchiveStorage from "./ArchiveStorage.ts"
 export * as Inbox from "./Inbox.ts"
 export * as Outbox from "./Outbox.ts"
 export * as OutboxConfig from "./OutboxConfig.ts"
@@ -8,4 +9,5 @@ export * as OutboxError from "./OutboxError.ts"
 export * as OutboxEvent from "./OutboxEvent.ts"
 export * as OutboxSink from "./OutboxSink.ts"
 export * as OutboxStore from "./OutboxStore.ts"
+export * as PartitionPolicy from "./PartitionPolicy.ts"
 export * as RetryPolicy from "./RetryPolicy.ts"

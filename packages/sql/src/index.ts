@@ -1,6 +1,11 @@
 /**
  * @since 0.1.0
  */
+export * as FileArchiveStorage from "./FileArchiveStorage.ts"
+export * as Identifier from "./Identifier.ts"
 export * as OutboxMigrations from "./OutboxMigrations.ts"
-export * as PgOutboxStore from "./PgOutboxStore.ts"
+export * as PartitionArchive from "./PartitionArchive.ts"
+export * as PartitionManager from "./PartitionManager.ts"
+export * as Partman from "./Partman.ts"
 export * as PgInbox from "./PgInbox.ts"
+export * as PgOutboxStore from "./PgOutboxStore.ts"

@@ -1,0 +1,163 @@
+/**
+ * Partition maintenance as a supervised schedule in the relay's fiber tree:
+ * runs `PartitionManager.maintain` for every policy when the layer starts,
+ * then every `every` (default 1 hour). A failing run is logged and counted,
+ * and the schedule goes on: nothing but the layer's scope stops it. The
+ * service reports runs, the last reports and the last failure, so a health
+ * probe can tell maintenance that has silently stopped.
+ *
+ * `runOnce` is the same work for cron or CI (`npx outbox partitions maintain`).
+ *
+ * @since 0.1.0
+ */
+import * as PartitionPolicy from "@outbox/core/PartitionPolicy"
+import { PartitionManager, type MaintenanceReport } from "@outbox/sql/PartitionManager"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+
+/**
+ * What the schedule has done so far.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Status {
+  readonly runs: number
+  readonly failures: number
+  readonly lastRunAt: Date | undefined
+  readonly lastReports: ReadonlyArray<MaintenanceReport>
+  readonly lastError: string | undefined
+}
+
+/**
+ * The running schedule.
+ *
+ * @category services
+ * @since 0.1.0
+ */
+export class PartitionMaintenance extends Context.Service<PartitionMaintenance, {
+  readonly policies: ReadonlyArray<PartitionPolicy.PartitionPolicy>
+  readonly status: Effect.Effect<Status>
+}>()("@outbox/runtime/PartitionMaintenance") {}
+
+/**
+ * Options of the schedule.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Options {
+  readonly policies: ReadonlyArray<PartitionPolicy.PartitionPolicy>
+  /** Time between runs (default 1 hour). */
+  readonly every?: Duration.Input | undefined
+}
+
+const describe = (r: MaintenanceReport) =>
+  `${r.table}: created ${r.created.length}, moved ${r.moved.reduce((n, m) => n + m.rows, 0)} row(s) out of DEFAULT, retired ${r.retired.length}, blocked ${r.blocked.length}, failed ${r.failed.length}`
+
+/**
+ * Maintains every policy once, logging each report. A policy that fails is
+ * logged and does not stop the others; the failures come back in the result.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const runOnce = Effect.fn("PartitionMaintenance.runOnce")(function*(
+  policies: ReadonlyArray<PartitionPolicy.PartitionPolicy>
+) {
+  const manager = yield* PartitionManager
+  const reports: Array<MaintenanceReport> = []
+  const errors: Array<string> = []
+  for (const policy of policies) {
+    const result = yield* Effect.result(manager.maintain(policy))
+    if (result._tag === "Failure") {
+      errors.push(`${policy.table}: ${result.failure.message}`)
+      yield* Effect.logError(`partition maintenance of ${policy.table} failed: ${result.failure.message}`)
+      continue
+    }
+    const report = result.success
+    reports.push(report)
+    const changed = report.created.length + report.retired.length + report.moved.length > 0
+    if (report.blocked.length > 0 || report.failed.length > 0) {
+      yield* Effect.logWarning(describe(report), { blocked: report.blocked, failed: report.failed })
+    } else if (changed) {
+      yield* Effect.logInfo(describe(report))
+    }
+  }
+  return { reports, errors } as const
+})
+
+/**
+ * Runs the schedule in the layer's scope.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const make = Effect.fnUntraced(function*(options: Options) {
+  const every = Duration.fromInputUnsafe(options.every ?? "1 hour")
+  const state = yield* Ref.make<Status>({ runs: 0, failures: 0, lastRunAt: undefined, lastReports: [], lastError: undefined })
+  const iteration = Effect.gen(function*() {
+    const at = new Date(yield* Clock.currentTimeMillis)
+    const { errors, reports } = yield* runOnce(options.policies)
+    const failed = errors.length > 0 || reports.some((r) => r.failed.length > 0)
+    yield* Ref.update(state, (s) => ({
+      runs: s.runs + 1,
+      failures: s.failures + (failed ? 1 : 0),
+      lastRunAt: at,
+      lastReports: reports,
+      lastError: failed ? [...errors, ...reports.flatMap((r) => r.failed.map((f) => `${r.table}/${f.partition}: ${f.message}`))].join("; ") : s.lastError
+    }))
+  }).pipe(
+    Effect.catchCause((cause) =>
+      Effect.andThen(
+        Ref.update(state, (s) => ({ ...s, runs: s.runs + 1, failures: s.failures + 1, lastError: String(cause) })),
+        Effect.logError("partition maintenance run failed", cause)
+      )
+    )
+  )
+  yield* iteration.pipe(
+    Effect.repeat(Schedule.spaced(every)),
+    Effect.annotateLogs({ module: "PartitionMaintenance" }),
+    Effect.forkScoped
+  )
+  return PartitionMaintenance.of({ policies: options.policies, status: Ref.get(state) })
+})
+
+/**
+ * The schedule as a layer.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layer = (options: Options): Layer.Layer<PartitionMaintenance, never, PartitionManager> =>
+  Layer.effect(PartitionMaintenance, make(options))
+
+/**
+ * The outbox's own policy from the environment: `OUTBOX_RETENTION_DAYS`
+ * (7), `OUTBOX_PARTITION_PREMAKE` (3), plus the schedule's period
+ * `OUTBOX_MAINTENANCE_INTERVAL_MS` (3600000). `policies` adds the
+ * application's tables.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerConfig = (
+  policies: ReadonlyArray<PartitionPolicy.PartitionPolicy> = []
+): Layer.Layer<PartitionMaintenance, Config.ConfigError, PartitionManager> =>
+  Layer.unwrap(Effect.gen(function*() {
+    const positive = (name: string, fallback: number) =>
+      Config.schema(Schema.Int.check(Schema.isGreaterThan(0)), name).pipe(Config.withDefault(fallback))
+    const retentionDays = yield* positive("OUTBOX_RETENTION_DAYS", 7)
+    const premake = yield* Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)), "OUTBOX_PARTITION_PREMAKE").pipe(
+      Config.withDefault(3)
+    )
+    const every = yield* positive("OUTBOX_MAINTENANCE_INTERVAL_MS", 3_600_000)
+    return layer({ policies: [PartitionPolicy.outbox({ retentionDays, premake }), ...policies], every: Duration.millis(every) })
+  }))

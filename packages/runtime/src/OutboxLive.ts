@@ -1,6 +1,9 @@
 /**
  * The whole outbox in one layer: configuration from the environment, the
- * PostgreSQL store (migrations applied at start) and the relay's fiber tree.
+ * PostgreSQL store (migrations applied at start), the relay's fiber tree and
+ * the partition-maintenance schedule (outbox policy from the environment,
+ * see `PartitionMaintenance.layerConfig`; add application tables with
+ * `partitions`).
  *
  * Provide it with a `SqlClient` (e.g. `PgClient.layerConfig`, or
  * `OutboxLive.layerPg` which reads `DATABASE_URL`) and an `OutboxSink`:
@@ -18,12 +21,15 @@ import * as OutboxConfig from "@outbox/core/OutboxConfig"
 import type { StoreError } from "@outbox/core/OutboxError"
 import type { OutboxSink } from "@outbox/core/OutboxSink"
 import type { OutboxStore } from "@outbox/core/OutboxStore"
+import type * as PartitionPolicy from "@outbox/core/PartitionPolicy"
+import * as PartitionManager from "@outbox/sql/PartitionManager"
 import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
 import { PgClient } from "@effect/sql-pg"
 import * as Config from "effect/Config"
 import * as Layer from "effect/Layer"
 import type * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
+import * as PartitionMaintenance from "./PartitionMaintenance.ts"
 import * as Relay from "./Relay.ts"
 
 /**
@@ -36,6 +42,8 @@ export interface Options {
   /** Overrides of the environment configuration (policies, or any field). */
   readonly config?: Partial<OutboxConfig.Options> | undefined
   readonly store?: PgOutboxStore.Options | undefined
+  /** Application tables maintained beside the outbox. */
+  readonly partitions?: ReadonlyArray<PartitionPolicy.PartitionPolicy> | undefined
 }
 
 /**
@@ -47,11 +55,11 @@ export interface Options {
 export const layer = (
   options: Options = {}
 ): Layer.Layer<
-  Relay.Relay | OutboxStore | OutboxConfig.OutboxConfig,
+  Relay.Relay | OutboxStore | OutboxConfig.OutboxConfig | PartitionMaintenance.PartitionMaintenance | PartitionManager.PartitionManager,
   StoreError | Config.ConfigError,
   SqlClient.SqlClient | OutboxSink
 > =>
-  Relay.layer.pipe(
+  Layer.mergeAll(Relay.layer, PartitionMaintenance.layerConfig(options.partitions).pipe(Layer.provideMerge(PartitionManager.layer))).pipe(
     Layer.provideMerge(PgOutboxStore.layer(options.store)),
     Layer.provideMerge(OutboxConfig.layerConfig(options.config))
   )

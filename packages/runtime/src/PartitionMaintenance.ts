@@ -11,7 +11,8 @@
  * @since 0.1.0
  */
 import * as PartitionPolicy from "@outbox/core/PartitionPolicy"
-import { PartitionManager, type MaintenanceReport } from "@outbox/sql/PartitionManager"
+import { type MaintenanceReport, PartitionManager } from "@outbox/sql/PartitionManager"
+import * as Partman from "@outbox/sql/Partman"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
@@ -21,6 +22,7 @@ import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import type * as SqlClient from "effect/sql/SqlClient"
 
 /**
  * What the schedule has done so far.
@@ -57,6 +59,12 @@ export interface Options {
   readonly policies: ReadonlyArray<PartitionPolicy.PartitionPolicy>
   /** Time between runs (default 1 hour). */
   readonly every?: Duration.Input | undefined
+  /**
+   * The outbox is handed to pg_partman (`npx outbox migrate --partman`):
+   * each run also calls `partman.run_maintenance_proc()`. Leave the outbox
+   * out of `policies` then.
+   */
+  readonly partman?: boolean | undefined
 }
 
 const describe = (r: MaintenanceReport) =>
@@ -106,6 +114,17 @@ export const make = Effect.fnUntraced(function*(options: Options) {
   const iteration = Effect.gen(function*() {
     const at = new Date(yield* Clock.currentTimeMillis)
     const { errors, reports } = yield* runOnce(options.policies)
+    if (options.partman === true) {
+      const partman = yield* Effect.result(Partman.runMaintenance)
+      if (partman._tag === "Failure") {
+        errors.push(`pg_partman: ${partman.failure.message}`)
+        yield* Effect.logError(`pg_partman maintenance failed: ${partman.failure.message}`)
+      } else if (partman.success.created.length + partman.success.dropped.length > 0) {
+        yield* Effect.logInfo(
+          `pg_partman: created ${partman.success.created.length}, dropped ${partman.success.dropped.length} partition(s)`
+        )
+      }
+    }
     const failed = errors.length > 0 || reports.some((r) => r.failed.length > 0)
     yield* Ref.update(state, (s) => ({
       runs: s.runs + 1,
@@ -136,22 +155,41 @@ export const make = Effect.fnUntraced(function*(options: Options) {
  * @category layers
  * @since 0.1.0
  */
-export const layer = (options: Options): Layer.Layer<PartitionMaintenance, never, PartitionManager> =>
+export const layer = (options: Options): Layer.Layer<PartitionMaintenance, never, PartitionManager | SqlClient.SqlClient> =>
   Layer.effect(PartitionMaintenance, make(options))
 
 /**
- * The outbox's own policy from the environment: `OUTBOX_RETENTION_DAYS`
+ * No schedule (`OUTBOX_PARTITION_MODE=off`): the status says zero runs.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerOff: Layer.Layer<PartitionMaintenance> = Layer.succeed(
+  PartitionMaintenance,
+  PartitionMaintenance.of({
+    policies: [],
+    status: Effect.succeed({ runs: 0, failures: 0, lastRunAt: undefined, lastReports: [], lastError: undefined })
+  })
+)
+
+/**
+ * The outbox's own policy from the environment: `OUTBOX_PARTITION_MODE`
+ * (`native`, `partman` or `off`; default `native`), `OUTBOX_RETENTION_DAYS`
  * (7), `OUTBOX_PARTITION_PREMAKE` (3), plus the schedule's period
  * `OUTBOX_MAINTENANCE_INTERVAL_MS` (3600000). `policies` adds the
- * application's tables.
+ * application's tables (maintained natively in every mode but `off`).
  *
  * @category layers
  * @since 0.1.0
  */
 export const layerConfig = (
   policies: ReadonlyArray<PartitionPolicy.PartitionPolicy> = []
-): Layer.Layer<PartitionMaintenance, Config.ConfigError, PartitionManager> =>
+): Layer.Layer<PartitionMaintenance, Config.ConfigError, PartitionManager | SqlClient.SqlClient> =>
   Layer.unwrap(Effect.gen(function*() {
+    const mode = yield* Config.schema(Schema.Literals(["native", "partman", "off"]), "OUTBOX_PARTITION_MODE").pipe(
+      Config.withDefault("native" as const)
+    )
+    if (mode === "off") return layerOff
     const positive = (name: string, fallback: number) =>
       Config.schema(Schema.Int.check(Schema.isGreaterThan(0)), name).pipe(Config.withDefault(fallback))
     const retentionDays = yield* positive("OUTBOX_RETENTION_DAYS", 7)
@@ -159,5 +197,9 @@ export const layerConfig = (
       Config.withDefault(3)
     )
     const every = yield* positive("OUTBOX_MAINTENANCE_INTERVAL_MS", 3_600_000)
-    return layer({ policies: [PartitionPolicy.outbox({ retentionDays, premake }), ...policies], every: Duration.millis(every) })
+    return layer({
+      policies: mode === "partman" ? policies : [PartitionPolicy.outbox({ retentionDays, premake }), ...policies],
+      every: Duration.millis(every),
+      partman: mode === "partman"
+    })
   }))

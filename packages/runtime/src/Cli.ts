@@ -1,0 +1,175 @@
+/**
+ * The `outbox` command line (`npx outbox`), reading `DATABASE_URL`:
+ *
+ * - `outbox migrate [--partman] [--premake-days N] [--retention-days N]`:
+ *   applies the schema; `--partman` then hands the outbox to pg_partman.
+ * - `outbox partitions status [--table T] [--json]`: partitions, bounds,
+ *   sizes, and the outbox's health check.
+ * - `outbox partitions maintain [--table T --interval I] [--premake N]
+ *   [--retention-days N] [--json]`: one maintenance run, for cron or CI.
+ *
+ * Exits non-zero when a step fails or the health check names a problem
+ * (`status`), so it can gate a pipeline.
+ *
+ * @since 0.1.0
+ */
+import * as PartitionPolicy from "@outbox/core/PartitionPolicy"
+import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
+import * as PartitionManager from "@outbox/sql/PartitionManager"
+import * as Partman from "@outbox/sql/Partman"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Command from "effect/cli/Command"
+import * as Flag from "effect/cli/Flag"
+import type * as SqlClient from "effect/sql/SqlClient"
+import { formatBytes, formatTable } from "./internal/table.ts"
+
+/**
+ * A command that found problems: the process exits with status 1.
+ *
+ * @category errors
+ * @since 0.1.0
+ */
+export class CommandFailed extends Error {
+  override readonly name = "CommandFailed"
+}
+
+const json = Flag.Boolean("json").pipe(Flag.withDefault(false), Flag.withDescription("print JSON instead of a table"))
+
+const print = (value: unknown) => Console.log(JSON.stringify(value, (_, v) => (typeof v === "bigint" ? String(v) : v), 2))
+
+const day = (d: Date | null) => (d === null ? "" : d.toISOString().replace(".000Z", "Z").replace("T00:00:00Z", ""))
+
+const migrate = Command.make("migrate", {
+  partman: Flag.Boolean("partman").pipe(Flag.withDefault(false), Flag.withDescription("hand the outbox to pg_partman after migrating")),
+  premakeDays: Flag.Int("premake-days").pipe(Flag.withDefault(4), Flag.withDescription("pg_partman premake (days)")),
+  retentionDays: Flag.Int("retention-days").pipe(Flag.optional, Flag.withDescription("pg_partman retention (days)"))
+}, (options) =>
+  Effect.gen(function*() {
+    yield* OutboxMigrations.run
+    yield* Console.log("outbox schema is up to date")
+    if (options.partman) {
+      const summary = yield* Partman.handOver({
+        premakeDays: options.premakeDays,
+        retentionDays: Option.getOrUndefined(options.retentionDays)
+      })
+      yield* Console.log(
+        summary._tag === "AlreadyManaged"
+          ? `outbox already managed by pg_partman ${summary.partman.version}${summary.configUpdated ? " (configuration updated)" : ""}`
+          : `outbox handed to pg_partman ${summary.partman.version}: ${summary.partitionsCreated.length} partition(s) created, ${summary.rowsMoved} row(s) moved`
+      )
+    }
+  })).pipe(Command.withDescription("apply the outbox schema (and optionally hand it to pg_partman)"))
+
+const table = Flag.String("table").pipe(Flag.withDefault("outbox"), Flag.withDescription("partitioned parent table"))
+const interval = Flag.Literals("interval", ["daily", "weekly", "monthly", "quarterly"]).pipe(Flag.withDefault("daily" as const))
+
+const policyFor = (options: {
+  readonly table: string
+  readonly interval: PartitionPolicy.Interval
+  readonly premake: number
+  readonly retentionDays: Option.Option<number>
+}): PartitionPolicy.PartitionPolicy =>
+  options.table === "outbox"
+    ? PartitionPolicy.outbox({
+      premake: options.premake,
+      ...(Option.isSome(options.retentionDays) ? { retentionDays: options.retentionDays.value } : {})
+    })
+    : PartitionPolicy.make({
+      table: options.table,
+      column: "created_at",
+      interval: options.interval,
+      premake: options.premake,
+      retention: Option.isSome(options.retentionDays) ? { amount: options.retentionDays.value, unit: "days" } : undefined
+    })
+
+const status = Command.make("status", {
+  table,
+  interval,
+  premake: Flag.Int("premake").pipe(Flag.withDefault(3)),
+  retentionDays: Flag.Int("retention-days").pipe(Flag.optional),
+  json
+}, (options) =>
+  Effect.gen(function*() {
+    const manager = yield* PartitionManager.PartitionManager
+    const leaves = yield* manager.leaves(options.table)
+    const health = yield* manager.health(policyFor(options))
+    const overview = (yield* manager.overview).find((o) => o.parent === options.table)
+    if (options.json) {
+      yield* print({ table: options.table, partitions: leaves, overview, health })
+    } else {
+      yield* Console.log(formatTable(
+        ["partition", "from", "to", "est. rows", "size"],
+        leaves.map((l) => [
+          l.isDefault ? `${l.name} (DEFAULT)` : l.name,
+          day(l.from),
+          day(l.to),
+          String(Math.max(0, l.estimatedRows)),
+          formatBytes(l.totalBytes)
+        ])
+      ))
+      if (overview !== undefined) {
+        yield* Console.log(
+          `\n${overview.partitions} partition(s), ${formatBytes(overview.totalBytes)} in all (min ${formatBytes(overview.minBytes)}, max ${
+            formatBytes(overview.maxBytes)
+          })`
+        )
+      }
+      yield* Console.log(
+        health.ok ? "health: ok" : `health: ${health.problems.length} problem(s)\n${health.problems.map((p) => `  ${p.kind}: ${p.message}`).join("\n")}`
+      )
+    }
+    if (!health.ok) return yield* Effect.fail(new CommandFailed(`${options.table}: partition health check failed`))
+  })).pipe(Command.withDescription("list partitions with bounds and sizes, and check their health"))
+
+const maintain = Command.make("maintain", {
+  table,
+  interval,
+  premake: Flag.Int("premake").pipe(Flag.withDefault(3)),
+  retentionDays: Flag.Int("retention-days").pipe(Flag.optional),
+  json
+}, (options) =>
+  Effect.gen(function*() {
+    const manager = yield* PartitionManager.PartitionManager
+    const report = yield* manager.maintain(policyFor(options))
+    if (options.json) yield* print(report)
+    else {
+      yield* Console.log(`created:  ${report.created.join(", ") || "-"}`)
+      yield* Console.log(`moved:    ${report.moved.map((m) => `${m.rows} row(s) into ${m.partition}`).join(", ") || "-"}`)
+      yield* Console.log(`retired:  ${report.retired.map((r) => `${r.partition} (${r.action}, ${r.detach} detach)`).join(", ") || "-"}`)
+      yield* Console.log(`blocked:  ${report.blocked.map((b) => `${b.partition} (${b.unfinished} unfinished)`).join(", ") || "-"}`)
+      if (report.failed.length > 0) yield* Console.log(`failed:   ${report.failed.map((f) => `${f.partition} ${f.step}: ${f.message}`).join("; ")}`)
+    }
+    if (report.failed.length > 0) return yield* Effect.fail(new CommandFailed(`${report.failed.length} maintenance step(s) failed`))
+  })).pipe(Command.withDescription("create partitions ahead, move DEFAULT rows, apply retention (once)"))
+
+const partitions = Command.make("partitions").pipe(
+  Command.withDescription("inspect and maintain partitions"),
+  Command.withSubcommands([status, maintain])
+)
+
+/**
+ * The `outbox` command tree.
+ *
+ * @category commands
+ * @since 0.1.0
+ */
+export const command = Command.make("outbox").pipe(
+  Command.withDescription("Outbox: transactional outbox for PostgreSQL"),
+  Command.withSubcommands([migrate, partitions])
+)
+
+/**
+ * Runs the command line on `argv` (without the node and script entries).
+ * Needs a `SqlClient` and the Node CLI environment (`NodeServices.layer`).
+ *
+ * @category running
+ * @since 0.1.0
+ */
+export const run = (argv: ReadonlyArray<string>) =>
+  Command.runWith(command, { version: "0.1.0" })(argv).pipe(Effect.provide(PartitionManager.layer)) as Effect.Effect<
+    void,
+    unknown,
+    SqlClient.SqlClient | Command.Environment
+  >

@@ -1,0 +1,70 @@
+import { assert, describe, layer } from "@effect/vitest"
+import * as TestDatabase from "@outbox/testing/TestDatabase"
+import * as Effect from "effect/Effect"
+import * as SqlClient from "effect/sql/SqlClient"
+import { execFile } from "node:child_process"
+import { fileURLToPath } from "node:url"
+
+const bin = fileURLToPath(new URL("../bin/outbox.mjs", import.meta.url))
+
+/** Runs `outbox <args>` as a real process against the test database. */
+const outbox = (...args: Array<string>) =>
+  Effect.flatMap(TestDatabase.TestDatabase, (database) =>
+    Effect.callback<{ code: number; stdout: string; stderr: string }>((resume) => {
+      execFile(process.execPath, [bin, ...args], { env: { ...process.env, DATABASE_URL: database.url }, timeout: 60_000 }, (error, stdout, stderr) =>
+        resume(Effect.succeed({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, stdout, stderr })))
+    }))
+
+layer(TestDatabase.layer, { timeout: "120 seconds" })("npx outbox", (it) => {
+  describe("migrate and partitions", () => {
+    it.effect("migrate applies the schema; status prints the partitions and a clean health check; maintain is a no-op on a fresh schema", () =>
+      Effect.gen(function*() {
+        const migrated = yield* outbox("migrate")
+        assert.strictEqual(migrated.code, 0, migrated.stderr)
+        assert.include(migrated.stdout, "outbox schema is up to date")
+        const sql = yield* SqlClient.SqlClient
+        const [row] = yield* sql<{ t: string | null }>`SELECT to_regclass('outbox')::text AS t`
+        assert.strictEqual(row!.t, "outbox")
+
+        const status = yield* outbox("partitions", "status")
+        assert.strictEqual(status.code, 0, status.stderr)
+        const today = new Date().toISOString().slice(0, 10)
+        assert.include(status.stdout, `outbox_p${today.replaceAll("-", "")}`)
+        assert.include(status.stdout, "outbox_default (DEFAULT)")
+        assert.include(status.stdout, "health: ok")
+
+        const asJson = yield* outbox("partitions", "status", "--json")
+        const parsed = JSON.parse(asJson.stdout) as { partitions: Array<{ name: string; isDefault: boolean }>; health: { ok: boolean } }
+        assert.strictEqual(parsed.partitions.filter((p) => !p.isDefault).length, 4)
+        assert.isTrue(parsed.health.ok)
+
+        const maintained = yield* outbox("partitions", "maintain", "--premake", "5", "--json")
+        assert.strictEqual(maintained.code, 0, maintained.stderr)
+        assert.strictEqual((JSON.parse(maintained.stdout) as { created: Array<string> }).created.length, 2)
+      }))
+
+    it.effect("a problem exits non-zero: rows in DEFAULT fail the health check until maintain moves them", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at)
+                   VALUES ('Order', 'o-1', 'OrderCreated', '{}', now() - interval '1 day')`
+        const sick = yield* outbox("partitions", "status")
+        assert.strictEqual(sick.code, 1)
+        assert.include(sick.stdout, "RowsInDefault")
+        const maintained = yield* outbox("partitions", "maintain")
+        assert.strictEqual(maintained.code, 0, maintained.stderr)
+        assert.include(maintained.stdout, "1 row(s) into outbox_p")
+        assert.strictEqual((yield* outbox("partitions", "status")).code, 0)
+      }))
+
+    it.effect("a hostile table name is refused with a typed error and touches nothing", () =>
+      Effect.gen(function*() {
+        const refused = yield* outbox("partitions", "status", "--table", `outbox"; DROP TABLE outbox; --`)
+        assert.strictEqual(refused.code, 1)
+        assert.include(refused.stderr, "InvalidIdentifier")
+        const sql = yield* SqlClient.SqlClient
+        const [row] = yield* sql<{ t: string | null }>`SELECT to_regclass('outbox')::text AS t`
+        assert.strictEqual(row!.t, "outbox")
+      }))
+  })
+})

@@ -7,6 +7,9 @@
  *   sizes, and the outbox's health check.
  * - `outbox partitions maintain [--table T --interval I] [--premake N]
  *   [--retention-days N] [--json]`: one maintenance run, for cron or CI.
+ * - `outbox partitions maintain --tenant-table T [--tenant ID]
+ *   [--months-ahead N] [--retention-months N]`: the same for a
+ *   tenant × month table (one tenant, or a sweep of every known tenant).
  *
  * Exits non-zero when a step fails or the health check names a problem
  * (`status`), so it can gate a pipeline.
@@ -17,6 +20,7 @@ import * as PartitionPolicy from "@outbox/core/PartitionPolicy"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import * as PartitionManager from "@outbox/sql/PartitionManager"
 import * as Partman from "@outbox/sql/Partman"
+import * as TenantPartitions from "@outbox/sql/TenantPartitions"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
@@ -123,14 +127,58 @@ const status = Command.make("status", {
     if (!health.ok) return yield* Effect.fail(new CommandFailed(`${options.table}: partition health check failed`))
   })).pipe(Command.withDescription("list partitions with bounds and sizes, and check their health"))
 
+const tenantMaintain = (options: {
+  readonly tenantTable: string
+  readonly tenantColumn: string
+  readonly timeColumn: string
+  readonly tenant: Option.Option<string>
+  readonly monthsAhead: number
+  readonly retentionMonths: Option.Option<number>
+  readonly json: boolean
+}) =>
+  Effect.gen(function*() {
+    const tenants = yield* TenantPartitions.make({
+      table: options.tenantTable,
+      tenantColumn: options.tenantColumn,
+      timeColumn: options.timeColumn
+    })
+    const ensured = Option.isSome(options.tenant)
+      ? { ensured: yield* tenants.ensureTenant(options.tenant.value, { monthsAhead: options.monthsAhead }) }
+      : { swept: yield* tenants.sweep({ monthsAhead: options.monthsAhead }) }
+    const dropped = Option.isSome(options.retentionMonths)
+      ? yield* tenants.applyRetention({
+        retentionMonths: options.retentionMonths.value,
+        ...(Option.isSome(options.tenant) ? { tenantId: options.tenant.value } : {})
+      })
+      : []
+    if (options.json) return yield* print({ ...ensured, dropped })
+    const created = "ensured" in ensured ? ensured.ensured.created : ensured.swept.created
+    yield* Console.log(`created:  ${created.join(", ") || "-"}`)
+    yield* Console.log(`dropped:  ${dropped.map((d) => d.partition).join(", ") || "-"}`)
+    if ("swept" in ensured && ensured.swept.failed.length > 0) {
+      yield* Console.log(`failed:   ${ensured.swept.failed.map((f) => `${f.partition}: ${f.error.message}`).join("; ")}`)
+      return yield* Effect.fail(new CommandFailed(`${ensured.swept.failed.length} tenant(s) failed`))
+    }
+  })
+
 const maintain = Command.make("maintain", {
   table,
   interval,
   premake: Flag.Int("premake").pipe(Flag.withDefault(3)),
   retentionDays: Flag.Int("retention-days").pipe(Flag.optional),
+  tenantTable: Flag.String("tenant-table").pipe(
+    Flag.optional,
+    Flag.withDescription("a tenant x month table (LIST by tenant, RANGE by month): maintain it instead")
+  ),
+  tenantColumn: Flag.String("tenant-column").pipe(Flag.withDefault("tenant_id")),
+  timeColumn: Flag.String("time-column").pipe(Flag.withDefault("created_at")),
+  tenant: Flag.String("tenant").pipe(Flag.optional, Flag.withDescription("only this tenant (default: every known tenant)")),
+  monthsAhead: Flag.Int("months-ahead").pipe(Flag.withDefault(1)),
+  retentionMonths: Flag.Int("retention-months").pipe(Flag.optional),
   json
 }, (options) =>
   Effect.gen(function*() {
+    if (Option.isSome(options.tenantTable)) return yield* tenantMaintain({ ...options, tenantTable: options.tenantTable.value })
     const manager = yield* PartitionManager.PartitionManager
     const report = yield* manager.maintain(policyFor(options))
     if (options.json) yield* print(report)

@@ -66,5 +66,26 @@ layer(TestDatabase.layer, { timeout: "120 seconds" })("npx outbox", (it) => {
         const [row] = yield* sql<{ t: string | null }>`SELECT to_regclass('outbox')::text AS t`
         assert.strictEqual(row!.t, "outbox")
       }))
+
+    it.effect("maintain --tenant-table ensures one tenant's months, sweeps all, and applies per-tenant retention", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql.unsafe(`CREATE TABLE tenant_events (tenant_id text NOT NULL, created_at timestamptz NOT NULL, body jsonb)
+          PARTITION BY LIST (tenant_id)`)
+        const acme = yield* outbox("partitions", "maintain", "--tenant-table", "tenant_events", "--tenant", "acme'; DROP TABLE outbox; --", "--months-ahead", "2", "--json")
+        assert.strictEqual(acme.code, 0, acme.stderr)
+        const report = JSON.parse(acme.stdout) as { ensured: { created: Array<string> } }
+        // the tenant's partition, then this month and two ahead
+        assert.strictEqual(report.ensured.created.length, 4)
+        assert.match(report.ensured.created[1]!, /_p\d{6}$/)
+        yield* sql`INSERT INTO tenant_events (tenant_id, created_at) VALUES (${"acme'; DROP TABLE outbox; --"}, now())`
+        const swept = yield* outbox("partitions", "maintain", "--tenant-table", "tenant_events", "--months-ahead", "3", "--retention-months", "1")
+        assert.strictEqual(swept.code, 0, swept.stderr)
+        assert.match(swept.stdout, /created: +\S+_p\d{6}\n/) // one more month
+        assert.include(swept.stdout, "dropped:  -") // nothing is old enough
+        const [row] = yield* sql<{ t: string | null; n: number }>`
+          SELECT to_regclass('outbox')::text AS t, (SELECT count(*)::int FROM tenant_events) AS n`
+        assert.deepStrictEqual({ t: row!.t, n: row!.n }, { t: "outbox", n: 1 })
+      }))
   })
 })

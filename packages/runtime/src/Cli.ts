@@ -5,7 +5,7 @@
  *   applies the schema; `--partman` then hands the outbox to pg_partman.
  * - `outbox partitions status [--table T] [--json]`: partitions, bounds,
  *   sizes, and the outbox's health check.
- * - `outbox partitions maintain [--table T --interval I] [--premake N]
+ * - `outbox partitions maintain [--table T --column C --interval I] [--premake N]
  *   [--retention-days N] [--json]`: one maintenance run, for cron or CI.
  * - `outbox partitions maintain --tenant-table T [--tenant ID]
  *   [--months-ahead N] [--retention-months N]`: the same for a
@@ -67,10 +67,12 @@ const migrate = Command.make("migrate", {
   })).pipe(Command.withDescription("apply the outbox schema (and optionally hand it to pg_partman)"))
 
 const table = Flag.String("table").pipe(Flag.withDefault("outbox"), Flag.withDescription("partitioned parent table"))
+const column = Flag.String("column").pipe(Flag.withDefault("created_at"), Flag.withDescription("the timestamptz partition key"))
 const interval = Flag.Literals("interval", ["daily", "weekly", "monthly", "quarterly"]).pipe(Flag.withDefault("daily" as const))
 
 const policyFor = (options: {
   readonly table: string
+  readonly column: string
   readonly interval: PartitionPolicy.Interval
   readonly premake: number
   readonly retentionDays: Option.Option<number>
@@ -82,7 +84,7 @@ const policyFor = (options: {
     })
     : PartitionPolicy.make({
       table: options.table,
-      column: "created_at",
+      column: options.column,
       interval: options.interval,
       premake: options.premake,
       retention: Option.isSome(options.retentionDays) ? { amount: options.retentionDays.value, unit: "days" } : undefined
@@ -90,6 +92,7 @@ const policyFor = (options: {
 
 const status = Command.make("status", {
   table,
+  column,
   interval,
   premake: Flag.Int("premake").pipe(Flag.withDefault(3)),
   retentionDays: Flag.Int("retention-days").pipe(Flag.optional),
@@ -163,6 +166,7 @@ const tenantMaintain = (options: {
 
 const maintain = Command.make("maintain", {
   table,
+  column,
   interval,
   premake: Flag.Int("premake").pipe(Flag.withDefault(3)),
   retentionDays: Flag.Int("retention-days").pipe(Flag.optional),

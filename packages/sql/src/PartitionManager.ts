@@ -181,6 +181,18 @@ const boundLiteral = (date: Date): string => {
   return `'${iso}'`
 }
 
+/** A catalog relation as a quoted `schema.name`. */
+const qualifiedName = (relation: { readonly schema: string; readonly name: string }): string =>
+  `${Identifier.quote(relation.schema)}.${Identifier.quote(relation.name)}`
+
+/** `date_trunc` units of the policy intervals (ISO weeks start on Monday, as in `PartitionPolicy.floor`). */
+const truncUnit: Record<PartitionPolicy.Interval, string> = {
+  daily: "day",
+  weekly: "week",
+  monthly: "month",
+  quarterly: "quarter"
+}
+
 const databaseError = (table: string, step: string) => (cause: SqlError.SqlError) =>
   new PartitionError({ reason: "Database", table, message: `${step}: ${cause.message}`, cause })
 
@@ -226,7 +238,7 @@ export const make = Effect.gen(function*() {
       label: table,
       schema: found.schema,
       name: found.name,
-      qualified: `${Identifier.quote(found.schema)}.${Identifier.quote(found.name)}`,
+      qualified: qualifiedName(found),
       column
     } satisfies ResolvedTable
   })
@@ -256,7 +268,7 @@ export const make = Effect.gen(function*() {
 
   const rowsInDefault = (t: ResolvedTable, leaf: Leaf | undefined) =>
     leaf === undefined ? Effect.succeed(0) : sql<{ n: number }>`
-      SELECT count(*)::int AS n FROM ${sql.literal(`${Identifier.quote(leaf.schema)}.${Identifier.quote(leaf.name)}`)}`.pipe(
+      SELECT count(*)::int AS n FROM ${sql.literal(qualifiedName(leaf))}`.pipe(
       Effect.map((rows) => rows[0]?.n ?? 0),
       Effect.mapError(databaseError(t.label, "count DEFAULT rows"))
     )
@@ -265,7 +277,7 @@ export const make = Effect.gen(function*() {
   const createPartition = (t: ResolvedTable, range: PartitionPolicy.Range) =>
     Effect.gen(function*() {
       const name = yield* Identifier.validate(`${t.name}_${PartitionPolicy.suffix(range.from)}`, "partition name")
-      const partition = `${Identifier.quote(t.schema)}.${Identifier.quote(name)}`
+      const partition = qualifiedName({ schema: t.schema, name })
       const bounds = `FROM (${boundLiteral(range.from)}) TO (${boundLiteral(range.to)})`
       return yield* sql.withTransaction(Effect.gen(function*() {
         yield* lockParent(t)
@@ -278,13 +290,13 @@ export const make = Effect.gen(function*() {
         const defaultLeaf = existing.find((l) => l.isDefault)
         const column = sql.literal(Identifier.quote(t.column))
         const inDefault = defaultLeaf === undefined ? 0 : (yield* sql<{ n: number }>`
-          SELECT count(*)::int AS n FROM ${sql.literal(`${Identifier.quote(defaultLeaf.schema)}.${Identifier.quote(defaultLeaf.name)}`)}
+          SELECT count(*)::int AS n FROM ${sql.literal(qualifiedName(defaultLeaf))}
           WHERE ${column} >= ${range.from} AND ${column} < ${range.to}`)[0]!.n
         if (inDefault === 0) {
           yield* sql.unsafe(`CREATE TABLE ${partition} PARTITION OF ${t.qualified} FOR VALUES ${bounds}`)
           return { created: name, moved: 0 }
         }
-        const from = `${Identifier.quote(defaultLeaf!.schema)}.${Identifier.quote(defaultLeaf!.name)}`
+        const from = qualifiedName(defaultLeaf!)
         yield* sql.unsafe(`CREATE TABLE ${partition} (LIKE ${t.qualified} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)`)
         yield* sql.unsafe(
           `WITH moved AS (DELETE FROM ${from} WHERE ${Identifier.quote(t.column)} >= ${boundLiteral(range.from)} AND ${
@@ -296,21 +308,13 @@ export const make = Effect.gen(function*() {
       }))
     })
 
-  /** Ranges of rows sitting in DEFAULT, by the policy's interval. */
+  /** Ranges of rows sitting in DEFAULT, by the policy's interval (one row per range, truncated server-side). */
   const defaultRanges = (t: ResolvedTable, policy: PartitionPolicy.PartitionPolicy, leaf: Leaf) =>
     sql<{ at: Date }>`
-      SELECT DISTINCT ${sql.literal(Identifier.quote(t.column))} AS at
-      FROM ${sql.literal(`${Identifier.quote(leaf.schema)}.${Identifier.quote(leaf.name)}`)}
-      ORDER BY 1`.pipe(
-      Effect.map((rows) => {
-        const seen = new Map<number, PartitionPolicy.Range>()
-        for (const r of rows) {
-          const range = PartitionPolicy.rangeOf(policy.interval, r.at)
-          seen.set(range.from.getTime(), range)
-        }
-        return Array.from(seen.values())
-      })
-    )
+      SELECT DISTINCT date_trunc(${truncUnit[policy.interval]}, ${sql.literal(Identifier.quote(t.column))} AT TIME ZONE 'UTC')
+             AT TIME ZONE 'UTC' AS at
+      FROM ${sql.literal(qualifiedName(leaf))}
+      ORDER BY 1`.pipe(Effect.map((rows) => rows.map((r) => PartitionPolicy.rangeOf(policy.interval, r.at))))
 
   const unfinishedIn = (partition: string, protect: PartitionPolicy.Protect | undefined) =>
     protect === undefined ? Effect.succeed(0) : sql<{ n: number }>`
@@ -326,7 +330,7 @@ export const make = Effect.gen(function*() {
     hasDefault: boolean
   ) =>
     Effect.gen(function*() {
-      const partition = `${Identifier.quote(leaf.schema)}.${Identifier.quote(leaf.name)}`
+      const partition = qualifiedName(leaf)
       const bounds = `FROM (${boundLiteral(leaf.from!)}) TO (${boundLiteral(leaf.to!)})`
       if (policy.protect !== undefined) yield* Identifier.validate(policy.protect.column, "column")
       const before = yield* unfinishedIn(partition, policy.protect)
@@ -404,14 +408,19 @@ export const make = Effect.gen(function*() {
         )
       )
 
-    // 1 + 2: rescue DEFAULT rows first (their ranges may include the ones ahead), then create ahead
+    // 1 + 2: rescue DEFAULT rows first (their ranges may include the ones ahead), then create ahead.
+    // Ranges the catalog already has cost nothing; the others are re-checked under the lock.
     const initial = yield* leavesOf(t)
+    const existing = new Set(initial.flatMap((l) => (l.isDefault || l.from === null ? [] : [l.from.getTime()])))
     const defaultLeaf = initial.find((l) => l.isDefault)
-    if (defaultLeaf !== undefined) {
-      const ranges = yield* defaultRanges(t, policy, defaultLeaf).pipe(Effect.mapError(databaseError(t.label, "scan DEFAULT")))
-      for (const range of ranges) yield* ensure(range)
+    const rescue = defaultLeaf === undefined
+      ? []
+      : yield* defaultRanges(t, policy, defaultLeaf).pipe(Effect.mapError(databaseError(t.label, "scan DEFAULT")))
+    for (const range of [...rescue, ...PartitionPolicy.expectedAhead(policy, now)]) {
+      if (existing.has(range.from.getTime())) continue
+      existing.add(range.from.getTime())
+      yield* ensure(range)
     }
-    for (const range of PartitionPolicy.expectedAhead(policy, now)) yield* ensure(range)
 
     // 3: retention
     const cutoff = PartitionPolicy.retentionCutoff(policy, now)

@@ -22,6 +22,8 @@ import * as Layer from "effect/Layer"
 import * as Migrator from "effect/sql/Migrator"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
+import * as DeadLetters from "./DeadLetters.ts"
+import * as OutboxTable from "./internal/outboxTable.ts"
 
 /**
  * How many days ahead (after today) the first migration creates partitions for.
@@ -35,35 +37,11 @@ const createOutbox = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   // one statement per call: the extended protocol refuses several commands in one
   const statements = [
-    `CREATE SEQUENCE outbox_lock_token_seq`,
-    `CREATE TABLE outbox (
-        id             bigserial    NOT NULL,
-        tracking_id    uuid         NOT NULL DEFAULT gen_random_uuid(),
-        aggregate_type text         NOT NULL,
-        aggregate_id   text         NOT NULL,
-        event_type     text         NOT NULL,
-        payload        jsonb        NOT NULL,
-        metadata       jsonb        NOT NULL DEFAULT '{}'::jsonb,
-        status         text         NOT NULL DEFAULT 'PENDING'
-                       CHECK (status IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED', 'DEAD_LETTER')),
-        retry_count    integer      NOT NULL DEFAULT 0,
-        max_retries    integer      NOT NULL DEFAULT 5 CHECK (max_retries >= 0),
-        created_at     timestamptz  NOT NULL DEFAULT now(),
-        processed_at   timestamptz,
-        available_at   timestamptz,
-        locked_until   timestamptz,
-        lock_token     bigint,
-        last_error     text,
-        PRIMARY KEY (id, created_at)
-      ) PARTITION BY RANGE (created_at)`,
-    `COMMENT ON COLUMN outbox.available_at IS 'NULL or a time: a FAILED row is claimable again once it passes (backoff)'`,
-    `CREATE INDEX outbox_claimable_idx ON outbox (id) WHERE status IN ('PENDING', 'FAILED')`,
-    `      CREATE INDEX outbox_leased_idx ON outbox (locked_until) WHERE status = 'PROCESSING'`,
-    `CREATE TABLE outbox_default PARTITION OF outbox DEFAULT`,
+    ...(yield* OutboxTable.statements("outbox")),
     `-- Creates the daily partitions [from_day, from_day + days] (UTC days) that
       -- do not exist yet. A day whose rows already sit in the DEFAULT partition
       -- is skipped with a notice (moving them is the partition manager's job).
-      CREATE FUNCTION outbox_ensure_daily_partitions(from_day date, days integer)
+      CREATE OR REPLACE FUNCTION outbox_ensure_daily_partitions(from_day date, days integer)
       RETURNS integer LANGUAGE plpgsql AS $fn$
       DECLARE
         d date;
@@ -88,7 +66,7 @@ const createOutbox = Effect.gen(function*() {
         RETURN created;
       END
       $fn$`,
-    `CREATE TABLE outbox_inbox (
+    `CREATE TABLE IF NOT EXISTS outbox_inbox (
         consumer     text        NOT NULL,
         tracking_id  text        NOT NULL,
         processed_at timestamptz NOT NULL DEFAULT now(),
@@ -148,7 +126,8 @@ const partitionViews = Effect.gen(function*() {
  */
 export const loader = Migrator.fromRecord({
   "0001_create_outbox": createOutbox,
-  "0002_partition_views": partitionViews
+  "0002_partition_views": partitionViews,
+  "0003_redrive_log": DeadLetters.migration
 })
 
 /**

@@ -22,12 +22,28 @@
  * same; only the source of "now" differs. `created_at` always comes from the
  * database default (it decides the partition).
  *
+ * **Online migration** (`legacy` option): while a plain, unpartitioned outbox
+ * is migrated into a partitioned one (see `OnlineMigration`), the store works
+ * on both tables. Every event is *live* in exactly one place: its copy in the
+ * partitioned table when one exists, else its legacy row (the legacy column
+ * `outbox_migrated_at` says a row has a copy). Every transition of a copy is
+ * mirrored onto its legacy row in the same statement, so the legacy table
+ * stays a complete, current record and unsetting `dualWrite` (rollback) loses
+ * nothing and redelivers nothing.
+ * - `dualWrite: true`: `publish` writes the event into both tables (the
+ *   partitioned copy live, the legacy row marked); the relay claims the union
+ *   of partitioned rows and legacy rows without a copy.
+ * - `dualWrite: false` (the flag unset, i.e. before the switch or after a
+ *   rollback): `publish` writes the legacy table only and the legacy table is
+ *   authoritative for every event; transitions are mirrored onto copies.
+ *
  * @since 0.1.0
  */
 import { LeaseLost, StoreError } from "@outbox/core/OutboxError"
 import type { EventData, EventStatus, Lease, OutboxEvent, PublishedEvent, ValidEvent } from "@outbox/core/OutboxEvent"
 import { type EventRecord, OutboxStore, type Publisher, type ReapResult } from "@outbox/core/OutboxStore"
 import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -35,6 +51,7 @@ import * as Option from "effect/Option"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
 import type { Fragment } from "effect/sql/Statement"
+import * as Identifier from "./Identifier.ts"
 import * as OutboxMigrations from "./OutboxMigrations.ts"
 import { fromSqlError, mapSqlError } from "./internal/storeError.ts"
 
@@ -53,7 +70,34 @@ export type TimeSource = "database" | "clock"
  */
 export interface Options {
   readonly timeSource?: TimeSource | undefined
+  /** The partitioned outbox table (default `outbox`). */
+  readonly table?: string | undefined
+  /**
+   * A plain outbox being migrated into `table` online (see the module
+   * documentation and `OnlineMigration`). `dualWrite` is the migration flag.
+   */
+  readonly legacy?: { readonly table: string; readonly dualWrite: boolean } | undefined
 }
+
+/**
+ * `Options` from the environment: `OUTBOX_TABLE` (default `outbox`),
+ * `OUTBOX_MIGRATION_LEGACY_TABLE` (unset: no online migration) and
+ * `OUTBOX_MIGRATION_DUAL_WRITE` (the flag, default `false`).
+ *
+ * @category config
+ * @since 0.1.0
+ */
+export const optionsConfig: Config.Config<Options> = Config.all({
+  table: Config.String("OUTBOX_TABLE").pipe(Config.withDefault("outbox")),
+  legacyTable: Config.String("OUTBOX_MIGRATION_LEGACY_TABLE").pipe(Config.option),
+  dualWrite: Config.Boolean("OUTBOX_MIGRATION_DUAL_WRITE").pipe(Config.withDefault(false))
+}).pipe(Config.map(({ dualWrite, legacyTable, table }) => ({
+  table,
+  legacy: Option.isSome(legacyTable) ? { table: legacyTable.value, dualWrite } : undefined
+})))
+
+/** The legacy table's marker column: set when the row has a copy in the partitioned table. */
+const migratedColumn = "outbox_migrated_at"
 
 interface BaseRow {
   readonly id: bigint
@@ -135,6 +179,17 @@ const groupByToken = (leases: ReadonlyArray<Lease>) => {
 export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const sql = (yield* SqlClient.SqlClient).withoutTransforms()
   const timeSource = options.timeSource ?? "database"
+  const configError = (e: { readonly message: string }) =>
+    new StoreError({ operation: "configure", message: e.message, retryable: false, cause: e })
+  const tableName = yield* Identifier.validate(options.table ?? "outbox", "outbox table").pipe(Effect.mapError(configError))
+  const legacyName = options.legacy === undefined
+    ? undefined
+    : yield* Identifier.validate(options.legacy.table, "legacy outbox table").pipe(Effect.mapError(configError))
+  /** "plain": one table; "dual": the flag set; "legacy": a migration with the flag unset. */
+  const mode = legacyName === undefined ? "plain" : options.legacy!.dualWrite ? "dual" : "legacy"
+  const T = sql.literal(Identifier.quote(tableName))
+  const L = sql.literal(Identifier.quote(legacyName ?? tableName))
+  const migrated = sql.literal(migratedColumn)
 
   const now: Effect.Effect<Fragment> = timeSource === "database"
     ? Effect.succeed(sql.literal("now()"))
@@ -142,16 +197,35 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const plus = (base: Fragment, duration: Duration.Duration): Fragment =>
     sql`(${base} + ${Duration.toMillis(duration)} * interval '1 millisecond')`
 
+  /** Copies every mutable column of `source` (a CTE of updated rows) onto the row `d`. */
+  const mirrorSet = (source: string) =>
+    sql.literal(
+      ["status", "retry_count", "last_error", "processed_at", "available_at", "locked_until", "lock_token"]
+        .map((c) => `${c} = ${source}.${c}`).join(", ")
+    )
+  const columns = "id, tracking_id, aggregate_type, aggregate_id, event_type, payload, metadata, retry_count, max_retries, created_at"
+
   const publish: Publisher = (events: ReadonlyArray<ValidEvent>) => {
     const rows = events.map((e) =>
       sql`(${e.aggregateType}, ${e.aggregateId}, ${e.eventType}, ${e.payloadJson}::jsonb, ${e.metadataJson}::jsonb, ${
         e.maxRetries ?? sql.literal("DEFAULT")
       })`
     )
-    return sql<{ id: bigint; tracking_id: string; created_at: Date }>`
-      INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, metadata, max_retries)
-      VALUES ${sql.csv(rows)}
-      RETURNING id, tracking_id, created_at`.pipe(
+    const insert = (table: Fragment, returning: Fragment) =>
+      sql`INSERT INTO ${table} (aggregate_type, aggregate_id, event_type, payload, metadata, max_retries)
+          VALUES ${sql.csv(rows)}
+          RETURNING ${returning}`
+    const statement = mode === "dual"
+      // the live copy and its marked legacy row, with one id (the tables share the id sequence)
+      ? sql<{ id: bigint; tracking_id: string; created_at: Date }>`
+          WITH p AS (${insert(T, sql.literal(`${columns}, status`))})
+          INSERT INTO ${L} (${sql.literal(`${columns}, status, ${migratedColumn}`)})
+          SELECT ${sql.literal(`${columns}, status`)}, now() FROM p
+          RETURNING id, tracking_id, created_at`
+      : sql<{ id: bigint; tracking_id: string; created_at: Date }>`${
+        insert(mode === "legacy" ? L : T, sql.literal("id, tracking_id, created_at"))
+      }`
+    return statement.pipe(
       Effect.map((inserted): ReadonlyArray<PublishedEvent> =>
         inserted.map((r) => ({ id: r.id, trackingId: r.tracking_id, createdAt: r.created_at }))
       ),
@@ -185,27 +259,100 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   // A literal LIMIT keeps the prepared claim on its custom plan: with a
   // parameter, PostgreSQL may switch to a generic plan after five executions.
   const limitLiteral = (limit: number) => sql.literal(String(Math.trunc(limit)))
-
-  const claim = Effect.fnUntraced(function*(options: { readonly limit: number; readonly leaseDuration: Duration.Duration }) {
-    const ts = yield* now
+  const claimable = (ts: Fragment) =>
+    sql`status IN ('PENDING', 'FAILED') AND (available_at IS NULL OR available_at <= ${ts})`
+  const claimedColumns = sql.literal(
+    "o.id, o.tracking_id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.metadata, o.retry_count, o.max_retries, o.created_at, o.locked_until, o.lock_token"
+  )
+  /** Claims from one table (the plain store, and the legacy table while the flag is unset). */
+  const claimOne = (table: Fragment, ts: Fragment, options: { readonly limit: number; readonly leaseDuration: Duration.Duration }) =>
     // the uncorrelated sub-select is an InitPlan: one token for the whole claim
-    const rows = yield* sql<ClaimedRow>`
-      UPDATE outbox o
+    sql<ClaimedRow>`
+      UPDATE ${table} o
       SET status = 'PROCESSING', lock_token = (SELECT nextval('outbox_lock_token_seq')),
           locked_until = ${plus(ts, options.leaseDuration)}
       FROM (
-        SELECT id, created_at FROM outbox
-        WHERE status IN ('PENDING', 'FAILED') AND (available_at IS NULL OR available_at <= ${ts})
+        SELECT id, created_at FROM ${table}
+        WHERE ${claimable(ts)}
         ORDER BY id
         LIMIT ${limitLiteral(options.limit)}
         FOR UPDATE SKIP LOCKED
       ) c
       WHERE o.id = c.id AND o.created_at = c.created_at
-      RETURNING o.id, o.tracking_id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.metadata,
-                o.retry_count, o.max_retries, o.created_at, o.locked_until, o.lock_token`.pipe(mapSqlError("claim"))
+      RETURNING ${claimedColumns}`
+
+  const claim = Effect.fnUntraced(function*(options: { readonly limit: number; readonly leaseDuration: Duration.Duration }) {
+    const ts = yield* now
+    const statement: Effect.Effect<ReadonlyArray<ClaimedRow>, SqlError.SqlError> = mode === "plain"
+      ? claimOne(T, ts, options)
+      : mode === "legacy"
+      // The mirror is a second statement: its fresh snapshot sees a copy a
+      // concurrent backfill committed while the claim waited for the row.
+      ? sql.withTransaction(Effect.tap(claimOne(L, ts, options), (claimed) =>
+        claimed.length === 0 ? Effect.void : Effect.asVoid(sql`
+          UPDATE ${T} d SET ${mirrorSet("s")}
+          FROM ${L} s
+          WHERE s.id = ANY(${bigintArray(claimed.map((r) => r.id))}::bigint[]) AND d.id = s.id AND d.created_at = s.created_at`)))
+      // The union: partitioned rows, and legacy rows that have no copy (the
+      // backfill marks a row in the same statement that copies it, and the
+      // row lock re-check sees the mark). Copies' claims are mirrored.
+      : sql<ClaimedRow>`
+        WITH pc AS (
+          SELECT id, created_at FROM ${T} WHERE ${claimable(ts)}
+          ORDER BY id LIMIT ${limitLiteral(options.limit)} FOR UPDATE SKIP LOCKED
+        ), lc AS (
+          SELECT id, created_at FROM ${L} WHERE ${claimable(ts)} AND ${migrated} IS NULL
+          ORDER BY id LIMIT ${limitLiteral(options.limit)} FOR UPDATE SKIP LOCKED
+        ), token AS (
+          SELECT nextval('outbox_lock_token_seq') AS t
+        ), pick AS (
+          SELECT id, created_at, true AS partitioned FROM pc
+          UNION ALL
+          SELECT id, created_at, false FROM lc
+          ORDER BY id LIMIT ${limitLiteral(options.limit)}
+        ), pu AS (
+          UPDATE ${T} o SET status = 'PROCESSING', lock_token = (SELECT t FROM token), locked_until = ${plus(ts, options.leaseDuration)}
+          FROM pick WHERE pick.partitioned AND o.id = pick.id AND o.created_at = pick.created_at
+          RETURNING ${claimedColumns}, o.status, o.retry_count, o.last_error, o.processed_at, o.available_at
+        ), lu AS (
+          UPDATE ${L} o SET status = 'PROCESSING', lock_token = (SELECT t FROM token), locked_until = ${plus(ts, options.leaseDuration)}
+          FROM pick WHERE NOT pick.partitioned AND o.id = pick.id
+          RETURNING ${claimedColumns}
+        ), mirror AS (
+          UPDATE ${L} d SET ${mirrorSet("pu")} FROM pu WHERE d.id = pu.id
+        )
+        SELECT id, tracking_id, aggregate_type, aggregate_id, event_type, payload, metadata, retry_count, max_retries,
+               created_at, locked_until, lock_token FROM pu
+        UNION ALL
+        SELECT * FROM lu`
+    const rows = yield* mapSqlError("claim")(statement)
     // RETURNING does not keep the claim order
     return rows.map(toEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
   })
+
+  /**
+   * The CTEs of one fenced transition, ending in `updated(id)`: the plain
+   * table; the copies (mirrored) and uncopied legacy rows while the flag is
+   * set; the legacy table (mirrored onto copies) while it is unset.
+   */
+  const fencedUpdate = (set: Fragment, group: ReturnType<typeof groupByToken>[number], ids: string) => {
+    const onCopies = sql`id = ANY(${ids}::bigint[])
+      AND created_at >= ${group.from} AND created_at < ${group.to} AND lock_token = ${group.token}`
+    const onLegacy = sql`id = ANY(${ids}::bigint[]) AND lock_token = ${group.token}`
+    switch (mode) {
+      case "plain":
+        return sql`updated AS (UPDATE ${T} SET ${set} WHERE ${onCopies} RETURNING id)`
+      case "dual":
+        return sql`p AS (UPDATE ${T} SET ${set} WHERE ${onCopies} RETURNING *),
+          l AS (UPDATE ${L} SET ${set} WHERE ${onLegacy} AND ${migrated} IS NULL RETURNING id),
+          mirror AS (UPDATE ${L} d SET ${mirrorSet("p")} FROM p WHERE d.id = p.id),
+          updated AS (SELECT id FROM p UNION ALL SELECT id FROM l)`
+      case "legacy":
+        return sql`l AS (UPDATE ${L} SET ${set} WHERE ${onLegacy} RETURNING *),
+          mirror AS (UPDATE ${T} d SET ${mirrorSet("l")} FROM l WHERE d.id = l.id AND d.created_at = l.created_at),
+          updated AS (SELECT id FROM l)`
+    }
+  }
 
   /**
    * Runs a fenced batch transition, one statement per lock token. Every group
@@ -225,13 +372,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         // only a count comes back, and the fenced ids only on a shortfall:
         // shipping every id back costs the relay more than the update itself
         const [result] = yield* sql<{ lost: ReadonlyArray<bigint | string> | null }>`
-          WITH updated AS (
-            UPDATE outbox SET ${set(ts)}
-            WHERE id = ANY(${ids}::bigint[])
-              AND created_at >= ${group.from} AND created_at < ${group.to}
-              AND lock_token = ${group.token}
-            RETURNING id
-          )
+          WITH ${fencedUpdate(set(ts), group, ids)}
           SELECT CASE WHEN (SELECT count(*) FROM updated) = ${group.ids.length} THEN NULL
                       ELSE ARRAY(SELECT unnest(${ids}::bigint[]) EXCEPT SELECT id FROM updated) END AS lost`.pipe(
           mapSqlError(operation)
@@ -274,51 +415,71 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const release = (leases: ReadonlyArray<Lease>) =>
     fenced("release", leases, () => sql`status = 'PENDING', locked_until = NULL, lock_token = NULL`)
 
-  const reap = Effect.flatMap(now, (ts) =>
-    sql<{ id: bigint; status: string }>`
-      WITH expired AS (
-        SELECT id, created_at FROM outbox
-        WHERE status = 'PROCESSING' AND locked_until < ${ts}
+  /** Reaping an expired lease counts an attempt; the last allowed one dead-letters. */
+  const reapSet = (ts: Fragment) =>
+    sql`status = CASE WHEN o.retry_count >= o.max_retries THEN 'DEAD_LETTER' ELSE 'PENDING' END,
+        processed_at = CASE WHEN o.retry_count >= o.max_retries THEN ${ts} END,
+        retry_count = o.retry_count + 1, locked_until = NULL, lock_token = NULL,
+        last_error = 'lease expired at ' || to_char(o.locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') || ' and was reaped'
+          || CASE WHEN o.retry_count >= o.max_retries
+                  THEN ': dead-lettered after ' || (o.retry_count + 1) || ' attempts' ELSE '' END`
+  const expired = (table: Fragment, ts: Fragment, extra: Fragment = sql.literal("true")) =>
+    sql`SELECT id, created_at FROM ${table}
+        WHERE status = 'PROCESSING' AND locked_until < ${ts} AND ${extra}
         ORDER BY id
-        FOR UPDATE SKIP LOCKED
-      )
-      UPDATE outbox o
-      SET status = CASE WHEN o.retry_count >= o.max_retries THEN 'DEAD_LETTER' ELSE 'PENDING' END,
-          processed_at = CASE WHEN o.retry_count >= o.max_retries THEN ${ts} END,
-          retry_count = o.retry_count + 1, locked_until = NULL, lock_token = NULL,
-          last_error = 'lease expired at ' || to_char(o.locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') || ' and was reaped'
-            || CASE WHEN o.retry_count >= o.max_retries
-                    THEN ': dead-lettered after ' || (o.retry_count + 1) || ' attempts' ELSE '' END
-      FROM expired e
-      WHERE o.id = e.id AND o.created_at = e.created_at
-      RETURNING o.id, o.status`.pipe(
-      Effect.map((rows): ReapResult => {
-        const requeued: Array<bigint> = []
-        const deadLettered: Array<bigint> = []
-        for (const r of rows) (r.status === "DEAD_LETTER" ? deadLettered : requeued).push(r.id)
-        const byId = (a: bigint, b: bigint) => (a < b ? -1 : a > b ? 1 : 0)
-        return { requeued: requeued.sort(byId), deadLettered: deadLettered.sort(byId) }
-      }),
-      mapSqlError("reap")
-    ))
+        FOR UPDATE SKIP LOCKED`
+  const reapOne = (table: Fragment, ts: Fragment, extra?: Fragment) =>
+    sql`UPDATE ${table} o SET ${reapSet(ts)}
+        FROM (${expired(table, ts, extra)}) e
+        WHERE o.id = e.id AND o.created_at = e.created_at
+        RETURNING o.*`
 
+  const reap = Effect.flatMap(now, (ts) =>
+    (mode === "plain"
+      ? sql<{ id: bigint; status: string }>`WITH r AS (${reapOne(T, ts)}) SELECT id, status FROM r`
+      : mode === "dual"
+      ? sql<{ id: bigint; status: string }>`
+          WITH p AS (${reapOne(T, ts)}),
+               l AS (${reapOne(L, ts, sql`${migrated} IS NULL`)}),
+               mirror AS (UPDATE ${L} d SET ${mirrorSet("p")} FROM p WHERE d.id = p.id)
+          SELECT id, status FROM p UNION ALL SELECT id, status FROM l`
+      : sql<{ id: bigint; status: string }>`
+          WITH l AS (${reapOne(L, ts)}),
+               mirror AS (UPDATE ${T} d SET ${mirrorSet("l")} FROM l WHERE d.id = l.id AND d.created_at = l.created_at)
+          SELECT id, status FROM l`).pipe(
+        Effect.map((rows): ReapResult => {
+          const requeued: Array<bigint> = []
+          const deadLettered: Array<bigint> = []
+          for (const r of rows) (r.status === "DEAD_LETTER" ? deadLettered : requeued).push(r.id)
+          const byId = (a: bigint, b: bigint) => (a < b ? -1 : a > b ? 1 : 0)
+          return { requeued: requeued.sort(byId), deadLettered: deadLettered.sort(byId) }
+        }),
+        mapSqlError("reap")
+      ))
+
+  const fullColumns = sql.literal(`${columns}, status, processed_at, available_at, locked_until, lock_token, last_error`)
   const get = (id: bigint) =>
-    sql<FullRow>`SELECT * FROM outbox WHERE id = ${id}`.pipe(
-      Effect.map((rows): Option.Option<EventRecord> => {
-        const r = rows[0]
-        if (r === undefined) return Option.none()
-        return Option.some({
-          ...toData(r),
-          status: r.status,
-          processedAt: r.processed_at,
-          availableAt: r.available_at,
-          lockedUntil: r.locked_until,
-          lockToken: r.lock_token,
-          lastError: r.last_error
-        })
-      }),
-      mapSqlError("get")
-    )
+    (mode === "plain"
+      ? sql<FullRow>`SELECT ${fullColumns} FROM ${T} WHERE id = ${id}`
+      : mode === "dual"
+      ? sql<FullRow>`SELECT ${fullColumns} FROM ${T} WHERE id = ${id}
+          UNION ALL SELECT ${fullColumns} FROM ${L} WHERE id = ${id} AND ${migrated} IS NULL`
+      : sql<FullRow>`SELECT ${fullColumns} FROM ${L} WHERE id = ${id}`).pipe(
+        Effect.map((rows): Option.Option<EventRecord> => {
+          const r = rows[0]
+          if (r === undefined) return Option.none()
+          return Option.some({
+            ...toData(r),
+            status: r.status,
+            processedAt: r.processed_at,
+            availableAt: r.available_at,
+            lockedUntil: r.locked_until,
+            lockToken: r.lock_token,
+            lastError: r.last_error
+          })
+        }),
+        mapSqlError("get")
+      )
 
   return OutboxStore.of({ withTransaction, claim, renew, complete, retry, deadLetter, release, reap, get })
 })
@@ -330,7 +491,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
  * @category layers
  * @since 0.1.0
  */
-export const layerWithoutMigrations = (options: Options = {}): Layer.Layer<OutboxStore, never, SqlClient.SqlClient> =>
+export const layerWithoutMigrations = (options: Options = {}): Layer.Layer<OutboxStore, StoreError, SqlClient.SqlClient> =>
   Layer.effect(OutboxStore, make(options))
 
 /**

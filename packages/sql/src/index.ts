@@ -1,6 +1,7 @@
 /**
  * @since 0.1.0
  */
+export * as DeadLetters from "./DeadLetters.ts"
 export * as FileArchiveStorage from "./FileArchiveStorage.ts"
 export * as Identifier from "./Identifier.ts"
 export * as OutboxMigrations from "./OutboxMigrations.ts"

@@ -37,6 +37,7 @@
  *
  * @since 0.1.0
  */
+import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -45,6 +46,7 @@ import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
 import type { Fragment } from "effect/sql/Statement"
 import { randomUUID } from "node:crypto"
+import * as Identifier from "./Identifier.ts"
 
 // ---------------------------------------------------------------------------
 // errors
@@ -290,6 +292,17 @@ export interface ListOptions {
 }
 
 /**
+ * Options of `make` / `layer`.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Options {
+  /** The outbox table (default `outbox`); the redrive log is always `outbox_redrive_log`. */
+  readonly table?: string | undefined
+}
+
+/**
  * The dead-letter service.
  *
  * @category services
@@ -494,8 +507,12 @@ const positiveInt = (value: number | undefined, name: string, fallback: number, 
  * @category constructors
  * @since 0.1.0
  */
-export const make = Effect.gen(function*() {
+export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+  const table = yield* Identifier.validate(options.table ?? "outbox", "outbox table").pipe(
+    Effect.mapError((e) => new DeadLetterError({ reason: "InvalidOption", message: e.message, cause: e }))
+  )
+  const T = sql.literal(Identifier.quote(table))
 
   /** The WHERE clause of a filter (status DEAD_LETTER included). */
   const where = (f: Filter): Fragment => {
@@ -525,7 +542,7 @@ export const make = Effect.gen(function*() {
     const limit = yield* positiveInt(options.limit, "limit", 100, 10_000)
     const after = options.afterId === undefined ? sql`true` : sql`id > ${options.afterId}`
     const rows = yield* sql<SummaryRow>`
-      SELECT ${summaryColumns} FROM outbox
+      SELECT ${summaryColumns} FROM ${T}
       WHERE ${where(checked)} AND ${after}
       ORDER BY id
       LIMIT ${sql.literal(String(limit))}`.pipe(Effect.mapError(database("list")))
@@ -535,7 +552,7 @@ export const make = Effect.gen(function*() {
   const count = Effect.fn("DeadLetters.count")(function*(filter: Filter = {}) {
     const checked = yield* checkFilter(filter)
     const rows = yield* sql<{ event_type: string; n: number }>`
-      SELECT event_type, count(*)::int AS n FROM outbox
+      SELECT event_type, count(*)::int AS n FROM ${T}
       WHERE ${where(checked)}
       GROUP BY event_type
       ORDER BY n DESC, event_type`.pipe(Effect.mapError(database("count")))
@@ -569,7 +586,7 @@ export const make = Effect.gen(function*() {
       return yield* invalid("InvalidFilter", `not an event id or a tracking id (UUID): ${JSON.stringify(key)}`)
     }
     const rows = yield* sql<DetailRow>`
-      SELECT ${summaryColumns}, status, payload, metadata, available_at, locked_until FROM outbox
+      SELECT ${summaryColumns}, status, payload, metadata, available_at, locked_until FROM ${T}
       WHERE ${typeof key === "bigint" ? sql`id = ${key}` : sql`tracking_id = ${key}::uuid`}`.pipe(
       Effect.mapError(database("show"))
     )
@@ -619,13 +636,13 @@ export const make = Effect.gen(function*() {
       yield* sql`SELECT set_config('outbox.actor', ${options.by}, true), set_config('outbox.reason', ${options.reason}, true)`
       const [result] = yield* sql<{ ids: ReadonlyArray<bigint | string> | null; log_id: bigint | null }>`
         WITH target AS (
-          SELECT id, created_at, event_type, retry_count, last_error, processed_at FROM outbox
+          SELECT id, created_at, event_type, retry_count, last_error, processed_at FROM ${T}
           WHERE id = ANY(${bigintArray(ids)}::bigint[]) AND created_at >= ${from} AND created_at < ${to}
             AND status = 'DEAD_LETTER'
           ORDER BY id
           FOR UPDATE
         ), updated AS (
-          UPDATE outbox o
+          UPDATE ${T} o
           SET status = 'PENDING', retry_count = 0, last_error = NULL, available_at = NULL, processed_at = NULL,
               locked_until = NULL, lock_token = NULL
           FROM target t
@@ -671,7 +688,7 @@ export const make = Effect.gen(function*() {
 
     if (request.dryRun === true) {
       const rows = yield* sql<SummaryRow>`
-        SELECT ${summaryColumns} FROM outbox WHERE ${where(filter)} ORDER BY id ${limitClause}`.pipe(
+        SELECT ${summaryColumns} FROM ${T} WHERE ${where(filter)} ORDER BY id ${limitClause}`.pipe(
         Effect.mapError(database("redrive (dry run)"))
       )
       const events = rows.map(toSummary)
@@ -686,7 +703,7 @@ export const make = Effect.gen(function*() {
 
     // the plan: ids (and partition keys) only, no locks; each batch re-checks under lock
     const planned = yield* sql<{ id: bigint; created_at: Date }>`
-      SELECT id, created_at FROM outbox WHERE ${where(filter)} ORDER BY id ${limitClause}`.pipe(
+      SELECT id, created_at FROM ${T} WHERE ${where(filter)} ORDER BY id ${limitClause}`.pipe(
       Effect.mapError(database("redrive"))
     )
     const redriveId = yield* Effect.sync(() => randomUUID())
@@ -740,4 +757,21 @@ export const make = Effect.gen(function*() {
  * @category layers
  * @since 0.1.0
  */
-export const layer: Layer.Layer<DeadLetters, never, SqlClient.SqlClient> = Layer.effect(DeadLetters, make)
+export const layer = (options: Options = {}): Layer.Layer<DeadLetters, DeadLetterError, SqlClient.SqlClient> =>
+  Layer.effect(DeadLetters, make(options))
+
+/**
+ * The service for the outbox table named by `OUTBOX_TABLE` (default
+ * `outbox`), as the relay reads it.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerConfig: Layer.Layer<DeadLetters, DeadLetterError | Config.ConfigError, SqlClient.SqlClient> = Layer
+  .effect(
+    DeadLetters,
+    Effect.gen(function*() {
+      const table = yield* Config.String("OUTBOX_TABLE").pipe(Config.withDefault("outbox"))
+      return yield* make({ table })
+    })
+  )

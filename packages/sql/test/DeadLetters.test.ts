@@ -12,7 +12,7 @@ import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import * as SqlClient from "effect/sql/SqlClient"
 
-const Live = DeadLetters.layer.pipe(
+const Live = DeadLetters.layer().pipe(
   Layer.provideMerge(OutboxMigrations.layer),
   Layer.provideMerge(TestDatabase.layer),
   Layer.orDie
@@ -380,6 +380,23 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("DeadLetters"
         yield* dlq.redrive({ by: "frank", reason: "sink fixed", filter: { ids: [id!] } })
         const claimed = yield* store.claim({ limit: 10, leaseDuration: Duration.seconds(30) })
         assert.deepStrictEqual(claimed.map((e) => [e.id, e.retryCount]), [[id!, 0]])
+      }))
+
+    it.effect("another outbox table (the `table` option); a hostile table name is refused", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql.unsafe(`CREATE TABLE tenant_outbox (LIKE outbox INCLUDING DEFAULTS)`)
+        yield* sql`INSERT INTO tenant_outbox (id, aggregate_type, aggregate_id, event_type, payload, status, last_error)
+                   VALUES (1, 'T', 't-1', 'Other', '{}', 'DEAD_LETTER', 'boom')`
+        const other = yield* DeadLetters.make({ table: "tenant_outbox" })
+        assert.deepStrictEqual((yield* other.list()).map((e) => e.id), [1n])
+        const report = yield* other.redrive({ by: "hank", reason: "tenant sink fixed", filter: { ids: [1n] } })
+        assert.strictEqual(report._tag === "Redriven" && report.redriven, 1)
+        const [row] = yield* sql<{ status: string }>`SELECT status FROM tenant_outbox WHERE id = 1`
+        assert.strictEqual(row!.status, "PENDING")
+
+        const hostile = yield* Effect.flip(DeadLetters.make({ table: `outbox"; DROP TABLE outbox; --` }))
+        assert.strictEqual(hostile.reason, "InvalidOption")
       }))
 
     it.effect("the redrive log is append-only", () =>

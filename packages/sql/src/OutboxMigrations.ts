@@ -23,6 +23,7 @@ import * as Migrator from "effect/sql/Migrator"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
 import * as DeadLetters from "./DeadLetters.ts"
+import * as OutboxHealth from "./OutboxHealth.ts"
 import * as OutboxTable from "./internal/outboxTable.ts"
 
 /**
@@ -127,7 +128,8 @@ const partitionViews = Effect.gen(function*() {
 export const loader = Migrator.fromRecord({
   "0001_create_outbox": createOutbox,
   "0002_partition_views": partitionViews,
-  "0003_redrive_log": DeadLetters.migration
+  "0003_redrive_log": DeadLetters.migration,
+  "0004_health_views": OutboxHealth.migration
 })
 
 /**

@@ -4,6 +4,7 @@
 export * as DeadLetters from "./DeadLetters.ts"
 export * as FileArchiveStorage from "./FileArchiveStorage.ts"
 export * as Identifier from "./Identifier.ts"
+export * as OutboxHealth from "./OutboxHealth.ts"
 export * as OutboxMigrations from "./OutboxMigrations.ts"
 export * as PartitionArchive from "./PartitionArchive.ts"
 export * as PartitionManager from "./PartitionManager.ts"

@@ -1,0 +1,284 @@
+import { PgClient } from "@effect/sql-pg"
+import { assert, describe, layer } from "@effect/vitest"
+import * as Outbox from "@outbox/core/Outbox"
+import { OutboxStore } from "@outbox/core/OutboxStore"
+import * as DeadLetters from "@outbox/sql/DeadLetters"
+import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
+import * as OutboxRoles from "@outbox/sql/OutboxRoles"
+import * as PgInbox from "@outbox/sql/PgInbox"
+import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
+import * as TestDatabase from "@outbox/testing/TestDatabase"
+import { Inbox } from "@outbox/core/Inbox"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Reactivity from "effect/reactivity/Reactivity"
+import * as Redacted from "effect/Redacted"
+import * as SqlClient from "effect/sql/SqlClient"
+import { randomBytes } from "node:crypto"
+
+/** The LOGIN roles of this file (random names: roles are cluster-wide). */
+class Roles extends Context.Service<Roles, {
+  readonly owner: string
+  readonly producer: string
+  readonly relay: string
+  readonly operator: string
+  readonly auditor: string
+  readonly url: (role: string) => string
+}>()("test/Roles") {}
+
+/** Runs `effect` with a SqlClient connected as `role`. */
+const as = (role: keyof Omit<Roles["Service"], "url">) =>
+<A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.flatMap(Roles, (roles) =>
+    effect.pipe(
+      Effect.provide(
+        PgClient.layer({ url: Redacted.make(roles.url(roles[role])), maxConnections: 2 }).pipe(Layer.provide(Reactivity.layer))
+      )
+    )) as Effect.Effect<A, E | unknown, Exclude<R, SqlClient.SqlClient | PgClient.PgClient> | Roles>
+
+const RolesLive = Layer.effect(
+  Roles,
+  Effect.gen(function*() {
+    const database = yield* TestDatabase.TestDatabase
+    const admin = yield* SqlClient.SqlClient
+    const suffix = randomBytes(4).toString("hex")
+    const names = {
+      owner: `outbox_t${suffix}_owner`,
+      producer: `outbox_t${suffix}_producer`,
+      relay: `outbox_t${suffix}_relay`,
+      operator: `outbox_t${suffix}_operator`,
+      auditor: `outbox_t${suffix}_auditor`
+    }
+    const url = (role: string) => {
+      const parsed = new URL(database.url)
+      parsed.username = role
+      parsed.password = ""
+      return parsed.toString()
+    }
+    const all = Object.values(names).map((n) => `"${n}"`).join(", ")
+    yield* Effect.acquireRelease(
+      Effect.gen(function*() {
+        yield* admin.unsafe(`CREATE ROLE "${names.owner}" LOGIN`)
+        // the owner owns the database, hence (PostgreSQL 15) the public schema: it runs the migrations
+        yield* admin.unsafe(`ALTER DATABASE "${database.name}" OWNER TO "${names.owner}"`)
+        // the others through the library (as a superuser here; CREATEROLE is enough)
+        const created = yield* OutboxRoles.createRoles(
+          { producer: names.producer, relay: names.relay, operator: names.operator, auditor: names.auditor },
+          { login: true }
+        )
+        assert.strictEqual(created.length, 4)
+      }),
+      () =>
+        Effect.gen(function*() {
+          yield* admin.unsafe(`REASSIGN OWNED BY "${names.owner}" TO CURRENT_USER`)
+          yield* admin.unsafe(`DROP OWNED BY ${all}`)
+          yield* admin.unsafe(`DROP ROLE ${all}`)
+        }).pipe(Effect.orDie)
+    )
+    const roles = Roles.of({ ...names, url })
+    // as the owner: the schema, then the grants
+    yield* Effect.provideService(
+      as("owner")(Effect.gen(function*() {
+        yield* OutboxMigrations.run
+        yield* OutboxRoles.grant({ roles: { producer: names.producer, relay: names.relay, operator: names.operator, auditor: names.auditor } })
+      })),
+      Roles,
+      roles
+    )
+    return roles
+  })
+)
+
+const Live = RolesLive.pipe(Layer.provideMerge(TestDatabase.layer), Layer.orDie)
+
+/** Asserts that `effect` is refused by PostgreSQL's privileges (42501). */
+const refused = <A, E, R>(label: string, effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const exit = yield* Effect.exit(effect)
+    assert.isTrue(Exit.isFailure(exit), `${label}: expected a refusal, but it succeeded`)
+    const text = Exit.isFailure(exit) ? String(Exit.isFailure(exit) && JSON.stringify(exit.cause, replacer)) : ""
+    assert.match(text, /AuthorizationError|permission denied|must be owner/, `${label}: ${text.slice(0, 300)}`)
+  })
+
+const replacer = (_: string, v: unknown) =>
+  typeof v === "bigint" ? String(v) : v instanceof Error ? { name: v.name, message: v.message, cause: v.cause } : v
+
+const statement = (text: string) => Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(text))
+
+const insertEvent = (status = "PENDING") =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.map(
+      sql<{ id: bigint }>`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, status, processed_at, last_error)
+        VALUES ('Role', 'r-1', 'RoleTest', '{"secret": 1}', ${status}, ${status === "DEAD_LETTER" ? new Date() : null}::timestamptz,
+                ${status === "DEAD_LETTER" ? "boom" : null}) RETURNING id`,
+      (rows) => rows[0]!.id
+    ))
+
+layer(Live, { timeout: "120 seconds", excludeTestServices: true })("OutboxRoles", (it) => {
+  describe("producer", () => {
+    it.effect("can only INSERT: SELECT, UPDATE, DELETE, TRUNCATE and lock tokens are refused", () =>
+      Effect.gen(function*() {
+        const producer = as("producer")
+        yield* producer(statement(`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('A', '1', 'E', '{}')`))
+        yield* refused("SELECT *", producer(statement(`SELECT * FROM outbox`)))
+        yield* refused("SELECT payload", producer(statement(`SELECT payload FROM outbox`)))
+        yield* refused("SELECT id", producer(statement(`SELECT id FROM outbox`)))
+        yield* refused("UPDATE", producer(statement(`UPDATE outbox SET status = 'COMPLETED'`)))
+        yield* refused("DELETE", producer(statement(`DELETE FROM outbox`)))
+        yield* refused("TRUNCATE", producer(statement(`TRUNCATE outbox`)))
+        yield* refused("lock token", producer(statement(`SELECT nextval('outbox_lock_token_seq')`)))
+        yield* refused("inbox", producer(statement(`SELECT * FROM outbox_inbox`)))
+        yield* refused("redrive log", producer(statement(`SELECT * FROM outbox_redrive_log`)))
+        // the library's publish reads back id, tracking_id, created_at: refused without producerReturning
+        const publish = Outbox.transaction(
+          Outbox.publish({ aggregateType: "Order", aggregateId: "o-1", eventType: "OrderPlaced", payload: { total: 1 } })
+        ).pipe(Effect.provide(PgOutboxStore.layerWithoutMigrations()))
+        yield* refused("publish with RETURNING", producer(publish))
+      }))
+
+    it.effect("producerReturning lets the library's publish read back its keys, nothing more; re-granting without it takes that away", () =>
+      Effect.gen(function*() {
+        const roles = yield* Roles
+        const producer = as("producer")
+        const grantAs = (producerReturning: boolean) =>
+          as("owner")(OutboxRoles.grant({
+            roles: { producer: roles.producer, relay: roles.relay, operator: roles.operator, auditor: roles.auditor },
+            producerReturning
+          }))
+        const statements = yield* grantAs(true)
+        assert.include(statements, `GRANT SELECT (id, tracking_id, created_at) ON TABLE "public"."outbox" TO "${roles.producer}"`)
+        const published = yield* producer(
+          Outbox.transaction(
+            Outbox.publish({ aggregateType: "Order", aggregateId: "o-2", eventType: "OrderPlaced", payload: { total: 2 } })
+          ).pipe(Effect.provide(PgOutboxStore.layerWithoutMigrations()))
+        )
+        assert.strictEqual(typeof published.id, "bigint")
+        yield* refused("SELECT payload with returning", producer(statement(`SELECT payload FROM outbox`)))
+        yield* refused("UPDATE with returning", producer(statement(`UPDATE outbox SET status = 'COMPLETED'`)))
+        yield* grantAs(false)
+        yield* refused("SELECT id after re-grant", producer(statement(`SELECT id FROM outbox`)))
+      }))
+  })
+
+  describe("relay", () => {
+    it.effect("claims, completes, retries, dead-letters and reaps through the store; the inbox works; the rest is refused", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`UPDATE outbox SET status = 'COMPLETED' WHERE status <> 'COMPLETED'`
+        const ids = [yield* insertEvent(), yield* insertEvent(), yield* insertEvent()]
+        const relay = as("relay")
+        const cycle = Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const claimed = yield* store.claim({ limit: 10, leaseDuration: Duration.seconds(30) })
+          assert.deepStrictEqual(claimed.map((e) => e.id), ids)
+          yield* store.complete([claimed[0]!])
+          yield* store.retry(claimed[1]!, { error: "503", delay: Duration.seconds(0) })
+          yield* store.deadLetter(claimed[2]!, { error: "poison" })
+          const reaped = yield* store.reap
+          assert.deepStrictEqual(reaped, { requeued: [], deadLettered: [] })
+          const inbox = yield* Inbox
+          assert.isTrue(yield* inbox.markProcessed("billing", "t-1"))
+          assert.isTrue(yield* inbox.isProcessed("billing", "t-1"))
+        }).pipe(Effect.provide(Layer.merge(PgOutboxStore.layerWithoutMigrations(), PgInbox.layer)))
+        yield* relay(cycle)
+        const rows = yield* sql<{ status: string }>`SELECT status FROM outbox WHERE id = ANY(${`{${ids.join(",")}}`}::bigint[]) ORDER BY id`
+        assert.deepStrictEqual(rows.map((r) => r.status), ["COMPLETED", "FAILED", "DEAD_LETTER"])
+
+        yield* refused("INSERT", relay(statement(`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('A', '1', 'E', '{}')`)))
+        yield* refused("DELETE", relay(statement(`DELETE FROM outbox`)))
+        yield* refused("UPDATE payload", relay(statement(`UPDATE outbox SET payload = '{"forged": true}'`)))
+        yield* refused("UPDATE event_type", relay(statement(`UPDATE outbox SET event_type = 'Forged'`)))
+        yield* refused("TRUNCATE", relay(statement(`TRUNCATE outbox`)))
+        yield* refused("redrive log", relay(statement(`INSERT INTO outbox_redrive_log (redrive_id, batch, operator, reason, filter, event_ids, event_count)
+          VALUES (gen_random_uuid(), 1, 'relay', 'forged', '{}', '{}', 0)`)))
+      }))
+  })
+
+  describe("operator", () => {
+    it.effect("redrives dead letters (UPDATE of state columns, INSERT into the redrive log) and nothing else", () =>
+      Effect.gen(function*() {
+        const roles = yield* Roles
+        const sql = yield* SqlClient.SqlClient
+        const id = yield* insertEvent("DEAD_LETTER")
+        const operator = as("operator")
+        const report = yield* operator(Effect.gen(function*() {
+          const dlq = yield* DeadLetters.DeadLetters
+          assert.isTrue((yield* dlq.list({ ids: [id] })).length === 1)
+          assert.deepStrictEqual((yield* dlq.show(id)).payload, { secret: 1 })
+          return yield* dlq.redrive({ by: "oscar", reason: "INC-9: sink fixed", filter: { ids: [id] } })
+        }).pipe(Effect.provide(DeadLetters.layer())))
+        assert.strictEqual(report._tag === "Redriven" && report.redriven, 1)
+        const [log] = yield* sql<{ db_user: string; operator: string }>`
+          SELECT db_user, operator FROM outbox_redrive_log WHERE event_ids @> ARRAY[${id}]::bigint[]`
+        assert.deepStrictEqual({ ...log! }, { db_user: roles.operator, operator: "oscar" })
+
+        yield* refused("INSERT outbox", operator(statement(`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('A', '1', 'E', '{}')`)))
+        yield* refused("DELETE outbox", operator(statement(`DELETE FROM outbox`)))
+        yield* refused("UPDATE payload", operator(statement(`UPDATE outbox SET payload = '{}'`)))
+        yield* refused("UPDATE redrive log", operator(statement(`UPDATE outbox_redrive_log SET reason = 'rewritten'`)))
+        yield* refused("DELETE redrive log", operator(statement(`DELETE FROM outbox_redrive_log`)))
+        yield* refused("lock token", operator(statement(`SELECT nextval('outbox_lock_token_seq')`)))
+      }))
+  })
+
+  describe("auditor", () => {
+    it.effect("reads the redrive log, nothing of the outbox, and writes nothing", () =>
+      Effect.gen(function*() {
+        const auditor = as("auditor")
+        yield* auditor(statement(`SELECT * FROM outbox_redrive_log`))
+        yield* refused("SELECT outbox", auditor(statement(`SELECT id FROM outbox`)))
+        yield* refused("INSERT redrive log", auditor(statement(`INSERT INTO outbox_redrive_log (redrive_id, batch, operator, reason, filter, event_ids, event_count)
+          VALUES (gen_random_uuid(), 1, 'a', 'b', '{}', '{}', 0)`)))
+      }))
+  })
+
+  describe("owner", () => {
+    it.effect("only the owner can alter the outbox and its logs, disable their triggers, truncate or drop them", () =>
+      Effect.gen(function*() {
+        const tamper = [
+          `ALTER TABLE outbox DISABLE TRIGGER USER`,
+          `ALTER TABLE outbox ADD COLUMN sneaky text`,
+          `ALTER TABLE outbox_redrive_log DISABLE TRIGGER USER`,
+          `ALTER TABLE outbox_redrive_log DROP CONSTRAINT outbox_redrive_log_operator_check`,
+          `TRUNCATE outbox_redrive_log`,
+          `DELETE FROM outbox_redrive_log`,
+          `DROP TABLE outbox_redrive_log`,
+          `DROP TRIGGER outbox_redrive_log_no_change ON outbox_redrive_log`
+        ]
+        for (const role of ["producer", "relay", "operator", "auditor"] as const) {
+          for (const text of tamper) yield* refused(`${role}: ${text}`, as(role)(statement(text)))
+        }
+        // the owner can (in a transaction rolled back here)
+        const sql = yield* SqlClient.SqlClient
+        const rolledBack = as("owner")(Effect.flatMap(SqlClient.SqlClient, (owner) =>
+          owner.withTransaction(Effect.gen(function*() {
+            yield* owner.unsafe(`ALTER TABLE outbox_redrive_log DISABLE TRIGGER USER`)
+            yield* owner.unsafe(`ALTER TABLE outbox DISABLE TRIGGER USER`)
+            return yield* Effect.fail("roll back" as const)
+          }))))
+        assert.strictEqual(yield* Effect.flip(rolledBack), "roll back")
+        const [row] = yield* sql<{ n: number }>`
+          SELECT count(*)::int AS n FROM pg_trigger WHERE tgrelid = 'outbox_redrive_log'::regclass AND tgenabled = 'O'`
+        assert.strictEqual(row!.n, 2)
+      }))
+  })
+
+  describe("validation", () => {
+    it.effect("role names are validated; duplicates, an empty set and missing objects are typed errors", () =>
+      Effect.gen(function*() {
+        const hostile = yield* Effect.flip(OutboxRoles.plan({ roles: { relay: `r"; DROP TABLE outbox; --` } }))
+        assert.strictEqual(hostile._tag, "InvalidIdentifier")
+        const duplicate = yield* Effect.flip(OutboxRoles.plan({ roles: { relay: "same", operator: "same" } }))
+        assert.strictEqual(duplicate._tag === "RolesError" && duplicate.reason, "DuplicateRole")
+        const none = yield* Effect.flip(OutboxRoles.plan({ roles: {} }))
+        assert.strictEqual(none._tag === "RolesError" && none.reason, "NoRoles")
+        const missing = yield* Effect.flip(OutboxRoles.plan({ roles: { relay: "someone" }, table: "no_such_outbox" }))
+        assert.strictEqual(missing._tag === "RolesError" && missing.reason, "MissingObject")
+        const badSchema = yield* Effect.flip(OutboxRoles.createRoles({ producer: "Bad Name" }))
+        assert.strictEqual(badSchema._tag, "InvalidIdentifier")
+      }))
+  })
+})

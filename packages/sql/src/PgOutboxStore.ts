@@ -313,7 +313,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         ), pu AS (
           UPDATE ${T} o SET status = 'PROCESSING', lock_token = (SELECT t FROM token), locked_until = ${plus(ts, options.leaseDuration)}
           FROM pick WHERE pick.partitioned AND o.id = pick.id AND o.created_at = pick.created_at
-          RETURNING ${claimedColumns}, o.status, o.retry_count, o.last_error, o.processed_at, o.available_at
+          RETURNING ${claimedColumns}, o.status, o.last_error, o.processed_at, o.available_at
         ), lu AS (
           UPDATE ${L} o SET status = 'PROCESSING', lock_token = (SELECT t FROM token), locked_until = ${plus(ts, options.leaseDuration)}
           FROM pick WHERE NOT pick.partitioned AND o.id = pick.id
@@ -495,7 +495,10 @@ export const layerWithoutMigrations = (options: Options = {}): Layer.Layer<Outbo
   Layer.effect(OutboxStore, make(options))
 
 /**
- * The store; runs the outbox migrations first.
+ * The store; runs the outbox migrations first. During an online migration
+ * (`legacy` set) it runs none: the plain table would make the first
+ * migration refuse, and `OnlineMigration.prepare` has created what the
+ * store needs.
  *
  * @category layers
  * @since 0.1.0
@@ -504,7 +507,7 @@ export const layer = (options: Options = {}): Layer.Layer<OutboxStore, StoreErro
   Layer.effect(
     OutboxStore,
     Effect.andThen(
-      OutboxMigrations.run.pipe(
+      options.legacy !== undefined ? Effect.void : OutboxMigrations.run.pipe(
         Effect.mapError((e) => new StoreError({ operation: "migrate", message: `migration failed: ${e.message}`, retryable: false, cause: e }))
       ),
       make(options)

@@ -17,11 +17,13 @@
  *
  * @since 0.1.0
  */
+import * as Config from "effect/Config"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Migrator from "effect/sql/Migrator"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
+import * as AuditMigrations from "./internal/auditMigrations.ts"
 import * as DeadLetters from "./DeadLetters.ts"
 import * as OutboxHealth from "./OutboxHealth.ts"
 import * as OutboxTable from "./internal/outboxTable.ts"
@@ -133,12 +135,46 @@ export const loader = Migrator.fromRecord({
 })
 
 /**
- * Runs the outbox migrations (idempotent; already applied ones are skipped).
+ * Runs the outbox migrations only (idempotent; already applied ones are skipped).
  *
  * @category migrations
  * @since 0.1.0
  */
-export const run = Migrator.make({})({ loader, table: "outbox_migrations" })
+export const runOutbox = Migrator.make({})({ loader, table: "outbox_migrations" })
+
+/**
+ * Runs the outbox migrations, then the audit trail's (`outbox_audit_log`,
+ * triggers, sealer, views; tracked in `outbox_audit_migrations`) when
+ * `options.audit` is true. Once installed, the audit trail stays.
+ *
+ * @category migrations
+ * @since 0.1.0
+ */
+export const runWith = (options: { readonly audit: boolean }) =>
+  options.audit
+    ? Effect.zipWith(runOutbox, AuditMigrations.run, (outbox, audit) => [...outbox, ...audit.map(([id, name]) => [id, `audit_${name}`] as const)])
+    : runOutbox
+
+/**
+ * `ENABLE_AUDIT` (default `false`) from the environment; a value that is not
+ * a boolean fails the migration with a `MigrationError` naming it.
+ *
+ * @category migrations
+ * @since 0.1.0
+ */
+export const auditEnabled: Effect.Effect<boolean, Migrator.MigrationError> = Config.Boolean("ENABLE_AUDIT").pipe(
+  Config.withDefault(false),
+  Effect.mapError((cause) => new Migrator.MigrationError({ kind: "BadState", message: `ENABLE_AUDIT: ${cause.message}`, cause }))
+)
+
+/**
+ * Runs the outbox migrations, plus the audit trail's when `ENABLE_AUDIT=true`
+ * (idempotent; already applied ones are skipped).
+ *
+ * @category migrations
+ * @since 0.1.0
+ */
+export const run = Effect.flatMap(auditEnabled, (audit) => runWith({ audit }))
 
 /**
  * A layer that runs the migrations when built.

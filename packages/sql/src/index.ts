@@ -1,6 +1,7 @@
 /**
  * @since 0.1.0
  */
+export * as AuditTrail from "./AuditTrail.ts"
 export * as DeadLetters from "./DeadLetters.ts"
 export * as FileArchiveStorage from "./FileArchiveStorage.ts"
 export * as Identifier from "./Identifier.ts"

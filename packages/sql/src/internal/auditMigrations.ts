@@ -1,0 +1,383 @@
+/**
+ * The audit trail's schema (`ENABLE_AUDIT=true`), tracked in its own
+ * migrations table (`outbox_audit_migrations`) so that enabling it later,
+ * or never, does not interfere with the outbox's numbering.
+ *
+ * Objects (all in the schema the migrations run in):
+ * - `outbox_audit_log`: one row per changed outbox row, `RANGE (recorded_at)`
+ *   partitioned by month, with a DEFAULT partition. Rows are appended
+ *   unsealed (`chain_pos`, `prev_hash`, `hash` NULL) and sealed later by
+ *   `outbox_audit_seal`.
+ * - `outbox_audit_capture()`: the statement-level AFTER trigger function on
+ *   the outbox (INSERT / UPDATE / DELETE with transition tables, TRUNCATE),
+ *   `SECURITY DEFINER` with a pinned `search_path`: one `INSERT ... SELECT`
+ *   per statement, whatever the number of rows, and roles without any
+ *   privilege on the audit log are still audited.
+ * - `outbox_audit_guard()`: refuses UPDATE / DELETE / TRUNCATE on the log,
+ *   except the one-time sealing (NULL -> value) and the partition manager's
+ *   move of DEFAULT rows into a new partition (under its advisory lock).
+ * - `outbox_audit_head`: the chain's last sealed position and hash.
+ * - `outbox_audit_checkpoint`: per month boundary, the links that precede
+ *   the first row at or after it, so retention can drop old partitions
+ *   without breaking verification.
+ * - `outbox_audit_seal(max_rows)`, `outbox_audit_checkpoint(at, grace)`:
+ *   `SECURITY DEFINER`, EXECUTE revoked from PUBLIC (grant it to the relay).
+ * - `outbox_audit_history(event_id, tracking_id)`, `v_outbox_sox_audit`,
+ *   `v_outbox_dead_letter_activity`: the compliance views.
+ *
+ * @since 0.1.0
+ */
+import * as Effect from "effect/Effect"
+import * as Migrator from "effect/sql/Migrator"
+import * as SqlClient from "effect/sql/SqlClient"
+import * as Identifier from "../Identifier.ts"
+
+/** Columns whose canonical form is hashed (everything but the seal itself). */
+const contentColumns = [
+  "audit_id",
+  "recorded_at",
+  "operation",
+  "event_id",
+  "event_created_at",
+  "tracking_id",
+  "old_status",
+  "new_status",
+  "changed_columns",
+  "db_user",
+  "application_name",
+  "txid",
+  "actor",
+  "reason",
+  "last_error"
+] as const
+
+/** How many months ahead of the current one the migration creates. */
+const initialMonthsAhead = 2
+
+const createAuditLog = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const [row] = yield* sql<{ schema: string }>`SELECT current_schema() AS schema`
+  const schema = Identifier.quote(row!.schema)
+  const pinned = `SET search_path = pg_catalog, ${schema}, pg_temp`
+  const parent = `${row!.schema}.outbox_audit_log`
+  const statements = [
+    `CREATE TABLE outbox_audit_log (
+        audit_id         bigserial    NOT NULL,
+        recorded_at      timestamptz  NOT NULL DEFAULT now(),
+        operation        text         NOT NULL CHECK (operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
+        event_id         bigint,
+        event_created_at timestamptz,
+        tracking_id      uuid,
+        old_status       text,
+        new_status       text,
+        changed_columns  text[],
+        db_user          text         NOT NULL DEFAULT session_user,
+        application_name text,
+        txid             bigint,
+        actor            text,
+        reason           text,
+        last_error       text,
+        chain_pos        bigint,
+        prev_hash        bytea,
+        hash             bytea,
+        sealed_at        timestamptz,
+        PRIMARY KEY (recorded_at, audit_id)
+      ) PARTITION BY RANGE (recorded_at)`,
+    `COMMENT ON TABLE outbox_audit_log IS
+      'Append-only audit trail of the outbox, SHA-256 hash-chained by outbox_audit_seal (verify with npx outbox audit verify)'`,
+    `COMMENT ON COLUMN outbox_audit_log.db_user IS 'session_user: the authenticated role of the session that changed the outbox'`,
+    `COMMENT ON COLUMN outbox_audit_log.chain_pos IS 'position in the hash chain, assigned by the sealer in commit-visibility order'`,
+    `CREATE TABLE outbox_audit_log_default PARTITION OF outbox_audit_log DEFAULT`,
+    `CREATE INDEX outbox_audit_log_chain_idx ON outbox_audit_log (chain_pos) WHERE chain_pos IS NOT NULL`,
+    `CREATE INDEX outbox_audit_log_unsealed_idx ON outbox_audit_log (audit_id) WHERE hash IS NULL`,
+    `CREATE INDEX outbox_audit_log_event_idx ON outbox_audit_log (event_id)`,
+    `CREATE INDEX outbox_audit_log_tracking_idx ON outbox_audit_log (tracking_id)`,
+    `CREATE TABLE outbox_audit_head (
+        singleton boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+        chain_pos bigint      NOT NULL,
+        hash      bytea       NOT NULL,
+        sealed_at timestamptz
+      )`,
+    `INSERT INTO outbox_audit_head (chain_pos, hash) VALUES (0, decode(repeat('00', 32), 'hex'))`,
+    `CREATE TABLE outbox_audit_checkpoint (
+        boundary   timestamptz PRIMARY KEY,
+        first_pos  bigint      NOT NULL,
+        positions  bigint[]    NOT NULL,
+        hashes     bytea[]     NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+      )`,
+    `COMMENT ON TABLE outbox_audit_checkpoint IS
+      'Per month boundary B: the chain position of the first row recorded at or after B (first_pos) and the hashes of the rows recorded before B at positions >= first_pos - 1, so verification can start at B once older partitions are dropped'`,
+    // The canonical content of a row: a JSON array, times as epoch microseconds
+    // (independent of the session's TimeZone and DateStyle).
+    `CREATE FUNCTION outbox_audit_canonical(l outbox_audit_log) RETURNS text
+      LANGUAGE sql STABLE PARALLEL SAFE ${pinned} AS $fn$
+        SELECT jsonb_build_array(
+          1,
+          l.audit_id,
+          (extract(epoch FROM l.recorded_at) * 1000000)::bigint,
+          l.operation,
+          l.event_id,
+          (extract(epoch FROM l.event_created_at) * 1000000)::bigint,
+          l.tracking_id::text,
+          l.old_status,
+          l.new_status,
+          to_jsonb(l.changed_columns),
+          l.db_user,
+          l.application_name,
+          l.txid,
+          l.actor,
+          l.reason,
+          l.last_error)::text
+      $fn$`,
+    `CREATE FUNCTION outbox_audit_link(prev bytea, l outbox_audit_log) RETURNS bytea
+      LANGUAGE sql STABLE PARALLEL SAFE ${pinned} AS $fn$
+        SELECT sha256(prev || sha256(convert_to(outbox_audit_canonical(l), 'UTF8')))
+      $fn$`,
+    `CREATE FUNCTION outbox_audit_capture() RETURNS trigger
+      LANGUAGE plpgsql SECURITY DEFINER ${pinned} AS $fn$
+      DECLARE
+        v_actor  text := nullif(current_setting('outbox.actor', true), '');
+        v_reason text := nullif(current_setting('outbox.reason', true), '');
+        v_app    text := nullif(current_setting('application_name', true), '');
+        v_txid   bigint := pg_current_xact_id()::text::bigint;
+      BEGIN
+        IF TG_OP = 'INSERT' THEN
+          INSERT INTO outbox_audit_log (operation, event_id, event_created_at, tracking_id, new_status,
+                                        db_user, application_name, txid, actor, reason, last_error)
+          SELECT 'INSERT', n.id, n.created_at, n.tracking_id, n.status,
+                 session_user, v_app, v_txid, v_actor, v_reason, n.last_error
+          FROM outbox_audit_new n ORDER BY n.id;
+        ELSIF TG_OP = 'UPDATE' THEN
+          INSERT INTO outbox_audit_log (operation, event_id, event_created_at, tracking_id, old_status, new_status,
+                                        changed_columns, db_user, application_name, txid, actor, reason, last_error)
+          SELECT 'UPDATE', n.id, n.created_at, n.tracking_id, o.status, n.status,
+                 ARRAY(SELECT e.key FROM jsonb_each(to_jsonb(n)) e
+                       WHERE e.value IS DISTINCT FROM (to_jsonb(o) -> e.key) ORDER BY e.key),
+                 session_user, v_app, v_txid, v_actor, v_reason,
+                 CASE WHEN n.last_error IS DISTINCT FROM o.last_error OR n.status IN ('FAILED', 'DEAD_LETTER')
+                      THEN n.last_error END
+          FROM outbox_audit_old o JOIN outbox_audit_new n ON n.id = o.id
+          ORDER BY n.id;
+        ELSIF TG_OP = 'DELETE' THEN
+          INSERT INTO outbox_audit_log (operation, event_id, event_created_at, tracking_id, old_status,
+                                        db_user, application_name, txid, actor, reason, last_error)
+          SELECT 'DELETE', o.id, o.created_at, o.tracking_id, o.status,
+                 session_user, v_app, v_txid, v_actor, v_reason, o.last_error
+          FROM outbox_audit_old o ORDER BY o.id;
+        ELSE
+          INSERT INTO outbox_audit_log (operation, db_user, application_name, txid, actor, reason)
+          VALUES ('TRUNCATE', session_user, v_app, v_txid, v_actor, v_reason);
+        END IF;
+        RETURN NULL;
+      END
+      $fn$`,
+    `CREATE TRIGGER outbox_audit_insert AFTER INSERT ON outbox
+      REFERENCING NEW TABLE AS outbox_audit_new FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
+    `CREATE TRIGGER outbox_audit_update AFTER UPDATE ON outbox
+      REFERENCING OLD TABLE AS outbox_audit_old NEW TABLE AS outbox_audit_new FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
+    `CREATE TRIGGER outbox_audit_delete AFTER DELETE ON outbox
+      REFERENCING OLD TABLE AS outbox_audit_old FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
+    `CREATE TRIGGER outbox_audit_truncate AFTER TRUNCATE ON outbox
+      FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
+    `CREATE FUNCTION outbox_audit_guard() RETURNS trigger
+      LANGUAGE plpgsql ${pinned} AS $fn$
+      BEGIN
+        IF TG_LEVEL = 'ROW' AND TG_OP = 'UPDATE' THEN
+          IF OLD.hash IS NULL AND OLD.chain_pos IS NULL AND OLD.prev_hash IS NULL AND OLD.sealed_at IS NULL
+             AND NEW.hash IS NOT NULL AND NEW.chain_pos IS NOT NULL AND NEW.prev_hash IS NOT NULL
+             AND (${contentColumns.map((c) => `NEW.${c}`).join(", ")}) IS NOT DISTINCT FROM
+                 (${contentColumns.map((c) => `OLD.${c}`).join(", ")}) THEN
+            RETURN NEW;
+          END IF;
+        END IF;
+        -- the partition manager moves rows out of DEFAULT into a new partition
+        -- in one transaction holding its advisory lock on this table
+        IF TG_LEVEL = 'ROW' AND TG_OP = 'DELETE' AND TG_TABLE_NAME = 'outbox_audit_log_default' AND EXISTS (
+             SELECT 1 FROM pg_locks
+             WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 2
+               AND classid = hashtext('outbox.partitions')::oid AND objid = hashtext(${sqlString(parent)})::oid) THEN
+          RETURN OLD;
+        END IF;
+        RAISE EXCEPTION 'outbox_audit_log is append-only: % refused', TG_OP
+          USING ERRCODE = 'insufficient_privilege',
+                HINT = 'audit rows are only appended, sealed once, and removed by partition retention';
+      END
+      $fn$`,
+    `CREATE TRIGGER outbox_audit_log_append_only BEFORE UPDATE OR DELETE ON outbox_audit_log
+      FOR EACH ROW EXECUTE FUNCTION outbox_audit_guard()`,
+    `CREATE TRIGGER outbox_audit_log_no_truncate BEFORE TRUNCATE ON outbox_audit_log
+      FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_guard()`,
+    `CREATE TRIGGER outbox_audit_head_append_only BEFORE DELETE OR TRUNCATE ON outbox_audit_head
+      FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_guard()`,
+    `CREATE TRIGGER outbox_audit_checkpoint_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON outbox_audit_checkpoint
+      FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_guard()`,
+    // Seals up to max_rows committed rows: consecutive positions after the
+    // head, in audit_id order among the rows visible now (commit-visibility
+    // order), hash = sha256(prev_hash || sha256(canonical content)).
+    `CREATE FUNCTION outbox_audit_seal(max_rows integer DEFAULT 10000) RETURNS integer
+      LANGUAGE plpgsql SECURITY DEFINER ${pinned} AS $fn$
+      DECLARE
+        head_pos  bigint;
+        head_hash bytea;
+        ids       bigint[];
+        ats       timestamptz[];
+        digests   bytea[];
+        positions bigint[];
+        prevs     bytea[];
+        hashes    bytea[];
+        h         bytea;
+        n         integer;
+      BEGIN
+        IF max_rows IS NULL OR max_rows < 1 THEN
+          RAISE EXCEPTION 'outbox_audit_seal: max_rows must be positive, got %', max_rows USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+          RAISE EXCEPTION 'outbox_audit_seal must run in READ COMMITTED (it reads the head after taking its lock)'
+            USING ERRCODE = 'invalid_transaction_state';
+        END IF;
+        PERFORM pg_advisory_xact_lock(hashtext('outbox.audit'), hashtext('seal'));
+        SELECT chain_pos, hash INTO head_pos, head_hash FROM outbox_audit_head;
+        SELECT array_agg(l.audit_id ORDER BY l.audit_id),
+               array_agg(l.recorded_at ORDER BY l.audit_id),
+               array_agg(sha256(convert_to(outbox_audit_canonical(l), 'UTF8')) ORDER BY l.audit_id)
+          INTO ids, ats, digests
+          FROM (SELECT * FROM outbox_audit_log WHERE hash IS NULL ORDER BY audit_id LIMIT max_rows) l;
+        n := coalesce(array_length(ids, 1), 0);
+        IF n = 0 THEN
+          RETURN 0;
+        END IF;
+        h := head_hash;
+        positions := array_fill(0::bigint, ARRAY[n]);
+        prevs := array_fill(NULL::bytea, ARRAY[n]);
+        hashes := array_fill(NULL::bytea, ARRAY[n]);
+        FOR i IN 1..n LOOP
+          prevs[i] := h;
+          h := sha256(h || digests[i]);
+          hashes[i] := h;
+          positions[i] := head_pos + i;
+        END LOOP;
+        UPDATE outbox_audit_log l
+           SET chain_pos = u.pos, prev_hash = u.prev, hash = u.hash, sealed_at = clock_timestamp()
+          FROM unnest(ids, ats, positions, prevs, hashes) AS u(id, at, pos, prev, hash)
+         WHERE l.recorded_at = u.at AND l.audit_id = u.id AND l.hash IS NULL;
+        UPDATE outbox_audit_head SET chain_pos = head_pos + n, hash = h, sealed_at = clock_timestamp();
+        RETURN n;
+      END
+      $fn$`,
+    // For every month boundary B after the last checkpoint (or after the
+    // genesis row's month) up to at - grace, once no row recorded before B is
+    // unsealed: the first position at or after B and the links before it.
+    `CREATE FUNCTION outbox_audit_checkpoint(at timestamptz, grace interval DEFAULT interval '1 day') RETURNS integer
+      LANGUAGE plpgsql SECURITY DEFINER ${pinned} AS $fn$
+      DECLARE
+        b        timestamptz;
+        last_b   timestamptz;
+        head_pos bigint;
+        first    bigint;
+        made     integer := 0;
+      BEGIN
+        PERFORM pg_advisory_xact_lock(hashtext('outbox.audit'), hashtext('seal'));
+        SELECT chain_pos INTO head_pos FROM outbox_audit_head;
+        SELECT max(boundary) INTO last_b FROM outbox_audit_checkpoint;
+        IF last_b IS NULL THEN
+          SELECT date_trunc('month', recorded_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' INTO last_b
+            FROM outbox_audit_log WHERE chain_pos = 1;
+          IF last_b IS NULL THEN
+            RETURN 0;
+          END IF;
+        END IF;
+        b := ((last_b AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
+        WHILE b <= at - grace LOOP
+          EXIT WHEN EXISTS (SELECT 1 FROM outbox_audit_log WHERE hash IS NULL AND recorded_at < b);
+          SELECT coalesce(min(chain_pos), head_pos + 1) INTO first
+            FROM outbox_audit_log WHERE recorded_at >= b AND chain_pos IS NOT NULL;
+          INSERT INTO outbox_audit_checkpoint (boundary, first_pos, positions, hashes)
+          SELECT b, first, coalesce(array_agg(chain_pos ORDER BY chain_pos), '{}'), coalesce(array_agg(hash ORDER BY chain_pos), '{}')
+            FROM outbox_audit_log WHERE recorded_at < b AND chain_pos >= first - 1;
+          made := made + 1;
+          b := ((b AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
+        END LOOP;
+        RETURN made;
+      END
+      $fn$`,
+    `REVOKE ALL ON outbox_audit_log, outbox_audit_head, outbox_audit_checkpoint FROM PUBLIC`,
+    `REVOKE ALL ON SEQUENCE outbox_audit_log_audit_id_seq FROM PUBLIC`,
+    `REVOKE ALL ON FUNCTION outbox_audit_capture(), outbox_audit_guard(), outbox_audit_seal(integer),
+      outbox_audit_checkpoint(timestamptz, interval) FROM PUBLIC`,
+    // "who changed event X": every audit row of an event, in order
+    `CREATE FUNCTION outbox_audit_history(p_event_id bigint DEFAULT NULL, p_tracking_id uuid DEFAULT NULL)
+      RETURNS SETOF outbox_audit_log LANGUAGE sql STABLE AS $fn$
+        SELECT * FROM outbox_audit_log
+        WHERE (p_event_id IS NOT NULL OR p_tracking_id IS NOT NULL)
+          AND (p_event_id IS NULL OR event_id = p_event_id)
+          AND (p_tracking_id IS NULL OR tracking_id = p_tracking_id)
+        ORDER BY audit_id
+      $fn$`,
+    `CREATE VIEW v_outbox_sox_audit AS
+      SELECT (recorded_at AT TIME ZONE 'UTC')::date AS day,
+             operation,
+             db_user,
+             count(*) AS changes,
+             count(DISTINCT event_id) AS events,
+             count(*) FILTER (WHERE old_status IS DISTINCT FROM new_status AND operation = 'UPDATE') AS status_changes,
+             count(*) FILTER (WHERE actor IS NOT NULL) AS with_actor,
+             array_agg(DISTINCT application_name) FILTER (WHERE application_name IS NOT NULL) AS applications,
+             min(recorded_at) AS first_at,
+             max(recorded_at) AS last_at,
+             count(*) FILTER (WHERE hash IS NULL) AS unsealed
+      FROM outbox_audit_log
+      GROUP BY 1, 2, 3`,
+    `COMMENT ON VIEW v_outbox_sox_audit IS 'Daily (UTC) summary of outbox changes by operation and database user'`,
+    `CREATE VIEW v_outbox_dead_letter_activity AS
+      SELECT audit_id,
+             recorded_at,
+             CASE WHEN new_status = 'DEAD_LETTER' THEN 'DEAD_LETTERED' ELSE 'REDRIVEN' END AS activity,
+             event_id,
+             tracking_id,
+             old_status,
+             new_status,
+             last_error AS error,
+             actor,
+             reason,
+             db_user,
+             application_name,
+             chain_pos
+      FROM outbox_audit_log
+      WHERE (new_status = 'DEAD_LETTER' AND old_status IS DISTINCT FROM 'DEAD_LETTER')
+         OR (operation = 'UPDATE' AND old_status = 'DEAD_LETTER' AND new_status IS DISTINCT FROM 'DEAD_LETTER')`,
+    `COMMENT ON VIEW v_outbox_dead_letter_activity IS
+      'What went to DEAD_LETTER, when and why (error), and every redrive out of it with its actor and reason'`
+  ]
+  for (const statement of statements) yield* sql.unsafe(statement)
+  yield* sql.unsafe(`DO $do$
+    DECLARE m date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
+    BEGIN
+      FOR i IN 0..${initialMonthsAhead} LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF outbox_audit_log FOR VALUES FROM (%L) TO (%L)',
+          'outbox_audit_log_p' || to_char(m + make_interval(months => i), 'YYYYMMDD'),
+          (m + make_interval(months => i))::timestamp AT TIME ZONE 'UTC',
+          (m + make_interval(months => i + 1))::timestamp AT TIME ZONE 'UTC');
+      END LOOP;
+    END
+    $do$`)
+})
+
+/** A string literal for generated SQL (only ever catalog names here). */
+const sqlString = (value: string): string => `'${value.replaceAll("'", "''")}'`
+
+/**
+ * The audit migrations, by name.
+ *
+ * @since 0.1.0
+ */
+export const loader = Migrator.fromRecord({
+  "0001_create_audit_log": createAuditLog
+})
+
+/**
+ * Runs the audit migrations (needs the outbox's migrations first).
+ *
+ * @since 0.1.0
+ */
+export const run = Migrator.make({})({ loader, table: "outbox_audit_migrations" })

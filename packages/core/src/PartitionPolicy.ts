@@ -100,14 +100,17 @@ export const make = (
 /**
  * The outbox's policy: daily partitions of `outbox.created_at`, 3 days
  * ahead, kept `retentionDays` (default 7) and dropped, never while a row is
- * not COMPLETED or DEAD_LETTER.
+ * not COMPLETED or DEAD_LETTER. `table` names another outbox table (e.g.
+ * the partitioned table of an online migration).
  *
  * @category constructors
  * @since 0.1.0
  */
-export const outbox = (options: { readonly retentionDays?: number; readonly premake?: number } = {}): PartitionPolicy =>
+export const outbox = (
+  options: { readonly retentionDays?: number; readonly premake?: number; readonly table?: string } = {}
+): PartitionPolicy =>
   make({
-    table: "outbox",
+    table: options.table ?? "outbox",
     column: "created_at",
     interval: "daily",
     premake: options.premake ?? 3,

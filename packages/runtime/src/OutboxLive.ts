@@ -26,6 +26,7 @@ import * as PartitionManager from "@outbox/sql/PartitionManager"
 import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
 import { PgClient } from "@effect/sql-pg"
 import * as Config from "effect/Config"
+import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
@@ -41,6 +42,11 @@ import * as Relay from "./Relay.ts"
 export interface Options {
   /** Overrides of the environment configuration (policies, or any field). */
   readonly config?: Partial<OutboxConfig.Options> | undefined
+  /**
+   * Store options; by default from the environment (`OUTBOX_TABLE`, and
+   * `OUTBOX_MIGRATION_LEGACY_TABLE` / `OUTBOX_MIGRATION_DUAL_WRITE` during an
+   * online migration: see `PgOutboxStore.optionsConfig`).
+   */
   readonly store?: PgOutboxStore.Options | undefined
   /** Application tables maintained beside the outbox. */
   readonly partitions?: ReadonlyArray<PartitionPolicy.PartitionPolicy> | undefined
@@ -60,7 +66,13 @@ export const layer = (
   SqlClient.SqlClient | OutboxSink
 > =>
   Layer.mergeAll(Relay.layer, PartitionMaintenance.layerConfig(options.partitions).pipe(Layer.provideMerge(PartitionManager.layer))).pipe(
-    Layer.provideMerge(PgOutboxStore.layer(options.store)),
+    Layer.provideMerge(
+      options.store === undefined
+        ? Layer.unwrap(Effect.gen(function*() {
+          return PgOutboxStore.layer(yield* PgOutboxStore.optionsConfig)
+        }))
+        : PgOutboxStore.layer(options.store)
+    ),
     Layer.provideMerge(OutboxConfig.layerConfig(options.config))
   )
 

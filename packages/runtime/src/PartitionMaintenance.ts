@@ -176,7 +176,8 @@ export const layerOff: Layer.Layer<PartitionMaintenance> = Layer.succeed(
  * The outbox's own policy from the environment: `OUTBOX_PARTITION_MODE`
  * (`native`, `partman` or `off`; default `native`), `OUTBOX_RETENTION_DAYS`
  * (7), `OUTBOX_PARTITION_PREMAKE` (3), plus the schedule's period
- * `OUTBOX_MAINTENANCE_INTERVAL_MS` (3600000). `policies` adds the
+ * `OUTBOX_MAINTENANCE_INTERVAL_MS` (3600000), on the table `OUTBOX_TABLE`
+ * (`outbox`). `policies` adds the
  * application's tables (maintained natively in every mode but `off`).
  *
  * @category layers
@@ -197,8 +198,9 @@ export const layerConfig = (
       Config.withDefault(3)
     )
     const every = yield* positive("OUTBOX_MAINTENANCE_INTERVAL_MS", 3_600_000)
+    const table = yield* Config.String("OUTBOX_TABLE").pipe(Config.withDefault("outbox"))
     return layer({
-      policies: mode === "partman" ? policies : [PartitionPolicy.outbox({ retentionDays, premake }), ...policies],
+      policies: mode === "partman" ? policies : [PartitionPolicy.outbox({ retentionDays, premake, table }), ...policies],
       every: Duration.millis(every),
       partman: mode === "partman"
     })

@@ -12,6 +12,7 @@
  */
 import * as PartitionPolicy from "@outbox/core/PartitionPolicy"
 import { type MaintenanceReport, PartitionManager } from "@outbox/sql/PartitionManager"
+import * as AuditTrail from "@outbox/sql/AuditTrail"
 import * as Partman from "@outbox/sql/Partman"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
@@ -23,6 +24,7 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as SqlClient from "effect/sql/SqlClient"
+import * as AuditSealer from "./AuditSealer.ts"
 
 /**
  * What the schedule has done so far.
@@ -183,8 +185,8 @@ export const layerOff: Layer.Layer<PartitionMaintenance> = Layer.succeed(
  * @category layers
  * @since 0.1.0
  */
-export const layerConfig = (
-  policies: ReadonlyArray<PartitionPolicy.PartitionPolicy> = []
+const maintenanceConfig = (
+  policies: ReadonlyArray<PartitionPolicy.PartitionPolicy>
 ): Layer.Layer<PartitionMaintenance, Config.ConfigError, PartitionManager | SqlClient.SqlClient> =>
   Layer.unwrap(Effect.gen(function*() {
     const mode = yield* Config.schema(Schema.Literals(["native", "partman", "off"]), "OUTBOX_PARTITION_MODE").pipe(
@@ -205,3 +207,23 @@ export const layerConfig = (
       partman: mode === "partman"
     })
   }))
+
+/**
+ * The schedule from the environment (see the variables above). With
+ * `ENABLE_AUDIT=true` the audit log's policy (`AuditTrail.policy`: monthly,
+ * 7 years) is maintained too, in every mode but `off`, and the audit
+ * chain's sealer runs beside it (`AuditSealer.layerConfig`).
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerConfig = (
+  policies: ReadonlyArray<PartitionPolicy.PartitionPolicy> = []
+): Layer.Layer<PartitionMaintenance, Config.ConfigError, PartitionManager | SqlClient.SqlClient> =>
+  Layer.unwrap(Effect.map(
+    Config.Boolean("ENABLE_AUDIT").pipe(Config.withDefault(false)),
+    (audit) =>
+      audit
+        ? Layer.merge(maintenanceConfig([...policies, AuditTrail.policy()]), AuditSealer.layerConfig)
+        : maintenanceConfig(policies)
+  ))

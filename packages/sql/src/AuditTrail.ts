@@ -233,12 +233,20 @@ export const annotate = (options: { readonly actor: string; readonly reason: str
 
 const ZERO = "0".repeat(64)
 
+/** PostgreSQL's own message (the driver's is generic). */
+const detail = (error: SqlError.SqlError): string => {
+  const inner: unknown = error.reason.cause
+  return typeof inner === "object" && inner !== null && "message" in inner && typeof inner.message === "string"
+    ? inner.message
+    : error.reason.message
+}
+
 function databaseError(operation: string) {
   return (cause: SqlError.SqlError) =>
     new AuditError({
       reason: "Database",
       operation,
-      message: `${operation}: ${cause.reason._tag}${cause.reason.message ? `: ${cause.reason.message}` : ""}`,
+      message: `${operation}: ${cause.reason._tag}: ${detail(cause)}`,
       cause
     })
 }

@@ -11,6 +11,10 @@
  *   [--months-ahead N] [--retention-months N]`: the same for a
  *   tenant × month table (one tenant, or a sweep of every known tenant).
  *
+ * - `outbox stats [--minutes N] [--json]` and `outbox health [--premake N]
+ *   [--table T] [--max-pending-age S] [--json]`: counts, throughput, dead
+ *   letters; OK / WARN / CRITICAL exiting 0 / 1 / 2 (`internal/cli/health.ts`).
+ *
  * Exits non-zero when a step fails or the health check names a problem
  * (`status`), so it can gate a pipeline.
  *
@@ -27,6 +31,7 @@ import * as Option from "effect/Option"
 import * as Command from "effect/cli/Command"
 import * as Flag from "effect/cli/Flag"
 import type * as SqlClient from "effect/sql/SqlClient"
+import * as HealthCli from "./internal/cli/health.ts"
 import { formatBytes, formatTable } from "./internal/table.ts"
 
 /**
@@ -209,7 +214,7 @@ const partitions = Command.make("partitions").pipe(
  */
 export const command = Command.make("outbox").pipe(
   Command.withDescription("Outbox: transactional outbox for PostgreSQL"),
-  Command.withSubcommands([migrate, partitions])
+  Command.withSubcommands([migrate, partitions, HealthCli.stats, HealthCli.health])
 )
 
 /**

@@ -1,7 +1,8 @@
 /**
  * Entry point of `npx outbox`: the command line of `Cli.ts` on Node, with
  * the database from `DATABASE_URL`. A failure prints one line to stderr
- * (`outbox: <Tag>: <message>`) and exits with status 1.
+ * (`outbox: <Tag>: <message>`) and exits with status 1, or with the
+ * error's `Runtime.errorExitCode` (`outbox health`: 1 WARN, 2 CRITICAL).
  *
  * @since 0.1.0
  */
@@ -10,6 +11,7 @@ import * as NodeServices from "@effect/platform-node/NodeServices"
 import * as Cause from "effect/Cause"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
+import * as Runtime from "effect/Runtime"
 import * as Cli from "./Cli.ts"
 import * as OutboxLive from "./OutboxLive.ts"
 
@@ -25,7 +27,8 @@ Cli.run(process.argv.slice(2)).pipe(
   Effect.provide(OutboxLive.layerPg),
   Effect.provide(NodeServices.layer),
   Effect.tapCause((cause) =>
-    Cause.hasInterruptsOnly(cause) ? Effect.void : Console.error(`outbox: ${describe(Cause.squash(cause))}`)
+    // an error that printed its own report (`health`) carries its exit code and adds nothing to stderr
+    Cause.hasInterruptsOnly(cause) || !Runtime.getErrorReported(Cause.squash(cause)) ? Effect.void : Console.error(`outbox: ${describe(Cause.squash(cause))}`)
   ),
   NodeRuntime.runMain({ disableErrorReporting: true })
 )

@@ -1,0 +1,222 @@
+/**
+ * `npx outbox stats [--json]` and `npx outbox health [--json]`.
+ *
+ * `health` exits with 0 / 1 / 2 for OK / WARN / CRITICAL (a database it
+ * cannot read is CRITICAL), so it can serve as a Kubernetes exec probe. With
+ * `--json` stdout holds only the JSON document and stderr stays empty.
+ *
+ * @internal
+ */
+import * as OutboxHealth from "@outbox/sql/OutboxHealth"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Runtime from "effect/Runtime"
+import * as Schema from "effect/Schema"
+import * as Command from "effect/cli/Command"
+import * as Flag from "effect/cli/Flag"
+
+/**
+ * `health` found WARN or CRITICAL (or could not read the database): the
+ * process exits with 1 or 2. `printed` says the report is already on stdout,
+ * so the entry point adds nothing to stderr.
+ *
+ * @internal
+ */
+export class HealthCheckFailed extends Schema.TaggedError<HealthCheckFailed>("@outbox/runtime/HealthCheckFailed")(
+  "HealthCheckFailed",
+  {
+    level: Schema.Literals(["WARN", "CRITICAL"]),
+    message: Schema.String,
+    printed: Schema.Boolean
+  }
+) {
+  override get [Runtime.errorExitCode](): number {
+    return this.level === "CRITICAL" ? 2 : 1
+  }
+  override get [Runtime.errorReported](): boolean {
+    return !this.printed
+  }
+}
+
+const json = Flag.Boolean("json").pipe(Flag.withDefault(false), Flag.withDescription("print JSON instead of a table"))
+
+const print = (value: unknown) => Console.log(JSON.stringify(value, null, 2))
+
+const duration = (seconds: number): string => {
+  if (seconds < 1) return "0s"
+  if (seconds < 120) return `${Math.round(seconds)}s`
+  if (seconds < 7200) return `${Math.round(seconds / 60)}min`
+  if (seconds < 172_800) return `${(seconds / 3600).toFixed(1)}h`
+  return `${(seconds / 86_400).toFixed(1)}d`
+}
+
+/** A plain-text table; `right` lists the columns aligned right (numbers). */
+const formatTable = (headers: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>, right: ReadonlyArray<number> = []) => {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)))
+  const line = (cells: ReadonlyArray<string>) =>
+    cells.map((c, i) => (right.includes(i) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join("  ").trimEnd()
+  return [line(headers), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n")
+}
+
+const minuteOf = (d: Date) => d.toISOString().slice(11, 16)
+
+const formatStats = (s: OutboxHealth.Stats): string => {
+  const lines: Array<string> = []
+  lines.push(formatTable(["status", "events"], [
+    ["PENDING", String(s.counts.pending)],
+    ["FAILED (backoff)", String(s.counts.failed)],
+    ["PROCESSING", String(s.counts.processing)],
+    ["DEAD_LETTER", String(s.counts.deadLetter)],
+    ["COMPLETED", `~${s.counts.completedEstimate}`]
+  ], [1]))
+  lines.push("(COMPLETED is an estimate from the planner statistics)")
+  lines.push("")
+  lines.push(`oldest pending:  ${s.counts.pending + s.counts.failed === 0 ? "-" : duration(s.oldestPendingAgeSeconds)}`)
+  lines.push(`leases overdue:  ${s.leaseOverdue === 0 ? "0" : `${s.leaseOverdue} (oldest by ${duration(s.leaseOverdueSeconds)})`}`)
+  lines.push("")
+  lines.push(
+    `throughput, last ${s.throughput.minutes} min: ${s.throughput.completedPerMinute.toFixed(1)} completed/min (newest ${s.throughput.maxRows} events read)`
+  )
+  lines.push(formatTable(
+    ["minute (UTC)", "completed", "dead-lettered"],
+    s.throughput.perMinute.map((m) => [
+      `${minuteOf(m.minute)}${m.exact ? "" : " (partial)"}`,
+      String(m.completed),
+      String(m.deadLettered)
+    ]),
+    [1, 2]
+  ))
+  lines.push("")
+  lines.push(
+    s.deadLettersByEventType.length === 0
+      ? "dead letters: none"
+      : `dead letters by event type:\n${
+        formatTable(
+          ["event type", "last", "count"],
+          s.deadLettersByEventType.map((d) => [d.eventType, d.lastAt?.toISOString() ?? "", String(d.count)]),
+          [2]
+        )
+      }`
+  )
+  return lines.join("\n")
+}
+
+const formatHealth = (r: OutboxHealth.HealthReport): string => {
+  const lines: Array<string> = [`health: ${r.level}`]
+  if (r.findings.length > 0) {
+    lines.push("")
+    lines.push(formatTable(
+      ["level", "finding", "subject", "message"],
+      r.findings.map((f) => [f.level, f.name, f.subject, f.message])
+    ))
+  }
+  lines.push("")
+  lines.push(
+    `backlog: ${r.backlog.pending} pending (oldest ${duration(r.backlog.oldestPendingAgeSeconds)}), ${r.backlog.processing} processing, ${r.leases.overdue} lease(s) overdue, ${r.backlog.deadLetters} dead letter(s)`
+  )
+  lines.push("")
+  lines.push(formatTable(
+    ["table", "horizon", "gap", "DEFAULT rows", "ahead"],
+    r.partitions.map((p) => [
+      p.table,
+      p.horizon === null ? "none" : `${p.horizon.toISOString()} (${duration(p.horizonSeconds)})`,
+      p.hasGap ? "yes" : "no",
+      String(p.defaultRows),
+      String(p.ahead)
+    ]),
+    [3, 4]
+  ))
+  lines.push("")
+  lines.push(formatTable(
+    ["partition", "last autovacuum", "dead %", "dead tuples"],
+    r.vacuum.map((v) => [
+      v.partition,
+      v.lastAutovacuum?.toISOString() ?? "never",
+      `${(v.deadRatio * 100).toFixed(1)}`,
+      String(v.deadTuples)
+    ]),
+    [2, 3]
+  ))
+  lines.push("")
+  if (r.xminHorizon.holders.length === 0) lines.push("xmin horizon: nothing holds it back")
+  else {
+    lines.push(`xmin horizon: held for ${duration(r.xminHorizon.ageSeconds)} by`)
+    lines.push(formatTable(
+      ["kind", "pid", "name", "state", "query start", "xid age", "age"],
+      r.xminHorizon.holders.map((h) => [
+        h.kind,
+        h.pid === null ? "" : String(h.pid),
+        h.applicationName ? `${h.name} (${h.applicationName})` : h.name,
+        h.state ?? "",
+        h.queryStart?.toISOString() ?? "",
+        h.xidAge === null ? "" : String(h.xidAge),
+        h.ageSeconds === null ? "" : duration(h.ageSeconds)
+      ]),
+      [1, 5, 6]
+    ))
+  }
+  return lines.join("\n")
+}
+
+/**
+ * `outbox stats [--json]`.
+ *
+ * @internal
+ */
+export const stats = Command.make("stats", {
+  minutes: Flag.Int("minutes").pipe(Flag.withDefault(15), Flag.withDescription("throughput window in minutes")),
+  json
+}, (options) =>
+  Effect.gen(function*() {
+    const health = yield* OutboxHealth.OutboxHealth
+    const s = yield* health.stats
+    yield* options.json ? print(s) : Console.log(formatStats(s))
+  }).pipe(Effect.provide(OutboxHealth.layer({ throughputMinutes: options.minutes })))).pipe(
+    Command.withDescription("counts by status, oldest pending age, throughput over the last minutes, dead letters by event type")
+  )
+
+/**
+ * `outbox health [--json] [--premake N] [--table T]...`.
+ *
+ * @internal
+ */
+export const health = Command.make("health", {
+  premake: Flag.Int("premake").pipe(
+    Flag.withDefault(3),
+    Flag.withDescription("the partition policy's premake: WARN when fewer than premake - 1 whole partitions are ahead")
+  ),
+  tables: Flag.String("table").pipe(
+    Flag.atLeast(0),
+    Flag.withDescription("a range-partitioned table to check (repeatable; default: outbox)")
+  ),
+  maxPendingAge: Flag.Int("max-pending-age").pipe(
+    Flag.optional,
+    Flag.withDescription("seconds the oldest pending event may wait before WARN (CRITICAL at 6x)")
+  ),
+  json
+}, (options) =>
+  Effect.gen(function*() {
+    const service = yield* OutboxHealth.OutboxHealth
+    const report = yield* service.health
+    yield* options.json ? print(report) : Console.log(formatHealth(report))
+    if (report.level !== "OK") {
+      return yield* new HealthCheckFailed({
+        level: report.level,
+        message: `${report.level}: ${report.findings.map((f) => f.name).join(", ")}`,
+        printed: true
+      })
+    }
+  }).pipe(
+    Effect.provide(OutboxHealth.layer({
+      tables: options.tables.length === 0 ? ["outbox"] : options.tables,
+      thresholds: {
+        partitionsAheadWarn: Math.max(0, options.premake - 1),
+        ...(Option.isSome(options.maxPendingAge)
+          ? { oldestPendingAgeSeconds: { warn: options.maxPendingAge.value, critical: options.maxPendingAge.value * 6 } }
+          : {})
+      }
+    })),
+    Effect.catchTag("StoreError", (error) =>
+      Effect.fail(new HealthCheckFailed({ level: "CRITICAL", message: `cannot read the outbox's health: ${error.message}`, printed: false })))
+  )).pipe(Command.withDescription("OK / WARN / CRITICAL with named findings; exits 0 / 1 / 2 (a Kubernetes exec probe)"))

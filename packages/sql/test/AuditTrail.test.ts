@@ -113,6 +113,23 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditTrail",
         assert.match(fn!.config.join(" "), /^search_path=pg_catalog, "?public"?, pg_temp$/)
       }))
 
+    it.effect("migrating again restores capture triggers the outbox lost (e.g. a table swapped in), and is otherwise a no-op", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const triggers = Effect.map(
+          sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_trigger WHERE tgrelid = 'outbox'::regclass AND tgname LIKE 'outbox_audit_%'`,
+          (rows) => rows[0]!.n
+        )
+        yield* sql`DROP TRIGGER outbox_audit_update ON outbox`
+        assert.strictEqual(yield* triggers, 3)
+        assert.deepStrictEqual(yield* OutboxMigrations.runWith({ audit: true }), [])
+        assert.strictEqual(yield* triggers, 4)
+        const [before] = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM outbox_audit_log`
+        yield* sql`UPDATE outbox SET metadata = '{}' WHERE id = (SELECT min(id) FROM outbox)`
+        const [after] = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM outbox_audit_log`
+        assert.strictEqual(after!.n, before!.n + 1)
+      }))
+
     it.effect("actor and reason come from the transaction's outbox.actor / outbox.reason (dead-letter activity view)", () =>
       Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient

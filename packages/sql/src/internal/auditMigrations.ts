@@ -51,6 +51,18 @@ const contentColumns = [
   "last_error"
 ] as const
 
+/** The capture triggers on the outbox (statement-level, with transition tables). */
+const captureTriggers = [
+  `CREATE OR REPLACE TRIGGER outbox_audit_insert AFTER INSERT ON outbox
+    REFERENCING NEW TABLE AS outbox_audit_new FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
+  `CREATE OR REPLACE TRIGGER outbox_audit_update AFTER UPDATE ON outbox
+    REFERENCING OLD TABLE AS outbox_audit_old NEW TABLE AS outbox_audit_new FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
+  `CREATE OR REPLACE TRIGGER outbox_audit_delete AFTER DELETE ON outbox
+    REFERENCING OLD TABLE AS outbox_audit_old FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
+  `CREATE OR REPLACE TRIGGER outbox_audit_truncate AFTER TRUNCATE ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
+]
+
 /** How many months ahead of the current one the migration creates. */
 const initialMonthsAhead = 2
 
@@ -172,14 +184,7 @@ const createAuditLog = Effect.gen(function*() {
         RETURN NULL;
       END
       $fn$`,
-    `CREATE TRIGGER outbox_audit_insert AFTER INSERT ON outbox
-      REFERENCING NEW TABLE AS outbox_audit_new FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
-    `CREATE TRIGGER outbox_audit_update AFTER UPDATE ON outbox
-      REFERENCING OLD TABLE AS outbox_audit_old NEW TABLE AS outbox_audit_new FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
-    `CREATE TRIGGER outbox_audit_delete AFTER DELETE ON outbox
-      REFERENCING OLD TABLE AS outbox_audit_old FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
-    `CREATE TRIGGER outbox_audit_truncate AFTER TRUNCATE ON outbox
-      FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
+    ...captureTriggers,
     `CREATE FUNCTION outbox_audit_guard() RETURNS trigger
       LANGUAGE plpgsql ${pinned} AS $fn$
       BEGIN
@@ -376,8 +381,27 @@ export const loader = Migrator.fromRecord({
 })
 
 /**
- * Runs the audit migrations (needs the outbox's migrations first).
+ * Re-creates the capture triggers when the table named `outbox` lacks them
+ * (it was swapped for another one, e.g. by the online migration's finish).
+ * Reads the catalog only when they are all there.
  *
  * @since 0.1.0
  */
-export const run = Migrator.make({})({ loader, table: "outbox_audit_migrations" })
+export const ensureTriggers = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const [row] = yield* sql<{ n: number }>`
+    SELECT count(*)::int AS n FROM pg_trigger
+    WHERE tgrelid = to_regclass('outbox') AND NOT tgisinternal
+      AND tgname IN ('outbox_audit_insert', 'outbox_audit_update', 'outbox_audit_delete', 'outbox_audit_truncate')`
+  if (row!.n === captureTriggers.length) return false
+  for (const statement of captureTriggers) yield* sql.unsafe(statement)
+  return true
+})
+
+/**
+ * Runs the audit migrations (needs the outbox's migrations first), then
+ * makes sure the outbox carries the capture triggers.
+ *
+ * @since 0.1.0
+ */
+export const run = Effect.tap(Migrator.make({})({ loader, table: "outbox_audit_migrations" }), () => ensureTriggers)

@@ -40,7 +40,7 @@ import { mapSqlError } from "./internal/storeError.ts"
 const defaultRowsCap = 100_000
 
 const viewStatements: ReadonlyArray<string> = [
-  `CREATE FUNCTION outbox_count_rows(rel regclass, cap bigint)
+  `CREATE OR REPLACE FUNCTION outbox_count_rows(rel regclass, cap bigint)
    RETURNS bigint LANGUAGE plpgsql STABLE AS $fn$
    DECLARE n bigint;
    BEGIN
@@ -49,7 +49,7 @@ const viewStatements: ReadonlyArray<string> = [
    END
    $fn$`,
   `COMMENT ON FUNCTION outbox_count_rows(regclass, bigint) IS 'Rows of a table, counted up to cap (outbox health)'`,
-  `CREATE VIEW outbox_stats AS
+  `CREATE OR REPLACE VIEW outbox_stats AS
    WITH backlog AS (
      SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending,
             count(*) FILTER (WHERE status = 'FAILED') AS failed,
@@ -78,7 +78,7 @@ const viewStatements: ReadonlyArray<string> = [
    FROM backlog b, leased l, dead d, estimate e`,
   `COMMENT ON VIEW outbox_stats IS
    'Outbox counts by status (exact over the partial indexes; completed_estimate from reltuples), oldest pending age, overdue leases'`,
-  `CREATE FUNCTION outbox_throughput(minutes integer, max_rows bigint)
+  `CREATE OR REPLACE FUNCTION outbox_throughput(minutes integer, max_rows bigint)
    RETURNS TABLE (minute timestamptz, completed bigint, dead_lettered bigint, exact boolean)
    LANGUAGE sql STABLE AS $fn$
      WITH newest AS (
@@ -103,18 +103,18 @@ const viewStatements: ReadonlyArray<string> = [
    $fn$`,
   `COMMENT ON FUNCTION outbox_throughput(integer, bigint) IS
    'Completed and dead-lettered events per minute over the last minutes, among the newest max_rows events (bounded)'`,
-  `CREATE VIEW outbox_stats_throughput AS SELECT * FROM outbox_throughput(15, 100000)`,
-  `CREATE VIEW outbox_stats_dead_letters AS
+  `CREATE OR REPLACE VIEW outbox_stats_throughput AS SELECT * FROM outbox_throughput(15, 100000)`,
+  `CREATE OR REPLACE VIEW outbox_stats_dead_letters AS
    SELECT event_type, count(*) AS dead_letters, max(processed_at) AS last_dead_lettered_at
    FROM outbox WHERE status = 'DEAD_LETTER'
    GROUP BY event_type`,
-  `CREATE VIEW outbox_health_leases AS
+  `CREATE OR REPLACE VIEW outbox_health_leases AS
    SELECT id, tracking_id, event_type, lock_token, locked_until, retry_count,
           extract(epoch FROM now() - locked_until)::float8 AS overdue_seconds
    FROM outbox
    WHERE status = 'PROCESSING' AND locked_until < now()`,
   `COMMENT ON VIEW outbox_health_leases IS 'PROCESSING events whose lease expired (the reaper has not requeued them yet)'`,
-  `CREATE VIEW outbox_health_vacuum AS
+  `CREATE OR REPLACE VIEW outbox_health_vacuum AS
    SELECT l.parent, l.name AS partition, l.is_default,
           s.n_live_tup AS live_tuples, s.n_dead_tup AS dead_tuples,
           CASE WHEN s.n_live_tup + s.n_dead_tup = 0 THEN 0
@@ -123,7 +123,7 @@ const viewStatements: ReadonlyArray<string> = [
    FROM outbox_partition_leaves l
    JOIN pg_stat_user_tables s ON s.schemaname = l.schema AND s.relname = l.name`,
   `COMMENT ON VIEW outbox_health_vacuum IS 'Live and dead tuples and last (auto)vacuum of every partition'`,
-  `CREATE VIEW outbox_health_partitions AS
+  `CREATE OR REPLACE VIEW outbox_health_partitions AS
    WITH roots AS (
      SELECT DISTINCT l.parent_oid, l.parent
      FROM outbox_partition_leaves l
@@ -179,7 +179,7 @@ const viewStatements: ReadonlyArray<string> = [
    LEFT JOIN vacuum v ON v.parent_oid = r.parent_oid`,
   `COMMENT ON VIEW outbox_health_partitions IS
    'Per range-partitioned table: contiguous horizon from now, whole partitions ahead, gaps, rows in DEFAULT (capped), dead tuples'`,
-  `CREATE VIEW outbox_health_xmin AS
+  `CREATE OR REPLACE VIEW outbox_health_xmin AS
    SELECT CASE WHEN a.state LIKE 'idle in transaction%' THEN 'idle_in_transaction' ELSE 'transaction' END AS kind,
           a.pid, coalesce(a.usename::text, a.backend_type) AS name, a.datname::text AS database, a.application_name,
           a.client_addr::text AS client_addr, a.state,
@@ -219,6 +219,11 @@ const viewStatements: ReadonlyArray<string> = [
  * The `0004_health_views` migration: the views and functions above. Applied
  * by `OutboxMigrations` (after `0003_redrive_log`, whose
  * `outbox_dead_letter_idx` keeps the dead-letter counts cheap).
+ *
+ * **Gotcha**: PostgreSQL binds a view to the table, not to its name. The
+ * statements are `CREATE OR REPLACE`, so running this effect again (it is
+ * idempotent) re-points the views after a step that swaps the `outbox`
+ * table by renaming.
  *
  * @category migrations
  * @since 0.1.0

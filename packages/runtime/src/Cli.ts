@@ -32,6 +32,7 @@ import * as Command from "effect/cli/Command"
 import * as Flag from "effect/cli/Flag"
 import type * as SqlClient from "effect/sql/SqlClient"
 import * as HealthCli from "./internal/cli/health.ts"
+import { audit } from "./internal/cli/audit.ts"
 import { dlq } from "./internal/cli/dlq.ts"
 import { roles } from "./internal/cli/roles.ts"
 import { formatBytes, formatTable } from "./internal/table.ts"
@@ -216,7 +217,7 @@ const partitions = Command.make("partitions").pipe(
  */
 export const command = Command.make("outbox").pipe(
   Command.withDescription("Outbox: transactional outbox for PostgreSQL"),
-  Command.withSubcommands([migrate, partitions, HealthCli.stats, HealthCli.health, dlq, roles])
+  Command.withSubcommands([migrate, partitions, HealthCli.stats, HealthCli.health, dlq, roles, audit])
 )
 
 /**

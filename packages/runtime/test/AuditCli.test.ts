@@ -1,0 +1,89 @@
+import { assert, describe, layer } from "@effect/vitest"
+import * as TestDatabase from "@outbox/testing/TestDatabase"
+import * as Effect from "effect/Effect"
+import * as SqlClient from "effect/sql/SqlClient"
+import { execFile } from "node:child_process"
+import { fileURLToPath } from "node:url"
+
+const bin = fileURLToPath(new URL("../bin/outbox.mjs", import.meta.url))
+
+/** Runs `outbox <args>` as a real process against the test database. */
+const outbox = (env: Record<string, string>, ...args: Array<string>) =>
+  Effect.flatMap(TestDatabase.TestDatabase, (database) =>
+    Effect.callback<{ code: number; stdout: string; stderr: string }>((resume) => {
+      execFile(
+        process.execPath,
+        [bin, ...args],
+        { env: { ...process.env, DATABASE_URL: database.url, ...env }, timeout: 60_000 },
+        (error, stdout, stderr) =>
+          resume(Effect.succeed({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, stdout, stderr }))
+      )
+    }))
+
+layer(TestDatabase.layer, { timeout: "120 seconds" })("npx outbox audit", (it) => {
+  describe("migrate, seal, verify, show", () => {
+    it.effect("a bad ENABLE_AUDIT is refused with its name; ENABLE_AUDIT=true installs the audit trail", () =>
+      Effect.gen(function*() {
+        const bad = yield* outbox({ ENABLE_AUDIT: "maybe" }, "migrate")
+        assert.strictEqual(bad.code, 1)
+        assert.include(bad.stderr, "ENABLE_AUDIT")
+        const migrated = yield* outbox({ ENABLE_AUDIT: "true" }, "migrate")
+        assert.strictEqual(migrated.code, 0, migrated.stderr)
+        const sql = yield* SqlClient.SqlClient
+        const [row] = yield* sql<{ log: string | null; view: string | null }>`
+          SELECT to_regclass('outbox_audit_log')::text AS log, to_regclass('v_outbox_sox_audit')::text AS view`
+        assert.deepStrictEqual(row, { log: "outbox_audit_log", view: "v_outbox_sox_audit" })
+      }))
+
+    it.effect("verify prints OK and exits 0 on a clean chain; show lists an event's history", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const [event] = yield* sql<{ id: string; tracking_id: string }>`
+          INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+          SELECT 'Order', 'o-' || g, 'OrderCreated', '{}' FROM generate_series(1, 20) g
+          RETURNING id::text, tracking_id::text`
+        yield* sql`UPDATE outbox SET status = 'DEAD_LETTER', last_error = 'HTTP 500' WHERE id = ${event!.id}`
+
+        const sealed = yield* outbox({}, "audit", "seal", "--json")
+        assert.strictEqual(sealed.code, 0, sealed.stderr)
+        assert.strictEqual((JSON.parse(sealed.stdout) as { sealed: number }).sealed, 21)
+
+        const ok = yield* outbox({}, "audit", "verify")
+        assert.strictEqual(ok.code, 0, ok.stderr)
+        assert.include(ok.stdout, "audit chain: OK, 21 sealed row(s) verified from the genesis row (positions 1..21)")
+        const asJson = JSON.parse((yield* outbox({}, "audit", "verify", "--json")).stdout) as { ok: boolean; head: { position: string } }
+        assert.deepStrictEqual([asJson.ok, asJson.head.position], [true, "21"])
+
+        const shown = yield* outbox({}, "audit", "show", "--tracking-id", event!.tracking_id)
+        assert.strictEqual(shown.code, 0, shown.stderr)
+        assert.match(shown.stdout, /INSERT +\S* *PENDING/)
+        assert.include(shown.stdout, "PENDING -> DEAD_LETTER")
+        assert.include(shown.stdout, `last_error "HTTP 500"`)
+        const byId = JSON.parse((yield* outbox({}, "audit", "show", "--event", event!.id, "--json")).stdout) as Array<{ operation: string }>
+        assert.deepStrictEqual(byId.map((r) => r.operation), ["INSERT", "UPDATE"])
+
+        const neither = yield* outbox({}, "audit", "show")
+        assert.strictEqual(neither.code, 1)
+        assert.include(neither.stderr, "AuditError")
+      }))
+
+    it.effect("a tampered row: verify names the link and exits 1", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql.withTransaction(Effect.gen(function*() {
+          yield* sql`ALTER TABLE outbox_audit_log DISABLE TRIGGER outbox_audit_log_append_only`
+          yield* sql`UPDATE outbox_audit_log SET db_user = 'nobody' WHERE chain_pos = 7`
+          yield* sql`ALTER TABLE outbox_audit_log ENABLE TRIGGER outbox_audit_log_append_only`
+        }))
+        const broken = yield* outbox({}, "audit", "verify")
+        assert.strictEqual(broken.code, 1)
+        assert.include(broken.stdout, "audit chain: BROKEN at position 7 (altered)")
+        assert.include(broken.stderr, "AuditChainBroken")
+        const asJson = JSON.parse((yield* outbox({}, "audit", "verify", "--json")).stdout) as {
+          ok: boolean
+          broken: { kind: string; position: string }
+        }
+        assert.deepStrictEqual([asJson.ok, asJson.broken.kind, asJson.broken.position], [false, "altered", "7"])
+      }))
+  })
+})

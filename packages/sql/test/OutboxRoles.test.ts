@@ -2,6 +2,7 @@ import { PgClient } from "@effect/sql-pg"
 import { assert, describe, layer } from "@effect/vitest"
 import * as Outbox from "@outbox/core/Outbox"
 import { OutboxStore } from "@outbox/core/OutboxStore"
+import * as AuditTrail from "@outbox/sql/AuditTrail"
 import * as DeadLetters from "@outbox/sql/DeadLetters"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import * as OutboxRoles from "@outbox/sql/OutboxRoles"
@@ -82,7 +83,8 @@ const RolesLive = Layer.effect(
     // as the owner: the schema, then the grants
     yield* Effect.provideService(
       as("owner")(Effect.gen(function*() {
-        yield* OutboxMigrations.run
+        // with the audit trail (ENABLE_AUDIT=true)
+        yield* OutboxMigrations.runWith({ audit: true })
         yield* OutboxRoles.grant({ roles: { producer: names.producer, relay: names.relay, operator: names.operator, auditor: names.auditor } })
       })),
       Roles,
@@ -106,6 +108,23 @@ const refused = <A, E, R>(label: string, effect: Effect.Effect<A, E, R>) =>
 const replacer = (_: string, v: unknown) =>
   typeof v === "bigint" ? String(v) : v instanceof Error ? { name: v.name, message: v.message, cause: v.cause } : v
 
+/** The audit rows of some events (read as the superuser). */
+const auditRows = (ids: ReadonlyArray<bigint>) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql<{ event_id: bigint; operation: string; old_status: string | null; new_status: string | null; db_user: string; actor: string | null; reason: string | null }>`
+      SELECT event_id, operation, old_status, new_status, db_user, actor, reason FROM outbox_audit_log
+      WHERE event_id = ANY(${`{${ids.join(",")}}`}::bigint[]) ORDER BY audit_id`)
+
+/** Every way of reaching the audit trail directly. */
+const auditTamper = [
+  `SELECT * FROM outbox_audit_log`,
+  `INSERT INTO outbox_audit_log (operation, db_user) VALUES ('INSERT', 'forged')`,
+  `UPDATE outbox_audit_log SET reason = 'rewritten'`,
+  `DELETE FROM outbox_audit_log`,
+  `SELECT * FROM outbox_audit_head`,
+  `UPDATE outbox_audit_head SET hash = NULL`
+]
+
 const statement = (text: string) => Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(text))
 
 const insertEvent = (status = "PENDING") =>
@@ -121,8 +140,17 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("OutboxRoles"
   describe("producer", () => {
     it.effect("can only INSERT: SELECT, UPDATE, DELETE, TRUNCATE and lock tokens are refused", () =>
       Effect.gen(function*() {
+        const roles = yield* Roles
+        const sql = yield* SqlClient.SqlClient
         const producer = as("producer")
-        yield* producer(statement(`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('A', '1', 'E', '{}')`))
+        yield* producer(statement(`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('ProducerAudit', '1', 'E', '{}')`))
+        // audited through the trigger, as the producer
+        const [inserted] = yield* sql<{ id: bigint }>`SELECT id FROM outbox WHERE aggregate_type = 'ProducerAudit'`
+        assert.deepStrictEqual(
+          (yield* auditRows([inserted!.id])).map((r) => [r.operation, r.new_status, r.db_user]),
+          [["INSERT", "PENDING", roles.producer]]
+        )
+        for (const text of auditTamper) yield* refused(`producer: ${text}`, producer(statement(text)))
         yield* refused("SELECT *", producer(statement(`SELECT * FROM outbox`)))
         yield* refused("SELECT payload", producer(statement(`SELECT payload FROM outbox`)))
         yield* refused("SELECT id", producer(statement(`SELECT id FROM outbox`)))
@@ -186,6 +214,24 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("OutboxRoles"
         yield* relay(cycle)
         const rows = yield* sql<{ status: string }>`SELECT status FROM outbox WHERE id = ANY(${`{${ids.join(",")}}`}::bigint[]) ORDER BY id`
         assert.deepStrictEqual(rows.map((r) => r.status), ["COMPLETED", "FAILED", "DEAD_LETTER"])
+        // nothing on the audit log, yet every update is audited, as the relay
+        const roles = yield* Roles
+        const audited = (yield* auditRows(ids)).filter((r) => r.operation === "UPDATE")
+        assert.deepStrictEqual(
+          audited.map((r) => [String(r.event_id), r.old_status, r.new_status, r.db_user]),
+          [
+            [String(ids[0]), "PENDING", "PROCESSING", roles.relay],
+            [String(ids[1]), "PENDING", "PROCESSING", roles.relay],
+            [String(ids[2]), "PENDING", "PROCESSING", roles.relay],
+            [String(ids[0]), "PROCESSING", "COMPLETED", roles.relay],
+            [String(ids[1]), "PROCESSING", "FAILED", roles.relay],
+            [String(ids[2]), "PROCESSING", "DEAD_LETTER", roles.relay]
+          ]
+        )
+        for (const text of auditTamper) yield* refused(`relay: ${text}`, relay(statement(text)))
+        // the relay seals the chain (SECURITY DEFINER), still without touching the log itself
+        const sealed = yield* relay(Effect.flatMap(AuditTrail.AuditTrail, (audit) => audit.sealAll()).pipe(Effect.provide(AuditTrail.layer)))
+        assert.isAbove(sealed, 0)
 
         yield* refused("INSERT", relay(statement(`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('A', '1', 'E', '{}')`)))
         yield* refused("DELETE", relay(statement(`DELETE FROM outbox`)))
@@ -214,6 +260,12 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("OutboxRoles"
         const [log] = yield* sql<{ db_user: string; operator: string }>`
           SELECT db_user, operator FROM outbox_redrive_log WHERE event_ids @> ARRAY[${id}]::bigint[]`
         assert.deepStrictEqual({ ...log! }, { db_user: roles.operator, operator: "oscar" })
+        const redriven = (yield* auditRows([id])).filter((r) => r.old_status === "DEAD_LETTER")
+        assert.deepStrictEqual(
+          redriven.map((r) => [r.new_status, r.db_user, r.actor, r.reason]),
+          [["PENDING", roles.operator, "oscar", "INC-9: sink fixed"]]
+        )
+        for (const text of auditTamper) yield* refused(`operator: ${text}`, operator(statement(text)))
 
         yield* refused("INSERT outbox", operator(statement(`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('A', '1', 'E', '{}')`)))
         yield* refused("DELETE outbox", operator(statement(`DELETE FROM outbox`)))
@@ -225,10 +277,16 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("OutboxRoles"
   })
 
   describe("auditor", () => {
-    it.effect("reads the redrive log, nothing of the outbox, and writes nothing", () =>
+    it.effect("reads and verifies the audit trail, reads the redrive log and the views, nothing of the outbox, and writes nothing", () =>
       Effect.gen(function*() {
         const auditor = as("auditor")
         yield* auditor(statement(`SELECT * FROM outbox_redrive_log`))
+        yield* auditor(statement(`SELECT * FROM v_outbox_sox_audit`))
+        yield* auditor(statement(`SELECT * FROM v_outbox_dead_letter_activity`))
+        const verification = yield* auditor(Effect.flatMap(AuditTrail.AuditTrail, (audit) => audit.verify()).pipe(Effect.provide(AuditTrail.layer)))
+        assert.isTrue(verification.ok)
+        for (const text of auditTamper.filter((t) => !t.startsWith("SELECT"))) yield* refused(`auditor: ${text}`, auditor(statement(text)))
+        yield* refused("auditor: seal", auditor(statement(`SELECT outbox_audit_seal(10)`)))
         yield* refused("SELECT outbox", auditor(statement(`SELECT id FROM outbox`)))
         yield* refused("INSERT redrive log", auditor(statement(`INSERT INTO outbox_redrive_log (redrive_id, batch, operator, reason, filter, event_ids, event_count)
           VALUES (gen_random_uuid(), 1, 'a', 'b', '{}', '{}', 0)`)))
@@ -236,9 +294,19 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("OutboxRoles"
   })
 
   describe("owner", () => {
-    it.effect("only the owner can alter the outbox and its logs, disable their triggers, truncate or drop them", () =>
+    it.effect("only the owner can alter the audit trail, the outbox and the redrive log, disable their triggers, truncate or drop them", () =>
       Effect.gen(function*() {
         const tamper = [
+          `ALTER TABLE outbox_audit_log DISABLE TRIGGER USER`,
+          `ALTER TABLE outbox_audit_log DISABLE TRIGGER outbox_audit_log_append_only`,
+          `ALTER TABLE outbox_audit_log ADD COLUMN sneaky text`,
+          `TRUNCATE outbox_audit_log`,
+          `DELETE FROM outbox_audit_log`,
+          `DROP TABLE outbox_audit_log`,
+          `ALTER TABLE outbox DISABLE TRIGGER outbox_audit_update`,
+          `DROP TRIGGER outbox_audit_update ON outbox`,
+          `CREATE OR REPLACE FUNCTION outbox_audit_capture() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$`,
+          `ALTER FUNCTION outbox_audit_capture() SECURITY INVOKER`,
           `ALTER TABLE outbox DISABLE TRIGGER USER`,
           `ALTER TABLE outbox ADD COLUMN sneaky text`,
           `ALTER TABLE outbox_redrive_log DISABLE TRIGGER USER`,
@@ -255,6 +323,7 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("OutboxRoles"
         const sql = yield* SqlClient.SqlClient
         const rolledBack = as("owner")(Effect.flatMap(SqlClient.SqlClient, (owner) =>
           owner.withTransaction(Effect.gen(function*() {
+            yield* owner.unsafe(`ALTER TABLE outbox_audit_log DISABLE TRIGGER USER`)
             yield* owner.unsafe(`ALTER TABLE outbox_redrive_log DISABLE TRIGGER USER`)
             yield* owner.unsafe(`ALTER TABLE outbox DISABLE TRIGGER USER`)
             return yield* Effect.fail("roll back" as const)
@@ -263,6 +332,9 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("OutboxRoles"
         const [row] = yield* sql<{ n: number }>`
           SELECT count(*)::int AS n FROM pg_trigger WHERE tgrelid = 'outbox_redrive_log'::regclass AND tgenabled = 'O'`
         assert.strictEqual(row!.n, 2)
+        const [audit] = yield* sql<{ n: number }>`
+          SELECT count(*)::int AS n FROM pg_trigger WHERE tgrelid = 'outbox'::regclass AND tgname LIKE 'outbox_audit_%' AND tgenabled = 'O'`
+        assert.strictEqual(audit!.n, 4)
       }))
   })
 

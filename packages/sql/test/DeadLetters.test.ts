@@ -1,4 +1,5 @@
 import { assert, describe, layer } from "@effect/vitest"
+import * as AuditTrail from "@outbox/sql/AuditTrail"
 import * as DeadLetters from "@outbox/sql/DeadLetters"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
@@ -366,6 +367,23 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("DeadLetters"
         // transaction-local: gone after the commit
         const [after] = yield* sql<{ actor: string | null }>`SELECT nullif(current_setting('outbox.actor', true), '') AS actor`
         assert.isNull(after!.actor)
+      }))
+
+    it.effect("with the audit trail enabled, the dead-letter activity shows the redrive with its operator and note", () =>
+      Effect.gen(function*() {
+        const dlq = yield* DeadLetters.DeadLetters
+        const sql = yield* SqlClient.SqlClient
+        yield* OutboxMigrations.runWith({ audit: true })
+        const [id] = yield* seed([{ aggregateType: "AU", eventType: "AuditedRedrive", status: "PENDING" }])
+        yield* sql`UPDATE outbox SET status = 'PROCESSING' WHERE id = ${id!}`
+        yield* sql`UPDATE outbox SET status = 'DEAD_LETTER', last_error = 'HTTP 410 Gone', processed_at = now() WHERE id = ${id!}`
+        yield* dlq.redrive({ by: "ivy", reason: "INC-410: endpoint moved, config fixed", filter: { ids: [id!] } })
+        const audit = yield* AuditTrail.make
+        const activity = (yield* audit.deadLetterActivity()).filter((a) => a.eventId === id)
+        assert.deepStrictEqual(activity.map((a) => [a.activity, a.error, a.actor, a.reason]), [
+          ["DEAD_LETTERED", "HTTP 410 Gone", null, null],
+          ["REDRIVEN", null, "ivy", "INC-410: endpoint moved, config fixed"]
+        ])
       }))
 
     it.effect("a redriven event is claimable by the relay at once", () =>

@@ -5,7 +5,7 @@
  * |------------|---------------------------------------------------------------------------------------|
  * | owner      | everything: the role that runs the migrations owns the tables, the only one that can alter, disable or truncate the audit trail |
  * | `producer` | INSERT into the outbox (and use its id sequence); no SELECT, UPDATE, DELETE           |
- * | `relay`    | SELECT the outbox, UPDATE its state columns (claim, complete, retry, reap), draw lock tokens; the inbox (SELECT, INSERT); EXECUTE the audit chain's `outbox_audit_seal` / `outbox_audit_checkpoint` |
+ * | `relay`    | SELECT the outbox, UPDATE its state columns (claim, complete, retry, reap), draw lock tokens; the inbox (SELECT, INSERT); EXECUTE the audit chain's `outbox_audit_seal` / `outbox_audit_checkpoint`; SELECT the health views (`outbox_stats*`, `outbox_health_*`, `outbox_partition_*`) |
  * | `operator` | SELECT the outbox, UPDATE its state columns (redrive), SELECT and INSERT the redrive log |
  * | `auditor`  | SELECT the audit trail (`outbox_audit_log`, `_head`, `_checkpoint`), the redrive log and the compliance views (`v_outbox_*`) |
  *
@@ -152,6 +152,8 @@ interface Objects {
   /** Its maintenance functions that exist (seal, checkpoint), qualified with their signatures. */
   readonly auditFunctions: ReadonlyArray<string>
   readonly views: ReadonlyArray<string>
+  /** The health and partition views (`outbox_stats*`, `outbox_health_*`, `outbox_partition_*`), qualified. */
+  readonly healthViews: ReadonlyArray<string>
 }
 
 const auditTableNames = ["outbox_audit_log", "outbox_audit_head", "outbox_audit_checkpoint"]
@@ -207,6 +209,11 @@ const discover = Effect.fnUntraced(function*(schema: string, table: string) {
     SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = ${schema} AND c.relkind IN ('v', 'm') AND c.relname LIKE 'v\\_outbox\\_%'
     ORDER BY c.relname`
+  const healthViews = yield* sql<{ name: string }>`
+    SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = ${schema} AND c.relkind IN ('v', 'm')
+      AND (c.relname LIKE 'outbox\_stats%' OR c.relname LIKE 'outbox\_health\_%' OR c.relname LIKE 'outbox\_partition\_%')
+    ORDER BY c.relname`
   return {
     idSequence: yield* sequenceOf(qualified),
     inbox: found.inbox,
@@ -214,7 +221,8 @@ const discover = Effect.fnUntraced(function*(schema: string, table: string) {
     redriveLogSequence: found.redrive ? yield* sequenceOf(qualify("outbox_redrive_log")) : null,
     auditTables,
     auditFunctions,
-    views: views.map((v) => qualify(v.name))
+    views: views.map((v) => qualify(v.name)),
+    healthViews: healthViews.map((v) => qualify(v.name))
   } satisfies Objects
 })
 
@@ -253,7 +261,7 @@ export const plan = (
     const sequences = [tokenSequence, ...(objects.idSequence === null ? [] : [objects.idSequence]),
       ...(objects.redriveLogSequence === null ? [] : [objects.redriveLogSequence])]
     for (const s of sequences) statements.push(`REVOKE ALL ON SEQUENCE ${s} FROM ${all}`)
-    for (const v of objects.views) statements.push(`REVOKE ALL ON TABLE ${v} FROM ${all}`)
+    for (const v of [...objects.views, ...objects.healthViews]) statements.push(`REVOKE ALL ON TABLE ${v} FROM ${all}`)
     for (const f of objects.auditFunctions) statements.push(`REVOKE ALL ON FUNCTION ${f} FROM ${all}, PUBLIC`)
     // nobody but the owner, not even PUBLIC, on the audit trail
     for (const t of objects.auditTables) statements.push(`REVOKE ALL ON TABLE ${t} FROM PUBLIC`)
@@ -275,6 +283,8 @@ export const plan = (
           statements.push(`GRANT SELECT, UPDATE (${state}) ON TABLE ${outbox} TO ${role}`)
           statements.push(`GRANT USAGE ON SEQUENCE ${tokenSequence} TO ${role}`)
           if (objects.inbox) statements.push(`GRANT SELECT, INSERT ON TABLE ${inbox} TO ${role}`)
+          // the relay's health gauges read these (views: the owner's rights on the tables behind them)
+          for (const v of objects.healthViews) statements.push(`GRANT SELECT ON TABLE ${v} TO ${role}`)
           // sealing the audit chain runs as the owner (SECURITY DEFINER): no privilege on the log itself
           for (const f of objects.auditFunctions) statements.push(`GRANT EXECUTE ON FUNCTION ${f} TO ${role}`)
           break

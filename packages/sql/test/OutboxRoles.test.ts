@@ -229,6 +229,10 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("OutboxRoles"
           ]
         )
         for (const text of auditTamper) yield* refused(`relay: ${text}`, relay(statement(text)))
+        // the health views its gauges read
+        for (const view of ["outbox_stats", "outbox_stats_dead_letters", "outbox_health_leases", "outbox_partition_overview"]) {
+          yield* relay(statement(`SELECT * FROM ${view}`))
+        }
         // the relay seals the chain (SECURITY DEFINER), still without touching the log itself
         const sealed = yield* relay(Effect.flatMap(AuditTrail.AuditTrail, (audit) => audit.sealAll()).pipe(Effect.provide(AuditTrail.layer)))
         assert.isAbove(sealed, 0)

@@ -24,9 +24,11 @@
  */
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
 import { InvalidEvent, type StoreError } from "./OutboxError.ts"
 import type { EventInput, PublishedEvent, ValidEvent } from "./OutboxEvent.ts"
 import { OutboxStore, type Publisher } from "./OutboxStore.ts"
+import * as TraceContext from "./TraceContext.ts"
 import { toJson, utf8Length } from "./internal/json.ts"
 
 declare const TransactionBrand: unique symbol
@@ -66,6 +68,82 @@ export const PublishSettings = Context.Reference<PublishSettings>("@outbox/core/
   defaultValue: () => ({ maxPayloadBytes: 1024 * 1024, maxRetries: 5 })
 })
 
+/**
+ * Extra metric labels allowed beyond the bounded defaults (`aggregate_type`,
+ * `event_type`, `outcome`, ...). Empty by default: tracking ids, aggregate
+ * ids and tenant ids would make one series per event or per customer.
+ * `OutboxTelemetry.layerConfig` sets it from `OUTBOX_METRICS_LABELS`
+ * (comma-separated).
+ *
+ * Each name is `aggregate_id`, `tracking_id`, or a metadata key whose value
+ * becomes the label (e.g. `tenant_id` reads `metadata.tenant_id`; missing
+ * values are `""`).
+ *
+ * @category references
+ * @since 0.1.0
+ */
+export const MetricLabels = Context.Reference<ReadonlyArray<string>>("@outbox/core/Outbox/MetricLabels", {
+  defaultValue: () => []
+})
+
+/**
+ * What the label functions read from an event.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface LabelSource {
+  readonly aggregateType: string
+  readonly eventType: string
+  readonly aggregateId?: string | undefined
+  readonly trackingId?: string | undefined
+  readonly metadata?: Readonly<Record<string, unknown>> | undefined
+}
+
+/**
+ * The labels of an event-scoped metric: `aggregate_type`, `event_type` and
+ * the allow-listed extras.
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const eventLabels = (extra: ReadonlyArray<string>, event: LabelSource): Record<string, string> => {
+  const labels: Record<string, string> = { aggregate_type: event.aggregateType, event_type: event.eventType }
+  for (const name of extra) {
+    if (name === "aggregate_id") labels[name] = event.aggregateId ?? ""
+    else if (name === "tracking_id") labels[name] = event.trackingId ?? ""
+    else {
+      const value = event.metadata?.[name]
+      labels[name] = typeof value === "string" || typeof value === "number" || typeof value === "boolean" ? String(value) : ""
+    }
+  }
+  return labels
+}
+
+const publishedCache = new Map<string, Metric.Counter<number>>()
+
+/**
+ * `outbox_events_published_total{aggregate_type,event_type}`: events
+ * committed by `Outbox.transaction` (counted after COMMIT, so rolled-back
+ * publishes are not counted). Returns the series of one label set.
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const eventsPublished = (labels: Record<string, string>): Metric.Counter<number> => {
+  const key = JSON.stringify(labels)
+  let counter = publishedCache.get(key)
+  if (counter === undefined) {
+    counter = Metric.counter("outbox_events_published_total", {
+      description: "Events committed to the outbox by Outbox.transaction",
+      incremental: true,
+      attributes: labels
+    })
+    publishedCache.set(key, counter)
+  }
+  return counter
+}
+
 const invalid = (index: number, reason: InvalidEvent["reason"], field: string, message: string) =>
   new InvalidEvent({ index, reason, field, message })
 
@@ -80,7 +158,8 @@ const invalid = (index: number, reason: InvalidEvent["reason"], field: string, m
 export const validate = (
   input: EventInput,
   settings: PublishSettings,
-  index = 0
+  index = 0,
+  trace?: TraceContext.TraceContext | undefined
 ): Effect.Effect<ValidEvent, InvalidEvent> => {
   if (input === null || typeof input !== "object") {
     return Effect.fail(invalid(index, "MissingField", "event", "the event must be an object"))
@@ -105,7 +184,10 @@ export const validate = (
   if (typeof metadataValue !== "object" || Array.isArray(metadataValue)) {
     return Effect.fail(invalid(index, "NotSerializable", "metadata", "metadata must be an object"))
   }
-  const metadata = toJson(metadataValue)
+  // the producer's trace context rides along, unless the caller set one explicitly
+  const metadata = toJson(
+    trace === undefined || TraceContext.TRACEPARENT in metadataValue ? metadataValue : { ...metadataValue, ...trace }
+  )
   if (!metadata.ok) {
     return Effect.fail(invalid(index, "NotSerializable", "metadata", `metadata is not JSON-serialisable: ${metadata.problem}`))
   }
@@ -128,20 +210,48 @@ export const validate = (
  * first: one invalid event fails the call with `InvalidEvent` (naming its
  * index) and writes nothing.
  *
+ * **Tracing**: the call is a `publish <event type>` span (kind `producer`,
+ * OpenTelemetry messaging attributes), and its W3C trace context is stored
+ * in each event's `metadata.traceparent` / `metadata.tracestate` (unless the
+ * event's metadata already has a `traceparent`, or no exporting tracer is
+ * installed). See `TraceContext`.
+ *
  * @category publishing
  * @since 0.1.0
  */
 export const publishAll = (
   inputs: ReadonlyArray<EventInput>
 ): Effect.Effect<ReadonlyArray<PublishedEvent>, InvalidEvent | StoreError, OutboxTransaction> =>
-  Effect.flatMap(Effect.service(PublishSettings), (settings) =>
-    Effect.flatMap(
-      Effect.forEach(inputs, (input, index) => validate(input, settings, index)),
-      (events) =>
-        events.length === 0
-          ? Effect.succeed([])
-          : Effect.flatMap(Effect.service(OutboxTransaction), (tx) => tx.publish(events))
-    ))
+  inputs.length === 0 ? Effect.succeed([]) : Effect.withSpan(
+    Effect.flatMap(Effect.service(PublishSettings), (settings) =>
+      Effect.flatMap(TraceContext.forPublish, (trace) =>
+        Effect.flatMap(
+          Effect.forEach(inputs, (input, index) => validate(input, settings, index, trace)),
+          (events) => Effect.flatMap(Effect.service(OutboxTransaction), (tx) => tx.publish(events))
+        ))),
+    publishSpanName(inputs),
+    { kind: "producer", attributes: publishSpanAttributes(inputs) }
+  )
+
+/** `publish OrderCreated`, or `publish` when the batch mixes event types. */
+const publishSpanName = (inputs: ReadonlyArray<EventInput>): string => {
+  const type = inputs[0]?.eventType
+  return typeof type === "string" && inputs.every((input) => input?.eventType === type) ? `publish ${type}` : "publish"
+}
+
+const publishSpanAttributes = (inputs: ReadonlyArray<EventInput>): Record<string, unknown> => {
+  const type = inputs[0]?.eventType
+  const attributes: Record<string, unknown> = {
+    "messaging.system": TraceContext.MESSAGING_SYSTEM,
+    "messaging.operation.type": "send",
+    "messaging.operation.name": "publish"
+  }
+  if (typeof type === "string" && inputs.every((input) => input?.eventType === type)) {
+    attributes["messaging.destination.name"] = type
+  }
+  if (inputs.length > 1) attributes["messaging.batch.message_count"] = inputs.length
+  return attributes
+}
 
 /**
  * Publishes one event in the current outbox transaction.
@@ -159,6 +269,9 @@ export const publish = (
  * it. Business statements of the same SQL client inside `effect` run in the
  * same transaction; any failure rolls everything back.
  *
+ * Once the transaction has committed, `outbox_events_published_total` is
+ * increased by the events it published.
+ *
  * @category transactions
  * @since 0.1.0
  */
@@ -166,6 +279,33 @@ export const transaction = <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | StoreError, Exclude<R, OutboxTransaction> | OutboxStore> =>
   Effect.flatMap(Effect.service(OutboxStore), (store) =>
-    store.withTransaction((publish) =>
-      Effect.provideService(effect, OutboxTransaction, { publish } as OutboxTransaction["Service"])
-    ))
+    Effect.suspend(() => {
+      const published: Array<readonly [ValidEvent, PublishedEvent | undefined]> = []
+      return store.withTransaction((publish) =>
+        Effect.provideService(effect, OutboxTransaction, {
+          publish: (events) => Effect.map(publish(events), (rows) => {
+            for (let i = 0; i < events.length; i++) published.push([events[i]!, rows[i]])
+            return rows
+          })
+        } as OutboxTransaction["Service"])
+      ).pipe(Effect.tap(() => published.length === 0 ? Effect.void : countPublished(published)))
+    }))
+
+const countPublished = (events: ReadonlyArray<readonly [ValidEvent, PublishedEvent | undefined]>) =>
+  Effect.flatMap(Effect.service(MetricLabels), (extra) => {
+    const counts = new Map<string, { labels: Record<string, string>; n: number }>()
+    for (const [event, row] of events) {
+      const labels = eventLabels(extra, {
+        aggregateType: event.aggregateType,
+        eventType: event.eventType,
+        aggregateId: event.aggregateId,
+        trackingId: row?.trackingId,
+        metadata: extra.length === 0 ? undefined : JSON.parse(event.metadataJson)
+      })
+      const key = JSON.stringify(labels)
+      const entry = counts.get(key)
+      if (entry === undefined) counts.set(key, { labels, n: 1 })
+      else entry.n++
+    }
+    return Effect.forEach(counts.values(), ({ labels, n }) => Metric.update(eventsPublished(labels), n), { discard: true })
+  })

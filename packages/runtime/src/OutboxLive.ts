@@ -3,7 +3,9 @@
  * PostgreSQL store (migrations applied at start), the relay's fiber tree and
  * the partition-maintenance schedule (outbox policy from the environment,
  * see `PartitionMaintenance.layerConfig`; add application tables with
- * `partitions`).
+ * `partitions`), the health service and the gauge sampler, and telemetry
+ * from the environment (`OutboxTelemetry.layerConfig`: metric switches,
+ * `/metrics` server, OTLP export).
  *
  * Provide it with a `SqlClient` (e.g. `PgClient.layerConfig`, or
  * `OutboxLive.layerPg` which reads `DATABASE_URL`) and an `OutboxSink`:
@@ -22,6 +24,7 @@ import type { StoreError } from "@outbox/core/OutboxError"
 import type { OutboxSink } from "@outbox/core/OutboxSink"
 import type { OutboxStore } from "@outbox/core/OutboxStore"
 import type * as PartitionPolicy from "@outbox/core/PartitionPolicy"
+import * as OutboxHealth from "@outbox/sql/OutboxHealth"
 import * as PartitionManager from "@outbox/sql/PartitionManager"
 import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
 import { PgClient } from "@effect/sql-pg"
@@ -30,6 +33,8 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
+import type { ServeError } from "effect/http/HttpServerError"
+import * as OutboxTelemetry from "./OutboxTelemetry.ts"
 import * as PartitionMaintenance from "./PartitionMaintenance.ts"
 import * as Relay from "./Relay.ts"
 
@@ -50,6 +55,10 @@ export interface Options {
   readonly store?: PgOutboxStore.Options | undefined
   /** Application tables maintained beside the outbox. */
   readonly partitions?: ReadonlyArray<PartitionPolicy.PartitionPolicy> | undefined
+  /** Health options (tables, thresholds) of the `OutboxHealth` service the gauges sample. */
+  readonly health?: OutboxHealth.Options | undefined
+  /** Telemetry; default `OutboxTelemetry.layerConfig` (from the environment). */
+  readonly telemetry?: Layer.Layer<never, Config.ConfigError | ServeError> | undefined
 }
 
 /**
@@ -61,11 +70,20 @@ export interface Options {
 export const layer = (
   options: Options = {}
 ): Layer.Layer<
-  Relay.Relay | OutboxStore | OutboxConfig.OutboxConfig | PartitionMaintenance.PartitionMaintenance | PartitionManager.PartitionManager,
-  StoreError | Config.ConfigError,
+  | Relay.Relay
+  | OutboxStore
+  | OutboxConfig.OutboxConfig
+  | PartitionMaintenance.PartitionMaintenance
+  | PartitionManager.PartitionManager
+  | OutboxHealth.OutboxHealth,
+  StoreError | Config.ConfigError | OutboxHealth.InvalidHealthOptions | ServeError,
   SqlClient.SqlClient | OutboxSink
 > =>
-  Layer.mergeAll(Relay.layer, PartitionMaintenance.layerConfig(options.partitions).pipe(Layer.provideMerge(PartitionManager.layer))).pipe(
+  OutboxTelemetry.layerHealthGauges().pipe(
+    Layer.provideMerge(
+      Layer.mergeAll(Relay.layer, PartitionMaintenance.layerConfig(options.partitions).pipe(Layer.provideMerge(PartitionManager.layer)))
+    ),
+    Layer.provideMerge(OutboxHealth.layer(options.health)),
     Layer.provideMerge(
       options.store === undefined
         ? Layer.unwrap(Effect.gen(function*() {
@@ -73,7 +91,8 @@ export const layer = (
         }))
         : PgOutboxStore.layer(options.store)
     ),
-    Layer.provideMerge(OutboxConfig.layerConfig(options.config))
+    Layer.provideMerge(OutboxConfig.layerConfig(options.config)),
+    Layer.provideMerge(options.telemetry ?? OutboxTelemetry.layerConfig)
   )
 
 /**

@@ -13,6 +13,22 @@
  * └── reaper        every lease/2: expired leases → PENDING
  * ```
  *
+ * **Telemetry** (see `OutboxTelemetry` for the metric catalog):
+ *
+ * - each delivery is a `process <event type>` span (kind consumer) that
+ *   continues the producer's trace from `metadata.traceparent` (a child of
+ *   the `publish` span, linked to the claim span of its batch), with the
+ *   OpenTelemetry messaging attributes (`messaging.system = "outbox"`,
+ *   `messaging.operation.type = "process"`, `messaging.destination.name` =
+ *   event type, `messaging.message.id` = tracking id);
+ * - a non-empty claim is a `claim` span (`messaging.batch.message_count`);
+ *   its renewals and its completion are `renew` / `complete` spans under it;
+ *   a reap that recovered something is a `reap` span. An empty poll (and an
+ *   empty reap) makes no span at all: the claim runs with the tracer off and
+ *   its span is recorded afterwards, only when rows came back;
+ * - counters and histograms are updated here (unless
+ *   `OutboxTelemetry.MetricsEnabled` is false).
+ *
  * One failing iteration (a store error, a defect) is logged and the loop goes
  * on; nothing stops the tree but its scope. When the scope closes the relay
  * stops claiming, lets in-flight batches finish within `shutdownTimeout`,
@@ -24,11 +40,15 @@
  */
 import { OutboxConfig } from "@outbox/core/OutboxConfig"
 import type { LeaseLost, StoreError } from "@outbox/core/OutboxError"
-import { type Lease, leaseOf, type OutboxEvent } from "@outbox/core/OutboxEvent"
+import { leaseOf, type OutboxEvent } from "@outbox/core/OutboxEvent"
 import { OutboxSink } from "@outbox/core/OutboxSink"
 import { OutboxStore } from "@outbox/core/OutboxStore"
 import * as RetryPolicy from "@outbox/core/RetryPolicy"
+import * as OtelTracer from "@effect/opentelemetry/OtelTracer"
+import * as Outbox from "@outbox/core/Outbox"
+import * as TraceContext from "@outbox/core/TraceContext"
 import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -37,8 +57,13 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
+import type * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
+import * as References from "effect/References"
 import * as Schedule from "effect/Schedule"
+import * as Tracer from "effect/Tracer"
+import * as Telemetry from "./OutboxTelemetry.ts"
 
 /**
  * Counters since the relay started.
@@ -82,6 +107,24 @@ const errorText = (error: unknown): string => {
   return Cause.pretty(Cause.fail(error))
 }
 
+
+type Outcome = "completed" | "retried" | "dead_lettered"
+
+const messaging = {
+  "messaging.system": TraceContext.MESSAGING_SYSTEM
+} as const
+
+/** The producer's span (with its tracestate, through @effect/opentelemetry), from the event's metadata. */
+const producerSpan = (event: OutboxEvent): Tracer.ExternalSpan | undefined => {
+  const parsed = TraceContext.fromMetadata(event.metadata)
+  return parsed === undefined ? undefined : OtelTracer.makeExternalSpan({
+    traceId: parsed.traceId,
+    spanId: parsed.spanId,
+    traceFlags: parsed.traceFlags,
+    traceState: parsed.tracestate
+  })
+}
+
 /**
  * Starts the fiber tree in the current scope.
  *
@@ -98,40 +141,155 @@ export const make = Effect.gen(function*() {
   const heartbeatEvery = Duration.max(Duration.divideUnsafe(config.leaseDuration, 3), Duration.millis(1))
   const reapEvery = Duration.max(Duration.divideUnsafe(config.leaseDuration, 2), Duration.millis(1))
 
+  // --- telemetry -------------------------------------------------------------
+  const context = yield* Effect.context<never>()
+  const clock = yield* Clock.Clock
+  const tracer = yield* Tracer.Tracer
+  const tracing = yield* References.TracerEnabled
+  const metrics = yield* Telemetry.MetricsEnabled
+  const extraLabels = yield* Outbox.MetricLabels
+  const bump = (metric: Metric.Metric<number, unknown>, n: number) => {
+    if (metrics && n > 0) metric.updateUnsafe(n, context)
+  }
+  const extras = (event: Outbox.LabelSource): Record<string, string> => {
+    const labels = Outbox.eventLabels(extraLabels, event)
+    delete labels.aggregate_type
+    delete labels.event_type
+    return labels
+  }
+  const eventLabels = (event: Outbox.LabelSource) =>
+    extraLabels.length === 0
+      ? { aggregate_type: event.aggregateType, event_type: event.eventType }
+      : Outbox.eventLabels(extraLabels, event)
+  /** Adds 1 per event to `family`, one update per label set. */
+  const countEvents = (
+    family: (labels: Record<string, string>) => Metric.Counter<number>,
+    events: Iterable<Outbox.LabelSource>
+  ) => {
+    if (!metrics) return
+    const counts = new Map<string, { labels: Record<string, string>; n: number }>()
+    for (const event of events) {
+      const labels = eventLabels(event)
+      const key = extraLabels.length === 0 ? `${event.aggregateType}\u0000${event.eventType}` : JSON.stringify(labels)
+      const entry = counts.get(key)
+      if (entry === undefined) counts.set(key, { labels, n: 1 })
+      else entry.n++
+    }
+    for (const { labels, n } of counts.values()) family(labels).updateUnsafe(n, context)
+  }
+  const observeHandler = (event: OutboxEvent, outcome: Outcome, seconds: number) => {
+    if (!metrics) return
+    const labels = extraLabels.length === 0
+      ? { event_type: event.eventType, outcome }
+      : { event_type: event.eventType, outcome, ...extras(event) }
+    Telemetry.handlerDuration(labels).updateUnsafe(seconds, context)
+  }
+  const observeCompleted = (events: ReadonlyArray<OutboxEvent>) => {
+    if (!metrics || events.length === 0) return
+    countEvents(Telemetry.eventsCompleted, events)
+    const nowMs = clock.currentTimeMillisUnsafe()
+    for (const event of events) {
+      const labels = extraLabels.length === 0 ? { event_type: event.eventType } : { event_type: event.eventType, ...extras(event) }
+      Telemetry.endToEndLatency(labels).updateUnsafe(Math.max(0, nowMs - event.createdAt.getTime()) / 1000, context)
+    }
+  }
+  const failed = (loop: typeof Telemetry.labelValues.loop[number]) =>
+    Effect.sync(() => bump(Telemetry.relayFailures({ loop }), 1))
+  /**
+   * A span recorded after the fact, from `startTime` to now. Used where the
+   * span must not exist unless the operation found work (claim, reap): the
+   * operation runs with the tracer off, then this records it.
+   */
+  const recordSpan = (
+    name: string,
+    startTime: bigint,
+    attributes: Record<string, unknown>,
+    exit: Exit.Exit<unknown, unknown>
+  ): Tracer.Span | undefined => {
+    if (!tracing) return undefined
+    const span = tracer.span({
+      name,
+      parent: Option.none(),
+      annotations: Context.empty(),
+      links: [],
+      startTime,
+      kind: "client",
+      root: true,
+      sampled: true
+    })
+    for (const key in attributes) span.attribute(key, attributes[key])
+    span.end(clock.currentTimeNanosUnsafe(), exit)
+    return span
+  }
+  /** `effect` as a child span of the batch's claim span (when traced). */
+  const underClaim = <A, E, R>(
+    claimSpan: Tracer.Span | undefined,
+    name: string,
+    count: number,
+    effect: Effect.Effect<A, E, R>
+  ): Effect.Effect<A, E, R> =>
+    claimSpan === undefined ? effect : Effect.withSpan(effect, name, {
+      parent: claimSpan,
+      kind: "client",
+      attributes: { ...messaging, "messaging.operation.name": name, "messaging.batch.message_count": count }
+    })
+
+  // --- relay -----------------------------------------------------------------
   const count = (key: keyof RelayStats, n = 1) =>
     n === 0 ? Effect.void : Ref.update(stats, (s) => ({ ...s, [key]: s[key] + n }))
 
-  const onLeaseLost = (error: LeaseLost) =>
+  const onLeaseLost = (operation: typeof Telemetry.labelValues.leaseLostOperation[number], error: LeaseLost) =>
     Effect.andThen(
-      count("leaseLost", error.eventIds.length),
+      Effect.andThen(count("leaseLost", error.eventIds.length), Effect.sync(() => bump(Telemetry.leaseLost({ operation }), error.eventIds.length))),
       Effect.logWarning(error.message)
     )
 
-  /** A fenced transition: LeaseLost is counted and logged, never fatal. */
-  const fenced = (effect: Effect.Effect<void, LeaseLost | StoreError>) =>
-    Effect.catchTag(effect, "LeaseLost", onLeaseLost)
+  /** A fenced transition: LeaseLost is counted and logged, never fatal; the ids it reports are returned. */
+  const fenced = (
+    operation: typeof Telemetry.labelValues.leaseLostOperation[number],
+    effect: Effect.Effect<void, LeaseLost | StoreError>
+  ): Effect.Effect<ReadonlyArray<bigint>, StoreError> =>
+    effect.pipe(
+      Effect.as([] as ReadonlyArray<bigint>),
+      Effect.catchTag("LeaseLost", (error) => Effect.as(onLeaseLost(operation, error), error.eventIds))
+    )
 
+  /** Records a failed delivery: a retry with backoff, or a dead letter. `undefined` when the lease was lost meanwhile. */
   const handleFailure = (event: OutboxEvent, error: unknown) =>
     Effect.gen(function*() {
       const attempt: RetryPolicy.FailedAttempt = { event, error, retryable: RetryPolicy.isRetryable(error) }
       const decision = yield* RetryPolicy.decide(policy, attempt)
       const text = errorText(error)
       if (decision._tag === "Retry") {
-        yield* fenced(store.retry(event, { error: text, delay: decision.delay }))
+        const lost = yield* fenced("retry", store.retry(event, { error: text, delay: decision.delay }))
+        if (lost.length > 0) return undefined
         yield* count("retried")
+        countEvents(Telemetry.eventsRetried, [event])
         yield* Effect.logDebug(`event ${event.id} failed, retry in ${Duration.format(decision.delay)}: ${text}`)
-      } else {
-        yield* fenced(store.deadLetter(event, { error: text }))
-        yield* count("deadLettered")
-        yield* Effect.logWarning(`event ${event.id} (${event.eventType}) dead-lettered: ${text}`)
+        return "retried" as const
       }
+      const lost = yield* fenced("dead_letter", store.deadLetter(event, { error: text }))
+      if (lost.length > 0) return undefined
+      yield* count("deadLettered")
+      countEvents(Telemetry.eventsDeadLettered, [event])
+      yield* Effect.logWarning(`event ${event.id} (${event.eventType}) dead-lettered: ${text}`)
+      return "dead_lettered" as const
     })
 
   /** Completes delivered events; a failure is logged and the leases expire into a redelivery. */
-  const completeAll = (leases: ReadonlyArray<Lease>) =>
-    fenced(store.complete(leases)).pipe(
-      Effect.andThen(count("completed", leases.length)),
-      Effect.catchCause((cause) => Effect.logWarning(`completing ${leases.length} event(s) failed; they will be redelivered`, cause))
+  const completeAll = (events: ReadonlyArray<OutboxEvent>, claimSpan: Tracer.Span | undefined) =>
+    underClaim(claimSpan, "complete", events.length, fenced("complete", store.complete(events.map(leaseOf)))).pipe(
+      Effect.flatMap((lost) => {
+        const done = lost.length === 0 ? events : events.filter((event) => !lost.includes(event.id))
+        observeCompleted(done)
+        return count("completed", done.length)
+      }),
+      Effect.catchCause((cause) =>
+        Effect.andThen(
+          failed("claim"),
+          Effect.logWarning(`completing ${events.length} event(s) failed; they will be redelivered`, cause)
+        )
+      )
     )
 
   /**
@@ -139,67 +297,134 @@ export const make = Effect.gen(function*() {
    * handed to `completions` so the worker can claim its next batch while it
    * runs (at most one completion in flight per worker: `pending`).
    */
-  const processBatch = (events: ReadonlyArray<OutboxEvent>, pending: { fiber: Fiber.Fiber<void> | undefined }) =>
+  const processBatch = (
+    events: ReadonlyArray<OutboxEvent>,
+    claimSpan: Tracer.Span | undefined,
+    pending: { fiber: Fiber.Fiber<void> | undefined }
+  ) =>
     Effect.gen(function*() {
       // leases still held by this batch (undelivered, or delivered but not yet handed to completion)
-      const held = new Map<bigint, Lease>(events.map((e) => [e.id, leaseOf(e)]))
-      const delivered: Array<Lease> = []
-      const renew = Effect.suspend(() => store.renew(Array.from(held.values()), config.leaseDuration)).pipe(
+      const held = new Map<bigint, OutboxEvent>(events.map((e) => [e.id, e]))
+      const delivered: Array<OutboxEvent> = []
+      const renew = Effect.suspend(() =>
+        underClaim(claimSpan, "renew", held.size, store.renew(Array.from(held.values(), leaseOf), config.leaseDuration))
+      ).pipe(
         Effect.catchTag("LeaseLost", (error) => {
           for (const id of error.eventIds) held.delete(id)
-          return onLeaseLost(error)
+          return onLeaseLost("renew", error)
         }),
-        Effect.catchCause((cause) => Effect.logWarning("heartbeat failed", cause))
+        Effect.catchCause((cause) => Effect.andThen(failed("heartbeat"), Effect.logWarning("heartbeat failed", cause)))
       )
       const heartbeat = yield* renew.pipe(
         Effect.delay(heartbeatEvery),
         Effect.repeat(Schedule.spaced(heartbeatEvery)),
         Effect.forkChild({ startImmediately: true })
       )
-      /** Takes the delivered leases out of this batch's hands. */
+      /** Takes the delivered events out of this batch's hands. */
       const takeDelivered = () => {
-        const leases = delivered.splice(0)
-        for (const lease of leases) held.delete(lease.id)
-        return leases
+        const taken = delivered.splice(0)
+        for (const event of taken) held.delete(event.id)
+        return taken
+      }
+      /** Delivers one event (in its process span when `traced`). */
+      const deliverOne = (event: OutboxEvent, traced: boolean) =>
+        Effect.gen(function*() {
+          const start = clock.currentTimeNanosUnsafe()
+          const exit = yield* Effect.exit(sink.deliver(event))
+          const seconds = Number(clock.currentTimeNanosUnsafe() - start) / 1e9
+          if (Exit.isSuccess(exit)) {
+            delivered.push(event)
+            observeHandler(event, "completed", seconds)
+            return
+          }
+          if (Cause.hasInterruptsOnly(exit.cause)) return yield* Effect.interrupt
+          held.delete(event.id)
+          const outcome = yield* handleFailure(event, Cause.squash(exit.cause))
+          if (outcome !== undefined) observeHandler(event, outcome, seconds)
+          if (traced) {
+            const span = yield* Effect.option(Effect.currentSpan)
+            if (Option.isSome(span)) {
+              span.value.attribute("outbox.outcome", outcome ?? "lease_lost")
+              // the span fails with the delivery error (the relay itself goes on); its own end is then a no-op
+              span.value.end(clock.currentTimeNanosUnsafe(), exit)
+            }
+          }
+        })
+      const processOne = (event: OutboxEvent) => {
+        if (!tracing) return deliverOne(event, false)
+        const parent = producerSpan(event)
+        return Effect.withSpan(
+          deliverOne(event, true),
+          `process ${event.eventType}`,
+          {
+            kind: "consumer",
+            ...(parent === undefined ? { root: true } : { parent }),
+            links: claimSpan === undefined ? [] : [{ span: claimSpan, attributes: {} }],
+            attributes: {
+              ...messaging,
+              "messaging.operation.type": "process",
+              "messaging.operation.name": "process",
+              "messaging.destination.name": event.eventType,
+              "messaging.message.id": event.trackingId,
+              "outbox.event.id": event.id.toString(),
+              "outbox.aggregate_type": event.aggregateType,
+              "outbox.retry_count": event.retryCount,
+              "outbox.sink": sink.name
+            }
+          }
+        )
       }
       yield* Effect.gen(function*() {
         for (const event of events) {
           if (!held.has(event.id)) continue // lease lost while we were busy: someone else owns it now
-          const exit = yield* Effect.exit(sink.deliver(event))
-          if (Exit.isSuccess(exit)) {
-            delivered.push(leaseOf(event))
-            continue
-          }
-          if (Cause.hasInterruptsOnly(exit.cause)) return yield* Effect.interrupt
-          held.delete(event.id)
-          yield* handleFailure(event, Cause.squash(exit.cause))
+          yield* processOne(event)
         }
         yield* Fiber.interrupt(heartbeat)
         if (pending.fiber !== undefined) yield* Fiber.await(pending.fiber)
-        const leases = takeDelivered()
-        pending.fiber = leases.length === 0 ? undefined : yield* FiberSet.run(completions, completeAll(leases))
+        const taken = takeDelivered()
+        pending.fiber = taken.length === 0 ? undefined : yield* FiberSet.run(completions, completeAll(taken, claimSpan))
       }).pipe(
         Effect.onInterrupt(() =>
           Effect.gen(function*() {
             yield* Fiber.interrupt(heartbeat)
-            const leases = takeDelivered()
-            if (leases.length > 0) yield* completeAll(leases)
+            const taken = takeDelivered()
+            if (taken.length > 0) yield* completeAll(taken, claimSpan)
             const rest = Array.from(held.values())
             if (rest.length > 0) {
-              yield* fenced(store.release(rest))
-              yield* count("released", rest.length)
+              const lost = yield* fenced("release", store.release(rest.map(leaseOf)))
+              yield* count("released", rest.length - lost.length)
             }
           }).pipe(Effect.catchCause((cause) => Effect.logWarning("releasing leases failed", cause)))
         )
       )
     })
 
+  /** Claims a batch with the tracer off; only a non-empty (or failed) claim is recorded as a span. */
+  const claim = Effect.gen(function*() {
+    const startTime = clock.currentTimeNanosUnsafe()
+    const exit = yield* Effect.exit(
+      Effect.withTracerEnabled(store.claim({ limit: config.batchSize, leaseDuration: config.leaseDuration }), false)
+    )
+    if (Exit.isSuccess(exit) && exit.value.length === 0) return { events: exit.value, span: undefined }
+    const n = Exit.isSuccess(exit) ? exit.value.length : 0
+    const span = recordSpan("claim", startTime, {
+      ...messaging,
+      "messaging.operation.type": "receive",
+      "messaging.operation.name": "claim",
+      "messaging.batch.message_count": n
+    }, exit)
+    if (Exit.isFailure(exit)) return yield* Effect.failCause(exit.cause)
+    bump(Telemetry.eventsClaimed(), n)
+    if (metrics) Telemetry.claimBatchSize().updateUnsafe(n, context)
+    return { events: exit.value, span }
+  })
+
   const iteration = (pending: { fiber: Fiber.Fiber<void> | undefined }) =>
     Effect.gen(function*() {
-      const events = yield* store.claim({ limit: config.batchSize, leaseDuration: config.leaseDuration })
+      const { events, span } = yield* claim
       if (events.length === 0) return 0
       yield* count("claimed", events.length)
-      yield* processBatch(events, pending)
+      yield* processBatch(events, span, pending)
       return events.length
     })
 
@@ -213,27 +438,59 @@ export const make = Effect.gen(function*() {
           Effect.catchCause((cause) =>
             Cause.hasInterruptsOnly(cause)
               ? Effect.failCause(cause)
-              : Effect.as(Effect.logWarning("relay iteration failed", cause), 0)
+              : Effect.as(Effect.andThen(failed("claim"), Effect.logWarning("relay iteration failed", cause)), 0)
           )
         )
         if (claimed === 0) yield* idle
       }
     }).pipe(Effect.annotateLogs({ module: "Relay", fiber: `worker-${index}` }))
 
-  const reaper = store.reap.pipe(
-    Effect.tap(({ deadLettered, requeued }) =>
-      requeued.length + deadLettered.length === 0 ? Effect.void : Effect.andThen(
-        Effect.andThen(count("reaped", requeued.length + deadLettered.length), count("deadLettered", deadLettered.length)),
-        deadLettered.length === 0
-          ? Effect.logInfo(`reaped ${requeued.length} expired lease(s)`)
-          : Effect.logWarning(
-            `reaped ${requeued.length + deadLettered.length} expired lease(s); dead-lettered ${deadLettered.length} whose attempts were used up: ${
-              deadLettered.join(", ")
-            }`
-          )
+  /** Labels of reaped dead letters: the reaper reports ids only, so the rows are read back (rare). */
+  const countReapedDeadLetters = (ids: ReadonlyArray<bigint>) =>
+    !metrics || ids.length === 0 ? Effect.void : Effect.forEach(ids, (id) => store.get(id), { concurrency: 4 }).pipe(
+      Effect.map((records) => {
+        const known = records.flatMap((record) => Option.isSome(record) ? [record.value] : [])
+        countEvents(Telemetry.eventsDeadLettered, known)
+        const unknown = ids.length - known.length
+        if (unknown > 0) Telemetry.eventsDeadLettered({ aggregate_type: "", event_type: "" }).updateUnsafe(unknown, context)
+      }),
+      Effect.withTracerEnabled(false),
+      Effect.catchCause(() =>
+        Effect.sync(() => Telemetry.eventsDeadLettered({ aggregate_type: "", event_type: "" }).updateUnsafe(ids.length, context))
       )
-    ),
-    Effect.catchCause((cause) => Effect.logWarning("reaper iteration failed", cause)),
+    )
+
+  const reapOnce = Effect.gen(function*() {
+    const startTime = clock.currentTimeNanosUnsafe()
+    const exit = yield* Effect.exit(Effect.withTracerEnabled(store.reap, false))
+    if (Exit.isFailure(exit)) {
+      recordSpan("reap", startTime, { ...messaging, "messaging.operation.name": "reap" }, exit)
+      return yield* Effect.failCause(exit.cause)
+    }
+    const { deadLettered, requeued } = exit.value
+    if (requeued.length + deadLettered.length === 0) return
+    recordSpan("reap", startTime, {
+      ...messaging,
+      "messaging.operation.name": "reap",
+      "messaging.batch.message_count": requeued.length + deadLettered.length,
+      "outbox.reap.requeued": requeued.length,
+      "outbox.reap.dead_lettered": deadLettered.length
+    }, exit)
+    bump(Telemetry.leasesReaped({ outcome: "requeued" }), requeued.length)
+    bump(Telemetry.leasesReaped({ outcome: "dead_lettered" }), deadLettered.length)
+    yield* countReapedDeadLetters(deadLettered)
+    yield* Effect.andThen(count("reaped", requeued.length + deadLettered.length), count("deadLettered", deadLettered.length))
+    yield* deadLettered.length === 0
+      ? Effect.logInfo(`reaped ${requeued.length} expired lease(s)`)
+      : Effect.logWarning(
+        `reaped ${requeued.length + deadLettered.length} expired lease(s); dead-lettered ${deadLettered.length} whose attempts were used up: ${
+          deadLettered.join(", ")
+        }`
+      )
+  })
+
+  const reaper = reapOnce.pipe(
+    Effect.catchCause((cause) => Effect.andThen(failed("reaper"), Effect.logWarning("reaper iteration failed", cause))),
     Effect.repeat(Schedule.spaced(reapEvery)),
     Effect.annotateLogs({ module: "Relay", fiber: "reaper" })
   )

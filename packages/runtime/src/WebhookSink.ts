@@ -6,6 +6,11 @@
  * `Idempotency-Key: <trackingId>` so the receiver can deduplicate
  * redeliveries (delivery is at-least-once).
  *
+ * Tracing: the request carries a W3C `traceparent` header (and `tracestate`
+ * when the event has one) in the event's trace: the HTTP client span's
+ * context when tracing is on (a child of the relay's `process` span), else
+ * the producer's context from `metadata.traceparent`.
+ *
  * Outcome: 2xx delivered; 408, 429, 5xx, network errors and timeouts are
  * retryable `DeliveryError`s; any other status is permanent
  * (`DeliveryError.permanent`: the event is dead-lettered at once).
@@ -24,6 +29,7 @@
 import { DeliveryError } from "@outbox/core/OutboxError"
 import type { OutboxEvent } from "@outbox/core/OutboxEvent"
 import { OutboxSink } from "@outbox/core/OutboxSink"
+import * as TraceContext from "@outbox/core/TraceContext"
 import * as Config from "effect/Config"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -88,6 +94,26 @@ export const body = (event: OutboxEvent): WebhookBody => ({
  */
 export const isRetryableStatus = (status: number): boolean => status === 408 || status === 429 || status >= 500
 
+/**
+ * The trace headers of a delivery: the current span's context, else the
+ * producer's from the event's metadata. (With tracing on, the HTTP client
+ * replaces `traceparent` with its own span's, in the same trace.)
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const traceHeaders = (event: OutboxEvent): Effect.Effect<Record<string, string>> =>
+  Effect.map(TraceContext.current, (current) => {
+    const stored = event.metadata[TraceContext.TRACESTATE]
+    const tracestate = current?.tracestate ?? (typeof stored === "string" && stored !== "" ? stored : undefined)
+    const traceparent = current?.traceparent ??
+      (TraceContext.fromMetadata(event.metadata) === undefined ? undefined : event.metadata[TraceContext.TRACEPARENT] as string)
+    const headers: Record<string, string> = {}
+    if (traceparent !== undefined) headers.traceparent = traceparent
+    if (traceparent !== undefined && tracestate !== undefined) headers.tracestate = tracestate
+    return headers
+  })
+
 /** The first characters of an error response, for the dead-letter reason. */
 const snippet = (text: string): string => {
   const trimmed = text.trim().replace(/\s+/g, " ")
@@ -107,8 +133,10 @@ export const make = (options: Options): Effect.Effect<OutboxSink["Service"], nev
     const timeout = Duration.fromInputUnsafe(options.timeout ?? Duration.seconds(10))
     const timedOut = () => Effect.fail(DeliveryError.transient(`webhook timed out after ${Duration.format(timeout)}`))
     const deliver = (event: OutboxEvent): Effect.Effect<void, DeliveryError> =>
+      Effect.flatMap(traceHeaders(event), (trace) =>
       HttpClientRequest.post(options.url).pipe(
         HttpClientRequest.setHeaders(options.headers ?? {}),
+        HttpClientRequest.setHeaders(trace),
         HttpClientRequest.bodyJsonUnsafe(body(event)),
         HttpClientRequest.setHeader("idempotency-key", event.trackingId),
         client.execute,
@@ -130,7 +158,7 @@ export const make = (options: Options): Effect.Effect<OutboxSink["Service"], nev
         ),
         Effect.timeoutOrElse({ duration: timeout, orElse: timedOut }),
         Effect.scoped
-      )
+      ))
     return OutboxSink.of({ name: "webhook", deliver })
   })
 

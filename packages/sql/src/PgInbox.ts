@@ -9,11 +9,16 @@
  * Put the consumer's database writes on the same `SqlClient` so they share
  * the transaction.
  *
+ * `processEvent` is the consumer helper: it continues the producer's trace
+ * carried by the event (`metadata.traceparent`, as in the webhook body).
+ *
  * @since 0.1.0
  */
 import { Inbox, type ProcessResult } from "@outbox/core/Inbox"
 import type { StoreError } from "@outbox/core/OutboxError"
+import * as TraceContext from "@outbox/core/TraceContext"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
@@ -78,3 +83,58 @@ export const make = Effect.gen(function*() {
  * @since 0.1.0
  */
 export const layer: Layer.Layer<Inbox, never, SqlClient.SqlClient> = Layer.effect(Inbox, make)
+
+/**
+ * What `processEvent` reads from a received event (the webhook body fits).
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface ReceivedEvent {
+  readonly trackingId: string
+  readonly eventType?: string | undefined
+  readonly metadata?: Readonly<Record<string, unknown>> | null | undefined
+}
+
+/**
+ * Runs `effect` at most once for `(consumer, event.trackingId)` through the
+ * `Inbox` in context, in a `process <event type>` span (kind consumer,
+ * OpenTelemetry messaging attributes) that continues the event's trace:
+ *
+ * - when the current span is already in the event's trace (e.g. the HTTP
+ *   server span of the webhook request, which continued its `traceparent`
+ *   header), the span is its child;
+ * - otherwise it is a child of the producer's span from
+ *   `metadata.traceparent`;
+ * - without a trace context, it is a child of whatever span is current.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const processEvent = <A, E, R>(
+  consumer: string,
+  event: ReceivedEvent,
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<ProcessResult<A>, E | StoreError, R | Inbox> =>
+  Effect.flatMap(Effect.option(Effect.currentParentSpan), (current) => {
+    const carried = TraceContext.fromMetadata(event.metadata)
+    const parent = carried !== undefined && (Option.isNone(current) || current.value.traceId !== carried.traceId)
+      ? TraceContext.externalSpan(carried)
+      : undefined
+    return Effect.withSpan(
+      Effect.flatMap(Effect.service(Inbox), (inbox) => inbox.process(consumer, event.trackingId, effect)),
+      event.eventType === undefined ? "process" : `process ${event.eventType}`,
+      {
+        kind: "consumer",
+        ...(parent === undefined ? {} : { parent }),
+        attributes: {
+          "messaging.system": TraceContext.MESSAGING_SYSTEM,
+          "messaging.operation.type": "process",
+          "messaging.operation.name": "process",
+          "messaging.consumer.group.name": consumer,
+          "messaging.message.id": event.trackingId,
+          ...(event.eventType === undefined ? {} : { "messaging.destination.name": event.eventType })
+        }
+      }
+    )
+  })

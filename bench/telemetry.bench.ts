@@ -1,0 +1,152 @@
+/**
+ * `npm run bench:telemetry`: relay drain throughput with tracing + metrics on
+ * versus off, in one run, on a fresh database (target: ≤ 5 % overhead).
+ *
+ * - off: the tracer disabled (`References.TracerEnabled` false: no span, not
+ *   even the SQL client's) and `OutboxTelemetry.MetricsEnabled` false;
+ * - on: an OpenTelemetry SDK tracer (`BatchSpanProcessor`, 100 % sampled,
+ *   over an exporter that drops the batches: the cost measured is the
+ *   relay's and the SDK's, not a collector's network), every relay metric,
+ *   and the gauge sampler over `OutboxHealth.snapshot` every second.
+ *
+ * Every event carries a producer `traceparent` in its metadata, so each
+ * delivery makes a `process` span continuing it.
+ *
+ * Environment: BENCH_TELEMETRY_EVENTS (default 100000), BENCH_TELEMETRY_CONCURRENCY
+ * (default "1,2"), BENCH_TELEMETRY_ROUNDS (default 3: best of, alternating),
+ * DATABASE_URL (else testcontainers or embedded PostgreSQL, as in the tests).
+ */
+import { PgClient } from "@effect/sql-pg"
+import * as OutboxConfig from "@outbox/core/OutboxConfig"
+import * as OutboxSink from "@outbox/core/OutboxSink"
+import * as OutboxTelemetry from "@outbox/runtime/OutboxTelemetry"
+import * as Relay from "@outbox/runtime/Relay"
+import * as OutboxHealth from "@outbox/sql/OutboxHealth"
+import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
+import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
+import * as TestDatabase from "@outbox/testing/TestDatabase"
+import { BatchSpanProcessor, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-base"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as References from "effect/References"
+import * as SqlClient from "effect/sql/SqlClient"
+
+const EVENTS = Number(process.env.BENCH_TELEMETRY_EVENTS ?? 100_000)
+const CONCURRENCY = (process.env.BENCH_TELEMETRY_CONCURRENCY ?? "1,2").split(",").map(Number)
+const ROUNDS = Number(process.env.BENCH_TELEMETRY_ROUNDS ?? 3)
+const BATCH = 100
+
+const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
+
+/** Accepts every batch and drops it, counting the spans. */
+let exportedSpans = 0
+const droppingExporter: SpanExporter = {
+  export(spans: Array<ReadableSpan>, done) {
+    exportedSpans += spans.length
+    done({ code: 0 })
+  },
+  shutdown: () => Promise.resolve()
+}
+
+/** `n` pending events, each with a producer trace context. */
+const preload = (n: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`TRUNCATE outbox`
+    yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, metadata)
+               SELECT 'Order', (g % 1000)::text, 'OrderCreated', jsonb_build_object('n', g),
+                      jsonb_build_object('traceparent', '00-' || md5(g::text) || '-' || left(md5(g::text || 's'), 16) || '-01')
+               FROM generate_series(1, ${n}) g`
+    yield* sql`VACUUM ANALYZE outbox`.pipe(Effect.catch(() => sql`ANALYZE outbox`))
+  })
+
+const Off = Layer.mergeAll(
+  Layer.succeed(References.TracerEnabled, false),
+  Layer.succeed(OutboxTelemetry.MetricsEnabled, false)
+)
+
+const On = Layer.mergeAll(
+  OutboxTelemetry.layerTracer(new BatchSpanProcessor(droppingExporter, { maxQueueSize: 65_536, maxExportBatchSize: 2048 }), {
+    serviceName: "outbox-bench"
+  }) as Layer.Layer<never>,
+  Layer.succeed(OutboxTelemetry.MetricsEnabled, true)
+)
+
+/** Drains `n` preloaded events with the real relay (no-op sink); seconds and Node CPU seconds. */
+const drain = (n: number, concurrency: number, telemetry: Layer.Layer<never>, gauges: boolean) =>
+  Effect.scoped(Effect.gen(function*() {
+    const t0 = performance.now()
+    const cpu0 = process.cpuUsage()
+    const relayLayer = Relay.layer.pipe(
+      Layer.provide(OutboxSink.layerHandler(() => Effect.void)),
+      Layer.provide(OutboxConfig.layer({ batchSize: BATCH, concurrency, pollInterval: Duration.millis(10) }))
+    )
+    const context = yield* Layer.build(
+      (gauges
+        ? Layer.merge(relayLayer, OutboxTelemetry.layerHealthGauges({ every: "1 second" }).pipe(Layer.provide(OutboxHealth.layer())))
+        : relayLayer).pipe(Layer.provide(telemetry))
+    )
+    const relay = Context.get(context, Relay.Relay)
+    while ((yield* relay.stats).completed < n) yield* Effect.sleep("20 millis")
+    const cpu = process.cpuUsage(cpu0)
+    return { seconds: (performance.now() - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6 }
+  }))
+
+const main = Effect.gen(function*() {
+  const server = yield* TestDatabase.serverUrl
+  const database = yield* TestDatabase.freshDatabase(server)
+  const client = yield* PgClient.make({ url: Redacted.make(database.url), maxConnections: 16 }).pipe(
+    Effect.provide((yield* Effect.promise(() => import("effect/reactivity/Reactivity"))).layer)
+  )
+  const services = Layer.succeedContext(Context.make(SqlClient.SqlClient, client).pipe(Context.add(PgClient.PgClient, client)))
+  const run = <A, E>(effect: Effect.Effect<A, E, any>) =>
+    effect.pipe(Effect.provide(PgOutboxStore.layerWithoutMigrations().pipe(Layer.provideMerge(services)))) as Effect.Effect<A, E>
+  yield* OutboxMigrations.run.pipe(Effect.provide(services))
+
+  console.log(`Telemetry overhead — ${EVENTS.toLocaleString()} events per drain, batch ${BATCH}, best of ${ROUNDS}, node ${process.version}`)
+  console.log(`  workers   off ev/s   on ev/s   overhead   Node CPU µs/ev off/on   spans exported`)
+  const rows: Array<Record<string, number>> = []
+  for (const concurrency of CONCURRENCY) {
+    let off = { seconds: Infinity, cpuSeconds: 0 }
+    let on = { seconds: Infinity, cpuSeconds: 0 }
+    let spans = 0
+    for (let round = 0; round < ROUNDS; round++) {
+      yield* run(preload(EVENTS))
+      const a = yield* run(drain(EVENTS, concurrency, Off, false))
+      if (a.seconds < off.seconds) off = a
+      yield* run(preload(EVENTS))
+      const before = exportedSpans
+      const b = yield* run(drain(EVENTS, concurrency, On, true))
+      if (b.seconds < on.seconds) on = b
+      spans = exportedSpans - before
+    }
+    const row = {
+      concurrency,
+      offEventsPerSec: EVENTS / off.seconds,
+      onEventsPerSec: EVENTS / on.seconds,
+      overheadPct: (on.seconds / off.seconds - 1) * 100,
+      offCpuUsPerEvent: (off.cpuSeconds / EVENTS) * 1e6,
+      onCpuUsPerEvent: (on.cpuSeconds / EVENTS) * 1e6,
+      spansPerDrain: spans
+    }
+    rows.push(row)
+    console.log(
+      `  ${String(concurrency).padStart(7)}   ${fmt(row.offEventsPerSec).padStart(8)}   ${fmt(row.onEventsPerSec).padStart(7)}   ${
+        fmt(row.overheadPct, 1).padStart(6)
+      } %   ${fmt(row.offCpuUsPerEvent, 1).padStart(10)} / ${fmt(row.onCpuUsPerEvent, 1).padEnd(8)}   ${fmt(spans).padStart(10)}`
+    )
+  }
+  console.log(`  (target: overhead ≤ 5 %; a negative overhead is noise)`)
+  return rows
+})
+
+Effect.runPromise(Effect.scoped(main)).then(
+  () => process.exit(0),
+  (error) => {
+    console.error(error)
+    process.exit(1)
+  }
+)

@@ -1,0 +1,686 @@
+/**
+ * Metrics and trace export of the outbox.
+ *
+ * **Metrics** are Effect `Metric`s, so one definition feeds both exports:
+ * a Prometheus text endpoint (`layerPrometheus`, or `layerPrometheusRoute`
+ * on an application's own router) and OTLP (`layerOtlp`, through
+ * `@effect/opentelemetry`). The names are a contract (alert rules and the
+ * dashboard are written against them; `catalog` lists them):
+ *
+ * | metric | type | labels |
+ * | --- | --- | --- |
+ * | `outbox_events_published_total` | counter | aggregate_type, event_type |
+ * | `outbox_events_claimed_total` | counter | |
+ * | `outbox_events_completed_total` | counter | aggregate_type, event_type |
+ * | `outbox_events_retried_total` | counter | aggregate_type, event_type |
+ * | `outbox_events_dead_lettered_total` | counter | aggregate_type, event_type |
+ * | `outbox_events_redriven_total` | counter | |
+ * | `outbox_lease_lost_total` | counter | operation |
+ * | `outbox_leases_reaped_total` | counter | outcome (requeued, dead_lettered) |
+ * | `outbox_relay_failures_total` | counter | loop (claim, heartbeat, reaper, maintenance, gauges) |
+ * | `outbox_handler_duration_seconds` | histogram | event_type, outcome |
+ * | `outbox_end_to_end_latency_seconds` | histogram | event_type |
+ * | `outbox_claim_batch_size` | histogram | |
+ * | `outbox_pending_events` … `outbox_xmin_horizon_age_seconds` | gauges | table (partition gauges) |
+ *
+ * Counters and histograms are updated by the relay (and by
+ * `Outbox.transaction` for published events); gauges are sampled from the
+ * database by `layerGauges` on a schedule. Labels are bounded; the
+ * allow-list `OUTBOX_METRICS_LABELS` (see `Outbox.MetricLabels`) adds more to
+ * the event-scoped metrics.
+ *
+ * **Tracing** needs an OpenTelemetry tracer (`layerOtlp`, or any
+ * `@effect/opentelemetry` setup); see `TraceContext` (in `@outbox/core`) for
+ * how one trace crosses the outbox.
+ *
+ * **Configuration** (`layerConfig`):
+ *
+ * | variable | default | meaning |
+ * | --- | --- | --- |
+ * | `OUTBOX_METRICS` | `true` | `false`: the relay updates no metric |
+ * | `OUTBOX_METRICS_LABELS` | empty | extra labels (comma-separated), e.g. `tenant_id` |
+ * | `OUTBOX_METRICS_PROMETHEUS` | `false` | serve `/metrics` on its own port |
+ * | `OUTBOX_METRICS_PORT` / `OUTBOX_METRICS_HOST` | `9464` / `0.0.0.0` | where |
+ * | `OUTBOX_METRICS_SAMPLE_INTERVAL` | `15 seconds` | gauge sampling period |
+ * | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset (off) | OTLP/HTTP traces and metrics, e.g. `http://collector:4318` |
+ * | `OTEL_SERVICE_NAME` | `outbox-relay` | resource `service.name` |
+ *
+ * @since 0.1.0
+ */
+import { NodeHttpServer } from "@effect/platform-node"
+import * as Outbox from "@outbox/core/Outbox"
+import { OutboxHealth } from "@outbox/sql/OutboxHealth"
+import type * as Resource from "@effect/opentelemetry/Resource"
+import type { SpanProcessor } from "@opentelemetry/sdk-trace-base"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import * as HttpRouter from "effect/http/HttpRouter"
+import type { ServeError } from "effect/http/HttpServerError"
+import * as PrometheusMetrics from "effect/observability/PrometheusMetrics"
+import { createServer } from "node:http"
+import { PartitionMaintenance } from "./PartitionMaintenance.ts"
+
+// -----------------------------------------------------------------------------
+// Metric definitions
+// -----------------------------------------------------------------------------
+
+type Labels = Record<string, string>
+
+/** One metric object per label set: attributes fixed at construction keep the registry key cached. */
+const family = <M>(make: (attributes: Labels | undefined) => M) => {
+  const cache = new Map<string, M>()
+  return (labels?: Labels): M => {
+    const key = labels === undefined ? "" : JSON.stringify(labels)
+    let metric = cache.get(key)
+    if (metric === undefined) {
+      metric = make(labels)
+      cache.set(key, metric)
+    }
+    return metric
+  }
+}
+
+const counter = (name: string, description: string) =>
+  family((attributes) => Metric.counter(name, { description, incremental: true, attributes }))
+
+const histogram = (name: string, description: string, boundaries: ReadonlyArray<number>) =>
+  family((attributes) => Metric.histogram(name, { description, boundaries, attributes }))
+
+const gauge = (name: string, description: string) => family((attributes) => Metric.gauge(name, { description, attributes }))
+
+/**
+ * `outbox_events_published_total{aggregate_type,event_type}` (defined in
+ * `@outbox/core`'s `Outbox`, updated after COMMIT).
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const eventsPublished = Outbox.eventsPublished
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const eventsClaimed = counter("outbox_events_claimed_total", "Events claimed by the relay (each claim of each event)")
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const eventsCompleted = counter("outbox_events_completed_total", "Events delivered and marked COMPLETED")
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const eventsRetried = counter("outbox_events_retried_total", "Failed deliveries scheduled for a retry")
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const eventsDeadLettered = counter(
+  "outbox_events_dead_lettered_total",
+  "Events moved to DEAD_LETTER (by a failed delivery or by the reaper)"
+)
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const eventsRedriven = counter("outbox_events_redriven_total", "Dead letters sent back to PENDING")
+
+/**
+ * `operation`: renew, complete, retry, dead_letter, release.
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const leaseLost = counter("outbox_lease_lost_total", "Fenced transitions refused because the lease had passed to another claim")
+
+/**
+ * `outcome`: requeued, dead_lettered.
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const leasesReaped = counter("outbox_leases_reaped_total", "Expired leases recovered by the reaper")
+
+/**
+ * `loop`: claim, heartbeat, reaper, maintenance, gauges.
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const relayFailures = counter("outbox_relay_failures_total", "Failed iterations of the relay's background loops")
+
+/**
+ * `outcome`: completed, retried, dead_lettered.
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const handlerDuration = histogram(
+  "outbox_handler_duration_seconds",
+  "Time the sink took to handle one event",
+  [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+)
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const endToEndLatency = histogram(
+  "outbox_end_to_end_latency_seconds",
+  "Time from created_at to completion",
+  [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]
+)
+
+/**
+ * Events per non-empty claim (empty polls are not observed).
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const claimBatchSize = histogram(
+  "outbox_claim_batch_size",
+  "Events per non-empty claim",
+  [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000]
+)
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const pendingEvents = gauge("outbox_pending_events", "Events waiting: PENDING + FAILED")
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const processingEvents = gauge("outbox_processing_events", "Events under a lease (PROCESSING)")
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const oldestPendingAge = gauge("outbox_oldest_pending_age_seconds", "Age of the oldest waiting event (0 when none)")
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const leaseOverdue = gauge(
+  "outbox_lease_overdue_seconds",
+  "Longest time a PROCESSING lease has been expired without being reaped (0 when none)"
+)
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const deadLetterEvents = gauge("outbox_dead_letter_events", "Events in DEAD_LETTER")
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const partitionsAhead = gauge("outbox_partitions_ahead", "Whole partitions after the current one")
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const defaultPartitionRows = gauge("outbox_default_partition_rows", "Rows in the DEFAULT partition")
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const deadTuples = gauge("outbox_dead_tuples", "Dead tuples over the table's partitions")
+
+/**
+ * @category metrics
+ * @since 0.1.0
+ */
+export const xminHorizonAge = gauge(
+  "outbox_xmin_horizon_age_seconds",
+  "Age of the oldest transaction or replication slot holding the xmin horizon (0 when none)"
+)
+
+/**
+ * Every exported metric name, as it appears on `/metrics` (histograms add
+ * `_bucket`, `_sum` and `_count`).
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const catalog = {
+  counters: [
+    "outbox_events_published_total",
+    "outbox_events_claimed_total",
+    "outbox_events_completed_total",
+    "outbox_events_retried_total",
+    "outbox_events_dead_lettered_total",
+    "outbox_events_redriven_total",
+    "outbox_lease_lost_total",
+    "outbox_leases_reaped_total",
+    "outbox_relay_failures_total"
+  ],
+  histograms: ["outbox_handler_duration_seconds", "outbox_end_to_end_latency_seconds", "outbox_claim_batch_size"],
+  gauges: [
+    "outbox_pending_events",
+    "outbox_processing_events",
+    "outbox_oldest_pending_age_seconds",
+    "outbox_lease_overdue_seconds",
+    "outbox_dead_letter_events",
+    "outbox_partitions_ahead",
+    "outbox_default_partition_rows",
+    "outbox_dead_tuples",
+    "outbox_xmin_horizon_age_seconds"
+  ]
+} as const
+
+/**
+ * The label values the relay's bounded-label counters can take.
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const labelValues = {
+  leaseLostOperation: ["renew", "complete", "retry", "dead_letter", "release"],
+  reapOutcome: ["requeued", "dead_lettered"],
+  loop: ["claim", "heartbeat", "reaper", "maintenance", "gauges"]
+} as const
+
+/**
+ * Creates every series whose labels are known in advance at 0, so that
+ * `rate()` and `increase()` see a series from the first scrape and alert
+ * rules do not wait for a first failure.
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const preregister: Effect.Effect<void> = Effect.contextWith((context: Context.Context<never>) => {
+  const zero = (metric: Metric.Metric<number, unknown>) => metric.updateUnsafe(0, context)
+  zero(eventsClaimed())
+  zero(eventsRedriven())
+  for (const operation of labelValues.leaseLostOperation) zero(leaseLost({ operation }))
+  for (const outcome of labelValues.reapOutcome) zero(leasesReaped({ outcome }))
+  for (const loop of labelValues.loop) zero(relayFailures({ loop }))
+  claimBatchSize().valueUnsafe(context)
+  return Effect.void
+})
+
+/**
+ * Increases `outbox_events_redriven_total` (for redrive tools running in the
+ * relay's process).
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const recordRedriven = (n: number): Effect.Effect<void> => Metric.update(eventsRedriven(), n)
+
+/**
+ * Whether the relay updates metrics (default true). `OUTBOX_METRICS=false`
+ * turns it off (e.g. to measure the cost).
+ *
+ * @category references
+ * @since 0.1.0
+ */
+export const MetricsEnabled = Context.Reference<boolean>("@outbox/runtime/OutboxTelemetry/MetricsEnabled", {
+  defaultValue: () => true
+})
+
+// -----------------------------------------------------------------------------
+// Gauges
+// -----------------------------------------------------------------------------
+
+/**
+ * What the gauge sampler reads from the database (`OutboxHealth.snapshot`).
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface GaugeSnapshot {
+  readonly pending: number
+  readonly processing: number
+  readonly oldestPendingAgeSeconds: number
+  readonly leaseOverdueSeconds: number
+  readonly deadLetters: number
+  readonly partitions: ReadonlyArray<{
+    readonly table: string
+    readonly ahead: number
+    readonly defaultRows: number
+    readonly deadTuples: number
+  }>
+  readonly xminHorizonAgeSeconds: number
+}
+
+/**
+ * Sets every gauge from one snapshot.
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const recordGauges = (snapshot: GaugeSnapshot): Effect.Effect<void> =>
+  Effect.contextWith((context: Context.Context<never>) => {
+    pendingEvents().updateUnsafe(snapshot.pending, context)
+    processingEvents().updateUnsafe(snapshot.processing, context)
+    oldestPendingAge().updateUnsafe(snapshot.oldestPendingAgeSeconds, context)
+    leaseOverdue().updateUnsafe(snapshot.leaseOverdueSeconds, context)
+    deadLetterEvents().updateUnsafe(snapshot.deadLetters, context)
+    xminHorizonAge().updateUnsafe(snapshot.xminHorizonAgeSeconds, context)
+    for (const partition of snapshot.partitions) {
+      const labels = { table: partition.table }
+      partitionsAhead(labels).updateUnsafe(partition.ahead, context)
+      defaultPartitionRows(labels).updateUnsafe(partition.defaultRows, context)
+      deadTuples(labels).updateUnsafe(partition.deadTuples, context)
+    }
+    return Effect.void
+  })
+
+/**
+ * Options of `layerGauges`.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface GaugeOptions<E, R> {
+  /** The cheap database reads (`OutboxHealth.snapshot`). */
+  readonly snapshot: Effect.Effect<GaugeSnapshot, E, R>
+  /** Sampling period (default 15 seconds). */
+  readonly every?: Duration.Input | undefined
+  /**
+   * Failed runs of partition maintenance so far (`PartitionMaintenance`'s
+   * `status.failures`): increases of it are counted in
+   * `outbox_relay_failures_total{loop="maintenance"}`.
+   */
+  readonly maintenanceFailures?: Effect.Effect<number> | undefined
+}
+
+/**
+ * The gauge sampler: a fiber that samples the snapshot right away, then every
+ * `every`. A failed sample is logged and counted in
+ * `outbox_relay_failures_total{loop="gauges"}`; the gauges keep their last
+ * values. Also pre-registers the bounded series (`preregister`).
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerGauges = <E, R>(options: GaugeOptions<E, R>): Layer.Layer<never, never, R> =>
+  Layer.effectDiscard(Effect.gen(function*() {
+    yield* preregister
+    const every = Duration.fromInputUnsafe(options.every ?? Duration.seconds(15))
+    let maintenanceFailuresSeen = 0
+    const sample = Effect.gen(function*() {
+      if (options.maintenanceFailures !== undefined) {
+        const failures = yield* options.maintenanceFailures
+        if (failures > maintenanceFailuresSeen) {
+          yield* Metric.update(relayFailures({ loop: "maintenance" }), failures - maintenanceFailuresSeen)
+        }
+        maintenanceFailuresSeen = failures
+      }
+      yield* Effect.flatMap(options.snapshot, recordGauges)
+    }).pipe(
+      // a sample every few seconds would flood the trace back-end with spans of no interest
+      Effect.withTracerEnabled(false),
+      Effect.catchCause((cause) =>
+        Effect.andThen(
+          Metric.update(relayFailures({ loop: "gauges" }), 1),
+          Effect.logWarning("sampling the outbox gauges failed", cause)
+        )
+      )
+    )
+    yield* sample.pipe(
+      Effect.repeat(Schedule.spaced(every)),
+      Effect.annotateLogs({ module: "OutboxTelemetry", fiber: "gauges" }),
+      Effect.forkScoped
+    )
+  }))
+
+/**
+ * The gauge sampler over `OutboxHealth.snapshot`, counting the failed runs of
+ * `PartitionMaintenance` when it is in context. Period:
+ * `OUTBOX_METRICS_SAMPLE_INTERVAL` (default 15 seconds) unless given.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerHealthGauges = (
+  options: { readonly every?: Duration.Input | undefined } = {}
+): Layer.Layer<never, Config.ConfigError, OutboxHealth> =>
+  Layer.unwrap(Effect.gen(function*() {
+    const health = yield* OutboxHealth
+    const maintenance = yield* Effect.serviceOption(PartitionMaintenance)
+    const every = options.every ?? (yield* sampleInterval)
+    return layerGauges({
+      snapshot: health.snapshot,
+      every,
+      maintenanceFailures: Option.isSome(maintenance)
+        ? Effect.map(maintenance.value.status, (status) => status.failures)
+        : undefined
+    })
+  }))
+
+// -----------------------------------------------------------------------------
+// Prometheus
+// -----------------------------------------------------------------------------
+
+/**
+ * Adds `GET /metrics` (Prometheus text format 0.0.4) to the application's
+ * `HttpRouter`.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerPrometheusRoute = (path: HttpRouter.PathInput = "/metrics"): Layer.Layer<never, never, HttpRouter.HttpRouter> =>
+  PrometheusMetrics.layerHttp({ path })
+
+/**
+ * Options of `layerPrometheus`.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface PrometheusOptions {
+  /** 0 picks a free port (default 9464). */
+  readonly port?: number | undefined
+  /** Default `0.0.0.0`. */
+  readonly host?: string | undefined
+  /** Default `/metrics`. */
+  readonly path?: HttpRouter.PathInput | undefined
+}
+
+/**
+ * A dedicated HTTP server for Prometheus to scrape (for processes that run
+ * only the relay). Applications with an HTTP server of their own use
+ * `layerPrometheusRoute` instead.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerPrometheus = (options: PrometheusOptions = {}) =>
+  HttpRouter.serve(layerPrometheusRoute(options.path), { disableListenLog: true, disableLogger: true }).pipe(
+    Layer.provideMerge(NodeHttpServer.layer(createServer, { port: options.port ?? 9464, host: options.host ?? "0.0.0.0" }))
+  )
+
+// -----------------------------------------------------------------------------
+// OpenTelemetry
+// -----------------------------------------------------------------------------
+
+/**
+ * Options of `layerOtlp`.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface OtlpOptions {
+  /** The collector's OTLP/HTTP base URL, e.g. `http://collector:4318` (`/v1/traces` and `/v1/metrics` are added). */
+  readonly endpoint: string
+  readonly serviceName?: string | undefined
+  readonly serviceVersion?: string | undefined
+  /** Metric export period (default 30 seconds). */
+  readonly metricsInterval?: Duration.Input | undefined
+  /** Extra headers for the collector (e.g. an API key). */
+  readonly headers?: Readonly<Record<string, string>> | undefined
+}
+
+/**
+ * Traces (batched) and metrics over OTLP/HTTP (JSON), through
+ * `@effect/opentelemetry`'s `NodeSdk`. The SDK is loaded only when this
+ * layer is built. Spans are flushed when the layer closes.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerOtlp = (options: OtlpOptions): Layer.Layer<Resource.Resource> =>
+  Layer.unwrap(Effect.promise(async () => {
+    const [NodeSdk, traceBase, traceExporter, sdkMetrics, metricsExporter] = await Promise.all([
+      import("@effect/opentelemetry/NodeSdk"),
+      import("@opentelemetry/sdk-trace-base"),
+      import("@opentelemetry/exporter-trace-otlp-http"),
+      import("@opentelemetry/sdk-metrics"),
+      import("@opentelemetry/exporter-metrics-otlp-http")
+    ])
+    const base = options.endpoint.replace(/\/+$/, "")
+    const headers = { ...options.headers }
+    return layerSdk({
+      serviceName: options.serviceName,
+      serviceVersion: options.serviceVersion,
+      spanProcessor: new traceBase.BatchSpanProcessor(new traceExporter.OTLPTraceExporter({ url: `${base}/v1/traces`, headers })),
+      metricReader: new sdkMetrics.PeriodicExportingMetricReader({
+        exporter: new metricsExporter.OTLPMetricExporter({ url: `${base}/v1/metrics`, headers }),
+        exportIntervalMillis: Duration.toMillis(Duration.fromInputUnsafe(options.metricsInterval ?? Duration.seconds(30)))
+      }),
+      NodeSdk
+    })
+  }))
+
+/**
+ * An OpenTelemetry tracer over any span processor (tests pass a
+ * `SimpleSpanProcessor` over an `InMemorySpanExporter`).
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerTracer = (
+  spanProcessor: SpanProcessor,
+  options: { readonly serviceName?: string | undefined } = {}
+): Layer.Layer<Resource.Resource> =>
+  Layer.unwrap(Effect.promise(async () => {
+    const NodeSdk = await import("@effect/opentelemetry/NodeSdk")
+    return layerSdk({ serviceName: options.serviceName, spanProcessor, metricReader: undefined, NodeSdk })
+  }))
+
+const layerSdk = (options: {
+  readonly serviceName: string | undefined
+  readonly serviceVersion?: string | undefined
+  readonly spanProcessor: SpanProcessor
+  readonly metricReader: import("@opentelemetry/sdk-metrics").MetricReader | undefined
+  readonly NodeSdk: typeof import("@effect/opentelemetry/NodeSdk")
+}): Layer.Layer<Resource.Resource> =>
+  options.NodeSdk.layer(() => ({
+    resource: {
+      serviceName: options.serviceName ?? "outbox-relay",
+      ...(options.serviceVersion === undefined ? {} : { serviceVersion: options.serviceVersion })
+    },
+    spanProcessor: options.spanProcessor,
+    ...(options.metricReader === undefined ? {} : { metricReader: options.metricReader })
+  }))
+
+// -----------------------------------------------------------------------------
+// Configuration
+// -----------------------------------------------------------------------------
+
+/**
+ * Options of `layer`.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Options {
+  /** Relay metrics on (default true). */
+  readonly metrics?: boolean | undefined
+  /** Extra labels (see `Outbox.MetricLabels`). */
+  readonly labels?: ReadonlyArray<string> | undefined
+  /** A dedicated `/metrics` server; omitted: none. */
+  readonly prometheus?: PrometheusOptions | undefined
+  /** OTLP export; omitted: none. */
+  readonly otlp?: OtlpOptions | undefined
+}
+
+/**
+ * The metric references, and the exporters that are asked for.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layer = (options: Options = {}): Layer.Layer<never, ServeError> =>
+  Layer.mergeAll(
+    Layer.succeed(MetricsEnabled, options.metrics ?? true),
+    Layer.succeed(Outbox.MetricLabels, options.labels ?? []),
+    // the server's own services (HttpServer, ...) stay private to it
+    options.prometheus === undefined ? Layer.empty : Layer.flatMap(layerPrometheus(options.prometheus), () => Layer.empty),
+    // the tracer is a reference in the output: kept, so that everything built on this layer is traced
+    options.otlp === undefined ? Layer.empty : layerOtlp(options.otlp) as Layer.Layer<never>
+  )
+
+const reservedLabels = new Set(["aggregate_type", "event_type", "outcome", "operation", "table", "loop", "le"])
+
+/**
+ * The allow-list parser: trimmed, lowercase names; empty entries,
+ * duplicates and the default labels dropped.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const parseLabels = (text: string): ReadonlyArray<string> =>
+  Array.from(
+    new Set(
+      text.split(",").map((name) => name.trim().toLowerCase()).filter((name) => name.length > 0 && !reservedLabels.has(name))
+    )
+  )
+
+/** `tenant_id, region`: comma-separated label names. */
+const LabelList = Schema.String.check(Schema.isPattern(/^\s*([A-Za-z_][A-Za-z0-9_]*\s*(,\s*[A-Za-z_][A-Za-z0-9_]*\s*)*)?$/))
+
+/**
+ * The environment's telemetry (table in the module header). Fails with a
+ * `ConfigError` on a malformed variable.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerConfig: Layer.Layer<never, Config.ConfigError | ServeError> = Layer.unwrap(Effect.gen(function*() {
+  const metrics = yield* Config.Boolean("OUTBOX_METRICS").pipe(Config.withDefault(true))
+  const labels = parseLabels(yield* Config.schema(LabelList, "OUTBOX_METRICS_LABELS").pipe(Config.withDefault("")))
+  const prometheus = yield* Config.Boolean("OUTBOX_METRICS_PROMETHEUS").pipe(Config.withDefault(false))
+  const port = yield* Config.Port("OUTBOX_METRICS_PORT").pipe(Config.withDefault(9464))
+  const host = yield* Config.String("OUTBOX_METRICS_HOST").pipe(Config.withDefault("0.0.0.0"))
+  const endpoint = yield* Config.option(Config.String("OTEL_EXPORTER_OTLP_ENDPOINT"))
+  const serviceName = yield* Config.String("OTEL_SERVICE_NAME").pipe(Config.withDefault("outbox-relay"))
+  return layer({
+    metrics,
+    labels,
+    prometheus: prometheus ? { port, host } : undefined,
+    otlp: endpoint._tag === "Some" && endpoint.value !== "" ? { endpoint: endpoint.value, serviceName } : undefined
+  })
+}))
+
+/**
+ * `OUTBOX_METRICS_SAMPLE_INTERVAL` (default 15 seconds).
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const sampleInterval: Config.Config<Duration.Duration> = Config.Duration("OUTBOX_METRICS_SAMPLE_INTERVAL").pipe(
+  Config.withDefault(Duration.seconds(15))
+)

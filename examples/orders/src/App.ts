@@ -2,7 +2,10 @@
  * The orders service: `POST /orders` writes an order and an `OrderCreated`
  * event in one outbox transaction; `GET /orders/:id` reads it back. The
  * in-process relay delivers each event to `OUTBOX_SINK_URL` (webhook) or,
- * when that is unset, to the log.
+ * when that is unset, to the log. `GET /metrics` serves the outbox metrics
+ * to Prometheus and `GET /healthz` the outbox health to a probe (200 for OK
+ * or WARN, 503 for CRITICAL). Traces go to `OTEL_EXPORTER_OTLP_ENDPOINT`
+ * when it is set (`OutboxTelemetry.layerConfig`).
  *
  * Everything is a layer so that tests can start the same service against a
  * test database and a local webhook receiver; `main.ts` only launches it.
@@ -13,7 +16,9 @@ import type * as OutboxConfig from "@outbox/core/OutboxConfig"
 import type { OutboxSink } from "@outbox/core/OutboxSink"
 import * as LogSink from "@outbox/runtime/LogSink"
 import * as OutboxLive from "@outbox/runtime/OutboxLive"
+import * as OutboxTelemetry from "@outbox/runtime/OutboxTelemetry"
 import * as Relay from "@outbox/runtime/Relay"
+import { OutboxHealth } from "@outbox/sql/OutboxHealth"
 import * as WebhookSink from "@outbox/runtime/WebhookSink"
 import * as Cause from "effect/Cause"
 import * as Config from "effect/Config"
@@ -128,8 +133,25 @@ const getOrder = HttpRouter.add(
   }).pipe(internalError)
 )
 
-/** The HTTP routes. */
-export const Routes = Layer.mergeAll(createOrder, getOrder)
+/**
+ * `GET /healthz`: the outbox health (`OutboxHealth.health`) for a probe:
+ * 200 when OK or WARN, 503 when CRITICAL or when the database cannot be read;
+ * the body is `{ level, findings }`.
+ */
+const healthz = HttpRouter.add(
+  "GET",
+  "/healthz",
+  Effect.gen(function*() {
+    const health = yield* OutboxHealth
+    const report = yield* Effect.result(health.health)
+    if (report._tag === "Failure") return json({ level: "CRITICAL", error: report.failure.message }, 503)
+    const { findings, level } = report.success
+    return json({ level, findings }, level === "CRITICAL" ? 503 : 200)
+  }).pipe(internalError)
+)
+
+/** The HTTP routes (with `/metrics` for Prometheus). */
+export const Routes = Layer.mergeAll(createOrder, getOrder, healthz, OutboxTelemetry.layerPrometheusRoute())
 
 /** The sink: a webhook when `OUTBOX_SINK_URL` is set, the log otherwise. */
 export const SinkLive: Layer.Layer<OutboxSink, Config.ConfigError> = Layer.unwrap(Effect.gen(function*() {

@@ -132,6 +132,30 @@ layer(AppUnderTest, { timeout: "60 seconds", excludeTestServices: true })("order
       }))
   })
 
+  describe("GET /metrics and GET /healthz", () => {
+    it.effect("/metrics is Prometheus text with the outbox catalog; /healthz answers the health level", () =>
+      Effect.gen(function*() {
+        const { received } = yield* Receiver
+        const created = yield* post(JSON.stringify({ customerId: "c-2", items: [{ sku: "B", quantity: 1, unitPrice: 3 }] }))
+        assert.strictEqual(created.status, 201)
+        yield* Queue.take(received).pipe(Effect.timeout("20 seconds"))
+        const base = yield* baseUrl
+        const metrics = yield* Effect.promise(() =>
+          fetch(`${base}/metrics`).then((res) => res.text().then((text) => ({ status: res.status, type: res.headers.get("content-type"), text })))
+        )
+        assert.strictEqual(metrics.status, 200)
+        assert.match(metrics.type ?? "", /^text\/plain/)
+        assert.match(metrics.text, /^outbox_events_published_total\{aggregate_type="Order",event_type="OrderCreated"\} [1-9]/m)
+        assert.match(metrics.text, /^# TYPE outbox_pending_events gauge$/m)
+        assert.match(metrics.text, /^outbox_handler_duration_seconds_bucket\{event_type="OrderCreated",outcome="completed",le="\+Inf"\} [1-9]/m)
+
+        const health = yield* request("/healthz")
+        assert.include(["OK", "WARN"], health.json.level, JSON.stringify(health.json))
+        assert.strictEqual(health.status, 200)
+        assert.isArray(health.json.findings)
+      }))
+  })
+
   describe("GET /orders/:id", () => {
     it.effect("404 for an unknown order, 400 for a malformed id", () =>
       Effect.gen(function*() {

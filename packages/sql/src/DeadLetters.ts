@@ -25,6 +25,12 @@
  * batches of `batchSize` (default 500), one short transaction per batch, so
  * a redrive of a million dead letters never holds a million row locks.
  *
+ * **Gotchas**: the plan (ids and partition keys of every match) is held in
+ * memory, about 50 bytes per event; use `limit` for slices. Inside a caller's
+ * transaction the batches become savepoints of that one transaction, so call
+ * `redrive` outside any transaction. During an online migration in
+ * dual-write mode the legacy row is not mirrored.
+ *
  * **Example**
  * ```ts
  * const dlq = yield* DeadLetters.DeadLetters

@@ -77,12 +77,19 @@ export interface Options {
    * documentation and `OnlineMigration`). `dualWrite` is the migration flag.
    */
   readonly legacy?: { readonly table: string; readonly dualWrite: boolean } | undefined
+  /**
+   * Whether `layer` applies the migrations at start (default `true`). Turn it
+   * off for processes running under a least-privilege role that may not
+   * change the schema (run `npx outbox migrate` as the owner instead).
+   */
+  readonly runMigrations?: boolean | undefined
 }
 
 /**
  * `Options` from the environment: `OUTBOX_TABLE` (default `outbox`),
- * `OUTBOX_MIGRATION_LEGACY_TABLE` (unset: no online migration) and
- * `OUTBOX_MIGRATION_DUAL_WRITE` (the flag, default `false`).
+ * `OUTBOX_MIGRATION_LEGACY_TABLE` (unset: no online migration),
+ * `OUTBOX_MIGRATION_DUAL_WRITE` (the flag, default `false`) and
+ * `OUTBOX_RUN_MIGRATIONS` (default `true`).
  *
  * @category config
  * @since 0.1.0
@@ -90,10 +97,12 @@ export interface Options {
 export const optionsConfig: Config.Config<Options> = Config.all({
   table: Config.String("OUTBOX_TABLE").pipe(Config.withDefault("outbox")),
   legacyTable: Config.String("OUTBOX_MIGRATION_LEGACY_TABLE").pipe(Config.option),
-  dualWrite: Config.Boolean("OUTBOX_MIGRATION_DUAL_WRITE").pipe(Config.withDefault(false))
-}).pipe(Config.map(({ dualWrite, legacyTable, table }) => ({
+  dualWrite: Config.Boolean("OUTBOX_MIGRATION_DUAL_WRITE").pipe(Config.withDefault(false)),
+  runMigrations: Config.Boolean("OUTBOX_RUN_MIGRATIONS").pipe(Config.withDefault(true))
+}).pipe(Config.map(({ dualWrite, legacyTable, runMigrations, table }) => ({
   table,
-  legacy: Option.isSome(legacyTable) ? { table: legacyTable.value, dualWrite } : undefined
+  legacy: Option.isSome(legacyTable) ? { table: legacyTable.value, dualWrite } : undefined,
+  runMigrations
 })))
 
 /** The legacy table's marker column: set when the row has a copy in the partitioned table. */
@@ -495,7 +504,8 @@ export const layerWithoutMigrations = (options: Options = {}): Layer.Layer<Outbo
   Layer.effect(OutboxStore, make(options))
 
 /**
- * The store; runs the outbox migrations first. During an online migration
+ * The store; runs the outbox migrations first, unless `runMigrations` is
+ * `false`. During an online migration
  * (`legacy` set) it runs none: the plain table would make the first
  * migration refuse, and `OnlineMigration.prepare` has created what the
  * store needs.
@@ -507,7 +517,7 @@ export const layer = (options: Options = {}): Layer.Layer<OutboxStore, StoreErro
   Layer.effect(
     OutboxStore,
     Effect.andThen(
-      options.legacy !== undefined ? Effect.void : OutboxMigrations.run.pipe(
+      options.legacy !== undefined || options.runMigrations === false ? Effect.void : OutboxMigrations.run.pipe(
         Effect.mapError((e) => new StoreError({ operation: "migrate", message: `migration failed: ${e.message}`, retryable: false, cause: e }))
       ),
       make(options)

@@ -7,21 +7,17 @@
  * BENCH_CONCURRENCY (default "1,2,4"), BENCH_ROUNDS (default 2: best of), DATABASE_URL (else testcontainers or
  * embedded PostgreSQL, as in the tests).
  */
-import { PgClient } from "@effect/sql-pg"
 import * as Outbox from "@outbox/core/Outbox"
 import * as OutboxConfig from "@outbox/core/OutboxConfig"
 import * as OutboxSink from "@outbox/core/OutboxSink"
 import * as Relay from "@outbox/runtime/Relay"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
-import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
-import * as TestDatabase from "@outbox/testing/TestDatabase"
-import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Redacted from "effect/Redacted"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Fs from "node:fs"
+import { drainWithRelay, fmt, now, openDatabase, preload, reset, timed, withPeakRss } from "./shared.ts"
 
 const EVENTS = Number(process.env.BENCH_EVENTS ?? 200_000)
 const MEMORY_EVENTS = Number(process.env.BENCH_MEMORY_EVENTS ?? 500_000)
@@ -31,45 +27,6 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
 const PUBLISH_TX = 4000
 const PUBLISH_CLIENTS = 4
 
-const now = () => performance.now()
-const rssMb = () => process.memoryUsage().rss / 1024 / 1024
-const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
-
-/** Samples RSS every 100 ms while `effect` runs. */
-const withPeakRss = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.gen(function*() {
-    let peak = rssMb()
-    const start = peak
-    const timer = setInterval(() => (peak = Math.max(peak, rssMb())), 100)
-    const result = yield* Effect.ensuring(effect, Effect.sync(() => clearInterval(timer)))
-    return { result, start, peak: Math.max(peak, rssMb()), end: rssMb() }
-  })
-
-/** Wall time and this process's CPU time (user + system) of `effect`. */
-const timed = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.gen(function*() {
-    const t0 = now()
-    const cpu0 = process.cpuUsage()
-    const result = yield* effect
-    const cpu = process.cpuUsage(cpu0)
-    return { result, seconds: (now() - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6 }
-  })
-
-const reset = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  yield* sql`TRUNCATE outbox`
-})
-
-const preload = (n: number) =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    yield* reset
-    yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-               SELECT 'Order', (g % 1000)::text, 'OrderCreated', jsonb_build_object('n', g)
-               FROM generate_series(1, ${n}) g`
-    yield* sql`VACUUM ANALYZE outbox`.pipe(Effect.catch(() => sql`ANALYZE outbox`))
-  })
-
 const latency = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const [row] = yield* sql<{ p50: number; p99: number }>`
@@ -78,19 +35,6 @@ const latency = Effect.gen(function*() {
     FROM (SELECT extract(epoch FROM processed_at - created_at) * 1000 AS ms FROM outbox WHERE status = 'COMPLETED') t`
   return { p50: Number(row!.p50), p99: Number(row!.p99) }
 })
-
-/** Runs the real relay (no-op sink) until `n` events completed. */
-const drainWithRelay = (n: number, concurrency: number) =>
-  Effect.scoped(Effect.gen(function*() {
-    const context = yield* Layer.build(
-      Relay.layer.pipe(
-        Layer.provide(OutboxSink.layerHandler(() => Effect.void)),
-        Layer.provide(OutboxConfig.layer({ batchSize: BATCH, concurrency, pollInterval: Duration.millis(10) }))
-      )
-    )
-    const relay = Context.get(context, Relay.Relay)
-    while ((yield* relay.stats).completed < n) yield* Effect.sleep("20 millis")
-  }))
 
 /** The ceiling: a hand-written claim/complete loop with the same pool and batch. */
 const drainRaw = (concurrency: number) =>
@@ -183,14 +127,7 @@ const steadyLatency = Effect.scoped(Effect.gen(function*() {
 }))
 
 const main = Effect.gen(function*() {
-  const server = yield* TestDatabase.serverUrl
-  const database = yield* TestDatabase.freshDatabase(server)
-  const client = yield* PgClient.make({ url: Redacted.make(database.url), maxConnections: 16 }).pipe(
-    Effect.provide((yield* Effect.promise(() => import("effect/reactivity/Reactivity"))).layer)
-  )
-  const services = Layer.succeedContext(Context.make(SqlClient.SqlClient, client).pipe(Context.add(PgClient.PgClient, client)))
-  const run = <A, E>(effect: Effect.Effect<A, E, any>) =>
-    effect.pipe(Effect.provide(PgOutboxStore.layerWithoutMigrations().pipe(Layer.provideMerge(services)))) as Effect.Effect<A, E>
+  const { run, services } = yield* openDatabase(16)
 
   yield* OutboxMigrations.run.pipe(Effect.provide(services))
   console.log(`Outbox bench — ${EVENTS.toLocaleString()} events per drain, batch ${BATCH}, node ${process.version}`)

@@ -462,7 +462,7 @@ export const make = Effect.gen(function*() {
           SELECT chain_pos, audit_id, encode(prev_hash, 'hex') AS prev_hash, encode(hash, 'hex') AS hash,
                  encode(outbox_audit_link(prev_hash, l), 'hex') AS computed
           FROM outbox_audit_log l
-          WHERE chain_pos IS NOT NULL AND (chain_pos, audit_id) > (${lastPos}, ${lastId})
+          WHERE chain_pos >= ${lastPos} AND (chain_pos, audit_id) > (${lastPos}, ${lastId})
           ORDER BY chain_pos, audit_id
           LIMIT ${PAGE}`
         for (const r of page) {

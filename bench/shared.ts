@@ -1,0 +1,86 @@
+/**
+ * Helpers shared by the benchmarks: timing, peak RSS, a fresh database with
+ * a client, preloading the outbox, and draining it with the real relay.
+ */
+import { PgClient } from "@effect/sql-pg"
+import * as OutboxConfig from "@outbox/core/OutboxConfig"
+import * as OutboxSink from "@outbox/core/OutboxSink"
+import * as Relay from "@outbox/runtime/Relay"
+import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
+import * as TestDatabase from "@outbox/testing/TestDatabase"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as SqlClient from "effect/sql/SqlClient"
+
+export const now = () => performance.now()
+export const rssMb = () => process.memoryUsage().rss / 1024 / 1024
+export const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
+
+/** Samples RSS every 100 ms while `effect` runs. */
+export const withPeakRss = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    let peak = rssMb()
+    const start = peak
+    const timer = setInterval(() => (peak = Math.max(peak, rssMb())), 100)
+    const result = yield* Effect.ensuring(effect, Effect.sync(() => clearInterval(timer)))
+    return { result, start, peak: Math.max(peak, rssMb()), end: rssMb() }
+  })
+
+/** Wall time and this process's CPU time (user + system) of `effect`. */
+export const timed = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const t0 = now()
+    const cpu0 = process.cpuUsage()
+    const result = yield* effect
+    const cpu = process.cpuUsage(cpu0)
+    return { result, seconds: (now() - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6 }
+  })
+
+export const reset = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`TRUNCATE outbox`
+})
+
+/** `n` PENDING events in one INSERT (the outbox emptied first), then VACUUM ANALYZE. */
+export const preload = (n: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* reset
+    yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+               SELECT 'Order', (g % 1000)::text, 'OrderCreated', jsonb_build_object('n', g)
+               FROM generate_series(1, ${n}) g`
+    yield* sql`VACUUM ANALYZE outbox`.pipe(Effect.catch(() => sql`ANALYZE outbox`))
+  })
+
+/** Runs the real relay (no-op sink, batch `batch`) until `n` events completed. */
+export const drainWithRelay = (n: number, concurrency: number, batch = 100) =>
+  Effect.scoped(Effect.gen(function*() {
+    const context = yield* Layer.build(
+      Relay.layer.pipe(
+        Layer.provide(OutboxSink.layerHandler(() => Effect.void)),
+        Layer.provide(OutboxConfig.layer({ batchSize: batch, concurrency, pollInterval: Duration.millis(10) }))
+      )
+    )
+    const relay = Context.get(context, Relay.Relay)
+    while ((yield* relay.stats).completed < n) yield* Effect.sleep("20 millis")
+  }))
+
+/**
+ * A fresh database on the resolved server with a pool of `maxConnections`;
+ * `run` provides it (SqlClient, PgClient) and the store without migrations.
+ */
+export const openDatabase = (maxConnections = 16) =>
+  Effect.gen(function*() {
+    const server = yield* TestDatabase.serverUrl
+    const database = yield* TestDatabase.freshDatabase(server)
+    const client = yield* PgClient.make({ url: Redacted.make(database.url), maxConnections }).pipe(
+      Effect.provide((yield* Effect.promise(() => import("effect/reactivity/Reactivity"))).layer)
+    )
+    const services = Layer.succeedContext(Context.make(SqlClient.SqlClient, client).pipe(Context.add(PgClient.PgClient, client)))
+    const run = <A, E>(effect: Effect.Effect<A, E, any>) =>
+      effect.pipe(Effect.provide(PgOutboxStore.layerWithoutMigrations().pipe(Layer.provideMerge(services)))) as Effect.Effect<A, E>
+    return { database, services, run }
+  })

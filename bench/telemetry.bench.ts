@@ -12,7 +12,14 @@
  * Every event carries a producer `traceparent` in its metadata, so each
  * delivery makes a `process` span continuing it.
  *
- * Environment: BENCH_TELEMETRY_EVENTS (default 100000), BENCH_TELEMETRY_CONCURRENCY
+ * BENCH_TELEMETRY_ON=tracing,sdk-only installs the SDK but makes no span (a
+ * diagnostic: the SDK alone costs nothing measurable; the cost is per
+ * recorded span). BENCH_TELEMETRY_VERBOSE=1 prints every round.
+ *
+ * Environment: BENCH_TELEMETRY_SAMPLED (default 1: the fraction of events whose
+ * producer trace is sampled, flags 01; the others carry flags 00, as with
+ * head sampling at that ratio), BENCH_TELEMETRY_ON (default "tracing,metrics": what "on" turns on),
+ * BENCH_TELEMETRY_EVENTS (default 100000), BENCH_TELEMETRY_CONCURRENCY
  * (default "1,2"), BENCH_TELEMETRY_ROUNDS (default 3: best of, alternating),
  * DATABASE_URL (else testcontainers or embedded PostgreSQL, as in the tests).
  */
@@ -38,6 +45,8 @@ const EVENTS = Number(process.env.BENCH_TELEMETRY_EVENTS ?? 100_000)
 const CONCURRENCY = (process.env.BENCH_TELEMETRY_CONCURRENCY ?? "1,2").split(",").map(Number)
 const ROUNDS = Number(process.env.BENCH_TELEMETRY_ROUNDS ?? 3)
 const BATCH = 100
+const SAMPLED = Number(process.env.BENCH_TELEMETRY_SAMPLED ?? 1)
+const ON = new Set((process.env.BENCH_TELEMETRY_ON ?? "tracing,metrics").split(",").map((s) => s.trim()))
 
 const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
 
@@ -58,7 +67,8 @@ const preload = (n: number) =>
     yield* sql`TRUNCATE outbox`
     yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, metadata)
                SELECT 'Order', (g % 1000)::text, 'OrderCreated', jsonb_build_object('n', g),
-                      jsonb_build_object('traceparent', '00-' || md5(g::text) || '-' || left(md5(g::text || 's'), 16) || '-01')
+                      jsonb_build_object('traceparent', '00-' || md5(g::text) || '-' || left(md5(g::text || 's'), 16) ||
+                                         CASE WHEN (g % 1000) < ${Math.round(SAMPLED * 1000)} THEN '-01' ELSE '-00' END)
                FROM generate_series(1, ${n}) g`
     yield* sql`VACUUM ANALYZE outbox`.pipe(Effect.catch(() => sql`ANALYZE outbox`))
   })
@@ -69,10 +79,14 @@ const Off = Layer.mergeAll(
 )
 
 const On = Layer.mergeAll(
-  OutboxTelemetry.layerTracer(new BatchSpanProcessor(droppingExporter, { maxQueueSize: 65_536, maxExportBatchSize: 2048 }), {
-    serviceName: "outbox-bench"
-  }) as Layer.Layer<never>,
-  Layer.succeed(OutboxTelemetry.MetricsEnabled, true)
+  ON.has("tracing")
+    ? OutboxTelemetry.layerTracer(new BatchSpanProcessor(droppingExporter, { maxQueueSize: 65_536, maxExportBatchSize: 2048 }), {
+      serviceName: "outbox-bench"
+    }) as Layer.Layer<never>
+    : Layer.succeed(References.TracerEnabled, false),
+  Layer.succeed(OutboxTelemetry.MetricsEnabled, ON.has("metrics")),
+  // diagnostic: the SDK installed, but no span made
+  ON.has("sdk-only") ? Layer.succeed(References.TracerEnabled, false) : Layer.empty
 )
 
 /** Drains `n` preloaded events with the real relay (no-op sink); seconds and Node CPU seconds. */
@@ -106,7 +120,9 @@ const main = Effect.gen(function*() {
     effect.pipe(Effect.provide(PgOutboxStore.layerWithoutMigrations().pipe(Layer.provideMerge(services)))) as Effect.Effect<A, E>
   yield* OutboxMigrations.run.pipe(Effect.provide(services))
 
-  console.log(`Telemetry overhead — ${EVENTS.toLocaleString()} events per drain, batch ${BATCH}, best of ${ROUNDS}, node ${process.version}`)
+  console.log(
+    `Telemetry overhead (on = ${[...ON].join(" + ")}, ${SAMPLED * 100} % of traces sampled) — ${EVENTS.toLocaleString()} events per drain, batch ${BATCH}, best of ${ROUNDS}, node ${process.version}`
+  )
   console.log(`  workers   off ev/s   on ev/s   overhead   Node CPU µs/ev off/on   spans exported`)
   const rows: Array<Record<string, number>> = []
   for (const concurrency of CONCURRENCY) {
@@ -119,9 +135,10 @@ const main = Effect.gen(function*() {
       if (a.seconds < off.seconds) off = a
       yield* run(preload(EVENTS))
       const before = exportedSpans
-      const b = yield* run(drain(EVENTS, concurrency, On, true))
+      const b = yield* run(drain(EVENTS, concurrency, On, ON.has("metrics")))
       if (b.seconds < on.seconds) on = b
       spans = exportedSpans - before
+      if (process.env.BENCH_TELEMETRY_VERBOSE) console.log(`    round ${round + 1}: off ${fmt(EVENTS / a.seconds)} ev/s ${fmt((a.cpuSeconds / EVENTS) * 1e6, 1)} µs/ev; on ${fmt(EVENTS / b.seconds)} ev/s ${fmt((b.cpuSeconds / EVENTS) * 1e6, 1)} µs/ev`)
     }
     const row = {
       concurrency,

@@ -230,6 +230,7 @@ export const make = Effect.gen(function*() {
   ): Effect.Effect<A, E, R> =>
     claimSpan === undefined ? effect : Effect.withSpan(effect, name, {
       parent: claimSpan,
+      captureStackTrace: false,
       kind: "client",
       attributes: { ...messaging, "messaging.operation.name": name, "messaging.batch.message_count": count }
     })
@@ -353,11 +354,15 @@ export const make = Effect.gen(function*() {
       const processOne = (event: OutboxEvent) => {
         if (!tracing) return deliverOne(event, false)
         const parent = producerSpan(event)
+        // the producer's trace was not sampled: nothing would be recorded, so no span is made;
+        // the context still flows (a webhook gets the producer's traceparent, flags 00)
+        if (parent !== undefined && !parent.sampled) return Effect.withParentSpan(deliverOne(event, false), parent)
         return Effect.withSpan(
           deliverOne(event, true),
           `process ${event.eventType}`,
           {
             kind: "consumer",
+            captureStackTrace: false,
             ...(parent === undefined ? { root: true } : { parent }),
             links: claimSpan === undefined ? [] : [{ span: claimSpan, attributes: {} }],
             attributes: {

@@ -187,6 +187,29 @@ layer(Live, { timeout: "60 seconds", excludeTestServices: true })("tracing acros
       }))
   })
 
+  describe("sampling", () => {
+    it.effect("an unsampled producer trace makes no relay span, and the webhook still gets its context (flags 00)", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const { received, url } = yield* Receiver
+        yield* sql`TRUNCATE outbox`
+        const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        yield* Outbox.transaction(
+          Outbox.publish({ aggregateType: "Order", aggregateId: "o-9", eventType: "OrderQuiet", payload: {}, metadata: { traceparent } })
+        )
+        exporter.reset()
+        const delivery = yield* Effect.scoped(Effect.gen(function*() {
+          yield* startRelay(WebhookSink.layer({ url, timeout: "5 seconds" }))
+          return yield* Queue.take(received)
+        }))
+        // the HTTP client's (non-recording) span in the same trace, still unsampled
+        const header = TraceContext.parse(delivery.headers["traceparent"])
+        assert.strictEqual(header?.traceId, "4bf92f3577b34da6a3ce929d0e0e4736")
+        assert.isFalse(header?.sampled)
+        assert.deepStrictEqual(named("process OrderQuiet"), [])
+      }))
+  })
+
   describe("an empty poll makes no span", () => {
     it.effect("polling an empty outbox exports nothing; the first event makes a claim span", () =>
       Effect.gen(function*() {

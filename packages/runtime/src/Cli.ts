@@ -11,6 +11,10 @@
  *   [--months-ahead N] [--retention-months N]`: the same for a
  *   tenant × month table (one tenant, or a sweep of every known tenant).
  *
+ * - `outbox migrate-online status|prepare|backfill|switch-over|finish
+ *   [--legacy T] [--table T] [--json]`: the online migration from a plain
+ *   outbox (see `@outbox/sql/OnlineMigration`).
+ *
  * - `outbox stats [--minutes N] [--json]` and `outbox health [--premake N]
  *   [--table T] [--max-pending-age S] [--json]`: counts, throughput, dead
  *   letters; OK / WARN / CRITICAL exiting 0 / 1 / 2 (`internal/cli/health.ts`).
@@ -32,6 +36,7 @@ import * as Command from "effect/cli/Command"
 import * as Flag from "effect/cli/Flag"
 import type * as SqlClient from "effect/sql/SqlClient"
 import * as HealthCli from "./internal/cli/health.ts"
+import * as OnlineMigrationCli from "./internal/cli/online.ts"
 import { audit } from "./internal/cli/audit.ts"
 import { dlq } from "./internal/cli/dlq.ts"
 import { roles } from "./internal/cli/roles.ts"
@@ -217,7 +222,7 @@ const partitions = Command.make("partitions").pipe(
  */
 export const command = Command.make("outbox").pipe(
   Command.withDescription("Outbox: transactional outbox for PostgreSQL"),
-  Command.withSubcommands([migrate, partitions, HealthCli.stats, HealthCli.health, dlq, roles, audit])
+  Command.withSubcommands([migrate, partitions, OnlineMigrationCli.command, HealthCli.stats, HealthCli.health, dlq, roles, audit])
 )
 
 /**

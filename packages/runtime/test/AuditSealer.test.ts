@@ -37,7 +37,7 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditSealer"
         yield* publish(30)
         const context = yield* Layer.build(AuditSealer.layer({ every: "10 seconds", maxRows: 7 }))
         const sealer = Context.get(context, AuditSealer.AuditSealer)
-        yield* RelayTestKit.eventually(Effect.map(sealer.status, (s) => s.runs >= 1))
+        yield* RelayTestKit.eventually(Effect.map(sealer.status, (s) => s.runs >= 1), { timeout: "30 seconds" })
         assert.strictEqual(yield* unsealed, 0)
         assert.strictEqual((yield* sealer.status).sealed, 30)
 
@@ -48,7 +48,7 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditSealer"
         assert.strictEqual(yield* unsealed, 12)
         assert.strictEqual((yield* sealer.status).runs, 1)
         yield* TestClock.adjust("1 second")
-        yield* RelayTestKit.eventually(Effect.map(sealer.status, (s) => s.runs >= 2))
+        yield* RelayTestKit.eventually(Effect.map(sealer.status, (s) => s.runs >= 2), { timeout: "30 seconds" })
         assert.strictEqual(yield* unsealed, 0)
         const status = yield* sealer.status
         assert.deepStrictEqual([status.sealed, status.failures, status.checkpoints], [42, 0, 0])
@@ -56,7 +56,7 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditSealer"
 
         // 40 virtual days later the month boundary after the genesis row is checkpointed
         yield* TestClock.adjust("40 days")
-        yield* RelayTestKit.eventually(Effect.map(sealer.status, (s) => s.checkpoints >= 1))
+        yield* RelayTestKit.advanceUntil(Effect.map(sealer.status, (s) => s.checkpoints >= 1), { step: "10 seconds" })
         const sql = yield* SqlClient.SqlClient
         const [cp] = yield* sql<{ boundary: Date }>`SELECT boundary FROM outbox_audit_checkpoint ORDER BY boundary LIMIT 1`
         assert.strictEqual(cp!.boundary.toISOString(), new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1)).toISOString())
@@ -70,12 +70,12 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditSealer"
         yield* sql.unsafe(`ALTER FUNCTION outbox_audit_seal(integer) RENAME TO outbox_audit_seal_away`)
         const context = yield* Layer.build(AuditSealer.layer({ every: "1 minute" }))
         const sealer = Context.get(context, AuditSealer.AuditSealer)
-        yield* RelayTestKit.eventually(Effect.map(sealer.status, (s) => s.failures >= 1))
+        yield* RelayTestKit.eventually(Effect.map(sealer.status, (s) => s.failures >= 1), { timeout: "30 seconds" })
         assert.include((yield* sealer.status).lastError ?? "", "outbox_audit_seal")
         yield* sql.unsafe(`ALTER FUNCTION outbox_audit_seal_away(integer) RENAME TO outbox_audit_seal`)
         yield* publish(3)
         yield* TestClock.adjust("1 minute")
-        yield* RelayTestKit.eventually(Effect.map(sealer.status, (s) => s.runs >= 2 && s.sealed === 3))
+        yield* RelayTestKit.eventually(Effect.map(sealer.status, (s) => s.runs >= 2 && s.sealed === 3), { timeout: "30 seconds" })
         assert.strictEqual((yield* sealer.status).failures, 1)
       }).pipe(Effect.scoped, Effect.provide(TestClock.layer())))
   })

@@ -72,7 +72,7 @@ export interface Parsed {
 
 const traceIdPattern = /^[0-9a-f]{32}$/
 const spanIdPattern = /^[0-9a-f]{16}$/
-const flagsPattern = /^[0-9a-f]{2}$/
+const traceparentPattern = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/
 const zeroTrace = "00000000000000000000000000000000"
 const zeroSpan = "0000000000000000"
 
@@ -133,14 +133,12 @@ export const forPublish: Effect.Effect<TraceContext | undefined> = Effect.flatMa
  */
 export const parse = (traceparent: unknown, tracestate?: unknown): Parsed | undefined => {
   if (typeof traceparent !== "string" || traceparent.length !== 55) return undefined
-  const parts = traceparent.split("-")
-  if (parts.length !== 4 || parts[0] !== "00") return undefined
-  const [, traceId, spanId, flags] = parts as [string, string, string, string]
-  if (
-    !traceIdPattern.test(traceId) || !spanIdPattern.test(spanId) || !flagsPattern.test(flags) ||
-    traceId === zeroTrace || spanId === zeroSpan
-  ) return undefined
-  const traceFlags = parseInt(flags, 16)
+  const match = traceparentPattern.exec(traceparent)
+  if (match === null) return undefined
+  const traceId = match[1]!
+  const spanId = match[2]!
+  if (traceId === zeroTrace || spanId === zeroSpan) return undefined
+  const traceFlags = parseInt(match[3]!, 16)
   return {
     traceId,
     spanId,

@@ -366,15 +366,13 @@ export const make = Effect.gen(function*() {
             ...(parent === undefined ? { root: true } : { parent }),
             links: claimSpan === undefined ? [] : [{ span: claimSpan, attributes: {} }],
             attributes: {
-              ...messaging,
+              "messaging.system": TraceContext.MESSAGING_SYSTEM,
               "messaging.operation.type": "process",
               "messaging.operation.name": "process",
               "messaging.destination.name": event.eventType,
               "messaging.message.id": event.trackingId,
-              "outbox.event.id": event.id.toString(),
               "outbox.aggregate_type": event.aggregateType,
-              "outbox.retry_count": event.retryCount,
-              "outbox.sink": sink.name
+              "outbox.retry_count": event.retryCount
             }
           }
         )

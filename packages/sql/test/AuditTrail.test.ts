@@ -130,6 +130,24 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditTrail",
         assert.strictEqual(after!.n, before!.n + 1)
       }))
 
+    it.effect("history by tracking id finds an event published before the audit trail was enabled (through the outbox)", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const audit = yield* AuditTrail.AuditTrail
+        const [event] = yield* sql.withTransaction(Effect.gen(function*() {
+          yield* sql`ALTER TABLE outbox DISABLE TRIGGER outbox_audit_insert`
+          const rows = yield* publish(1, "before-audit")
+          yield* sql`ALTER TABLE outbox ENABLE TRIGGER outbox_audit_insert`
+          return rows
+        }))
+        yield* sql`UPDATE outbox SET status = 'COMPLETED' WHERE id = ${event!.id}`
+        const history = yield* audit.history({ trackingId: event!.tracking_id })
+        assert.deepStrictEqual(history.map((h) => [h.operation, h.oldStatus, h.newStatus, h.eventId]), [
+          ["UPDATE", "PENDING", "COMPLETED", event!.id]
+        ])
+        assert.deepStrictEqual(yield* audit.history({ trackingId: "00000000-0000-0000-0000-000000000000" }), [])
+      }))
+
     it.effect("actor and reason come from the transaction's outbox.actor / outbox.reason (dead-letter activity view)", () =>
       Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient

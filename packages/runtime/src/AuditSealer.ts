@@ -1,7 +1,8 @@
 /**
  * The audit chain's sealer as a supervised schedule in the relay's fiber
  * tree (`ENABLE_AUDIT=true`): every `every` (default 5 seconds) it seals
- * every committed audit row (`AuditTrail.sealAll`, batches of `maxRows`)
+ * the committed audit rows (`AuditTrail.seal`, batches of `maxRows`, at
+ * most `maxBatches` per run)
  * and records the retention checkpoints of past month boundaries
  * (`AuditTrail.checkpoint`). Writers never wait for it: audit rows are
  * appended unsealed by the outbox's triggers, and sealing runs under its own
@@ -62,6 +63,12 @@ export interface Options {
   readonly every?: Duration.Input | undefined
   /** Rows per sealing transaction (default 10000). */
   readonly maxRows?: number | undefined
+  /**
+   * Sealing transactions per run at most (default 100): under a sustained
+   * burst a run ends, records its progress and checkpoints, and the next
+   * run goes on.
+   */
+  readonly maxBatches?: number | undefined
 }
 
 /**
@@ -84,7 +91,13 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   })
   const iteration = Effect.gen(function*() {
     const at = new Date(yield* Clock.currentTimeMillis)
-    const sealed = yield* audit.sealAll({ maxRows: options.maxRows })
+    const maxRows = options.maxRows ?? 10_000
+    let sealed = 0
+    for (let batch = 0; batch < (options.maxBatches ?? 100); batch++) {
+      const n = yield* audit.seal({ maxRows })
+      sealed += n
+      if (n < maxRows) break
+    }
     const checkpoints = yield* audit.checkpoint()
     if (checkpoints > 0) yield* Effect.logInfo(`audit chain: ${checkpoints} retention checkpoint(s) recorded`)
     yield* Ref.update(state, (s) => ({

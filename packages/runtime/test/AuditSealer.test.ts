@@ -35,7 +35,7 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditSealer"
         const now = new Date()
         yield* TestClock.setTime(now.getTime())
         yield* publish(30)
-        const context = yield* Layer.build(AuditSealer.layer({ every: "10 seconds", maxRows: 7 }))
+        const context = yield* Layer.build(AuditSealer.layer({ every: "10 seconds", maxRows: 7, maxBatches: 10 }))
         const sealer = Context.get(context, AuditSealer.AuditSealer)
         yield* RelayTestKit.eventually(Effect.map(sealer.status, (s) => s.runs >= 1), { timeout: "30 seconds" })
         assert.strictEqual(yield* unsealed, 0)
@@ -60,6 +60,23 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditSealer"
         const sql = yield* SqlClient.SqlClient
         const [cp] = yield* sql<{ boundary: Date }>`SELECT boundary FROM outbox_audit_checkpoint ORDER BY boundary LIMIT 1`
         assert.strictEqual(cp!.boundary.toISOString(), new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1)).toISOString())
+      }).pipe(Effect.scoped, Effect.provide(TestClock.layer())))
+
+    it.effect("a run seals at most maxBatches batches; the next run goes on", () =>
+      Effect.gen(function*() {
+        yield* TestClock.setTime(Date.now())
+        const audit = yield* AuditTrail.AuditTrail
+        yield* audit.sealAll()
+        yield* publish(25)
+        const context = yield* Layer.build(AuditSealer.layer({ every: "10 seconds", maxRows: 5, maxBatches: 2 }))
+        const sealer = Context.get(context, AuditSealer.AuditSealer)
+        yield* RelayTestKit.eventually(Effect.map(sealer.status, (s) => s.runs >= 1), { timeout: "30 seconds" })
+        assert.strictEqual(yield* unsealed, 15)
+        yield* TestClock.adjust("10 seconds")
+        yield* RelayTestKit.eventually(Effect.map(sealer.status, (s) => s.runs >= 2), { timeout: "30 seconds" })
+        assert.strictEqual(yield* unsealed, 5)
+        assert.isTrue((yield* audit.verify()).ok)
+        yield* audit.sealAll()
       }).pipe(Effect.scoped, Effect.provide(TestClock.layer())))
 
     it.effect("a failing run is counted and the schedule goes on", () =>

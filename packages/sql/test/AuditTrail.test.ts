@@ -8,7 +8,9 @@ import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Deferred from "effect/Deferred"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as SqlClient from "effect/sql/SqlClient"
@@ -390,6 +392,36 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditTrail",
         const result = yield* audit.verify()
         assert.isTrue(result.ok, result.broken?.message)
         assert.strictEqual(result.unsealed, 0)
+      }))
+
+    it.effect("a row moved away while it is being sealed makes the seal fail whole, and the next seal succeeds", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const audit = yield* AuditTrail.AuditTrail
+        yield* audit.sealAll()
+        // a row recorded far ahead lands in DEFAULT, where the partition manager may move it
+        yield* sql`INSERT INTO outbox_audit_log (recorded_at, operation, db_user) VALUES ('2100-01-01', 'INSERT', 'future')`
+        const [row] = yield* sql<{ audit_id: string }>`SELECT audit_id::text FROM outbox_audit_log WHERE db_user = 'future'`
+        const locked = yield* Deferred.make<void>()
+        const release = yield* Deferred.make<void>()
+        // the manager's move: under its advisory lock, DELETE from DEFAULT (and, here, no re-insert)
+        const mover = yield* sql.withTransaction(Effect.gen(function*() {
+          yield* sql`SELECT pg_advisory_xact_lock(hashtext('outbox.partitions'), hashtext(current_schema() || '.outbox_audit_log'))`
+          yield* sql`DELETE FROM outbox_audit_log_default WHERE audit_id = ${row!.audit_id}`
+          yield* Deferred.succeed(locked, undefined)
+          yield* Deferred.await(release)
+        })).pipe(Effect.forkChild)
+        yield* Deferred.await(locked)
+        const sealing = yield* Effect.forkChild(Effect.flip(audit.seal()))
+        yield* Effect.sleep("300 millis")
+        yield* Deferred.succeed(release, undefined)
+        yield* Fiber.join(mover)
+        const failed = yield* Fiber.join(sealing)
+        assert.include(failed.message, "nothing sealed, retry")
+        const before = yield* audit.head
+        assert.strictEqual(yield* audit.seal(), 0)
+        assert.strictEqual((yield* audit.head).position, before.position)
+        assert.isTrue((yield* audit.verify()).ok)
       }))
 
     it.effect("bad input is a typed error", () =>

@@ -270,6 +270,7 @@ const createAuditLog = Effect.gen(function*() {
         hashes    bytea[];
         h         bytea;
         n         integer;
+        updated   integer;
       BEGIN
         IF max_rows IS NULL OR max_rows < 1 THEN
           RAISE EXCEPTION 'outbox_audit_seal: max_rows must be positive, got %', max_rows USING ERRCODE = 'invalid_parameter_value';
@@ -303,6 +304,12 @@ const createAuditLog = Effect.gen(function*() {
            SET chain_pos = u.pos, prev_hash = u.prev, hash = u.hash, sealed_at = clock_timestamp()
           FROM unnest(ids, ats, positions, prevs, hashes) AS u(id, at, pos, prev, hash)
          WHERE l.recorded_at = u.at AND l.audit_id = u.id AND l.hash IS NULL;
+        GET DIAGNOSTICS updated = ROW_COUNT;
+        IF updated <> n THEN
+          -- a row moved under it (the partition manager rescuing DEFAULT rows): seal nothing, retry next run
+          RAISE EXCEPTION 'outbox_audit_seal: % of % rows could be sealed; nothing sealed, retry', updated, n
+            USING ERRCODE = 'serialization_failure';
+        END IF;
         UPDATE outbox_audit_head SET chain_pos = head_pos + n, hash = h, sealed_at = clock_timestamp();
         RETURN n;
       END

@@ -78,7 +78,8 @@ const Off = Layer.mergeAll(
   Layer.succeed(OutboxTelemetry.MetricsEnabled, false)
 )
 
-const On = Layer.mergeAll(
+/** A fresh SDK per drain: closing the layer shuts its span processor down for good. */
+const On = () => Layer.mergeAll(
   ON.has("tracing")
     ? OutboxTelemetry.layerTracer(new BatchSpanProcessor(droppingExporter, { maxQueueSize: 65_536, maxExportBatchSize: 2048 }), {
       serviceName: "outbox-bench"
@@ -135,7 +136,7 @@ const main = Effect.gen(function*() {
       if (a.seconds < off.seconds) off = a
       yield* run(preload(EVENTS))
       const before = exportedSpans
-      const b = yield* run(drain(EVENTS, concurrency, On, ON.has("metrics")))
+      const b = yield* run(drain(EVENTS, concurrency, On(), ON.has("metrics")))
       if (b.seconds < on.seconds) on = b
       spans = exportedSpans - before
       if (process.env.BENCH_TELEMETRY_VERBOSE) console.log(`    round ${round + 1}: off ${fmt(EVENTS / a.seconds)} ev/s ${fmt((a.cpuSeconds / EVENTS) * 1e6, 1)} µs/ev; on ${fmt(EVENTS / b.seconds)} ev/s ${fmt((b.cpuSeconds / EVENTS) * 1e6, 1)} µs/ev`)

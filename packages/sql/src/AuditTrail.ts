@@ -35,6 +35,7 @@ import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
+import { canonicalExpression } from "./internal/auditMigrations.ts"
 
 /**
  * An audit operation failed.
@@ -460,7 +461,7 @@ export const make = Effect.gen(function*() {
       while (true) {
         const page = yield* sql<{ chain_pos: bigint; audit_id: bigint; prev_hash: string; hash: string; computed: string }>`
           SELECT chain_pos, audit_id, encode(prev_hash, 'hex') AS prev_hash, encode(hash, 'hex') AS hash,
-                 encode(outbox_audit_link(prev_hash, l), 'hex') AS computed
+                 encode(sha256(prev_hash || sha256(convert_to(${sql.literal(canonicalExpression("l"))}, 'UTF8'))), 'hex') AS computed
           FROM outbox_audit_log l
           WHERE chain_pos >= ${lastPos} AND (chain_pos, audit_id) > (${lastPos}, ${lastId})
           ORDER BY chain_pos, audit_id

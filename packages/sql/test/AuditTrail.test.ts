@@ -318,6 +318,24 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditTrail",
         assert.isTrue((yield* audit.verify()).ok)
       }))
 
+    it.effect("verification does not trust the functions stored in the database", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const audit = yield* AuditTrail.AuditTrail
+        const [saved] = yield* sql<{ def: string }>`
+          SELECT pg_get_functiondef('outbox_audit_link(bytea, outbox_audit_log)'::regprocedure) AS def`
+        // an owner makes the stored link function agree with any stored hash, then alters a row
+        yield* sql.unsafe(`CREATE OR REPLACE FUNCTION outbox_audit_link(prev bytea, l outbox_audit_log) RETURNS bytea
+          LANGUAGE sql STABLE AS $fn$ SELECT l.hash $fn$`)
+        const target = yield* sealedAt(15)
+        yield* tamper(`UPDATE outbox_audit_log SET reason = 'forged' WHERE audit_id = ${target.audit_id}`)
+        const result = yield* audit.verify()
+        assert.deepStrictEqual([result.broken?.kind, result.broken?.position], ["altered", 15n])
+        yield* tamper(`UPDATE outbox_audit_log SET reason = NULL WHERE audit_id = ${target.audit_id}`)
+        yield* sql.unsafe(saved!.def)
+        assert.isTrue((yield* audit.verify()).ok)
+      }))
+
     it.effect("a deleted row is reported missing at its position", () =>
       Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient

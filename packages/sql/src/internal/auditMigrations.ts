@@ -32,6 +32,18 @@ import * as Migrator from "effect/sql/Migrator"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Identifier from "../Identifier.ts"
 
+/**
+ * The canonical content of an audit row (alias `alias`) as an SQL
+ * expression of built-in functions only: a JSON array (format version 1) of
+ * every column but the seal, times as epoch microseconds. The migration
+ * wraps it in `outbox_audit_canonical`; verification inlines it, so it does
+ * not depend on functions stored in the database.
+ *
+ * @internal
+ */
+export const canonicalExpression = (alias: string): string =>
+  `jsonb_build_array(1, ${alias}.audit_id, (extract(epoch FROM ${alias}.recorded_at) * 1000000)::bigint, ${alias}.operation, ${alias}.event_id, (extract(epoch FROM ${alias}.event_created_at) * 1000000)::bigint, ${alias}.tracking_id::text, ${alias}.old_status, ${alias}.new_status, to_jsonb(${alias}.changed_columns), ${alias}.db_user, ${alias}.application_name, ${alias}.txid, ${alias}.actor, ${alias}.reason, ${alias}.last_error)::text`
+
 /** Columns whose canonical form is hashed (everything but the seal itself). */
 const contentColumns = [
   "audit_id",
@@ -198,23 +210,7 @@ const createAuditLog = Effect.gen(function*() {
     // SECURITY DEFINER callers pin the search path.
     `CREATE FUNCTION outbox_audit_canonical(l outbox_audit_log) RETURNS text
       LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
-        SELECT jsonb_build_array(
-          1,
-          l.audit_id,
-          (extract(epoch FROM l.recorded_at) * 1000000)::bigint,
-          l.operation,
-          l.event_id,
-          (extract(epoch FROM l.event_created_at) * 1000000)::bigint,
-          l.tracking_id::text,
-          l.old_status,
-          l.new_status,
-          to_jsonb(l.changed_columns),
-          l.db_user,
-          l.application_name,
-          l.txid,
-          l.actor,
-          l.reason,
-          l.last_error)::text
+        SELECT ${canonicalExpression("l")}
       $fn$`,
     `CREATE FUNCTION outbox_audit_link(prev bytea, l outbox_audit_log) RETURNS bytea
       LANGUAGE sql STABLE PARALLEL SAFE AS $fn$

@@ -211,6 +211,15 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditTrail",
             "permission denied"
           )
           assert.include(yield* refusal(client`SELECT outbox_audit_seal(10)`), "permission denied")
+          // an auditor reads the log (and the history function) with SELECT on the log alone
+          yield* sql.unsafe(`REVOKE ALL ON outbox FROM ${role}`)
+          yield* sql.unsafe(`GRANT SELECT ON outbox_audit_log TO ${role}`)
+          const [tracking] = yield* sql<{ id: string }>`SELECT tracking_id::text AS id FROM outbox_audit_log WHERE event_id = ${row!.id} LIMIT 1`
+          const byTracking = yield* client<{ operation: string }>`SELECT operation FROM outbox_audit_history(p_tracking_id => ${tracking!.id}::uuid)`
+          const byEvent = yield* client<{ operation: string }>`SELECT operation FROM outbox_audit_history(p_event_id => ${row!.id})`
+          assert.deepStrictEqual(byTracking.map((r) => r.operation), ["INSERT", "UPDATE"])
+          assert.deepStrictEqual(byEvent, byTracking)
+          yield* sql.unsafe(`REVOKE ALL ON outbox_audit_log FROM ${role}`)
         }).pipe(Effect.provide((yield* Effect.promise(() => import("effect/reactivity/Reactivity"))).layer)))
         yield* sql.unsafe(`REVOKE ALL ON outbox FROM ${role}`)
         yield* sql.unsafe(`REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM ${role}`)

@@ -352,19 +352,30 @@ const createAuditLog = Effect.gen(function*() {
       outbox_audit_checkpoint(timestamptz, interval) FROM PUBLIC`,
     // "who changed event X": every audit row of an event, in order
     `CREATE FUNCTION outbox_audit_history(p_event_id bigint DEFAULT NULL, p_tracking_id uuid DEFAULT NULL)
-      RETURNS SETOF outbox_audit_log LANGUAGE sql STABLE AS $fn$
-        SELECT * FROM outbox_audit_log
-        WHERE p_tracking_id IS NULL AND event_id = p_event_id
-        UNION ALL
-        -- the event ids of a tracking id: from its audited INSERT, or from the
-        -- outbox for an event published before the audit trail was enabled
-        SELECT * FROM outbox_audit_log
-        WHERE p_tracking_id IS NOT NULL AND tracking_id = p_tracking_id
-          AND (p_event_id IS NULL OR event_id = p_event_id)
-          AND event_id IN (SELECT a.event_id FROM outbox_audit_log a WHERE a.tracking_id = p_tracking_id AND a.operation = 'INSERT'
-                           UNION SELECT o.id FROM outbox o WHERE o.tracking_id = p_tracking_id)
-        ORDER BY audit_id
+      RETURNS SETOF outbox_audit_log LANGUAGE plpgsql STABLE AS $fn$
+      DECLARE
+        ids bigint[];
+      BEGIN
+        IF p_tracking_id IS NULL THEN
+          RETURN QUERY SELECT * FROM outbox_audit_log WHERE event_id = p_event_id ORDER BY audit_id;
+          RETURN;
+        END IF;
+        -- the event ids of a tracking id, from its audited INSERT (indexed)
+        ids := ARRAY(SELECT event_id FROM outbox_audit_log WHERE tracking_id = p_tracking_id AND operation = 'INSERT');
+        IF cardinality(ids) > 0 THEN
+          RETURN QUERY SELECT * FROM outbox_audit_log
+            WHERE event_id = ANY (ids) AND tracking_id = p_tracking_id AND (p_event_id IS NULL OR event_id = p_event_id)
+            ORDER BY audit_id;
+        ELSE
+          -- an event published before the audit trail was enabled: a scan
+          RETURN QUERY SELECT * FROM outbox_audit_log
+            WHERE tracking_id = p_tracking_id AND (p_event_id IS NULL OR event_id = p_event_id)
+            ORDER BY audit_id;
+        END IF;
+      END
       $fn$`,
+    `COMMENT ON FUNCTION outbox_audit_history(bigint, uuid) IS
+      'Every audit row of one event (by event id or tracking id), in order; needs SELECT on outbox_audit_log only'`,
     `CREATE VIEW v_outbox_sox_audit AS
       SELECT (recorded_at AT TIME ZONE 'UTC')::date AS day,
              operation,

@@ -111,6 +111,28 @@ const partConfig = Effect.gen(function*() {
   return rows
 })
 
+/** Whether the server's clock is past 12:00 UTC (partman 4.x premakes one day more from then on). */
+const pastUtcNoon = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const [row] = yield* sql<{ readonly pastNoon: boolean }>`
+    SELECT (now() AT TIME ZONE 'UTC') > date_trunc('day', now() AT TIME ZONE 'UTC') + interval '12 hours' AS "pastNoon"`
+  return row!.pastNoon
+})
+
+/**
+ * The last day (days from today, UTC) that `run_maintenance` premakes to with daily partitions, `premake` and
+ * `infinite_time_partitions`, after the outbox's test rows (the newest one dated 7 days ahead). Both majors count
+ * `round((start of the last child - current) / 1 day)` and create children until it reaches `premake`:
+ * - 4.x: `current` is `CURRENT_TIMESTAMP` itself, not its day, so after 12:00 UTC the count is rounded down and one
+ *   more day is made (today + premake + 1, against today + premake in the morning);
+ * - 5.x: `current` is the day of the newest non-empty child when its row is in the future (day +7 here), else
+ *   `CURRENT_TIMESTAMP` as in 4.x.
+ */
+const premadeUpTo = (major: number, premake: number, pastNoon: boolean) =>
+  major === 4 ? premake + (pastNoon ? 1 : 0) : 7 + premake
+
+const daysFrom = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
+
 layer(WithPartman, { timeout: "60 seconds" })("Partman (pg_partman installed)", (it) => {
   describe("detect", () => {
     it.effect("reports the extension's version, major and schema from pg_extension", () =>
@@ -242,10 +264,17 @@ layer(WithPartman, { timeout: "60 seconds" })("Partman (pg_partman installed)", 
         const summary = yield* Partman.handOver({ premakeDays: 10, retentionDays: 30 })
         assert.isTrue(summary.configUpdated)
 
+        const partman = Option.getOrThrow(yield* Partman.detect)
+        const pastNoonBefore = yield* pastUtcNoon
         const first = yield* Partman.runMaintenance
+        const pastNoonAfter = yield* pastUtcNoon
         const after = yield* children
         const expected = after.filter((c) => c.daysAgo !== null && -c.daysAgo > furthest)
-        assert.deepStrictEqual(expected.map((c) => -c.daysAgo!), [8, 9, 10])
+        // Both clock readings agree except when the call straddles 12:00 UTC; then either outcome is partman's
+        const candidates = [pastNoonBefore, pastNoonAfter].map((pastNoon) => premadeUpTo(partman.major, 10, pastNoon))
+        const lastDay = Math.max(furthest, ...expected.map((c) => -c.daysAgo!))
+        assert.include(candidates, lastDay)
+        assert.deepStrictEqual(expected.map((c) => -c.daysAgo!), daysFrom(furthest + 1, lastDay))
         assert.deepStrictEqual(first.created, expected.map((c) => c.name).sort())
         assert.deepStrictEqual(first.dropped, [])
         assert.deepStrictEqual(first.partitions, after.map((c) => c.name).sort())

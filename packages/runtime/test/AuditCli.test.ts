@@ -2,23 +2,9 @@ import { assert, describe, layer } from "@effect/vitest"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
 import * as Effect from "effect/Effect"
 import * as SqlClient from "effect/sql/SqlClient"
-import { execFile } from "node:child_process"
-import { fileURLToPath } from "node:url"
+import { outbox as run } from "./fixtures/cli.ts"
 
-const bin = fileURLToPath(new URL("../bin/outbox.mjs", import.meta.url))
-
-/** Runs `outbox <args>` as a real process against the test database. */
-const outbox = (env: Record<string, string>, ...args: Array<string>) =>
-  Effect.flatMap(TestDatabase.TestDatabase, (database) =>
-    Effect.callback<{ code: number; stdout: string; stderr: string }>((resume) => {
-      execFile(
-        process.execPath,
-        [bin, ...args],
-        { env: { ...process.env, DATABASE_URL: database.url, ...env }, timeout: 60_000 },
-        (error, stdout, stderr) =>
-          resume(Effect.succeed({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, stdout, stderr }))
-      )
-    }))
+const outbox = (env: Record<string, string>, ...args: Array<string>) => run(args, env)
 
 layer(TestDatabase.layer, { timeout: "120 seconds" })("npx outbox audit", (it) => {
   describe("migrate, seal, verify, show", () => {

@@ -4,19 +4,10 @@ import * as TestDatabase from "@outbox/testing/TestDatabase"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
-import { execFile } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { fileURLToPath } from "node:url"
+import { outbox as run } from "./fixtures/cli.ts"
 
-const bin = fileURLToPath(new URL("../bin/outbox.mjs", import.meta.url))
-
-/** Runs `outbox <args>` as a real process against the test database. */
-const outbox = (...args: Array<string>) =>
-  Effect.flatMap(TestDatabase.TestDatabase, (database) =>
-    Effect.callback<{ code: number; stdout: string; stderr: string }>((resume) => {
-      execFile(process.execPath, [bin, ...args], { env: { ...process.env, DATABASE_URL: database.url }, timeout: 60_000 }, (error, stdout, stderr) =>
-        resume(Effect.succeed({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, stdout, stderr })))
-    }))
+const outbox = (...args: Array<string>) => run(args)
 
 const Live = OutboxMigrations.layer.pipe(Layer.provideMerge(TestDatabase.layer), Layer.orDie)
 

@@ -74,7 +74,11 @@ export interface Installation {
  * @since 0.1.0
  */
 export interface HandOverOptions {
-  /** Daily partitions kept ahead of today (partman's `premake`, a positive integer). Default 4. */
+  /**
+   * Daily partitions kept ahead of today, at least (partman's `premake`, a
+   * positive integer; 4.x makes one more after 12:00 UTC, as it counts from
+   * the current time and rounds). Default 4.
+   */
   readonly premakeDays?: number | undefined
   /**
    * Partitions older than this many days are dropped by maintenance

@@ -449,7 +449,8 @@ export const layerGauges = <E, R>(options: GaugeOptions<E, R>): Layer.Layer<neve
 
 /**
  * The gauge sampler over `OutboxHealth.snapshot`, counting the failed runs of
- * `PartitionMaintenance` when it is in context. Period:
+ * `PartitionMaintenance` when it is in context (nothing when
+ * `MetricsEnabled` is false). Period:
  * `OUTBOX_METRICS_SAMPLE_INTERVAL` (default 15 seconds) unless given.
  *
  * @category layers
@@ -459,6 +460,7 @@ export const layerHealthGauges = (
   options: { readonly every?: Duration.Input | undefined } = {}
 ): Layer.Layer<never, Config.ConfigError, OutboxHealth> =>
   Layer.unwrap(Effect.gen(function*() {
+    if (!(yield* MetricsEnabled)) return Layer.empty
     const health = yield* OutboxHealth
     const maintenance = yield* Effect.serviceOption(PartitionMaintenance)
     const every = options.every ?? (yield* sampleInterval)

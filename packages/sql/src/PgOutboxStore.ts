@@ -214,15 +214,43 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     )
   const columns = "id, tracking_id, aggregate_type, aggregate_id, event_type, payload, metadata, retry_count, max_retries, created_at"
 
+  /**
+   * The rows of one publish, in input order (ids and `RETURNING` follow it).
+   * When every event carries its `max_retries`, as `Outbox.publish` always
+   * does, the batch travels as six array parameters through `unnest`: one
+   * statement text, so one prepared statement, for any batch size (a 100-row
+   * `VALUES` list is 600 parameters and a statement of its own per size). An
+   * event without `max_retries` gets the column default, which only
+   * `VALUES (..., DEFAULT)` can say.
+   */
+  const publishRows = (events: ReadonlyArray<ValidEvent>): Fragment => {
+    const maxRetries: Array<number> = new Array(events.length)
+    for (let i = 0; i < events.length; i++) {
+      const n = events[i]!.maxRetries
+      if (n === undefined) {
+        return sql`VALUES ${
+          sql.csv(events.map((e) =>
+            sql`(${e.aggregateType}, ${e.aggregateId}, ${e.eventType}, ${e.payloadJson}::jsonb, ${e.metadataJson}::jsonb, ${
+              e.maxRetries ?? sql.literal("DEFAULT")
+            })`
+          ))
+        }`
+      }
+      maxRetries[i] = n
+    }
+    return sql`SELECT t, a, e, p::jsonb, m::jsonb, r
+      FROM unnest(${events.map((e) => e.aggregateType)}::text[], ${events.map((e) => e.aggregateId)}::text[], ${
+      events.map((e) => e.eventType)
+    }::text[], ${events.map((e) => e.payloadJson)}::text[], ${events.map((e) => e.metadataJson)}::text[], ${maxRetries}::int[])
+        WITH ORDINALITY AS u(t, a, e, p, m, r, o)
+      ORDER BY o`
+  }
+
   const publish: Publisher = (events: ReadonlyArray<ValidEvent>) => {
-    const rows = events.map((e) =>
-      sql`(${e.aggregateType}, ${e.aggregateId}, ${e.eventType}, ${e.payloadJson}::jsonb, ${e.metadataJson}::jsonb, ${
-        e.maxRetries ?? sql.literal("DEFAULT")
-      })`
-    )
+    if (events.length === 0) return Effect.succeed([])
     const insert = (table: Fragment, returning: Fragment) =>
       sql`INSERT INTO ${table} (aggregate_type, aggregate_id, event_type, payload, metadata, max_retries)
-          VALUES ${sql.csv(rows)}
+          ${publishRows(events)}
           RETURNING ${returning}`
     const statement = mode === "dual"
       // the live copy and its marked legacy row, with one id (the tables share the id sequence)

@@ -235,6 +235,10 @@ export interface RedriveRequest {
   readonly batchSize?: number | undefined
   /** Report what would be redriven, change nothing. */
   readonly dryRun?: boolean | undefined
+  /** Called after each committed batch (for progress output). */
+  readonly onBatch?:
+    | ((progress: { readonly batches: number; readonly redriven: number; readonly matched: number }) => Effect.Effect<void>)
+    | undefined
 }
 
 /**
@@ -735,6 +739,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       batches++
       redriven += result.ids.length
       if (result.logId !== null) logIds.push(result.logId)
+      if (request.onBatch) yield* request.onBatch({ batches, redriven, matched: planned.length })
       if (result.ids.length < rows.length) {
         const done = new Set(result.ids)
         for (const r of rows) if (!done.has(r.id)) skipped.push(r.id)

@@ -284,8 +284,17 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("DeadLetters"
         const sql = yield* SqlClient.SqlClient
         yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, status, retry_count, last_error, processed_at)
                    SELECT 'BIG', 'a-' || g, 'Bulk', '{}', 'DEAD_LETTER', 5, 'boom ' || g, now() FROM generate_series(1, 25) g`
-        const report = yield* dlq.redrive({ by: "carol", reason: "bulk replay", filter: { aggregateTypes: ["BIG"] }, batchSize: 10 })
+        const progress: Array<[number, number, number]> = []
+        const report = yield* dlq.redrive({
+          by: "carol",
+          reason: "bulk replay",
+          filter: { aggregateTypes: ["BIG"] },
+          batchSize: 10,
+          onBatch: (p) => Effect.sync(() => progress.push([p.batches, p.redriven, p.matched]))
+        })
         assert.strictEqual(report._tag, "Redriven")
+        // progress after each committed batch
+        assert.deepStrictEqual(progress, [[1, 10, 25], [2, 20, 25], [3, 25, 25]])
         if (report._tag !== "Redriven") return
         assert.deepStrictEqual({ redriven: report.redriven, batches: report.batches, logs: report.logIds.length }, {
           redriven: 25,

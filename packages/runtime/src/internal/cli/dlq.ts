@@ -23,6 +23,7 @@ import * as Flag from "effect/cli/Flag"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
+import * as Progress from "./progress.ts"
 
 const json = Flag.Boolean("json").pipe(Flag.withDefault(false), Flag.withDescription("print JSON instead of text"))
 
@@ -199,6 +200,7 @@ const redrive = Command.make("redrive", {
 }, (options) =>
   withService(Effect.gen(function*() {
     const dlq = yield* DeadLetters.DeadLetters
+    const progress = Progress.make(options.json)
     const result = yield* dlq.redrive({
       by: Option.getOrUndefined(options.by),
       reason: Option.getOrUndefined(options.reason),
@@ -206,8 +208,10 @@ const redrive = Command.make("redrive", {
       all: options.all,
       limit: Option.getOrUndefined(options.limit),
       batchSize: Option.getOrUndefined(options.batchSize),
-      dryRun: options.dryRun
+      dryRun: options.dryRun,
+      onBatch: (p) => progress.report(`redriven ${p.redriven} of ${p.matched} event(s), ${p.batches} batch(es)`)
     })
+    yield* progress.done
     if (options.json) return yield* print(result)
     const notDeadLetters = result.notDeadLetters.length > 0
       ? `\nnot dead letters (left alone): ${result.notDeadLetters.join(", ")}`

@@ -9,6 +9,7 @@ import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Command from "effect/cli/Command"
 import * as Flag from "effect/cli/Flag"
+import * as Progress from "./progress.ts"
 
 const legacy = Flag.String("legacy").pipe(Flag.withDefault("outbox"), Flag.withDescription("the plain outbox table"))
 const table = Flag.String("table").pipe(
@@ -20,9 +21,6 @@ const batchSize = Flag.Int("batch-size").pipe(Flag.withDefault(1000), Flag.withD
 
 const print = (value: unknown) => Console.log(JSON.stringify(value, null, 2))
 
-/** Progress on a terminal only: nothing with --json or when piped. */
-const progress = (asJson: boolean) => (copied: number) =>
-  asJson || !process.stderr.isTTY ? Effect.void : Effect.sync(() => process.stderr.write(`\rcopied ${copied} row(s)`))
 
 const status = Command.make("status", { legacy, table, json }, (o) =>
   Effect.gen(function*() {
@@ -49,9 +47,10 @@ const prepare = Command.make("prepare", {
 
 const backfill = Command.make("backfill", { legacy, table, json, batchSize }, (o) =>
   Effect.gen(function*() {
-    const r = yield* OnlineMigration.backfill({ ...o, onBatch: progress(o.json) })
+    const progress = Progress.make(o.json)
+    const r = yield* OnlineMigration.backfill({ ...o, onBatch: (copied) => progress.report(`copied ${copied} row(s)`) })
+    yield* progress.done
     if (o.json) return yield* print(r)
-    if (process.stderr.isTTY) yield* Effect.sync(() => process.stderr.write("\n"))
     yield* Console.log(`copied ${r.copied} row(s) in ${r.batches} batch(es); ${r.remaining} left under a lease`)
   })).pipe(Command.withDescription("copy legacy rows into the partitioned table, in batches"))
 

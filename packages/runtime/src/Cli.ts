@@ -37,6 +37,7 @@ import * as Flag from "effect/cli/Flag"
 import type * as SqlClient from "effect/sql/SqlClient"
 import * as HealthCli from "./internal/cli/health.ts"
 import * as OnlineMigrationCli from "./internal/cli/online.ts"
+import * as Progress from "./internal/cli/progress.ts"
 import { audit } from "./internal/cli/audit.ts"
 import { dlq } from "./internal/cli/dlq.ts"
 import { roles } from "./internal/cli/roles.ts"
@@ -197,7 +198,12 @@ const maintain = Command.make("maintain", {
   Effect.gen(function*() {
     if (Option.isSome(options.tenantTable)) return yield* tenantMaintain({ ...options, tenantTable: options.tenantTable.value })
     const manager = yield* PartitionManager.PartitionManager
-    const report = yield* manager.maintain(policyFor(options))
+    const progress = Progress.make(options.json)
+    let steps = 0
+    const report = yield* manager.maintain(policyFor(options), {
+      onStep: (s) => progress.report(`${++steps} step(s): ${s.step} ${s.partition} ${s.outcome}`.padEnd(72))
+    })
+    yield* progress.done
     if (options.json) yield* print(report)
     else {
       yield* Console.log(`created:  ${report.created.join(", ") || "-"}`)

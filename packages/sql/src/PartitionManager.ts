@@ -76,6 +76,18 @@ export interface Leaf {
 }
 
 /**
+ * One step of a `maintain` run, as it is done.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface MaintenanceStep {
+  readonly step: "create" | "retire"
+  readonly partition: string
+  readonly outcome: "done" | "blocked" | "failed"
+}
+
+/**
  * What one `maintain` did.
  *
  * @category models
@@ -152,9 +164,13 @@ export interface Overview {
  * @since 0.1.0
  */
 export class PartitionManager extends Context.Service<PartitionManager, {
-  /** Creates ahead, rescues DEFAULT rows, applies retention. */
+  /**
+   * Creates ahead, rescues DEFAULT rows, applies retention. `onStep` sees
+   * each partition created or retired (for progress output).
+   */
   readonly maintain: (
-    policy: PartitionPolicy.PartitionPolicy
+    policy: PartitionPolicy.PartitionPolicy,
+    options?: { readonly onStep?: ((step: MaintenanceStep) => Effect.Effect<void>) | undefined }
   ) => Effect.Effect<MaintenanceReport, PartitionError | Identifier.InvalidIdentifier>
   /** The partitions of `table`, oldest first, DEFAULT last. */
   readonly leaves: (table: string) => Effect.Effect<ReadonlyArray<Leaf>, PartitionError | Identifier.InvalidIdentifier>
@@ -379,7 +395,10 @@ export const make = Effect.gen(function*() {
       return { _tag: "Retired" as const, action, detach: "concurrently" as const }
     })
 
-  const maintain = Effect.fn("PartitionManager.maintain")(function*(policy: PartitionPolicy.PartitionPolicy) {
+  const maintain = Effect.fn("PartitionManager.maintain")(function*(
+    policy: PartitionPolicy.PartitionPolicy,
+    onStep: (step: MaintenanceStep) => Effect.Effect<void> = () => Effect.void
+  ) {
     yield* Effect.annotateCurrentSpan({ "outbox.partition.table": policy.table })
     if (!Number.isInteger(policy.premake) || policy.premake < 0) {
       return yield* new PartitionError({ reason: "InvalidPolicy", table: policy.table, message: "premake must be a non-negative integer" })
@@ -398,14 +417,21 @@ export const make = Effect.gen(function*() {
     const ensure = (range: PartitionPolicy.Range) =>
       createPartition(t, range).pipe(
         Effect.tap((r) =>
-          Effect.sync(() => {
-            if (r.created !== undefined) created.push(r.created)
-            if (r.moved > 0) moved.push({ partition: r.created!, rows: r.moved })
-          })
+          Effect.andThen(
+            Effect.sync(() => {
+              if (r.created !== undefined) created.push(r.created)
+              if (r.moved > 0) moved.push({ partition: r.created!, rows: r.moved })
+            }),
+            r.created === undefined ? Effect.void : onStep({ step: "create", partition: r.created, outcome: "done" })
+          )
         ),
-        Effect.catch((e) =>
-          Effect.sync(() => failed.push({ partition: `${t.name}_${PartitionPolicy.suffix(range.from)}`, step: "create", message: messageOf(e) }))
-        )
+        Effect.catch((e) => {
+          const partition = `${t.name}_${PartitionPolicy.suffix(range.from)}`
+          return Effect.andThen(
+            Effect.sync(() => failed.push({ partition, step: "create", message: messageOf(e) })),
+            onStep({ step: "create", partition, outcome: "failed" })
+          )
+        })
       )
 
     // 1 + 2: rescue DEFAULT rows first (their ranges may include the ones ahead), then create ahead.
@@ -435,6 +461,11 @@ export const make = Effect.gen(function*() {
         if (outcome._tag === "Retired") retired.push({ partition: leaf.name, action: outcome.action, detach: outcome.detach })
         else if (outcome._tag === "Blocked") blocked.push({ partition: leaf.name, unfinished: outcome.unfinished })
         else failed.push({ partition: leaf.name, step: "retire", message: outcome.message })
+        yield* onStep({
+          step: "retire",
+          partition: leaf.name,
+          outcome: outcome._tag === "Retired" ? "done" : outcome._tag === "Blocked" ? "blocked" : "failed"
+        })
       }
     }
     const report: MaintenanceReport = { table: policy.table, at: now, created, moved, retired, blocked, failed }
@@ -528,7 +559,7 @@ export const make = Effect.gen(function*() {
   )
 
   return PartitionManager.of({
-    maintain: (policy) => Effect.provideService(maintain(policy), SqlClient.SqlClient, client),
+    maintain: (policy, options) => Effect.provideService(maintain(policy, options?.onStep), SqlClient.SqlClient, client),
     leaves,
     health,
     overview

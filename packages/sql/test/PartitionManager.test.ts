@@ -51,13 +51,16 @@ layer(Live, { timeout: "60 seconds", excludeTestServices: true })("PartitionMana
         const manager = yield* PartitionManager.PartitionManager
         const policy = PartitionPolicy.make({ table: "ahead_events", column: "created_at", interval: "daily", premake: 3 })
 
-        const first = yield* manager.maintain(policy)
+        const steps: Array<PartitionManager.MaintenanceStep> = []
+        const first = yield* manager.maintain(policy, { onStep: (step) => Effect.sync(() => steps.push(step)) })
         assert.deepStrictEqual(first.created, [
           "ahead_events_p20260115",
           "ahead_events_p20260116",
           "ahead_events_p20260117",
           "ahead_events_p20260118"
         ])
+        // each step is reported as it is done
+        assert.deepStrictEqual(steps, first.created.map((partition) => ({ step: "create", partition, outcome: "done" })))
         const second = yield* manager.maintain(policy)
         assert.deepStrictEqual(second.created, [])
         const leaves = yield* manager.leaves("ahead_events")

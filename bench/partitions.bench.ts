@@ -26,19 +26,14 @@
  * DATABASE_URL (else testcontainers or embedded PostgreSQL, as in the tests).
  * Results go to `bench/results/partitions.json`.
  */
-import { PgClient } from "@effect/sql-pg"
 import * as Outbox from "@outbox/core/Outbox"
 import * as PartitionPolicy from "@outbox/core/PartitionPolicy"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import * as PartitionManager from "@outbox/sql/PartitionManager"
-import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
-import * as TestDatabase from "@outbox/testing/TestDatabase"
-import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
-import * as Redacted from "effect/Redacted"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Fs from "node:fs"
+import { openDatabase } from "./shared.ts"
 
 const envInt = (name: string, fallback: number) => {
   const value = Number(process.env[name] ?? fallback)
@@ -301,17 +296,11 @@ const retirePhase = Effect.gen(function*() {
 
 const main = Effect.gen(function*() {
   const started = now()
-  const server = yield* TestDatabase.serverUrl
-  const database = yield* TestDatabase.freshDatabase(server)
-  const client = yield* PgClient.make({ url: Redacted.make(database.url), maxConnections: 16 }).pipe(
-    Effect.provide((yield* Effect.promise(() => import("effect/reactivity/Reactivity"))).layer)
-  )
-  const services = Layer.succeedContext(Context.make(SqlClient.SqlClient, client).pipe(Context.add(PgClient.PgClient, client)))
-  const run = <A, E>(effect: Effect.Effect<A, E, any>) =>
-    effect.pipe(Effect.provide(PgOutboxStore.layerWithoutMigrations().pipe(Layer.provideMerge(services)))) as Effect.Effect<A, E>
+  const { run, services } = yield* openDatabase(16)
 
   yield* OutboxMigrations.run.pipe(Effect.provide(services))
-  const [server_] = yield* client<{ version: string }>`SELECT current_setting('server_version') AS version`
+  const [server_] = yield* run(Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql<{ version: string }>`SELECT current_setting('server_version') AS version`))
   console.log(`Partition bench — PostgreSQL ${server_?.version}, node ${process.version}, best of ${ROUNDS} after a warm-up`)
 
   const publish = yield* run(publishPhase)

@@ -23,23 +23,20 @@
  * (default "1,2"), BENCH_TELEMETRY_ROUNDS (default 3: best of, alternating),
  * DATABASE_URL (else testcontainers or embedded PostgreSQL, as in the tests).
  */
-import { PgClient } from "@effect/sql-pg"
 import * as OutboxConfig from "@outbox/core/OutboxConfig"
 import * as OutboxSink from "@outbox/core/OutboxSink"
 import * as OutboxTelemetry from "@outbox/runtime/OutboxTelemetry"
 import * as Relay from "@outbox/runtime/Relay"
 import * as OutboxHealth from "@outbox/sql/OutboxHealth"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
-import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
-import * as TestDatabase from "@outbox/testing/TestDatabase"
 import { BatchSpanProcessor, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-base"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Redacted from "effect/Redacted"
 import * as References from "effect/References"
 import * as SqlClient from "effect/sql/SqlClient"
+import { openDatabase } from "./shared.ts"
 
 const EVENTS = Number(process.env.BENCH_TELEMETRY_EVENTS ?? 100_000)
 const CONCURRENCY = (process.env.BENCH_TELEMETRY_CONCURRENCY ?? "1,2").split(",").map(Number)
@@ -111,14 +108,7 @@ const drain = (n: number, concurrency: number, telemetry: Layer.Layer<never>, ga
   }))
 
 const main = Effect.gen(function*() {
-  const server = yield* TestDatabase.serverUrl
-  const database = yield* TestDatabase.freshDatabase(server)
-  const client = yield* PgClient.make({ url: Redacted.make(database.url), maxConnections: 16 }).pipe(
-    Effect.provide((yield* Effect.promise(() => import("effect/reactivity/Reactivity"))).layer)
-  )
-  const services = Layer.succeedContext(Context.make(SqlClient.SqlClient, client).pipe(Context.add(PgClient.PgClient, client)))
-  const run = <A, E>(effect: Effect.Effect<A, E, any>) =>
-    effect.pipe(Effect.provide(PgOutboxStore.layerWithoutMigrations().pipe(Layer.provideMerge(services)))) as Effect.Effect<A, E>
+  const { run, services } = yield* openDatabase(16)
   yield* OutboxMigrations.run.pipe(Effect.provide(services))
 
   console.log(

@@ -71,6 +71,16 @@ export interface Options {
   readonly maxBatches?: number | undefined
 }
 
+const initialStatus = (enabled: boolean): Status => ({
+  enabled,
+  runs: 0,
+  failures: 0,
+  sealed: 0,
+  checkpoints: 0,
+  lastRunAt: undefined,
+  lastError: undefined
+})
+
 /**
  * Runs the schedule in the scope (the first run at once).
  *
@@ -80,15 +90,7 @@ export interface Options {
 export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const audit = yield* AuditTrail.make
   const every = Duration.fromInputUnsafe(options.every ?? "5 seconds")
-  const state = yield* Ref.make<Status>({
-    enabled: true,
-    runs: 0,
-    failures: 0,
-    sealed: 0,
-    checkpoints: 0,
-    lastRunAt: undefined,
-    lastError: undefined
-  })
+  const state = yield* Ref.make<Status>(initialStatus(true))
   const iteration = Effect.gen(function*() {
     const at = new Date(yield* Clock.currentTimeMillis)
     const maxRows = options.maxRows ?? 10_000
@@ -141,15 +143,7 @@ export const layer = (options: Options = {}): Layer.Layer<AuditSealer, never, Sq
 export const layerOff: Layer.Layer<AuditSealer> = Layer.succeed(
   AuditSealer,
   AuditSealer.of({
-    status: Effect.succeed({
-      enabled: false,
-      runs: 0,
-      failures: 0,
-      sealed: 0,
-      checkpoints: 0,
-      lastRunAt: undefined,
-      lastError: undefined
-    })
+    status: Effect.succeed(initialStatus(false))
   })
 )
 

@@ -49,7 +49,7 @@
  */
 import { NodeHttpServer } from "@effect/platform-node"
 import * as Outbox from "@outbox/core/Outbox"
-import { OutboxHealth } from "@outbox/sql/OutboxHealth"
+import * as OutboxHealth from "@outbox/sql/OutboxHealth"
 import type * as Resource from "@effect/opentelemetry/Resource"
 import type { SpanProcessor } from "@opentelemetry/sdk-trace-base"
 import * as Config from "effect/Config"
@@ -345,25 +345,12 @@ export const MetricsEnabled = Context.Reference<boolean>("@outbox/runtime/Outbox
 // -----------------------------------------------------------------------------
 
 /**
- * What the gauge sampler reads from the database (`OutboxHealth.snapshot`).
+ * What the gauge sampler reads from the database: `OutboxHealth.snapshot`.
  *
  * @category models
  * @since 0.1.0
  */
-export interface GaugeSnapshot {
-  readonly pending: number
-  readonly processing: number
-  readonly oldestPendingAgeSeconds: number
-  readonly leaseOverdueSeconds: number
-  readonly deadLetters: number
-  readonly partitions: ReadonlyArray<{
-    readonly table: string
-    readonly ahead: number
-    readonly defaultRows: number
-    readonly deadTuples: number
-  }>
-  readonly xminHorizonAgeSeconds: number
-}
+export type GaugeSnapshot = OutboxHealth.Snapshot
 
 /**
  * Sets every gauge from one snapshot.
@@ -458,10 +445,10 @@ export const layerGauges = <E, R>(options: GaugeOptions<E, R>): Layer.Layer<neve
  */
 export const layerHealthGauges = (
   options: { readonly every?: Duration.Input | undefined } = {}
-): Layer.Layer<never, Config.ConfigError, OutboxHealth> =>
+): Layer.Layer<never, Config.ConfigError, OutboxHealth.OutboxHealth> =>
   Layer.unwrap(Effect.gen(function*() {
     if (!(yield* MetricsEnabled)) return Layer.empty
-    const health = yield* OutboxHealth
+    const health = yield* OutboxHealth.OutboxHealth
     const maintenance = yield* Effect.serviceOption(PartitionMaintenance)
     const every = options.every ?? (yield* sampleInterval)
     return layerGauges({

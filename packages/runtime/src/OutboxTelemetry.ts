@@ -320,14 +320,6 @@ export const preregister: Effect.Effect<void> = Effect.contextWith((context: Con
   return Effect.void
 })
 
-/**
- * Increases `outbox_events_redriven_total` (for redrive tools running in the
- * relay's process).
- *
- * @category metrics
- * @since 0.1.0
- */
-export const recordRedriven = (n: number): Effect.Effect<void> => Metric.update(eventsRedriven(), n)
 
 /**
  * Whether the relay updates metrics (default true). `OUTBOX_METRICS=false`
@@ -392,6 +384,12 @@ export interface GaugeOptions<E, R> {
    * `outbox_relay_failures_total{loop="maintenance"}`.
    */
   readonly maintenanceFailures?: Effect.Effect<number> | undefined
+  /**
+   * Events redriven since the last call that this process is to count
+   * (`OutboxHealth.claimRedriven`): added to
+   * `outbox_events_redriven_total` on every sample.
+   */
+  readonly redriven?: Effect.Effect<number, E, R> | undefined
 }
 
 /**
@@ -417,6 +415,10 @@ export const layerGauges = <E, R>(options: GaugeOptions<E, R>): Layer.Layer<neve
         maintenanceFailuresSeen = failures
       }
       yield* Effect.flatMap(options.snapshot, recordGauges)
+      if (options.redriven !== undefined) {
+        const n = yield* options.redriven
+        if (n > 0) yield* Metric.update(eventsRedriven(), n)
+      }
     }).pipe(
       // a sample every few seconds would flood the trace back-end with spans of no interest
       Effect.withTracerEnabled(false),
@@ -436,7 +438,10 @@ export const layerGauges = <E, R>(options: GaugeOptions<E, R>): Layer.Layer<neve
 
 /**
  * The gauge sampler over `OutboxHealth.snapshot`, counting the failed runs of
- * `PartitionMaintenance` when it is in context (nothing when
+ * `PartitionMaintenance` when it is in context and the redrives made by any
+ * process since the last sample (`OutboxHealth.claimRedriven`: each redrive
+ * batch in exactly one relay's `outbox_events_redriven_total`, within one
+ * sampling period of its commit) (nothing when
  * `MetricsEnabled` is false). Period:
  * `OUTBOX_METRICS_SAMPLE_INTERVAL` (default 15 seconds) unless given.
  *
@@ -453,6 +458,7 @@ export const layerHealthGauges = (
     const every = options.every ?? (yield* sampleInterval)
     return layerGauges({
       snapshot: health.snapshot,
+      redriven: health.claimRedriven,
       every,
       maintenanceFailures: Option.isSome(maintenance)
         ? Effect.map(maintenance.value.status, (status) => status.failures)

@@ -3,6 +3,8 @@ import * as Outbox from "@outbox/core/Outbox"
 import { DeliveryError } from "@outbox/core/OutboxError"
 import * as OutboxSink from "@outbox/core/OutboxSink"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
+import * as DeadLetters from "@outbox/sql/DeadLetters"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -27,7 +29,11 @@ const Live = Layer.mergeAll(
   OutboxLive.layer({
     config: { pollInterval: Duration.millis(20) },
     telemetry: OutboxTelemetry.layer({ labels: [] })
-  }).pipe(Layer.provide(SinkLive)),
+  }).pipe(
+    Layer.provide(SinkLive),
+    // gauges (and the redrive meter) sampled every 100 ms
+    Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: { ...process.env as Record<string, string>, OUTBOX_METRICS_SAMPLE_INTERVAL: "100 millis" } })))
+  ),
   OutboxTelemetry.layerPrometheus({ port: 0, host: "127.0.0.1" })
 ).pipe(Layer.provideMerge(TestDatabase.layer))
 
@@ -97,6 +103,33 @@ layer(Live, { timeout: "60 seconds", excludeTestServices: true })("metrics of a 
         assert.match(text, /^outbox_partitions_ahead\{table="[^"]*outbox"\} \d+/m)
         // no tracking id, aggregate id or tenant in any label by default
         assert.notMatch(text, /aggregate_id=|tracking_id=/)
+      }))
+
+    it.effect("a redrive made outside the relay (as by the CLI) is counted once in outbox_events_redriven_total", () =>
+      Effect.gen(function*() {
+        const relay = yield* Relay.Relay
+        const before = (yield* relay.stats).deadLettered
+        yield* Outbox.transaction(Outbox.publishAll([
+          { aggregateType: "Order", aggregateId: "p-2", eventType: "Poison", payload: {} },
+          { aggregateType: "Order", aggregateId: "p-3", eventType: "Poison", payload: {} }
+        ]))
+        yield* relay.stats.pipe(
+          Effect.repeat({ until: (s) => s.deadLettered === before + 2, schedule: Schedule.spaced("50 millis") }),
+          Effect.timeout("20 seconds")
+        )
+        const redriven = () => Effect.map(scrape, (text) => value(text, "outbox_events_redriven_total") ?? -1)
+        const start = yield* redriven()
+        // a separate DeadLetters service, as `npx outbox dlq redrive` in another process
+        const dlq = yield* DeadLetters.make()
+        const report = yield* dlq.redrive({ by: "ops", reason: "test", filter: { eventTypes: ["Poison"] }, batchSize: 1 })
+        assert.strictEqual(report._tag === "Redriven" ? report.redriven : 0, 3)
+        yield* redriven().pipe(
+          Effect.repeat({ until: (n) => n === start + 3, schedule: Schedule.spaced("50 millis") }),
+          Effect.timeout("10 seconds")
+        )
+        // later samples add nothing more
+        yield* Effect.sleep("400 millis")
+        assert.strictEqual(yield* redriven(), start + 3)
       }))
   })
 })

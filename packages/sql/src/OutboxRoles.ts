@@ -5,7 +5,7 @@
  * |------------|---------------------------------------------------------------------------------------|
  * | owner      | everything: the role that runs the migrations owns the tables, the only one that can alter, disable or truncate the audit trail |
  * | `producer` | INSERT into the outbox (and use its id sequence); no SELECT, UPDATE, DELETE           |
- * | `relay`    | SELECT the outbox, UPDATE its state columns (claim, complete, retry, reap), draw lock tokens; the inbox (SELECT, INSERT); EXECUTE the audit chain's `outbox_audit_seal` / `outbox_audit_checkpoint`; SELECT the health views (`outbox_stats*`, `outbox_health_*`, `outbox_partition_*`) |
+ * | `relay`    | SELECT the outbox, UPDATE its state columns (claim, complete, retry, reap), draw lock tokens; the inbox (SELECT, INSERT); EXECUTE the audit chain's `outbox_audit_seal` / `outbox_audit_checkpoint` and the redrive meter `outbox_meter_redrives()`; SELECT the health views (`outbox_stats*`, `outbox_health_*`, `outbox_partition_*`) |
  * | `operator` | SELECT the outbox, UPDATE its state columns (redrive), SELECT and INSERT the redrive log |
  * | `auditor`  | SELECT the audit trail (`outbox_audit_log`, `_head`, `_checkpoint`), the redrive log and the compliance views (`v_outbox_*`) |
  *
@@ -151,6 +151,8 @@ interface Objects {
   readonly auditTables: ReadonlyArray<string>
   /** Its maintenance functions that exist (seal, checkpoint), qualified with their signatures. */
   readonly auditFunctions: ReadonlyArray<string>
+  /** The relay's redrive meter (`outbox_meter_redrives()`, migration 0005), qualified, when it exists. */
+  readonly meterFunction: string | null
   readonly views: ReadonlyArray<string>
   /** The health and partition views (`outbox_stats*`, `outbox_health_*`, `outbox_partition_*`), qualified. */
   readonly healthViews: ReadonlyArray<string>
@@ -199,6 +201,8 @@ const discover = Effect.fnUntraced(function*(schema: string, table: string) {
     const [row] = yield* sql<{ ok: boolean }>`SELECT to_regprocedure(${signature}) IS NOT NULL AS ok`
     if (row?.ok === true) auditFunctions.push(signature)
   }
+  const meterSignature = `${qualify("outbox_meter_redrives")}()`
+  const [meter] = yield* sql<{ ok: boolean }>`SELECT to_regprocedure(${meterSignature}) IS NOT NULL AS ok`
   if (found === undefined || !found.outbox || !found.token) {
     return yield* new RolesError({
       reason: "MissingObject",
@@ -221,6 +225,7 @@ const discover = Effect.fnUntraced(function*(schema: string, table: string) {
     redriveLogSequence: found.redrive ? yield* sequenceOf(qualify("outbox_redrive_log")) : null,
     auditTables,
     auditFunctions,
+    meterFunction: meter?.ok === true ? meterSignature : null,
     views: views.map((v) => qualify(v.name)),
     healthViews: healthViews.map((v) => qualify(v.name))
   } satisfies Objects
@@ -262,7 +267,8 @@ export const plan = (
       ...(objects.redriveLogSequence === null ? [] : [objects.redriveLogSequence])]
     for (const s of sequences) statements.push(`REVOKE ALL ON SEQUENCE ${s} FROM ${all}`)
     for (const v of [...objects.views, ...objects.healthViews]) statements.push(`REVOKE ALL ON TABLE ${v} FROM ${all}`)
-    for (const f of objects.auditFunctions) statements.push(`REVOKE ALL ON FUNCTION ${f} FROM ${all}, PUBLIC`)
+    const definerFunctions = [...objects.auditFunctions, ...(objects.meterFunction === null ? [] : [objects.meterFunction])]
+    for (const f of definerFunctions) statements.push(`REVOKE ALL ON FUNCTION ${f} FROM ${all}, PUBLIC`)
     // nobody but the owner, not even PUBLIC, on the audit trail
     for (const t of objects.auditTables) statements.push(`REVOKE ALL ON TABLE ${t} FROM PUBLIC`)
     if (objects.redriveLog) statements.push(`REVOKE ALL ON TABLE ${redriveLog} FROM PUBLIC`)
@@ -285,8 +291,9 @@ export const plan = (
           if (objects.inbox) statements.push(`GRANT SELECT, INSERT ON TABLE ${inbox} TO ${role}`)
           // the relay's health gauges read these (views: the owner's rights on the tables behind them)
           for (const v of objects.healthViews) statements.push(`GRANT SELECT ON TABLE ${v} TO ${role}`)
-          // sealing the audit chain runs as the owner (SECURITY DEFINER): no privilege on the log itself
-          for (const f of objects.auditFunctions) statements.push(`GRANT EXECUTE ON FUNCTION ${f} TO ${role}`)
+          // sealing the audit chain and metering redrives run as the owner (SECURITY DEFINER):
+          // no privilege on the audit log or the redrive log itself
+          for (const f of definerFunctions) statements.push(`GRANT EXECUTE ON FUNCTION ${f} TO ${role}`)
           break
         }
         case "operator": {

@@ -1,5 +1,6 @@
 import { PgClient } from "@effect/sql-pg"
 import { assert, describe, it, layer } from "@effect/vitest"
+import * as DeadLetters from "@outbox/sql/DeadLetters"
 import * as OutboxHealth from "@outbox/sql/OutboxHealth"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
@@ -261,4 +262,29 @@ layer(Live, { timeout: "60 seconds", excludeTestServices: true })("OutboxHealth 
       const [row] = yield* sql<{ t: string | null }>`SELECT to_regclass('outbox')::text AS t`
       assert.strictEqual(row!.t, "outbox")
     }))
+
+  it.effect("claimRedriven: each redrive batch is counted once across concurrent callers, never again, and not after a day", () =>
+    Effect.gen(function*() {
+      yield* reset
+      const sql = yield* SqlClient.SqlClient
+      const service = yield* OutboxHealth.make()
+      // whatever earlier tests redrove is claimed first
+      yield* service.claimRedriven
+      yield* insert("DEAD_LETTER", 7)
+      const dlq = yield* DeadLetters.make()
+      const report = yield* dlq.redrive({ by: "ops", reason: "fixed", all: true, batchSize: 3 })
+      assert.strictEqual(report._tag === "Redriven" ? report.batches : 0, 3)
+      // four relays sampling at once (four connections of the pool)
+      const counts = yield* Effect.all(Array.from({ length: 4 }, () => service.claimRedriven), { concurrency: "unbounded" })
+      assert.strictEqual(counts.reduce((a, b) => a + b, 0), 7)
+      assert.strictEqual(yield* service.claimRedriven, 0)
+      // a redrive logged more than a day ago (a relay that was down) is not a burst now
+      yield* insert("DEAD_LETTER", 2)
+      yield* dlq.redrive({ by: "ops", reason: "fixed again", all: true })
+      yield* sql`SET session_replication_role = replica`.pipe(Effect.andThen(
+        sql`UPDATE outbox_redrive_log SET at = at - interval '25 hours' WHERE reason = 'fixed again'`
+      ), Effect.ensuring(Effect.ignore(sql`SET session_replication_role = DEFAULT`)), sql.withTransaction)
+      assert.strictEqual(yield* service.claimRedriven, 0)
+    }))
 })
+

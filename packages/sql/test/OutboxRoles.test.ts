@@ -4,6 +4,7 @@ import * as Outbox from "@outbox/core/Outbox"
 import { OutboxStore } from "@outbox/core/OutboxStore"
 import * as AuditTrail from "@outbox/sql/AuditTrail"
 import * as DeadLetters from "@outbox/sql/DeadLetters"
+import * as OutboxHealth from "@outbox/sql/OutboxHealth"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import * as OutboxRoles from "@outbox/sql/OutboxRoles"
 import * as PgInbox from "@outbox/sql/PgInbox"
@@ -277,6 +278,42 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("OutboxRoles"
         yield* refused("UPDATE redrive log", operator(statement(`UPDATE outbox_redrive_log SET reason = 'rewritten'`)))
         yield* refused("DELETE redrive log", operator(statement(`DELETE FROM outbox_redrive_log`)))
         yield* refused("lock token", operator(statement(`SELECT nextval('outbox_lock_token_seq')`)))
+      }))
+  })
+
+  describe("relay gauges", () => {
+    it.effect("the relay samples every gauge, rows in DEFAULT included, and meters redrives; the other roles cannot", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const relay = as("relay")
+        const relayHealth = <A, E>(f: (health: OutboxHealth.OutboxHealth["Service"]) => Effect.Effect<A, E>) =>
+          relay(Effect.flatMap(OutboxHealth.make(), f))
+        // a row past every partition lands in DEFAULT: the relay counts it (SECURITY DEFINER, SELECT on the parent only)
+        yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at)
+                   VALUES ('Role', 'd-1', 'Late', '{}', '2999-01-01')`
+        const snapshot = yield* relayHealth((h) => h.snapshot)
+        assert.deepStrictEqual(snapshot.partitions.map((p) => [p.table, p.defaultRows]), [["outbox", 1]])
+        yield* refused("relay: SELECT the DEFAULT partition", relay(statement(`SELECT * FROM outbox_default`)))
+        // the producer may not read the outbox: the function counts nothing for it
+        const [counted] = yield* as("producer")(
+          Effect.flatMap(SqlClient.SqlClient, (s) => s<{ n: string | null }>`SELECT outbox_count_rows('outbox_default', 10)::text AS n`)
+        )
+        assert.strictEqual(counted!.n, null)
+
+        // a redrive by the operator is metered once, by the relay
+        yield* relayHealth((h) => h.claimRedriven)
+        const id = yield* insertEvent("DEAD_LETTER")
+        yield* as("operator")(Effect.flatMap(DeadLetters.DeadLetters, (dlq) =>
+          dlq.redrive({ by: "oscar", reason: "INC-10: metered", filter: { ids: [id] } })
+        ).pipe(Effect.provide(DeadLetters.layer())))
+        assert.strictEqual(yield* relayHealth((h) => h.claimRedriven), 1)
+        assert.strictEqual(yield* relayHealth((h) => h.claimRedriven), 0)
+        for (const role of ["producer", "operator", "auditor"] as const) {
+          yield* refused(`${role}: meter`, as(role)(statement(`SELECT outbox_meter_redrives()`)))
+          yield* refused(`${role}: metered`, as(role)(statement(`SELECT * FROM outbox_redrive_metered`)))
+        }
+        yield* refused("relay: metered table", relay(statement(`INSERT INTO outbox_redrive_metered (log_id) VALUES (-1)`)))
+        yield* sql`DELETE FROM outbox WHERE event_type = 'Late'`
       }))
   })
 

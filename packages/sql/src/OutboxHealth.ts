@@ -659,7 +659,9 @@ export class OutboxHealth extends Context.Service<OutboxHealth, {
    * counted by exactly one caller (`outbox_meter_redrives()`, migration
    * `0005_relay_gauges`). The relays' gauge samplers add it to
    * `outbox_events_redriven_total`, so the sum over relays is the cluster's
-   * total. Redrives older than a day are never counted.
+   * total. Redrives older than a day are never counted. The claim commits
+   * with the statement: a reply lost after that (a dropped connection)
+   * loses those counts, never an event.
    */
   readonly claimRedriven: Effect.Effect<number, StoreError>
 }>()("@outbox/sql/OutboxHealth") {}

@@ -72,7 +72,6 @@ export interface Parsed {
 
 const traceIdPattern = /^[0-9a-f]{32}$/
 const spanIdPattern = /^[0-9a-f]{16}$/
-const traceparentPattern = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/
 const zeroTrace = "00000000000000000000000000000000"
 const zeroSpan = "0000000000000000"
 
@@ -132,13 +131,21 @@ export const forPublish: Effect.Effect<TraceContext | undefined> = Effect.flatMa
  * @since 0.1.0
  */
 export const parse = (traceparent: unknown, tracestate?: unknown): Parsed | undefined => {
+  // `00-<32 hex>-<16 hex>-<2 hex>`, lower-case; checked by hand: the relay parses one per delivered event
   if (typeof traceparent !== "string" || traceparent.length !== 55) return undefined
-  const match = traceparentPattern.exec(traceparent)
-  if (match === null) return undefined
-  const traceId = match[1]!
-  const spanId = match[2]!
+  if (traceparent.charCodeAt(0) !== 48 || traceparent.charCodeAt(1) !== 48) return undefined
+  for (let i = 2; i < 55; i++) {
+    const c = traceparent.charCodeAt(i)
+    if (i === 2 || i === 35 || i === 52) {
+      if (c !== 45) return undefined
+    } else if (!((c >= 48 && c <= 57) || (c >= 97 && c <= 102))) {
+      return undefined
+    }
+  }
+  const traceId = traceparent.slice(3, 35)
+  const spanId = traceparent.slice(36, 52)
   if (traceId === zeroTrace || spanId === zeroSpan) return undefined
-  const traceFlags = parseInt(match[3]!, 16)
+  const traceFlags = parseInt(traceparent.slice(53), 16)
   return {
     traceId,
     spanId,

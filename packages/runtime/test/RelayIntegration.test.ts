@@ -95,5 +95,20 @@ layer(Layer.provideMerge(PgOutboxStore.layer(), TestDatabase.layer), { timeout: 
         const [row] = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM outbox WHERE aggregate_id = 'rolled-back'`
         assert.strictEqual(row!.n, 0)
       }))
+
+    it.effect("under Effect's built-in tracer (no exporter) the relay makes no span: a handler runs without a parent span", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`TRUNCATE outbox`
+        yield* Outbox.transaction(Outbox.publish({ aggregateType: "Order", aggregateId: "untraced", eventType: "OrderCreated", payload: {} }))
+        const parents: Array<string> = []
+        yield* Effect.scoped(Effect.gen(function*() {
+          yield* relay(() =>
+            Effect.flatMap(Effect.option(Effect.currentParentSpan), (span) =>
+              Effect.sync(() => parents.push(span._tag === "Some" ? `${span.value._tag}` : "none"))), {})
+          yield* waitUntil(Effect.sync(() => parents.length >= 1), "one delivery")
+        }))
+        assert.deepStrictEqual(parents, ["none"])
+      }))
   })
 })

@@ -172,15 +172,15 @@ export const make = Effect.gen(function*() {
     events: Iterable<Outbox.LabelSource>
   ) => {
     if (!metrics) return
-    const counts = new Map<string, { labels: Record<string, string>; n: number }>()
+    const counts = new Map<string, { event: Outbox.LabelSource; n: number }>()
     for (const event of events) {
-      const labels = eventLabels(event)
-      const key = extraLabels.length === 0 ? `${event.aggregateType}\u0000${event.eventType}` : JSON.stringify(labels)
+      // the labels (an object) are built once per label set, not per event
+      const key = extraLabels.length === 0 ? `${event.aggregateType}\u0000${event.eventType}` : JSON.stringify(eventLabels(event))
       const entry = counts.get(key)
-      if (entry === undefined) counts.set(key, { labels, n: 1 })
+      if (entry === undefined) counts.set(key, { event, n: 1 })
       else entry.n++
     }
-    for (const { labels, n } of counts.values()) family(labels).updateUnsafe(n, context)
+    for (const { event, n } of counts.values()) family(eventLabels(event)).updateUnsafe(n, context)
   }
   /**
    * Histogram series by a string key: without allow-listed labels, an event's
@@ -356,17 +356,9 @@ export const make = Effect.gen(function*() {
         for (const event of taken) held.delete(event.id)
         return taken
       }
-      /** Delivers one event (in its process span when `traced`). */
-      const deliverOne = (event: OutboxEvent, traced: boolean) =>
+      /** Records a failed delivery (rare: a generator is fine here). */
+      const deliveryFailed = (event: OutboxEvent, exit: Exit.Failure<void, unknown>, seconds: number, traced: boolean) =>
         Effect.gen(function*() {
-          const start = clock.currentTimeNanosUnsafe()
-          const exit = yield* Effect.exit(sink.deliver(event))
-          const seconds = Number(clock.currentTimeNanosUnsafe() - start) / 1e9
-          if (Exit.isSuccess(exit)) {
-            delivered.push(event)
-            observeHandler(event, "completed", seconds)
-            return
-          }
           if (Cause.hasInterruptsOnly(exit.cause)) return yield* Effect.interrupt
           held.delete(event.id)
           const outcome = yield* handleFailure(event, Cause.squash(exit.cause))
@@ -379,6 +371,21 @@ export const make = Effect.gen(function*() {
               span.value.end(clock.currentTimeNanosUnsafe(), exit)
             }
           }
+        })
+      /**
+       * Delivers one event (in its process span when `traced`). The success
+       * path is one `flatMap`, no generator: it runs once per event.
+       */
+      const deliverOne = (event: OutboxEvent, traced: boolean) =>
+        Effect.suspend(() => {
+          const start = clock.currentTimeNanosUnsafe()
+          return Effect.flatMap(Effect.exit(sink.deliver(event)), (exit) => {
+            const seconds = Number(clock.currentTimeNanosUnsafe() - start) / 1e9
+            if (Exit.isFailure(exit)) return deliveryFailed(event, exit, seconds, traced)
+            delivered.push(event)
+            observeHandler(event, "completed", seconds)
+            return Effect.void
+          })
         })
       const processOne = (event: OutboxEvent) => {
         if (!tracing) return deliverOne(event, false)

@@ -1,52 +1,17 @@
 import { assert, describe, layer } from "@effect/vitest"
 import * as WebhookSink from "@outbox/runtime/WebhookSink"
+import * as HttpReceiver from "@outbox/testing/HttpReceiver"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
-import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Queue from "effect/Queue"
 import * as HttpServer from "effect/http/HttpServer"
 import * as SqlClient from "effect/sql/SqlClient"
-import { createServer, type IncomingHttpHeaders } from "node:http"
-import type { AddressInfo } from "node:net"
 import * as App from "../src/App.ts"
 
-interface Received {
-  readonly headers: IncomingHttpHeaders
-  readonly body: any
-}
-
-/** A real webhook receiver on a free loopback port; every request body lands in a queue. */
-class Receiver extends Context.Service<Receiver, { readonly url: string; readonly received: Queue.Queue<Received> }>()(
-  "test/Receiver"
-) {
-  static readonly layer = Layer.effect(
-    Receiver,
-    Effect.gen(function*() {
-      const received = yield* Queue.unbounded<Received>()
-      const server = yield* Effect.acquireRelease(
-        Effect.callback<ReturnType<typeof createServer>>((resume) => {
-          const s = createServer((req, res) => {
-            let data = ""
-            req.on("data", (chunk) => (data += chunk))
-            req.on("end", () => {
-              Queue.offerUnsafe(received, { headers: req.headers, body: JSON.parse(data) })
-              res.writeHead(204).end()
-            })
-          })
-          s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
-        }),
-        (s) =>
-          Effect.callback<void>((resume) => {
-            s.closeAllConnections()
-            s.close(() => resume(Effect.void))
-          })
-      )
-      return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/events`, received }
-    })
-  )
-}
+/** A real webhook receiver on a free loopback port (`@outbox/testing/HttpReceiver`). */
+const Receiver = HttpReceiver.HttpReceiver
 
 /** The example's layers, on a free port, against a fresh database, relaying to the receiver. */
 const AppUnderTest = Layer.unwrap(Effect.gen(function*() {

@@ -8,56 +8,21 @@ import * as TraceContext from "@outbox/core/TraceContext"
 import * as RetryPolicy from "@outbox/core/RetryPolicy"
 import * as PgInbox from "@outbox/sql/PgInbox"
 import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
+import * as HttpReceiver from "@outbox/testing/HttpReceiver"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
 import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
-import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import * as SqlClient from "effect/sql/SqlClient"
-import { createServer, type IncomingHttpHeaders } from "node:http"
-import type { AddressInfo } from "node:net"
 import * as OutboxTelemetry from "../src/OutboxTelemetry.ts"
 import * as Relay from "../src/Relay.ts"
 import * as WebhookSink from "../src/WebhookSink.ts"
 
-interface Received {
-  readonly headers: IncomingHttpHeaders
-  readonly body: WebhookSink.WebhookBody
-}
-
-/** A real webhook receiver (node:http on a free port); every request lands in a queue. */
-class Receiver extends Context.Service<Receiver, { readonly url: string; readonly received: Queue.Queue<Received> }>()(
-  "test/TelemetryReceiver"
-) {
-  static readonly layer = Layer.effect(
-    Receiver,
-    Effect.gen(function*() {
-      const received = yield* Queue.unbounded<Received>()
-      const server = yield* Effect.acquireRelease(
-        Effect.callback<ReturnType<typeof createServer>>((resume) => {
-          const s = createServer((req, res) => {
-            let data = ""
-            req.on("data", (chunk) => (data += chunk))
-            req.on("end", () => {
-              Queue.offerUnsafe(received, { headers: req.headers, body: JSON.parse(data) })
-              res.writeHead(204).end()
-            })
-          })
-          s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
-        }),
-        (s) =>
-          Effect.callback<void>((resume) => {
-            s.closeAllConnections()
-            s.close(() => resume(Effect.void))
-          })
-      )
-      return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/events`, received }
-    })
-  )
-}
+/** A real webhook receiver (`@outbox/testing/HttpReceiver`) shared by the suite. */
+const Receiver = HttpReceiver.HttpReceiver
 
 /** One in-memory exporter for the file; each test resets it. */
 const exporter = new InMemorySpanExporter()

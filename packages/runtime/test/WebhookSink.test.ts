@@ -1,12 +1,11 @@
 import { assert, describe, it } from "@effect/vitest"
 import type { OutboxEvent } from "@outbox/core/OutboxEvent"
 import { OutboxSink } from "@outbox/core/OutboxSink"
+import * as HttpReceiver from "@outbox/testing/HttpReceiver"
 import * as ConfigProvider from "effect/ConfigProvider"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import { createServer, type IncomingHttpHeaders, type ServerResponse } from "node:http"
-import type { AddressInfo } from "node:net"
 import * as WebhookSink from "../src/WebhookSink.ts"
 
 const event: OutboxEvent = {
@@ -24,36 +23,8 @@ const event: OutboxEvent = {
   lockedUntil: new Date("2026-11-23T10:00:30.000Z")
 }
 
-interface Seen {
-  readonly method: string | undefined
-  readonly headers: IncomingHttpHeaders
-  readonly body: unknown
-}
-
-/** A real HTTP server on a random loopback port answering with `respond`; yields its URL and what it saw. */
-const server = (respond: (res: ServerResponse) => void) =>
-  Effect.gen(function*() {
-    const seen: Array<Seen> = []
-    const srv = yield* Effect.acquireRelease(
-      Effect.callback<ReturnType<typeof createServer>>((resume) => {
-        const s = createServer((req, res) => {
-          let data = ""
-          req.on("data", (chunk) => (data += chunk))
-          req.on("end", () => {
-            seen.push({ method: req.method, headers: req.headers, body: JSON.parse(data) })
-            respond(res)
-          })
-        })
-        s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
-      }),
-      (s) =>
-        Effect.callback<void>((resume) => {
-          s.closeAllConnections()
-          s.close(() => resume(Effect.void))
-        })
-    )
-    return { url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}/hook`, seen }
-  })
+/** A real HTTP server on a random loopback port answering with `respond`; its URL and what it saw. */
+const server = HttpReceiver.make
 
 const deliverWith = <E>(sink: Layer.Layer<OutboxSink, E>) =>
   Effect.flatMap(Effect.service(OutboxSink), (s) => s.deliver(event)).pipe(Effect.provide(sink))

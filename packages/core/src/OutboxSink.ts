@@ -49,19 +49,29 @@ export const fromHandler = <E, R>(
   handler: (event: OutboxEvent) => Effect.Effect<void, E, R>,
   name = "handler"
 ): Effect.Effect<OutboxSink["Service"], never, R> =>
-  Effect.map(Effect.context<R>(), (context) =>
-    OutboxSink.of({
+  Effect.map(Effect.context<R>(), (context) => {
+    // What `Effect.provideContext(context)` does, with the merge remembered:
+    // the relay delivers every event of a worker from the same context, and
+    // merging copies every service of both contexts (measured ~0.4 µs per event).
+    let outer: Context.Context<never> | undefined
+    let merged: Context.Context<R> = context
+    const provide = (current: Context.Context<never>): Context.Context<R> => {
+      if (current !== outer) {
+        outer = current
+        merged = Context.merge(current, context)
+      }
+      return merged
+    }
+    const onCause = (cause: Cause.Cause<E>): Effect.Effect<never, DeliveryError> =>
+      Cause.hasInterruptsOnly(cause)
+        ? Effect.failCause(cause as Cause.Cause<never>)
+        : Effect.fail(toDeliveryError(Cause.squash(cause)))
+    return OutboxSink.of({
       name,
-      deliver: (event) =>
-        handler(event).pipe(
-          Effect.provideContext(context),
-          Effect.catchCause((cause) =>
-            Cause.hasInterruptsOnly(cause)
-              ? Effect.failCause(cause as Cause.Cause<never>)
-              : Effect.fail(toDeliveryError(Cause.squash(cause)))
-          )
-        )
-    }))
+      // data-first calls: no pipe closures per event
+      deliver: (event) => Effect.catchCause(Effect.updateContext(handler(event), provide), onCause)
+    })
+  })
 
 /**
  * A layer providing a handler-backed sink.

@@ -43,7 +43,7 @@
  */
 import { OutboxConfig } from "@outbox/core/OutboxConfig"
 import type { LeaseLost, StoreError } from "@outbox/core/OutboxError"
-import { leaseOf, type OutboxEvent } from "@outbox/core/OutboxEvent"
+import type { OutboxEvent } from "@outbox/core/OutboxEvent"
 import { OutboxSink } from "@outbox/core/OutboxSink"
 import { OutboxStore } from "@outbox/core/OutboxStore"
 import * as RetryPolicy from "@outbox/core/RetryPolicy"
@@ -173,12 +173,21 @@ export const make = Effect.gen(function*() {
   ) => {
     if (!metrics) return
     const counts = new Map<string, { event: Outbox.LabelSource; n: number }>()
+    let last: { event: Outbox.LabelSource; n: number } | undefined
     for (const event of events) {
+      // a run of one type (the common batch) counts without building a key
+      if (
+        last !== undefined && extraLabels.length === 0 && event.eventType === last.event.eventType &&
+        event.aggregateType === last.event.aggregateType
+      ) {
+        last.n++
+        continue
+      }
       // the labels (an object) are built once per label set, not per event
       const key = extraLabels.length === 0 ? `${event.aggregateType}\u0000${event.eventType}` : JSON.stringify(eventLabels(event))
-      const entry = counts.get(key)
-      if (entry === undefined) counts.set(key, { event, n: 1 })
-      else entry.n++
+      last = counts.get(key)
+      if (last === undefined) counts.set(key, last = { event, n: 1 })
+      else last.n++
     }
     for (const { event, n } of counts.values()) family(eventLabels(event)).updateUnsafe(n, context)
   }
@@ -308,7 +317,7 @@ export const make = Effect.gen(function*() {
 
   /** Completes delivered events; a failure is logged and the leases expire into a redelivery. */
   const completeAll = (events: ReadonlyArray<OutboxEvent>, claimSpan: Tracer.Span | undefined) =>
-    underClaim(claimSpan, "complete", events.length, fenced("complete", store.complete(events.map(leaseOf)))).pipe(
+    underClaim(claimSpan, "complete", events.length, fenced("complete", store.complete(events))).pipe(
       Effect.flatMap((lost) => {
         const done = lost.length === 0 ? events : events.filter((event) => !lost.includes(event.id))
         observeCompleted(done)
@@ -333,14 +342,23 @@ export const make = Effect.gen(function*() {
     pending: { fiber: Fiber.Fiber<void> | undefined }
   ) =>
     Effect.gen(function*() {
-      // leases still held by this batch (undelivered, or delivered but not yet handed to completion)
-      const held = new Map<bigint, OutboxEvent>(events.map((e) => [e.id, e]))
+      // The leases this batch still holds: `events[next..]`, not yet delivered
+      // (`events[next]` may be in delivery), and `delivered`, not yet handed to
+      // completion; less those a renewal found `lost`. Events are delivered in
+      // order, so a cursor does what a Map of held leases would, without one
+      // Map entry per event.
+      let next = 0
       const delivered: Array<OutboxEvent> = []
-      const renew = Effect.suspend(() =>
-        underClaim(claimSpan, "renew", held.size, store.renew(Array.from(held.values(), leaseOf), config.leaseDuration))
-      ).pipe(
+      let lost: Set<bigint> | undefined
+      const isLost = (event: OutboxEvent) => lost !== undefined && lost.has(event.id)
+      const undelivered = () => events.slice(next).filter((event) => !isLost(event))
+      const renew = Effect.suspend(() => {
+        const held = [...delivered.filter((event) => !isLost(event)), ...undelivered()]
+        return underClaim(claimSpan, "renew", held.length, store.renew(held, config.leaseDuration))
+      }).pipe(
         Effect.catchTag("LeaseLost", (error) => {
-          for (const id of error.eventIds) held.delete(id)
+          lost ??= new Set()
+          for (const id of error.eventIds) lost.add(id)
           return onLeaseLost("renew", error)
         }),
         Effect.catchCause((cause) => Effect.andThen(failed("heartbeat"), Effect.logWarning("heartbeat failed", cause)))
@@ -351,50 +369,62 @@ export const make = Effect.gen(function*() {
         Effect.forkChild({ startImmediately: true })
       )
       /** Takes the delivered events out of this batch's hands. */
-      const takeDelivered = () => {
-        const taken = delivered.splice(0)
-        for (const event of taken) held.delete(event.id)
-        return taken
-      }
+      const takeDelivered = () => delivered.splice(0)
       /** Records a failed delivery (rare: a generator is fine here). */
-      const deliveryFailed = (event: OutboxEvent, exit: Exit.Failure<void, unknown>, seconds: number, traced: boolean) =>
+      const deliveryFailed = (event: OutboxEvent, cause: Cause.Cause<unknown>, seconds: number, traced: boolean) =>
         Effect.gen(function*() {
-          if (Cause.hasInterruptsOnly(exit.cause)) return yield* Effect.interrupt
-          held.delete(event.id)
-          const outcome = yield* handleFailure(event, Cause.squash(exit.cause))
+          if (Cause.hasInterruptsOnly(cause)) return yield* Effect.interrupt
+          next++ // no longer held: the retry or dead letter settles its lease
+          const outcome = yield* handleFailure(event, Cause.squash(cause))
           if (outcome !== undefined) observeHandler(event, outcome, seconds)
           if (traced) {
             const span = yield* Effect.option(Effect.currentSpan)
             if (Option.isSome(span)) {
               span.value.attribute("outbox.outcome", outcome ?? "lease_lost")
               // the span fails with the delivery error (the relay itself goes on); its own end is then a no-op
-              span.value.end(clock.currentTimeNanosUnsafe(), exit)
+              span.value.end(clock.currentTimeNanosUnsafe(), Exit.failCause(cause))
             }
           }
         })
+      /** When the delivery of `events[next]` started (a monotonic reading: it is only ever used for a duration). */
+      let started = 0n
+      const elapsed = () => Number(clock.monotonicTimeNanosUnsafe() - started) / 1e9
       /**
-       * Delivers one event (in its process span when `traced`). The success
-       * path is one `flatMap`, no generator: it runs once per event.
+       * What follows the delivery of `events[next]`, then `then`. Built once
+       * per batch: deliveries run one at a time, so the event is `events[next]`
+       * and nothing per event (closure, options) needs allocating.
        */
-      const deliverOne = (event: OutboxEvent, traced: boolean) =>
-        Effect.suspend(() => {
-          const start = clock.currentTimeNanosUnsafe()
-          return Effect.flatMap(Effect.exit(sink.deliver(event)), (exit) => {
-            const seconds = Number(clock.currentTimeNanosUnsafe() - start) / 1e9
-            if (Exit.isFailure(exit)) return deliveryFailed(event, exit, seconds, traced)
-            delivered.push(event)
-            observeHandler(event, "completed", seconds)
-            return Effect.void
-          })
-        })
-      const processOne = (event: OutboxEvent) => {
-        if (!tracing) return deliverOne(event, false)
+      const afterDelivery = (then: () => Effect.Effect<void, StoreError>, traced: boolean) => ({
+        onSuccess: (_: void) => {
+          const event = events[next]!
+          delivered.push(event)
+          next++
+          observeHandler(event, "completed", elapsed())
+          return then()
+        },
+        onFailure: (cause: Cause.Cause<unknown>) => Effect.flatMap(deliveryFailed(events[next]!, cause, elapsed(), traced), then)
+      })
+      /**
+       * Delivers one event. It runs once per event, so the success path is a
+       * single `matchCauseEffect` that goes straight on with the next event:
+       * no generator step, no `flatMap`, no `Exit` value. The caller runs it
+       * at once, so the start time is taken here.
+       */
+      const deliverOne = (event: OutboxEvent, after: ReturnType<typeof afterDelivery>): Effect.Effect<void, StoreError> => {
+        started = clock.monotonicTimeNanosUnsafe()
+        return Effect.matchCauseEffect(sink.deliver(event), after)
+      }
+      const done = () => Effect.void
+      const untracedAfter = afterDelivery(() => deliverRest(), false)
+      /** One event in its own trace context: a process span, or the producer's unsampled context. */
+      const processTraced = (event: OutboxEvent) => {
         const parent = producerSpan(event)
         // the producer's trace was not sampled: nothing would be recorded, so no span is made;
         // the context still flows (a webhook gets the producer's traceparent, flags 00)
-        if (parent !== undefined && !parent.sampled) return Effect.withParentSpan(deliverOne(event, false), parent)
+        if (parent !== undefined && !parent.sampled) return Effect.withParentSpan(deliverOne(event, afterDelivery(done, false)), parent)
         return Effect.withSpan(
-          deliverOne(event, true),
+          // inside the span: the sink builds its effect with the span current
+          Effect.suspend(() => deliverOne(event, afterDelivery(done, true))),
           `process ${event.eventType}`,
           {
             kind: "consumer",
@@ -413,11 +443,16 @@ export const make = Effect.gen(function*() {
           }
         )
       }
+      /** Delivers `events[next..]` in order, one after the other. */
+      const deliverRest = (): Effect.Effect<void, StoreError> => {
+        // a lease lost while we were busy: someone else owns the event now
+        while (next < events.length && isLost(events[next]!)) next++
+        if (next === events.length) return Effect.void
+        const event = events[next]!
+        return tracing ? Effect.flatMap(processTraced(event), deliverRest) : deliverOne(event, untracedAfter)
+      }
       yield* Effect.gen(function*() {
-        for (const event of events) {
-          if (!held.has(event.id)) continue // lease lost while we were busy: someone else owns it now
-          yield* processOne(event)
-        }
+        yield* Effect.suspend(deliverRest)
         yield* Fiber.interrupt(heartbeat)
         if (pending.fiber !== undefined) yield* Fiber.await(pending.fiber)
         const taken = takeDelivered()
@@ -428,9 +463,9 @@ export const make = Effect.gen(function*() {
             yield* Fiber.interrupt(heartbeat)
             const taken = takeDelivered()
             if (taken.length > 0) yield* completeAll(taken, claimSpan)
-            const rest = Array.from(held.values())
+            const rest = undelivered()
             if (rest.length > 0) {
-              const lost = yield* fenced("release", store.release(rest.map(leaseOf)))
+              const lost = yield* fenced("release", store.release(rest))
               yield* count("released", rest.length - lost.length)
             }
           }).pipe(Effect.catchCause((cause) => Effect.logWarning("releasing leases failed", cause)))

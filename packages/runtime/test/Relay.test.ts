@@ -127,6 +127,40 @@ layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.
           yield* Scope.close(scope, Exit.void)
         }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
 
+      it.effect("a lease a renewal finds lost mid-batch is skipped: never delivered, completed or released by this worker", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxStore
+          const release = yield* Deferred.make<void>()
+          const delivered = yield* Ref.make<Array<string>>([])
+          const [first, second, third] = yield* publishEvents("A", "B", "C")
+          const { relay, scope } = yield* startRelay((event) =>
+            Effect.andThen(
+              Ref.update(delivered, (a) => [...a, event.eventType]),
+              event.eventType === "A" ? Deferred.await(release) : Effect.void
+            )
+          )
+          yield* advanceUntil(Effect.map(Ref.get(delivered), (a) => a.length === 1))
+          // while A's handler runs, C's lease is taken from the relay: released and claimed by someone else
+          const held = yield* statusOf(third!.id)
+          yield* outbox.release([{ id: held.id, createdAt: held.createdAt, lockToken: held.lockToken! }])
+          const [stolen] = yield* outbox.claim({ limit: 1, leaseDuration: Duration.minutes(10) })
+          assert.strictEqual(stolen!.id, third!.id)
+          // the next heartbeat (lease/3) finds it lost
+          yield* advanceUntil(Effect.map(relay.stats, (s) => s.leaseLost === 1), { step: "1 second" })
+          yield* Deferred.succeed(release, undefined)
+          yield* eventually(Effect.map(relay.stats, (s) => s.completed === 2))
+          assert.deepStrictEqual(yield* Ref.get(delivered), ["A", "B"])
+          assert.strictEqual((yield* statusOf(first!.id)).status, "COMPLETED")
+          assert.strictEqual((yield* statusOf(second!.id)).status, "COMPLETED")
+          const after = yield* statusOf(third!.id)
+          assert.strictEqual(after.status, "PROCESSING")
+          assert.strictEqual(after.lockToken, stolen!.lockToken)
+          yield* Scope.close(scope, Exit.void)
+          // shutting down releases nothing it does not hold
+          assert.strictEqual((yield* relay.stats).released, 0)
+          assert.strictEqual((yield* statusOf(third!.id)).lockToken, stolen!.lockToken)
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
+
       it.effect("a stopped worker's lease is reaped after expiry and redelivered; its late complete is fenced", () =>
         Effect.gen(function*() {
           const outbox = yield* OutboxStore

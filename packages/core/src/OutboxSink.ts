@@ -11,6 +11,7 @@ import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Scope from "effect/Scope"
 import { DeliveryError } from "./OutboxError.ts"
 import type { OutboxEvent } from "./OutboxEvent.ts"
 
@@ -49,16 +50,30 @@ export const fromHandler = <E, R>(
   handler: (event: OutboxEvent) => Effect.Effect<void, E, R>,
   name = "handler"
 ): Effect.Effect<OutboxSink["Service"], never, R> =>
-  Effect.map(Effect.context<R>(), (context) => {
-    // What `Effect.provideContext(context)` does, with the merge remembered:
-    // the relay delivers every event of a worker from the same context, and
-    // merging copies every service of both contexts (measured ~0.4 µs per event).
+  Effect.map(Effect.context<R>(), (built) => {
+    // What `Effect.provideContext(context)` does, at a fraction of the cost:
+    // - the merge is remembered: the relay delivers every event of a worker
+    //   from the same context, and a merge copies both contexts' services;
+    // - when the current context already holds every service the handler was
+    //   built with (as when the relay and the sink share their dependencies),
+    //   nothing is provided at all: switching the fiber's context and back
+    //   allocated ~360 bytes per event (measured with an allocation profile).
+    // The layer's own Scope is not one of the handler's services: it is left
+    // out, so a handler that needs a Scope gets the one it runs in.
+    const context = Context.omit(Scope.Scope)(built) as Context.Context<R>
+    const holdsAll = (current: Context.Context<never>) => {
+      const services = current.mapUnsafe
+      for (const [key, service] of context.mapUnsafe) {
+        if (services.get(key) !== service) return false
+      }
+      return true
+    }
     let outer: Context.Context<never> | undefined
     let merged: Context.Context<R> = context
     const provide = (current: Context.Context<never>): Context.Context<R> => {
       if (current !== outer) {
         outer = current
-        merged = Context.merge(current, context)
+        merged = holdsAll(current) ? current as Context.Context<R> : Context.merge(current, context)
       }
       return merged
     }

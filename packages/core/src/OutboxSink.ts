@@ -61,10 +61,12 @@ export const fromHandler = <E, R>(
     // The layer's own Scope is not one of the handler's services: it is left
     // out, so a handler that needs a Scope gets the one it runs in.
     const context = Context.omit(Scope.Scope)(built) as Context.Context<R>
+    // looked up key by key: reading `current.mapUnsafe` would copy a layered
+    // context (one with a span set per event, as under tracing) into a Map
+    const services = Array.from(context.mapUnsafe, ([key, service]) => [Context.Service<unknown>(key), service] as const)
     const holdsAll = (current: Context.Context<never>) => {
-      const services = current.mapUnsafe
-      for (const [key, service] of context.mapUnsafe) {
-        if (services.get(key) !== service) return false
+      for (const [key, service] of services) {
+        if (Context.getOrUndefined(current, key) !== service) return false
       }
       return true
     }

@@ -316,33 +316,28 @@ const basePublished = new Map<string, Metric.Counter<number>>()
 const countPublished = (events: ReadonlyArray<readonly [ValidEvent, PublishedEvent | undefined]>) =>
   Effect.contextWith((context: Context.Context<never>) => {
     const extra = Context.get(context, MetricLabels)
+    const base = extra.length === 0
     const counts = new Map<string, { metric: Metric.Counter<number>; n: number }>()
     for (const [event, row] of events) {
-      const base = extra.length === 0
-      const key = base ? `${event.aggregateType}\u0000${event.eventType}` : ""
-      let labels: Record<string, string> | undefined
-      let metricKey = key
-      if (!base) {
-        labels = eventLabels(extra, {
-          aggregateType: event.aggregateType,
-          eventType: event.eventType,
-          aggregateId: event.aggregateId,
-          trackingId: row?.trackingId,
-          metadata: JSON.parse(event.metadataJson)
-        })
-        metricKey = JSON.stringify(labels)
-      }
-      const entry = counts.get(metricKey)
+      const labels = base ? undefined : eventLabels(extra, {
+        aggregateType: event.aggregateType,
+        eventType: event.eventType,
+        aggregateId: event.aggregateId,
+        trackingId: row?.trackingId,
+        metadata: JSON.parse(event.metadataJson)
+      })
+      const key = labels === undefined ? `${event.aggregateType}\u0000${event.eventType}` : JSON.stringify(labels)
+      const entry = counts.get(key)
       if (entry !== undefined) {
         entry.n++
         continue
       }
-      let metric = base ? basePublished.get(key) : undefined
+      let metric = labels === undefined ? basePublished.get(key) : undefined
       if (metric === undefined) {
         metric = eventsPublished(labels ?? { aggregate_type: event.aggregateType, event_type: event.eventType })
-        if (base) basePublished.set(key, metric)
+        if (labels === undefined) basePublished.set(key, metric)
       }
-      counts.set(metricKey, { metric, n: 1 })
+      counts.set(key, { metric, n: 1 })
     }
     for (const { metric, n } of counts.values()) metric.updateUnsafe(n, context)
     return Effect.void

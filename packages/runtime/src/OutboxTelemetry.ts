@@ -320,7 +320,6 @@ export const preregister: Effect.Effect<void> = Effect.contextWith((context: Con
   return Effect.void
 })
 
-
 /**
  * Whether the relay updates metrics (default true). `OUTBOX_METRICS=false`
  * turns it off (e.g. to measure the cost).

@@ -350,11 +350,11 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         FOR UPDATE SKIP LOCKED
       ) c
       WHERE o.id = c.id AND o.created_at = c.created_at
-      RETURNING ${claimedColumns}`.values
+      RETURNING ${claimedColumns}`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>
 
   const claim = Effect.fnUntraced(function*(options: { readonly limit: number; readonly leaseDuration: Duration.Duration }) {
     const ts = yield* now
-    const statement: Effect.Effect<ReadonlyArray<ReadonlyArray<unknown>>, SqlError.SqlError> = mode === "plain"
+    const statement: Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError> = mode === "plain"
       ? claimOne(T, ts, options)
       : mode === "legacy"
       // The mirror is a second statement: its fresh snapshot sees a copy a
@@ -363,7 +363,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         claimed.length === 0 ? Effect.void : Effect.asVoid(sql`
           UPDATE ${T} d SET ${mirrorSet("s")}
           FROM ${L} s
-          WHERE s.id = ANY(${bigintArray(claimed.map((r) => (r as ClaimedValues)[0]))}::bigint[]) AND d.id = s.id AND d.created_at = s.created_at`)))
+          WHERE s.id = ANY(${bigintArray(claimed.map((r) => r[0]))}::bigint[]) AND d.id = s.id AND d.created_at = s.created_at`)))
       // The union: partitioned rows, and legacy rows that have no copy (the
       // backfill marks a row in the same statement that copies it, and the
       // row lock re-check sees the mark). Copies' claims are mirrored.
@@ -395,8 +395,8 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         SELECT id, tracking_id, aggregate_type, aggregate_id, event_type, payload, metadata, retry_count, max_retries,
                created_at, locked_until, lock_token FROM pu
         UNION ALL
-        SELECT * FROM lu`.values
-    const rows = (yield* mapSqlError("claim")(statement)) as ReadonlyArray<ClaimedValues>
+        SELECT * FROM lu`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>
+    const rows = yield* mapSqlError("claim")(statement)
     // RETURNING does not keep the claim order
     return rows.map(toEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
   })

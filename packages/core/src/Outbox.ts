@@ -120,6 +120,71 @@ export const eventLabels = (extra: ReadonlyArray<string>, event: LabelSource): R
   return labels
 }
 
+/** Per series function: its series by `aggregate type \0 event type`, for events without allow-listed labels. */
+const baseSeries = new WeakMap<(labels: Record<string, string>) => Metric.Metric<number, unknown>, Map<string, Metric.Metric<number, unknown>>>()
+
+/**
+ * Adds 1 per event to an event-scoped counter, one update per label set.
+ * Without allow-listed labels (`extraLabels` empty) an event's series is
+ * found by its aggregate type and event type alone, and a run of events of
+ * one type (the common batch) is counted without building any key; with
+ * them, the labels are built once per event, by `eventLabels` over what
+ * `labelSource` returns (the event itself by default).
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const countEvents = <E extends { readonly aggregateType: string; readonly eventType: string }>(
+  events: ReadonlyArray<E>,
+  options: {
+    /** The counter's series of one label set (`eventsPublished`, `OutboxTelemetry.eventsCompleted`, …). */
+    readonly series: (labels: Record<string, string>) => Metric.Metric<number, unknown>
+    readonly extraLabels: ReadonlyArray<string>
+    readonly context: Context.Context<never>
+    /** What the allow-listed labels read from `events[index]`; only called when there are some. */
+    readonly labelSource?: ((event: E, index: number) => LabelSource) | undefined
+  }
+): void => {
+  const { context, extraLabels, series } = options
+  const counts = new Map<string, { metric: Metric.Metric<number, unknown>; n: number }>()
+  if (extraLabels.length > 0) {
+    for (let i = 0; i < events.length; i++) {
+      const event = events[i]!
+      const labels = eventLabels(extraLabels, options.labelSource ? options.labelSource(event, i) : event as LabelSource)
+      const key = JSON.stringify(labels)
+      const entry = counts.get(key)
+      if (entry === undefined) counts.set(key, { metric: series(labels), n: 1 })
+      else entry.n++
+    }
+  } else {
+    let cache = baseSeries.get(series)
+    if (cache === undefined) baseSeries.set(series, cache = new Map())
+    let last: { metric: Metric.Metric<number, unknown>; n: number } | undefined
+    let lastAggregateType = ""
+    let lastEventType = ""
+    for (const event of events) {
+      if (last !== undefined && event.eventType === lastEventType && event.aggregateType === lastAggregateType) {
+        last.n++
+        continue
+      }
+      lastAggregateType = event.aggregateType
+      lastEventType = event.eventType
+      const key = `${lastAggregateType}\u0000${lastEventType}`
+      last = counts.get(key)
+      if (last !== undefined) {
+        last.n++
+        continue
+      }
+      let metric = cache.get(key)
+      if (metric === undefined) {
+        cache.set(key, metric = series({ aggregate_type: lastAggregateType, event_type: lastEventType }))
+      }
+      counts.set(key, last = { metric, n: 1 })
+    }
+  }
+  for (const { metric, n } of counts.values()) metric.updateUnsafe(n, context)
+}
+
 const publishedCache = new Map<string, Metric.Counter<number>>()
 
 /**
@@ -299,46 +364,34 @@ export const transaction = <A, E, R>(
 ): Effect.Effect<A, E | StoreError, Exclude<R, OutboxTransaction> | OutboxStore> =>
   Effect.flatMap(Effect.service(OutboxStore), (store) =>
     Effect.suspend(() => {
-      const published: Array<readonly [ValidEvent, PublishedEvent | undefined]> = []
+      const published: Array<ValidEvent> = []
+      const rows: Array<PublishedEvent | undefined> = []
       return store.withTransaction((publish) =>
         Effect.provideService(effect, OutboxTransaction, {
-          publish: (events) => Effect.map(publish(events), (rows) => {
-            for (let i = 0; i < events.length; i++) published.push([events[i]!, rows[i]])
-            return rows
+          publish: (events) => Effect.map(publish(events), (written) => {
+            for (let i = 0; i < events.length; i++) {
+              published.push(events[i]!)
+              rows.push(written[i])
+            }
+            return written
           })
         } as OutboxTransaction["Service"])
-      ).pipe(Effect.tap(() => published.length === 0 ? Effect.void : countPublished(published)))
+      ).pipe(Effect.tap(() => published.length === 0 ? Effect.void : countPublished(published, rows)))
     }))
 
-/** Without allow-listed labels, the published counter of an aggregate type and event type, looked up once. */
-const basePublished = new Map<string, Metric.Counter<number>>()
-
-const countPublished = (events: ReadonlyArray<readonly [ValidEvent, PublishedEvent | undefined]>) =>
+const countPublished = (events: ReadonlyArray<ValidEvent>, rows: ReadonlyArray<PublishedEvent | undefined>) =>
   Effect.contextWith((context: Context.Context<never>) => {
-    const extra = Context.get(context, MetricLabels)
-    const base = extra.length === 0
-    const counts = new Map<string, { metric: Metric.Counter<number>; n: number }>()
-    for (const [event, row] of events) {
-      const labels = base ? undefined : eventLabels(extra, {
+    countEvents(events, {
+      series: eventsPublished,
+      extraLabels: Context.get(context, MetricLabels),
+      context,
+      labelSource: (event, i) => ({
         aggregateType: event.aggregateType,
         eventType: event.eventType,
         aggregateId: event.aggregateId,
-        trackingId: row?.trackingId,
+        trackingId: rows[i]?.trackingId,
         metadata: JSON.parse(event.metadataJson)
       })
-      const key = labels === undefined ? `${event.aggregateType}\u0000${event.eventType}` : JSON.stringify(labels)
-      const entry = counts.get(key)
-      if (entry !== undefined) {
-        entry.n++
-        continue
-      }
-      let metric = labels === undefined ? basePublished.get(key) : undefined
-      if (metric === undefined) {
-        metric = eventsPublished(labels ?? { aggregate_type: event.aggregateType, event_type: event.eventType })
-        if (labels === undefined) basePublished.set(key, metric)
-      }
-      counts.set(key, { metric, n: 1 })
-    }
-    for (const { metric, n } of counts.values()) metric.updateUnsafe(n, context)
+    })
     return Effect.void
   })

@@ -1,7 +1,9 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Outbox from "@outbox/core/Outbox"
 import type { OutboxStore } from "@outbox/core/OutboxStore"
+import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
 
 const settings: Outbox.PublishSettings = { maxPayloadBytes: 64, maxRetries: 5 }
 const base = { aggregateType: "Order", aggregateId: "o-1", eventType: "OrderCreated", payload: { ok: true } }
@@ -73,5 +75,56 @@ describe("Outbox.publish", () => {
     const inside: Effect.Effect<unknown, unknown, OutboxStore> = Outbox.transaction(program)
     assert.isTrue(Effect.isEffect(outside))
     assert.isTrue(Effect.isEffect(inside))
+  })
+})
+
+describe("Outbox.countEvents", () => {
+  const event = (aggregateType: string, eventType: string, tenant?: string) => ({
+    aggregateType,
+    eventType,
+    metadata: tenant === undefined ? {} : { tenant_id: tenant }
+  })
+  /** A fresh registry, and a counter family that records the label sets it is asked for. */
+  const setup = () => {
+    const context = Context.make(Metric.MetricRegistry, new Map())
+    const asked: Array<string> = []
+    const series = (labels: Record<string, string>) => {
+      asked.push(JSON.stringify(labels))
+      return Metric.counter("test_events_total", { incremental: true, attributes: labels })
+    }
+    const value = (labels: Record<string, string>) =>
+      Metric.counter("test_events_total", { incremental: true, attributes: labels }).valueUnsafe(context).count
+    return { context, asked, series, value }
+  }
+
+  it("counts every event once, under its aggregate type and event type, asking for each label set once", () => {
+    const { asked, context, series, value } = setup()
+    const events = [event("Order", "Created"), event("Order", "Created"), event("Order", "Paid"), event("Order", "Created"), event("User", "Created")]
+    Outbox.countEvents(events, { series, extraLabels: [], context })
+    assert.strictEqual(value({ aggregate_type: "Order", event_type: "Created" }), 3)
+    assert.strictEqual(value({ aggregate_type: "Order", event_type: "Paid" }), 1)
+    assert.strictEqual(value({ aggregate_type: "User", event_type: "Created" }), 1)
+    assert.strictEqual(asked.length, 3)
+    // the series are remembered: a second batch asks for nothing new
+    Outbox.countEvents(events, { series, extraLabels: [], context })
+    assert.strictEqual(asked.length, 3)
+    assert.strictEqual(value({ aggregate_type: "Order", event_type: "Created" }), 6)
+  })
+
+  it("adds the allow-listed labels, read through labelSource when given", () => {
+    const { context, series, value } = setup()
+    const events = [event("Order", "Created", "t1"), event("Order", "Created", "t2"), event("Order", "Created", "t1"), event("Order", "Created")]
+    Outbox.countEvents(events, { series, extraLabels: ["tenant_id"], context })
+    assert.strictEqual(value({ aggregate_type: "Order", event_type: "Created", tenant_id: "t1" }), 2)
+    assert.strictEqual(value({ aggregate_type: "Order", event_type: "Created", tenant_id: "t2" }), 1)
+    assert.strictEqual(value({ aggregate_type: "Order", event_type: "Created", tenant_id: "" }), 1)
+    Outbox.countEvents(events, {
+      series,
+      extraLabels: ["tracking_id"],
+      context,
+      labelSource: (e, i) => ({ ...e, trackingId: `id-${i % 2}` })
+    })
+    assert.strictEqual(value({ aggregate_type: "Order", event_type: "Created", tracking_id: "id-0" }), 2)
+    assert.strictEqual(value({ aggregate_type: "Order", event_type: "Created", tracking_id: "id-1" }), 2)
   })
 })

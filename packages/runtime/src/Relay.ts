@@ -120,7 +120,11 @@ const messaging = {
 /** The producer's span (with its tracestate, through @effect/opentelemetry), from the event's metadata. */
 const producerSpan = (event: OutboxEvent): Tracer.ExternalSpan | undefined => {
   const parsed = TraceContext.fromMetadata(event.metadata)
-  return parsed === undefined ? undefined : OtelTracer.makeExternalSpan({
+  if (parsed === undefined) return undefined
+  if (parsed.tracestate === undefined && parsed.traceFlags <= 1) {
+    return Tracer.externalSpan({ traceId: parsed.traceId, spanId: parsed.spanId, sampled: parsed.sampled })
+  }
+  return OtelTracer.makeExternalSpan({
     traceId: parsed.traceId,
     spanId: parsed.spanId,
     traceFlags: parsed.traceFlags,
@@ -162,34 +166,12 @@ export const make = Effect.gen(function*() {
     delete labels.event_type
     return labels
   }
-  const eventLabels = (event: Outbox.LabelSource) =>
-    extraLabels.length === 0
-      ? { aggregate_type: event.aggregateType, event_type: event.eventType }
-      : Outbox.eventLabels(extraLabels, event)
-  /** Adds 1 per event to `family`, one update per label set. */
+  /** Adds 1 per event to `series`, one update per label set. */
   const countEvents = (
-    family: (labels: Record<string, string>) => Metric.Counter<number>,
-    events: Iterable<Outbox.LabelSource>
+    series: (labels: Record<string, string>) => Metric.Counter<number>,
+    events: ReadonlyArray<Outbox.LabelSource>
   ) => {
-    if (!metrics) return
-    const counts = new Map<string, { event: Outbox.LabelSource; n: number }>()
-    let last: { event: Outbox.LabelSource; n: number } | undefined
-    for (const event of events) {
-      // a run of one type (the common batch) counts without building a key
-      if (
-        last !== undefined && extraLabels.length === 0 && event.eventType === last.event.eventType &&
-        event.aggregateType === last.event.aggregateType
-      ) {
-        last.n++
-        continue
-      }
-      // the labels (an object) are built once per label set, not per event
-      const key = extraLabels.length === 0 ? `${event.aggregateType}\u0000${event.eventType}` : JSON.stringify(eventLabels(event))
-      last = counts.get(key)
-      if (last === undefined) counts.set(key, last = { event, n: 1 })
-      else last.n++
-    }
-    for (const { event, n } of counts.values()) family(eventLabels(event)).updateUnsafe(n, context)
+    if (metrics) Outbox.countEvents(events, { series, extraLabels, context })
   }
   /**
    * Histogram series by a string key: without allow-listed labels, an event's
@@ -416,15 +398,17 @@ export const make = Effect.gen(function*() {
       }
       const done = () => Effect.void
       const untracedAfter = afterDelivery(() => deliverRest(), false)
+      const unsampledAfter = afterDelivery(done, false)
+      const sampledAfter = afterDelivery(done, true)
       /** One event in its own trace context: a process span, or the producer's unsampled context. */
       const processTraced = (event: OutboxEvent) => {
         const parent = producerSpan(event)
         // the producer's trace was not sampled: nothing would be recorded, so no span is made;
         // the context still flows (a webhook gets the producer's traceparent, flags 00)
-        if (parent !== undefined && !parent.sampled) return Effect.withParentSpan(deliverOne(event, afterDelivery(done, false)), parent)
+        if (parent !== undefined && !parent.sampled) return Effect.withParentSpan(deliverOne(event, unsampledAfter), parent)
         return Effect.withSpan(
           // inside the span: the sink builds its effect with the span current
-          Effect.suspend(() => deliverOne(event, afterDelivery(done, true))),
+          Effect.suspend(() => deliverOne(event, sampledAfter)),
           `process ${event.eventType}`,
           {
             kind: "consumer",

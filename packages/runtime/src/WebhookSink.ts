@@ -127,9 +127,12 @@ const snippet = (text: string): string => {
  * @since 0.1.0
  */
 export const make = (options: Options): Effect.Effect<OutboxSink["Service"], never, HttpClient.HttpClient> =>
-  Effect.map(Effect.service(HttpClient.HttpClient), (httpClient) => {
-    // requests are tied to a scope: whatever happens, the request is aborted when the delivery ends
-    const client = HttpClient.withScope(httpClient)
+  Effect.map(Effect.service(HttpClient.HttpClient), (client) => {
+    // Not `HttpClient.withScope`: its finalizer aborts every request when the delivery ends, and each
+    // abort builds a DOMException with a stack trace (measured: ~20 µs of Node CPU per delivery, ~45 µs
+    // under tracing). The client aborts an interrupted request (a timeout) by itself, while it waits for
+    // the response and while it reads the body; a finished response's body is always read, which hands
+    // its connection back to the pool. Tests: a timed-out request's connection is closed.
     const timeout = Duration.fromInputUnsafe(options.timeout ?? Duration.seconds(10))
     const timedOut = () => Effect.fail(DeliveryError.transient(`webhook timed out after ${Duration.format(timeout)}`))
     const deliver = (event: OutboxEvent): Effect.Effect<void, DeliveryError> =>
@@ -156,8 +159,7 @@ export const make = (options: Options): Effect.Effect<OutboxSink["Service"], nev
           "HttpClientError",
           (error) => Effect.fail(DeliveryError.transient(`webhook request failed: ${error.message}`, error))
         ),
-        Effect.timeoutOrElse({ duration: timeout, orElse: timedOut }),
-        Effect.scoped
+        Effect.timeoutOrElse({ duration: timeout, orElse: timedOut })
       ))
     return OutboxSink.of({ name: "webhook", deliver })
   })

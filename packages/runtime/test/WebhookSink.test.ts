@@ -3,8 +3,10 @@ import type { OutboxEvent } from "@outbox/core/OutboxEvent"
 import { OutboxSink } from "@outbox/core/OutboxSink"
 import * as HttpReceiver from "@outbox/testing/HttpReceiver"
 import * as ConfigProvider from "effect/ConfigProvider"
+import * as Deferred from "effect/Deferred"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as WebhookSink from "../src/WebhookSink.ts"
 
@@ -95,6 +97,30 @@ describe("WebhookSink", () => {
       assert.strictEqual(seen.length, 1)
       assert.isTrue(error.retryable)
       assert.include(error.message, "timed out")
+    }))
+
+  it.live("a timed-out request is aborted: the receiver sees its connection closed", () =>
+    Effect.gen(function*() {
+      const closed = yield* Deferred.make<void>()
+      const { url } = yield* server((res) => res.on("close", () => Deferred.doneUnsafe(closed, Exit.void)))
+      const error = yield* Effect.flip(deliver(url, "200 millis"))
+      assert.include(error.message, "timed out")
+      // without an abort the pooled keep-alive connection would stay open and this would time out
+      yield* Deferred.await(closed).pipe(Effect.timeout("5 seconds"))
+    }))
+
+  it.live("a response whose body never ends times out, and its connection is closed", () =>
+    Effect.gen(function*() {
+      const closed = yield* Deferred.make<void>()
+      const { url } = yield* server((res) => {
+        res.on("close", () => Deferred.doneUnsafe(closed, Exit.void))
+        res.writeHead(200, { "content-type": "text/plain" })
+        res.write("the start of a body that never ends")
+      })
+      const error = yield* Effect.flip(deliver(url, "300 millis"))
+      assert.isTrue(error.retryable)
+      assert.include(error.message, "timed out")
+      yield* Deferred.await(closed).pipe(Effect.timeout("5 seconds"))
     }))
 
   it.live("an unreachable receiver is retryable", () =>

@@ -224,6 +224,19 @@ export const leaseOverdue = gauge(
 )
 
 /**
+ * How long the longest-held lease has been held since its claim (`claimed_at`;
+ * heartbeats renew a lease without moving it): a handler that never finishes
+ * keeps its lease alive, so only this gauge shows it.
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const leaseHeld = gauge(
+  "outbox_lease_held_seconds",
+  "Longest time a PROCESSING event has been held since its claim, heartbeat renewals included (0 when none)"
+)
+
+/**
  * @category metrics
  * @since 0.1.0
  */
@@ -281,6 +294,7 @@ export const catalog = {
     "outbox_processing_events",
     "outbox_oldest_pending_age_seconds",
     "outbox_lease_overdue_seconds",
+    "outbox_lease_held_seconds",
     "outbox_dead_letter_events",
     "outbox_partitions_ahead",
     "outbox_default_partition_rows",
@@ -355,6 +369,7 @@ export const recordGauges = (snapshot: GaugeSnapshot): Effect.Effect<void> =>
     processingEvents().updateUnsafe(snapshot.processing, context)
     oldestPendingAge().updateUnsafe(snapshot.oldestPendingAgeSeconds, context)
     leaseOverdue().updateUnsafe(snapshot.leaseOverdueSeconds, context)
+    leaseHeld().updateUnsafe(snapshot.leaseHeldSeconds, context)
     deadLetterEvents().updateUnsafe(snapshot.deadLetters, context)
     xminHorizonAge().updateUnsafe(snapshot.xminHorizonAgeSeconds, context)
     for (const partition of snapshot.partitions) {

@@ -4,7 +4,7 @@
  *
  * | view / function | what it shows | cost |
  * |---|---|---|
- * | `outbox_stats` | counts by status, oldest pending age, overdue leases | exact counts over the claimable, leased and dead-letter partial indexes (proportional to the backlog, not to the table); COMPLETED is an **estimate** (`reltuples` of the partitions minus the exact counts) |
+ * | `outbox_stats` | counts by status, oldest pending age, overdue leases, the longest-held lease (`lease_held_seconds`, from `claimed_at`) | exact counts over the claimable, leased and dead-letter partial indexes (proportional to the backlog, not to the table); COMPLETED is an **estimate** (`reltuples` of the partitions minus the exact counts) |
  * | `outbox_throughput(minutes, max_rows)`, `outbox_stats_throughput` (15 min, 100 000 rows) | completed and dead-lettered per minute, from `processed_at` | **bounded**: reads only the newest `max_rows` events by id (a backward primary-key scan); `exact` is false for minutes older than that sample |
  * | `outbox_stats_dead_letters` | dead letters by event type | `outbox_dead_letter_idx` (migration 0003): proportional to the dead letters |
  * | `outbox_health_leases` | PROCESSING rows whose lease expired | the leased partial index |
@@ -40,17 +40,11 @@ import { mapSqlError } from "./internal/storeError.ts"
 /** Rows counted in a DEFAULT partition at most (a full DEFAULT is a problem whatever its size). */
 const defaultRowsCap = 100_000
 
-const viewStatements: ReadonlyArray<string> = [
-  `CREATE OR REPLACE FUNCTION outbox_count_rows(rel regclass, cap bigint)
-   RETURNS bigint LANGUAGE plpgsql STABLE AS $fn$
-   DECLARE n bigint;
-   BEGIN
-     EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT %s) s', rel, greatest(cap, 0)) INTO n;
-     RETURN n;
-   END
-   $fn$`,
-  `COMMENT ON FUNCTION outbox_count_rows(regclass, bigint) IS 'Rows of a table, counted up to cap (outbox health)'`,
-  `CREATE OR REPLACE VIEW outbox_stats AS
+/**
+ * `outbox_stats`. Its last column, `lease_held_seconds`, came with migration
+ * 0006 (`claimed_at`): `CREATE OR REPLACE VIEW` may only append columns.
+ */
+const statsView = `CREATE OR REPLACE VIEW outbox_stats AS
    WITH backlog AS (
      SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending,
             count(*) FILTER (WHERE status = 'FAILED') AS failed,
@@ -59,7 +53,8 @@ const viewStatements: ReadonlyArray<string> = [
    ), leased AS (
      SELECT count(*) AS processing,
             count(*) FILTER (WHERE locked_until < now()) AS lease_overdue,
-            min(locked_until) FILTER (WHERE locked_until < now()) AS oldest_overdue_until
+            min(locked_until) FILTER (WHERE locked_until < now()) AS oldest_overdue_until,
+            min(claimed_at) AS oldest_claimed_at
      FROM outbox WHERE status = 'PROCESSING'
    ), dead AS (
      SELECT count(*) AS dead_letter FROM outbox WHERE status = 'DEAD_LETTER'
@@ -75,10 +70,29 @@ const viewStatements: ReadonlyArray<string> = [
           b.oldest_pending_at,
           coalesce(extract(epoch FROM now() - b.oldest_pending_at), 0)::float8 AS oldest_pending_age_seconds,
           l.lease_overdue,
-          coalesce(extract(epoch FROM now() - l.oldest_overdue_until), 0)::float8 AS lease_overdue_seconds
-   FROM backlog b, leased l, dead d, estimate e`,
-  `COMMENT ON VIEW outbox_stats IS
-   'Outbox counts by status (exact over the partial indexes; completed_estimate from reltuples), oldest pending age, overdue leases'`,
+          coalesce(extract(epoch FROM now() - l.oldest_overdue_until), 0)::float8 AS lease_overdue_seconds,
+          greatest(coalesce(extract(epoch FROM now() - l.oldest_claimed_at), 0), 0)::float8 AS lease_held_seconds
+   FROM backlog b, leased l, dead d, estimate e`
+
+const statsComment = `COMMENT ON VIEW outbox_stats IS
+   'Outbox counts by status (exact over the partial indexes; completed_estimate from reltuples), oldest pending age, overdue and longest-held leases'`
+
+/** The column `statsView` reads (migration 0006; also run by 0004, for a database that skips from before it). */
+const claimedAtColumn = `ALTER TABLE outbox ADD COLUMN IF NOT EXISTS claimed_at timestamptz`
+
+const viewStatements: ReadonlyArray<string> = [
+  claimedAtColumn,
+  `CREATE OR REPLACE FUNCTION outbox_count_rows(rel regclass, cap bigint)
+   RETURNS bigint LANGUAGE plpgsql STABLE AS $fn$
+   DECLARE n bigint;
+   BEGIN
+     EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT %s) s', rel, greatest(cap, 0)) INTO n;
+     RETURN n;
+   END
+   $fn$`,
+  `COMMENT ON FUNCTION outbox_count_rows(regclass, bigint) IS 'Rows of a table, counted up to cap (outbox health)'`,
+  statsView,
+  statsComment,
   `CREATE OR REPLACE FUNCTION outbox_throughput(minutes integer, max_rows bigint)
    RETURNS TABLE (minute timestamptz, completed bigint, dead_lettered bigint, exact boolean)
    LANGUAGE sql STABLE AS $fn$
@@ -236,6 +250,23 @@ export const migration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClie
   for (const statement of viewStatements) yield* sql.unsafe(statement)
 })
 
+/**
+ * Migration 0006: `claimed_at` on the outbox (stamped by each claim, kept
+ * through heartbeats) and `outbox_stats.lease_held_seconds` over it.
+ *
+ * @category migrations
+ * @since 0.1.0
+ */
+export const leaseHeldMigration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql.unsafe(claimedAtColumn)
+  yield* sql.unsafe(
+    `COMMENT ON COLUMN outbox.claimed_at IS 'When the current (or last) claim took the row; heartbeats do not move it (lease-held gauge)'`
+  )
+  yield* sql.unsafe(statsView)
+  yield* sql.unsafe(statsComment)
+})
+
 /** Statements of `relayGaugesMigration`, with `SET search_path` pinned for the SECURITY DEFINER functions. */
 const relayGaugeStatements = (pinned: string): ReadonlyArray<string> => [
   // Runs as the owner: a least-privilege relay has SELECT on the outbox (the parent), not on its
@@ -341,6 +372,13 @@ export interface Snapshot {
   readonly oldestPendingAgeSeconds: number
   /** `max(now - locked_until)` over PROCESSING rows whose lease expired. */
   readonly leaseOverdueSeconds: number
+  /**
+   * `max(now - claimed_at)` over PROCESSING rows: how long the longest-held
+   * lease has been held since its claim. Heartbeats renew a lease but do not
+   * move `claimed_at`, so a handler that never finishes shows here (and
+   * nowhere else: its lease never expires).
+   */
+  readonly leaseHeldSeconds: number
   readonly deadLetters: number
   readonly partitions: ReadonlyArray<{
     readonly table: string
@@ -379,6 +417,8 @@ export interface Stats {
   readonly oldestPendingAgeSeconds: number
   readonly leaseOverdue: number
   readonly leaseOverdueSeconds: number
+  /** How long the longest-held lease has been held since its claim (see `Snapshot`). */
+  readonly leaseHeldSeconds: number
   readonly throughput: {
     readonly minutes: number
     /** How many of the newest events were read (a bound, not a count). */
@@ -408,6 +448,7 @@ export interface Stats {
  */
 export type FindingName =
   | "StuckLease"
+  | "LongHeldLease"
   | "BacklogAge"
   | "DeadLetters"
   | "PartitionHorizon"
@@ -534,6 +575,8 @@ export interface HealthReport {
   readonly leases: {
     readonly overdue: number
     readonly overdueSeconds: number
+    /** How long the longest-held lease has been held since its claim (see `Snapshot`). */
+    readonly heldSeconds: number
     /** The longest overdue, at most 20. */
     readonly stuck: ReadonlyArray<StuckLease>
   }
@@ -568,6 +611,8 @@ export interface Band {
 export interface Thresholds {
   /** Seconds a lease is past its expiry (the reaper should have requeued it). */
   readonly leaseOverdueSeconds: Band
+  /** Seconds a lease has been held since its claim, heartbeats included (a handler that does not finish). */
+  readonly leaseHeldSeconds: Band
   readonly oldestPendingAgeSeconds: Band
   readonly deadLetters: Band
   /** CRITICAL when the contiguous partitions end sooner than this many seconds from now (or nothing covers now). */
@@ -599,6 +644,7 @@ export interface Thresholds {
  */
 export const defaultThresholds: Thresholds = {
   leaseOverdueSeconds: { warn: 60, critical: 300 },
+  leaseHeldSeconds: { warn: 900, critical: 3600 },
   oldestPendingAgeSeconds: { warn: 300, critical: 1800 },
   deadLetters: { warn: 1 },
   partitionHorizonCriticalSeconds: 86_400,
@@ -709,6 +755,8 @@ export const evaluate = (m: Measurements, t: Thresholds): ReadonlyArray<Finding>
     check("StuckLease", "outbox", t.leaseOverdueSeconds, m.leases.overdueSeconds, (v) =>
       `${m.leases.overdue} PROCESSING event(s) past their lease, the oldest by ${seconds(v)} (is the reaper running?)`)
   }
+  check("LongHeldLease", "outbox", t.leaseHeldSeconds, m.leases.heldSeconds, (v) =>
+    `a PROCESSING event has been held for ${seconds(v)} since its claim (a handler that does not finish, its lease kept alive by the heartbeat?)`)
   check("BacklogAge", "outbox", t.oldestPendingAgeSeconds, m.backlog.oldestPendingAgeSeconds, (v) =>
     `the oldest of ${m.backlog.pending} pending event(s) waits for ${seconds(v)}`)
   check("DeadLetters", "outbox", t.deadLetters, m.backlog.deadLetters, (v) => `${v} dead-lettered event(s)`)
@@ -865,7 +913,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
 
   const counts = sql<Record<string, unknown>>`
     SELECT pending::float8, failed::float8, processing::float8, dead_letter::float8, completed_estimate::float8,
-           oldest_pending_age_seconds, lease_overdue::float8, lease_overdue_seconds
+           oldest_pending_age_seconds, lease_overdue::float8, lease_overdue_seconds, lease_held_seconds
     FROM outbox_stats`.pipe(
     Effect.map(([r]) => ({
       pending: num(r?.pending),
@@ -875,7 +923,8 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       completedEstimate: num(r?.completed_estimate),
       oldestPendingAgeSeconds: num(r?.oldest_pending_age_seconds),
       leaseOverdue: num(r?.lease_overdue),
-      leaseOverdueSeconds: num(r?.lease_overdue_seconds)
+      leaseOverdueSeconds: num(r?.lease_overdue_seconds),
+      leaseHeldSeconds: num(r?.lease_held_seconds)
     })),
     mapSqlError("health.counts")
   )
@@ -937,6 +986,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       processing: c.processing,
       oldestPendingAgeSeconds: c.oldestPendingAgeSeconds,
       leaseOverdueSeconds: c.leaseOverdueSeconds,
+      leaseHeldSeconds: c.leaseHeldSeconds,
       deadLetters: c.deadLetter,
       partitions: ps.map((p) => ({ table: p.table, ahead: p.ahead, defaultRows: p.defaultRows, deadTuples: p.deadTuples })),
       xminHorizonAgeSeconds: horizonAge(hs)
@@ -965,6 +1015,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       oldestPendingAgeSeconds: c.oldestPendingAgeSeconds,
       leaseOverdue: c.leaseOverdue,
       leaseOverdueSeconds: c.leaseOverdueSeconds,
+      leaseHeldSeconds: c.leaseHeldSeconds,
       throughput: {
         minutes,
         maxRows,
@@ -1019,6 +1070,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       leases: {
         overdue: c.leaseOverdue,
         overdueSeconds: c.leaseOverdueSeconds,
+        heldSeconds: c.leaseHeldSeconds,
         stuck: stuck.map((s) => ({
           id: s.id,
           trackingId: s.tracking_id,

@@ -132,7 +132,8 @@ export const loader = Migrator.fromRecord({
   "0002_partition_views": partitionViews,
   "0003_redrive_log": DeadLetters.migration,
   "0004_health_views": OutboxHealth.migration,
-  "0005_relay_gauges": OutboxHealth.relayGaugesMigration
+  "0005_relay_gauges": OutboxHealth.relayGaugesMigration,
+  "0006_lease_claimed_at": OutboxHealth.leaseHeldMigration
 })
 
 /**

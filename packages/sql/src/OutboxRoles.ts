@@ -97,7 +97,8 @@ export const stateColumns: ReadonlyArray<string> = [
   "processed_at",
   "available_at",
   "locked_until",
-  "lock_token"
+  "lock_token",
+  "claimed_at"
 ]
 
 /**

@@ -230,6 +230,22 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const L = sql.literal(Identifier.quote(legacyName ?? tableName))
   const migrated = sql.literal(migratedColumn)
 
+  // `claimed_at` (migration 0006): each claim stamps it, where the table has the column and this login may
+  // write it; a table created by an older version, or a role granted before the column existed, keeps
+  // claiming without it (the lease-held gauge then reads 0 for those rows)
+  const stampsClaims = (name: string) =>
+    sql<{ ok: boolean }>`SELECT CASE WHEN EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass(${Identifier.quote(name)}) AND attname = 'claimed_at' AND NOT attisdropped
+      ) THEN has_column_privilege(to_regclass(${Identifier.quote(name)})::oid, 'claimed_at', 'UPDATE') ELSE false END AS ok`.pipe(
+      Effect.map((rows) => rows[0]?.ok === true),
+      mapSqlError("configure")
+    )
+  const stampT = yield* stampsClaims(tableName)
+  const stampL = legacyName === undefined ? stampT : yield* stampsClaims(legacyName)
+  /** `, claimed_at = <ts>` where the table takes it. */
+  const claimStamp = (stamp: boolean, ts: Fragment): Fragment => stamp ? sql`, claimed_at = ${ts}` : sql.literal("")
+
   const now: Effect.Effect<Fragment> = timeSource === "database"
     ? Effect.succeed(sql.literal("now()"))
     : Effect.map(Clock.currentTimeMillis, (ms) => sql`${new Date(ms).toISOString()}::timestamptz`)
@@ -336,12 +352,17 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     "o.id, o.tracking_id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.metadata, o.retry_count, o.max_retries, o.created_at, o.locked_until, o.lock_token"
   )
   /** Claims from one table (the plain store, and the legacy table while the flag is unset). */
-  const claimOne = (table: Fragment, ts: Fragment, options: { readonly limit: number; readonly leaseDuration: Duration.Duration }) =>
+  const claimOne = (
+    table: Fragment,
+    stamp: boolean,
+    ts: Fragment,
+    options: { readonly limit: number; readonly leaseDuration: Duration.Duration }
+  ) =>
     // the uncorrelated sub-select is an InitPlan: one token for the whole claim
     sql`
       UPDATE ${table} o
       SET status = 'PROCESSING', lock_token = (SELECT nextval('outbox_lock_token_seq')),
-          locked_until = ${plus(ts, options.leaseDuration)}
+          locked_until = ${plus(ts, options.leaseDuration)}${claimStamp(stamp, ts)}
       FROM (
         SELECT id, created_at FROM ${table}
         WHERE ${claimable(ts)}
@@ -355,11 +376,11 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const claim = Effect.fnUntraced(function*(options: { readonly limit: number; readonly leaseDuration: Duration.Duration }) {
     const ts = yield* now
     const statement: Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError> = mode === "plain"
-      ? claimOne(T, ts, options)
+      ? claimOne(T, stampT, ts, options)
       : mode === "legacy"
       // The mirror is a second statement: its fresh snapshot sees a copy a
       // concurrent backfill committed while the claim waited for the row.
-      ? sql.withTransaction(Effect.tap(claimOne(L, ts, options), (claimed) =>
+      ? sql.withTransaction(Effect.tap(claimOne(L, stampL, ts, options), (claimed) =>
         claimed.length === 0 ? Effect.void : Effect.asVoid(sql`
           UPDATE ${T} d SET ${mirrorSet("s")}
           FROM ${L} s
@@ -382,11 +403,15 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
           SELECT id, created_at, false FROM lc
           ORDER BY id LIMIT ${limitLiteral(options.limit)}
         ), pu AS (
-          UPDATE ${T} o SET status = 'PROCESSING', lock_token = (SELECT t FROM token), locked_until = ${plus(ts, options.leaseDuration)}
+          UPDATE ${T} o SET status = 'PROCESSING', lock_token = (SELECT t FROM token), locked_until = ${
+          plus(ts, options.leaseDuration)
+        }${claimStamp(stampT, ts)}
           FROM pick WHERE pick.partitioned AND o.id = pick.id AND o.created_at = pick.created_at
           RETURNING ${claimedColumns}, o.status, o.last_error, o.processed_at, o.available_at
         ), lu AS (
-          UPDATE ${L} o SET status = 'PROCESSING', lock_token = (SELECT t FROM token), locked_until = ${plus(ts, options.leaseDuration)}
+          UPDATE ${L} o SET status = 'PROCESSING', lock_token = (SELECT t FROM token), locked_until = ${
+          plus(ts, options.leaseDuration)
+        }${claimStamp(stampL, ts)}
           FROM pick WHERE NOT pick.partitioned AND o.id = pick.id
           RETURNING ${claimedColumns}
         ), mirror AS (

@@ -71,7 +71,7 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditTrail",
           ["UPDATE", "PENDING", "PROCESSING"],
           ["UPDATE", "PROCESSING", "COMPLETED"]
         ])
-        assert.deepStrictEqual(history[1]!.changedColumns, ["lock_token", "locked_until", "status"])
+        assert.deepStrictEqual(history[1]!.changedColumns, ["claimed_at", "lock_token", "locked_until", "status"])
         assert.deepStrictEqual(history[2]!.changedColumns, ["lock_token", "locked_until", "processed_at", "status"])
         const [me] = yield* sql<{ user: string }>`SELECT session_user AS user`
         assert.isTrue(history.every((h) => h.dbUser === me!.user && h.eventId === first!.id && h.txid !== null))

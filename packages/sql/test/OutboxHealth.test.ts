@@ -34,7 +34,7 @@ describe("OutboxHealth.evaluate", () => {
   const base: OutboxHealth.Measurements = {
     tables: ["outbox"],
     backlog: { pending: 0, processing: 0, oldestPendingAgeSeconds: 0, deadLetters: 0 },
-    leases: { overdue: 0, overdueSeconds: 0, stuck: [] },
+    leases: { overdue: 0, overdueSeconds: 0, heldSeconds: 0, stuck: [] },
     partitions: [{
       table: "outbox",
       partitions: 4,
@@ -76,6 +76,14 @@ describe("OutboxHealth.evaluate", () => {
     ])
     assert.strictEqual(OutboxHealth.levelOfFindings(findings), "CRITICAL")
     assert.strictEqual(OutboxHealth.levelOfFindings(findings.slice(0, 2)), "WARN")
+  })
+  it("a lease held past the bands warns, then is critical", () => {
+    const at = (heldSeconds: number) =>
+      OutboxHealth.evaluate({ ...base, leases: { ...base.leases, heldSeconds } }, OutboxHealth.defaultThresholds)
+        .map((f) => `${f.level} ${f.name}`)
+    assert.deepStrictEqual(at(899), [])
+    assert.deepStrictEqual(at(900), ["WARN LongHeldLease"])
+    assert.deepStrictEqual(at(3600), ["CRITICAL LongHeldLease"])
   })
   it("an inactive replication slot warns even with little WAL kept", () => {
     const findings = OutboxHealth.evaluate({
@@ -158,10 +166,33 @@ layer(Live, { timeout: "60 seconds", excludeTestServices: true })("OutboxHealth 
         processing: 0,
         oldestPendingAgeSeconds: 0,
         leaseOverdueSeconds: 0,
+        leaseHeldSeconds: 0,
         deadLetters: 0,
         partitions: [{ table: "outbox", ahead: 3, defaultRows: 0, deadTuples: snapshot.partitions[0]!.deadTuples }],
         xminHorizonAgeSeconds: snapshot.xminHorizonAgeSeconds
       })
+    }))
+
+  it.effect("a lease held for an hour under a live heartbeat is a long-held lease, not a stuck one", () =>
+    Effect.gen(function*() {
+      yield* reset
+      const sql = yield* SqlClient.SqlClient
+      yield* insert("PROCESSING", 2) // leases valid for 30 more seconds
+      yield* sql`UPDATE outbox SET claimed_at = now() - interval '1 hour' WHERE id = (SELECT min(id) FROM outbox)`
+      yield* sql`UPDATE outbox SET claimed_at = now() - interval '1 minute' WHERE id = (SELECT max(id) FROM outbox)`
+      const report = yield* health()
+      assert.deepStrictEqual(names(report), ["CRITICAL LongHeldLease"])
+      assert.strictEqual(report.leases.overdue, 0)
+      assert.isTrue(report.leases.heldSeconds >= 3600 && report.leases.heldSeconds < 3700)
+      const snapshot = yield* Effect.flatMap(OutboxHealth.make(), (s) => s.snapshot)
+      assert.isTrue(snapshot.leaseHeldSeconds >= 3600 && snapshot.leaseHeldSeconds < 3700)
+      assert.strictEqual(snapshot.leaseOverdueSeconds, 0)
+      const stats = yield* Effect.flatMap(OutboxHealth.make(), (s) => s.stats)
+      assert.isTrue(stats.leaseHeldSeconds >= 3600 && stats.leaseHeldSeconds < 3700)
+      // once completed, the claim time no longer counts
+      yield* sql`UPDATE outbox SET status = 'COMPLETED', processed_at = now(), lock_token = NULL, locked_until = NULL`
+      const done = yield* Effect.flatMap(OutboxHealth.make(), (s) => s.snapshot)
+      assert.strictEqual(done.leaseHeldSeconds, 0)
     }))
 
   it.effect("a lease an hour past its expiry is CRITICAL and named, with the event", () =>

@@ -6,6 +6,7 @@ import { OutboxStore } from "@outbox/core/OutboxStore"
 import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
 import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -106,6 +107,36 @@ layer(StoreLive, { timeout: "60 seconds" })("PgOutboxStore transactions and publ
         const before = yield* count("outbox")
         assert.deepStrictEqual(yield* store.withTransaction((publish) => publish([])), [])
         assert.strictEqual(yield* count("outbox"), before)
+      }))
+  })
+
+  describe("claimed_at", () => {
+    it.effect("a claim stamps claimed_at; heartbeats keep it while the lease moves on, and completion leaves it", () =>
+      Effect.gen(function*() {
+        const store = yield* OutboxStore
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`UPDATE outbox SET status = 'COMPLETED' WHERE status IN ('PENDING', 'FAILED')`
+        const [a, b] = yield* store.withTransaction((publish) => publish([valid(91), valid(92)]))
+        const claimed = yield* store.claim({ limit: 10, leaseDuration: Duration.seconds(30) })
+        assert.deepStrictEqual(claimed.map((e) => e.id), [a!.id, b!.id])
+        const stamps = () =>
+          sql<{ claimed_at: Date | null; locked_until: Date | null; held: number }>`
+            SELECT claimed_at, locked_until, extract(epoch FROM now() - claimed_at)::float8 AS held
+            FROM outbox WHERE id IN (${a!.id}, ${b!.id}) ORDER BY id`
+        const first = yield* stamps()
+        // one claim, one stamp, taken from the same clock as the lease
+        assert.isNotNull(first[0]!.claimed_at)
+        assert.strictEqual(first[0]!.claimed_at!.getTime(), first[1]!.claimed_at!.getTime())
+        assert.strictEqual(first[0]!.locked_until!.getTime() - first[0]!.claimed_at!.getTime(), 30_000)
+        // as if claimed an hour ago: a renewal moves the lease, not the claim time
+        yield* sql`UPDATE outbox SET claimed_at = claimed_at - interval '1 hour' WHERE id IN (${a!.id}, ${b!.id})`
+        yield* store.renew(claimed, Duration.minutes(10))
+        const renewed = yield* stamps()
+        assert.isAbove(renewed[0]!.locked_until!.getTime(), first[0]!.locked_until!.getTime())
+        assert.isTrue(renewed[0]!.held >= 3600 && renewed[0]!.held < 3700)
+        yield* store.complete(claimed)
+        const completed = yield* stamps()
+        assert.strictEqual(completed[1]!.claimed_at!.getTime(), renewed[1]!.claimed_at!.getTime())
       }))
   })
 

@@ -65,9 +65,13 @@ export const statements = Effect.fnUntraced(function*(table: string, options: { 
         locked_until   timestamptz,
         lock_token     bigint,
         last_error     text,
+        claimed_at     timestamptz,
         PRIMARY KEY (id, created_at)
       ) PARTITION BY RANGE (created_at)`,
+    // tables created before the column existed (migration 0006): catalog-only, no rewrite
+    `ALTER TABLE ${t} ADD COLUMN IF NOT EXISTS claimed_at timestamptz`,
     `COMMENT ON COLUMN ${t}.available_at IS 'NULL or a time: a FAILED row is claimable again once it passes (backoff)'`,
+    `COMMENT ON COLUMN ${t}.claimed_at IS 'When the current (or last) claim took the row; heartbeats do not move it (lease-held gauge)'`,
     `CREATE INDEX IF NOT EXISTS ${Identifier.quote(n.claimableIndex)} ON ${t} (id) WHERE status IN ('PENDING', 'FAILED')`,
     `CREATE INDEX IF NOT EXISTS ${Identifier.quote(n.leasedIndex)} ON ${t} (locked_until) WHERE status = 'PROCESSING'`,
     `CREATE TABLE IF NOT EXISTS ${Identifier.quote(n.defaultPartition)} PARTITION OF ${t} DEFAULT`

@@ -74,6 +74,7 @@ const formatStats = (s: OutboxHealth.Stats): string => {
   lines.push("")
   lines.push(`oldest pending:  ${s.counts.pending + s.counts.failed === 0 ? "-" : duration(s.oldestPendingAgeSeconds)}`)
   lines.push(`leases overdue:  ${s.leaseOverdue === 0 ? "0" : `${s.leaseOverdue} (oldest by ${duration(s.leaseOverdueSeconds)})`}`)
+  lines.push(`longest lease:   ${s.leaseHeldSeconds === 0 ? "none" : `held ${duration(s.leaseHeldSeconds)} since its claim`}`)
   lines.push("")
   lines.push(
     `throughput, last ${s.throughput.minutes} min: ${s.throughput.completedPerMinute.toFixed(1)} completed/min (newest ${s.throughput.maxRows} events read)`
@@ -113,7 +114,7 @@ const formatHealth = (r: OutboxHealth.HealthReport): string => {
   }
   lines.push("")
   lines.push(
-    `backlog: ${r.backlog.pending} pending (oldest ${duration(r.backlog.oldestPendingAgeSeconds)}), ${r.backlog.processing} processing, ${r.leases.overdue} lease(s) overdue, ${r.backlog.deadLetters} dead letter(s)`
+    `backlog: ${r.backlog.pending} pending (oldest ${duration(r.backlog.oldestPendingAgeSeconds)}), ${r.backlog.processing} processing, ${r.leases.overdue} lease(s) overdue${r.leases.heldSeconds === 0 ? "" : ` (longest held ${duration(r.leases.heldSeconds)})`}, ${r.backlog.deadLetters} dead letter(s)`
   )
   lines.push("")
   lines.push(formatTable(

@@ -248,6 +248,31 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("OutboxRoles"
       }))
   })
 
+  describe("relay granted before claimed_at (migration 0006)", () => {
+    it.effect("keeps claiming without the stamp; granting again adds it", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const roles = yield* Roles
+        yield* sql`UPDATE outbox SET status = 'COMPLETED' WHERE status <> 'COMPLETED'`
+        // the grant of a version before the column: UPDATE on the other state columns only
+        yield* sql.unsafe(`REVOKE UPDATE (claimed_at) ON outbox FROM "${roles.relay}"`)
+        const claimAs = Effect.flatMap(OutboxStore, (store) => store.claim({ limit: 10, leaseDuration: Duration.seconds(30) })).pipe(
+          Effect.provide(PgOutboxStore.layerWithoutMigrations())
+        )
+        const stamp = (id: bigint) =>
+          Effect.map(sql<{ claimed_at: Date | null }>`SELECT claimed_at FROM outbox WHERE id = ${id}`, (rows) => rows[0]!.claimed_at)
+        const before = yield* insertEvent()
+        assert.deepStrictEqual((yield* as("relay")(claimAs)).map((e) => e.id), [before])
+        assert.isNull(yield* stamp(before))
+        yield* as("owner")(OutboxRoles.grant({
+          roles: { producer: roles.producer, relay: roles.relay, operator: roles.operator, auditor: roles.auditor }
+        }))
+        const after = yield* insertEvent()
+        assert.deepStrictEqual((yield* as("relay")(claimAs)).map((e) => e.id), [after])
+        assert.isNotNull(yield* stamp(after))
+      }))
+  })
+
   describe("operator", () => {
     it.effect("redrives dead letters (UPDATE of state columns, INSERT into the redrive log) and nothing else", () =>
       Effect.gen(function*() {

@@ -32,6 +32,7 @@ import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
 import { pinnedSearchPath } from "./internal/searchPath.ts"
 import { mapSqlError } from "./internal/storeError.ts"
+import * as OutboxTable from "./internal/outboxTable.ts"
 
 // ---------------------------------------------------------------------------
 // migration
@@ -260,9 +261,7 @@ export const migration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClie
 export const leaseHeldMigration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* sql.unsafe(claimedAtColumn)
-  yield* sql.unsafe(
-    `COMMENT ON COLUMN outbox.claimed_at IS 'When the current (or last) claim took the row; heartbeats do not move it (lease-held gauge)'`
-  )
+  yield* sql.unsafe(OutboxTable.claimedAtComment("outbox"))
   yield* sql.unsafe(statsView)
   yield* sql.unsafe(statsComment)
 })

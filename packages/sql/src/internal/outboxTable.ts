@@ -24,6 +24,14 @@ export const names = Effect.fnUntraced(function*(table: string) {
 })
 
 /**
+ * The comment on `claimed_at` of the (quoted) table `t`.
+ *
+ * @internal
+ */
+export const claimedAtComment = (t: string): string =>
+  `COMMENT ON COLUMN ${t}.claimed_at IS 'When the current (or last) claim took the row; heartbeats do not move it (lease-held gauge)'`
+
+/**
  * Idempotent statements (one per call: the extended protocol refuses several
  * commands in one) creating the partitioned outbox table `table`, its claim
  * and lease indexes and its DEFAULT partition. `idSequence`, when given, is
@@ -71,7 +79,7 @@ export const statements = Effect.fnUntraced(function*(table: string, options: { 
     // tables created before the column existed (migration 0006): catalog-only, no rewrite
     `ALTER TABLE ${t} ADD COLUMN IF NOT EXISTS claimed_at timestamptz`,
     `COMMENT ON COLUMN ${t}.available_at IS 'NULL or a time: a FAILED row is claimable again once it passes (backoff)'`,
-    `COMMENT ON COLUMN ${t}.claimed_at IS 'When the current (or last) claim took the row; heartbeats do not move it (lease-held gauge)'`,
+    claimedAtComment(t),
     `CREATE INDEX IF NOT EXISTS ${Identifier.quote(n.claimableIndex)} ON ${t} (id) WHERE status IN ('PENDING', 'FAILED')`,
     `CREATE INDEX IF NOT EXISTS ${Identifier.quote(n.leasedIndex)} ON ${t} (locked_until) WHERE status = 'PROCESSING'`,
     `CREATE TABLE IF NOT EXISTS ${Identifier.quote(n.defaultPartition)} PARTITION OF ${t} DEFAULT`

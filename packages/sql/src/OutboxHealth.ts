@@ -79,7 +79,7 @@ const statsComment = `COMMENT ON VIEW outbox_stats IS
    'Outbox counts by status (exact over the partial indexes; completed_estimate from reltuples), oldest pending age, overdue and longest-held leases'`
 
 /** The column `statsView` reads (migration 0006; also run by 0004, for a database that skips from before it). */
-const claimedAtColumn = `ALTER TABLE outbox ADD COLUMN IF NOT EXISTS claimed_at timestamptz`
+const claimedAtColumn = OutboxTable.claimedAtColumn("outbox")
 
 const viewStatements: ReadonlyArray<string> = [
   claimedAtColumn,

@@ -24,6 +24,14 @@ export const names = Effect.fnUntraced(function*(table: string) {
 })
 
 /**
+ * Adds `claimed_at` (migration 0006) to the (quoted) table `t`, when it was
+ * created before the column existed: catalog-only, no rewrite.
+ *
+ * @internal
+ */
+export const claimedAtColumn = (t: string): string => `ALTER TABLE ${t} ADD COLUMN IF NOT EXISTS claimed_at timestamptz`
+
+/**
  * The comment on `claimed_at` of the (quoted) table `t`.
  *
  * @internal
@@ -76,8 +84,7 @@ export const statements = Effect.fnUntraced(function*(table: string, options: { 
         claimed_at     timestamptz,
         PRIMARY KEY (id, created_at)
       ) PARTITION BY RANGE (created_at)`,
-    // tables created before the column existed (migration 0006): catalog-only, no rewrite
-    `ALTER TABLE ${t} ADD COLUMN IF NOT EXISTS claimed_at timestamptz`,
+    claimedAtColumn(t),
     `COMMENT ON COLUMN ${t}.available_at IS 'NULL or a time: a FAILED row is claimable again once it passes (backoff)'`,
     claimedAtComment(t),
     `CREATE INDEX IF NOT EXISTS ${Identifier.quote(n.claimableIndex)} ON ${t} (id) WHERE status IN ('PENDING', 'FAILED')`,

@@ -4,13 +4,19 @@
  *
  * - off: the tracer disabled (`References.TracerEnabled` false: no span, not
  *   even the SQL client's) and `OutboxTelemetry.MetricsEnabled` false;
- * - on: an OpenTelemetry SDK tracer (`BatchSpanProcessor`, 100 % sampled,
- *   over an exporter that drops the batches: the cost measured is the
- *   relay's and the SDK's, not a collector's network), every relay metric,
- *   and the gauge sampler over `OutboxHealth.snapshot` every second.
+ * - on: an OpenTelemetry SDK tracer (`BatchSpanProcessor` over an exporter
+ *   that drops the batches: the cost measured is the relay's and the SDK's,
+ *   not a collector's network), every relay metric, and the gauge sampler
+ *   over `OutboxHealth.snapshot` every second.
  *
- * Every event carries a producer `traceparent` in its metadata, so each
- * delivery makes a `process` span continuing it.
+ * Sampling is head sampling at one ratio, as in production: every event
+ * carries a producer `traceparent` in its metadata, sampled (flags 01) for
+ * BENCH_TELEMETRY_SAMPLED of them (default 0.1) and not (flags 00) for the
+ * others, and the relay's SDK samples with `parentbased_traceidratio` at the
+ * same ratio (unless OTEL_TRACES_SAMPLER is set), so its own root spans
+ * (claims) are sampled at that ratio too. A sampled event's delivery is a
+ * `process` span continuing the producer's trace; an unsampled one makes no
+ * span but runs in the producer's context.
  *
  * Two sinks (BENCH_TELEMETRY_SINK, default "noop,webhook"):
  *
@@ -25,9 +31,7 @@
  * diagnostic: the SDK alone costs nothing measurable; the cost is per
  * recorded span). BENCH_TELEMETRY_VERBOSE=1 prints every round.
  *
- * Environment: BENCH_TELEMETRY_SAMPLED (default 1: the fraction of events whose
- * producer trace is sampled, flags 01; the others carry flags 00, as with
- * head sampling at that ratio), BENCH_TELEMETRY_ON (default "tracing,metrics": what "on" turns on),
+ * Environment: BENCH_TELEMETRY_SAMPLED (default 0.1; 1: every trace sampled), BENCH_TELEMETRY_ON (default "tracing,metrics": what "on" turns on),
  * BENCH_TELEMETRY_EVENTS (default 100000; BENCH_TELEMETRY_WEBHOOK_EVENTS, default
  * 20000, for the webhook sink), BENCH_TELEMETRY_CONCURRENCY
  * (default "1,2"), BENCH_TELEMETRY_ROUNDS (default 3: best of, alternating),
@@ -54,7 +58,10 @@ const EVENTS = Number(process.env.BENCH_TELEMETRY_EVENTS ?? 100_000)
 const CONCURRENCY = (process.env.BENCH_TELEMETRY_CONCURRENCY ?? "1,2").split(",").map(Number)
 const ROUNDS = Number(process.env.BENCH_TELEMETRY_ROUNDS ?? 3)
 const BATCH = 100
-const SAMPLED = Number(process.env.BENCH_TELEMETRY_SAMPLED ?? 1)
+const SAMPLED = Number(process.env.BENCH_TELEMETRY_SAMPLED ?? 0.1)
+// read by the SDK's tracer provider when it is built (each "on" drain builds one)
+process.env.OTEL_TRACES_SAMPLER ??= SAMPLED >= 1 ? "parentbased_always_on" : "parentbased_traceidratio"
+process.env.OTEL_TRACES_SAMPLER_ARG ??= String(SAMPLED)
 /** The webhook drains cost ~0.5 ms of Node CPU per event (an HTTP request each): fewer events. */
 const WEBHOOK_EVENTS = Number(process.env.BENCH_TELEMETRY_WEBHOOK_EVENTS ?? 20_000)
 const SINKS = (process.env.BENCH_TELEMETRY_SINK ?? "noop,webhook").split(",").map((s) => s.trim())
@@ -142,7 +149,7 @@ const main = Effect.gen(function*() {
   yield* OutboxMigrations.run.pipe(Effect.provide(services))
 
   console.log(
-    `Telemetry overhead (on = ${[...ON].join(" + ")}, ${SAMPLED * 100} % of traces sampled) — ${EVENTS.toLocaleString()} events per drain (webhook: ${WEBHOOK_EVENTS.toLocaleString()}), batch ${BATCH}, best of ${ROUNDS}, node ${process.version}`
+    `Telemetry overhead (on = ${[...ON].join(" + ")}, ${SAMPLED * 100} % of traces sampled, sampler ${process.env.OTEL_TRACES_SAMPLER} ${process.env.OTEL_TRACES_SAMPLER_ARG}) — ${EVENTS.toLocaleString()} events per drain (webhook: ${WEBHOOK_EVENTS.toLocaleString()}), batch ${BATCH}, best of ${ROUNDS}, node ${process.version}`
   )
   console.log(`  sink      workers   off ev/s   on ev/s   overhead   Node CPU µs/ev off/on   spans exported`)
   const rows: Array<Record<string, number | string>> = []

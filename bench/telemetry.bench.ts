@@ -7,7 +7,9 @@
  * - on: an OpenTelemetry SDK tracer (`BatchSpanProcessor` over an exporter
  *   that drops the batches: the cost measured is the relay's and the SDK's,
  *   not a collector's network), every relay metric, and the gauge sampler
- *   over `OutboxHealth.snapshot` every second.
+ *   over `OutboxHealth.snapshot` at its default period (15 seconds;
+ *   BENCH_TELEMETRY_GAUGE_INTERVAL, e.g. "1 second", to sample more often:
+ *   each sample counts the backlog, 100,000 rows at the start of a drain).
  *
  * Sampling is head sampling at one ratio, as in production: every event
  * carries a producer `traceparent` in its metadata, sampled (flags 01) for
@@ -65,6 +67,7 @@ process.env.OTEL_TRACES_SAMPLER_ARG ??= String(SAMPLED)
 /** The webhook drains cost ~0.5 ms of Node CPU per event (an HTTP request each): fewer events. */
 const WEBHOOK_EVENTS = Number(process.env.BENCH_TELEMETRY_WEBHOOK_EVENTS ?? 20_000)
 const SINKS = (process.env.BENCH_TELEMETRY_SINK ?? "noop,webhook").split(",").map((s) => s.trim())
+const GAUGE_INTERVAL = Duration.fromInputUnsafe((process.env.BENCH_TELEMETRY_GAUGE_INTERVAL ?? "15 seconds") as Duration.Input)
 const ON = new Set((process.env.BENCH_TELEMETRY_ON ?? "tracing,metrics").split(",").map((s) => s.trim()))
 
 const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
@@ -135,7 +138,7 @@ const drain = (n: number, concurrency: number, telemetry: Layer.Layer<never>, ga
     )
     const context = yield* Layer.build(
       (gauges
-        ? Layer.merge(relayLayer, OutboxTelemetry.layerHealthGauges({ every: "1 second" }).pipe(Layer.provide(OutboxHealth.layer())))
+        ? Layer.merge(relayLayer, OutboxTelemetry.layerHealthGauges({ every: GAUGE_INTERVAL }).pipe(Layer.provide(OutboxHealth.layer())))
         : relayLayer).pipe(Layer.provide(telemetry))
     )
     const relay = Context.get(context, Relay.Relay)

@@ -1,13 +1,16 @@
 /**
  * Helpers shared by the benchmarks: timing, peak RSS, a fresh database with
- * a client, preloading the outbox, and draining it with the real relay.
+ * a client, preloading the outbox, draining it with the real relay, and a
+ * tracer whose spans go nowhere.
  */
 import { PgClient } from "@effect/sql-pg"
 import * as OutboxConfig from "@outbox/core/OutboxConfig"
 import * as OutboxSink from "@outbox/core/OutboxSink"
+import * as OutboxTelemetry from "@outbox/runtime/OutboxTelemetry"
 import * as Relay from "@outbox/runtime/Relay"
 import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
+import { BatchSpanProcessor, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-base"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -84,3 +87,25 @@ export const openDatabase = (maxConnections = 16) =>
       effect.pipe(Effect.provide(PgOutboxStore.layerWithoutMigrations().pipe(Layer.provideMerge(services)))) as Effect.Effect<A, E>
     return { database, services, run }
   })
+
+/** Spans exported so far by `droppingTracer` layers. */
+export const exportedSpans = { count: 0 }
+
+const droppingExporter: SpanExporter = {
+  export(spans: Array<ReadableSpan>, done) {
+    exportedSpans.count += spans.length
+    done({ code: 0 })
+  },
+  shutdown: () => Promise.resolve()
+}
+
+/**
+ * An OpenTelemetry SDK tracer (`BatchSpanProcessor`) over an exporter that
+ * accepts every batch and drops it, counting its spans in `exportedSpans`:
+ * the cost measured is the relay's and the SDK's, not a collector's network.
+ * One per drain: closing the layer shuts its span processor down for good.
+ */
+export const droppingTracer = (): Layer.Layer<never> =>
+  OutboxTelemetry.layerTracer(new BatchSpanProcessor(droppingExporter, { maxQueueSize: 65_536, maxExportBatchSize: 2048 }), {
+    serviceName: "outbox-bench"
+  }) as Layer.Layer<never>

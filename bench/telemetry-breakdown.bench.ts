@@ -33,13 +33,13 @@ import * as OutboxSink from "@outbox/core/OutboxSink"
 import { OutboxStore } from "@outbox/core/OutboxStore"
 import * as OutboxTelemetry from "@outbox/runtime/OutboxTelemetry"
 import * as Relay from "@outbox/runtime/Relay"
-import { BatchSpanProcessor, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-base"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as References from "effect/References"
+import { droppingTracer, exportedSpans } from "./shared.ts"
 
 const EVENTS = Number(process.env.BENCH_BREAKDOWN_EVENTS ?? 200_000)
 const SAMPLED = Number(process.env.BENCH_BREAKDOWN_SAMPLED ?? 0.1)
@@ -48,15 +48,6 @@ const ROUNDS = Number(process.env.BENCH_BREAKDOWN_ROUNDS ?? 3)
 // read by the SDK's tracer provider when it is built
 process.env.OTEL_TRACES_SAMPLER ??= "parentbased_traceidratio"
 process.env.OTEL_TRACES_SAMPLER_ARG ??= String(SAMPLED)
-
-let exportedSpans = 0
-const droppingExporter: SpanExporter = {
-  export(spans: Array<ReadableSpan>, done) {
-    exportedSpans += spans.length
-    done({ code: 0 })
-  },
-  shutdown: () => Promise.resolve()
-}
 
 const hex = (n: number, length: number) => n.toString(16).padStart(length, "0").slice(-length)
 const createdAt = new Date()
@@ -103,10 +94,7 @@ const stubStore = () =>
 const telemetry = (mode: string): Layer.Layer<never> =>
   Layer.mergeAll(
     mode === "tracing"
-      ? OutboxTelemetry.layerTracer(
-        new BatchSpanProcessor(droppingExporter, { maxQueueSize: 65_536, maxExportBatchSize: 2048 }),
-        { serviceName: "outbox-bench" }
-      ) as Layer.Layer<never>
+      ? droppingTracer()
       : Layer.succeed(References.TracerEnabled, false),
     Layer.succeed(OutboxTelemetry.MetricsEnabled, mode !== "off")
   )
@@ -138,11 +126,11 @@ const main = Effect.gen(function*() {
   const best = new Map<string, number>()
   for (let round = 0; round < ROUNDS; round++) {
     for (const mode of MODES) {
-      const before = exportedSpans
+      const before = exportedSpans.count
       const us = yield* drain(mode)
       best.set(mode, Math.min(best.get(mode) ?? Infinity, us))
       if (process.env.BENCH_BREAKDOWN_VERBOSE) {
-        console.log(`    round ${round + 1} ${mode}: ${us.toFixed(2)} µs/event, ${exportedSpans - before} spans`)
+        console.log(`    round ${round + 1} ${mode}: ${us.toFixed(2)} µs/event, ${exportedSpans.count - before} spans`)
       }
     }
   }

@@ -46,7 +46,6 @@ import * as Relay from "@outbox/runtime/Relay"
 import * as WebhookSink from "@outbox/runtime/WebhookSink"
 import * as OutboxHealth from "@outbox/sql/OutboxHealth"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
-import { BatchSpanProcessor, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-base"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -54,7 +53,7 @@ import * as Layer from "effect/Layer"
 import * as References from "effect/References"
 import * as SqlClient from "effect/sql/SqlClient"
 import { spawn } from "node:child_process"
-import { openDatabase } from "./shared.ts"
+import { droppingTracer, exportedSpans, fmt, openDatabase } from "./shared.ts"
 
 const EVENTS = Number(process.env.BENCH_TELEMETRY_EVENTS ?? 100_000)
 const CONCURRENCY = (process.env.BENCH_TELEMETRY_CONCURRENCY ?? "1,2").split(",").map(Number)
@@ -70,17 +69,6 @@ const SINKS = (process.env.BENCH_TELEMETRY_SINK ?? "noop,webhook").split(",").ma
 const GAUGE_INTERVAL = Duration.fromInputUnsafe((process.env.BENCH_TELEMETRY_GAUGE_INTERVAL ?? "15 seconds") as Duration.Input)
 const ON = new Set((process.env.BENCH_TELEMETRY_ON ?? "tracing,metrics").split(",").map((s) => s.trim()))
 
-const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
-
-/** Accepts every batch and drops it, counting the spans. */
-let exportedSpans = 0
-const droppingExporter: SpanExporter = {
-  export(spans: Array<ReadableSpan>, done) {
-    exportedSpans += spans.length
-    done({ code: 0 })
-  },
-  shutdown: () => Promise.resolve()
-}
 
 /** A webhook receiver in its own process (204 for every POST); its URL. */
 const receiver = Effect.acquireRelease(
@@ -118,9 +106,7 @@ const Off = Layer.mergeAll(
 /** A fresh SDK per drain: closing the layer shuts its span processor down for good. */
 const On = () => Layer.mergeAll(
   ON.has("tracing")
-    ? OutboxTelemetry.layerTracer(new BatchSpanProcessor(droppingExporter, { maxQueueSize: 65_536, maxExportBatchSize: 2048 }), {
-      serviceName: "outbox-bench"
-    }) as Layer.Layer<never>
+    ? droppingTracer()
     : Layer.succeed(References.TracerEnabled, false),
   Layer.succeed(OutboxTelemetry.MetricsEnabled, ON.has("metrics")),
   // diagnostic: the SDK installed, but no span made
@@ -171,10 +157,10 @@ const main = Effect.gen(function*() {
         const a = yield* run(drain(n, concurrency, Off, false, sink))
         if (a.seconds < off.seconds) off = a
         yield* run(preload(n))
-        const before = exportedSpans
+        const before = exportedSpans.count
         const b = yield* run(drain(n, concurrency, On(), ON.has("metrics"), sink))
         if (b.seconds < on.seconds) on = b
-        spans = exportedSpans - before
+        spans = exportedSpans.count - before
         if (process.env.BENCH_TELEMETRY_VERBOSE) console.log(`    round ${round + 1}: off ${fmt(n / a.seconds)} ev/s ${fmt((a.cpuSeconds / n) * 1e6, 1)} µs/ev; on ${fmt(n / b.seconds)} ev/s ${fmt((b.cpuSeconds / n) * 1e6, 1)} µs/ev`)
       }
       const row = {

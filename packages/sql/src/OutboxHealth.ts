@@ -18,7 +18,9 @@
  * `OutboxHealth` offers three operations: `stats` (for humans and
  * `npx outbox stats`), `health` (a level OK / WARN / CRITICAL with named
  * findings, for `npx outbox health` and probes) and `snapshot` (the gauges
- * of the metric catalog, sampled on a schedule).
+ * of the metric catalog, sampled on a schedule: its counts read at most
+ * `snapshotMaxRows` rows, so that its cost stops growing with the backlog,
+ * where `outbox_stats` counts exactly).
  *
  * @since 0.1.0
  */
@@ -365,7 +367,7 @@ export type Level = "OK" | "WARN" | "CRITICAL"
  * @since 0.1.0
  */
 export interface Snapshot {
-  /** PENDING + FAILED. */
+  /** PENDING + FAILED, counted up to `snapshotMaxRows` (default 100 000). */
   readonly pending: number
   readonly processing: number
   readonly oldestPendingAgeSeconds: number
@@ -378,6 +380,7 @@ export interface Snapshot {
    * nowhere else: its lease never expires).
    */
   readonly leaseHeldSeconds: number
+  /** DEAD_LETTER, counted up to `snapshotMaxRows`. */
   readonly deadLetters: number
   readonly partitions: ReadonlyArray<{
     readonly table: string
@@ -670,6 +673,14 @@ export interface Options {
   readonly throughputMinutes?: number | undefined
   /** How many of the newest events `stats` reads for throughput (default 100 000). */
   readonly throughputMaxRows?: number | undefined
+  /**
+   * How many backlog rows, and how many dead letters, `snapshot` reads at
+   * most (default 100 000), so that sampling the gauges stays cheap however
+   * large the backlog grows: past it, the counts stop at this number and the
+   * oldest pending age is that of the oldest of the first rows by id.
+   * (`stats` and `health` count exactly.)
+   */
+  readonly snapshotMaxRows?: number | undefined
   /** Overrides of `defaultThresholds`. */
   readonly thresholds?: { readonly [K in keyof Thresholds]?: Thresholds[K] | undefined } | undefined
 }
@@ -873,6 +884,11 @@ const validBand = (option: string, band: Band) =>
     }
   })
 
+const positiveInteger = (option: string, value: number): Effect.Effect<number, InvalidHealthOptions> =>
+  Number.isInteger(value) && value >= 1
+    ? Effect.succeed(value)
+    : Effect.fail(new InvalidHealthOptions({ option, message: `an integer >= 1, got ${value}` }))
+
 const resolveOptions = Effect.fnUntraced(function*(options: Options) {
   const tables = options.tables ?? ["outbox"]
   if (tables.length === 0 || tables.some((t) => t.trim() === "")) {
@@ -882,10 +898,8 @@ const resolveOptions = Effect.fnUntraced(function*(options: Options) {
   if (!Number.isInteger(minutes) || minutes < 1 || minutes > 1440) {
     return yield* new InvalidHealthOptions({ option: "throughputMinutes", message: `an integer in [1, 1440], got ${minutes}` })
   }
-  const maxRows = options.throughputMaxRows ?? 100_000
-  if (!Number.isInteger(maxRows) || maxRows < 1) {
-    return yield* new InvalidHealthOptions({ option: "throughputMaxRows", message: `an integer >= 1, got ${maxRows}` })
-  }
+  const maxRows = yield* positiveInteger("throughputMaxRows", options.throughputMaxRows ?? 100_000)
+  const snapshotMaxRows = yield* positiveInteger("snapshotMaxRows", options.snapshotMaxRows ?? 100_000)
   const overrides = Object.fromEntries(Object.entries(options.thresholds ?? {}).filter(([, v]) => v !== undefined))
   const thresholds = { ...defaultThresholds, ...overrides } as Thresholds
   for (const [key, value] of Object.entries(thresholds)) {
@@ -895,7 +909,7 @@ const resolveOptions = Effect.fnUntraced(function*(options: Options) {
       }
     } else yield* validBand(key, value as Band)
   }
-  return { tables, minutes, maxRows, thresholds }
+  return { tables, minutes, maxRows, snapshotMaxRows, thresholds }
 })
 
 /**
@@ -906,7 +920,7 @@ const resolveOptions = Effect.fnUntraced(function*(options: Options) {
  * @since 0.1.0
  */
 export const make = Effect.fnUntraced(function*(options: Options = {}) {
-  const { maxRows, minutes, tables, thresholds } = yield* resolveOptions(options)
+  const { maxRows, minutes, snapshotMaxRows, tables, thresholds } = yield* resolveOptions(options)
   const sql = (yield* SqlClient.SqlClient).withoutTransforms()
   const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms))
 
@@ -926,6 +940,40 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       leaseHeldSeconds: num(r?.lease_held_seconds)
     })),
     mapSqlError("health.counts")
+  )
+
+  /**
+   * The snapshot's counts, each reading at most `snapshotMaxRows` rows (the
+   * backlog's first by id, through the claimable partial index; the dead
+   * letters through theirs), not the whole backlog as `outbox_stats` does.
+   */
+  const gaugeCounts = sql<Record<string, unknown>>`
+    WITH backlog AS (
+      SELECT created_at FROM outbox WHERE status IN ('PENDING', 'FAILED') ORDER BY id LIMIT ${snapshotMaxRows}
+    ), dead AS (
+      SELECT 1 FROM outbox WHERE status = 'DEAD_LETTER' LIMIT ${snapshotMaxRows}
+    ), leased AS (
+      SELECT count(*) AS processing,
+             min(locked_until) FILTER (WHERE locked_until < now()) AS oldest_overdue_until,
+             min(claimed_at) AS oldest_claimed_at
+      FROM outbox WHERE status = 'PROCESSING'
+    )
+    SELECT (SELECT count(*) FROM backlog)::float8 AS pending,
+           coalesce(extract(epoch FROM now() - (SELECT min(created_at) FROM backlog)), 0)::float8 AS oldest_pending_age_seconds,
+           (SELECT count(*) FROM dead)::float8 AS dead_letter,
+           l.processing::float8 AS processing,
+           coalesce(extract(epoch FROM now() - l.oldest_overdue_until), 0)::float8 AS lease_overdue_seconds,
+           greatest(coalesce(extract(epoch FROM now() - l.oldest_claimed_at), 0), 0)::float8 AS lease_held_seconds
+    FROM leased l`.pipe(
+    Effect.map(([r]) => ({
+      pending: num(r?.pending),
+      processing: num(r?.processing),
+      deadLetter: num(r?.dead_letter),
+      oldestPendingAgeSeconds: num(r?.oldest_pending_age_seconds),
+      leaseOverdueSeconds: num(r?.lease_overdue_seconds),
+      leaseHeldSeconds: num(r?.lease_held_seconds)
+    })),
+    mapSqlError("snapshot.counts")
   )
 
   const partitions = sql<Record<string, unknown>>`
@@ -977,11 +1025,11 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const horizonAge = (hs: ReadonlyArray<XminHolder>) => Math.max(0, ...hs.map((h) => h.ageSeconds ?? 0))
 
   const snapshot: Effect.Effect<Snapshot, StoreError> = Effect.gen(function*() {
-    const c = yield* counts
+    const c = yield* gaugeCounts
     const ps = yield* partitions
     const hs = yield* holders
     return {
-      pending: c.pending + c.failed,
+      pending: c.pending,
       processing: c.processing,
       oldestPendingAgeSeconds: c.oldestPendingAgeSeconds,
       leaseOverdueSeconds: c.leaseOverdueSeconds,

@@ -173,6 +173,30 @@ layer(Live, { timeout: "60 seconds", excludeTestServices: true })("OutboxHealth 
       })
     }))
 
+  it.effect("snapshot: reads at most snapshotMaxRows of the backlog and of the dead letters (the backlog's first by id); stats stays exact", () =>
+    Effect.gen(function*() {
+      yield* reset
+      const sql = yield* SqlClient.SqlClient
+      yield* insert("PENDING", 4)
+      yield* insert("FAILED", 2)
+      yield* insert("PROCESSING", 1)
+      yield* insert("DEAD_LETTER", 5)
+      // the first pending row by id is 10 minutes old; the last backlog row by id, 20 minutes
+      yield* sql`UPDATE outbox SET created_at = now() - interval '10 minutes'
+                 WHERE id = (SELECT min(id) FROM outbox WHERE status IN ('PENDING', 'FAILED'))`
+      yield* sql`UPDATE outbox SET created_at = now() - interval '20 minutes'
+                 WHERE id = (SELECT max(id) FROM outbox WHERE status IN ('PENDING', 'FAILED'))`
+      const capped = yield* Effect.flatMap(OutboxHealth.make({ snapshotMaxRows: 3 }), (s) => s.snapshot)
+      assert.deepStrictEqual([capped.pending, capped.deadLetters, capped.processing], [3, 3, 1])
+      assert.isTrue(capped.oldestPendingAgeSeconds >= 600 && capped.oldestPendingAgeSeconds < 700, String(capped.oldestPendingAgeSeconds))
+      const full = yield* Effect.flatMap(OutboxHealth.make(), (s) => s.snapshot)
+      assert.deepStrictEqual([full.pending, full.deadLetters, full.processing], [6, 5, 1])
+      assert.isTrue(full.oldestPendingAgeSeconds >= 1200 && full.oldestPendingAgeSeconds < 1300, String(full.oldestPendingAgeSeconds))
+      const stats = yield* Effect.flatMap(OutboxHealth.make({ snapshotMaxRows: 3 }), (s) => s.stats)
+      assert.deepStrictEqual([stats.counts.pending, stats.counts.failed, stats.counts.deadLetter], [4, 2, 5])
+      assert.isTrue(stats.oldestPendingAgeSeconds >= 1200)
+    }))
+
   it.effect("a lease held for an hour under a live heartbeat is a long-held lease, not a stuck one", () =>
     Effect.gen(function*() {
       yield* reset
@@ -282,6 +306,8 @@ layer(Live, { timeout: "60 seconds", excludeTestServices: true })("OutboxHealth 
       assert.strictEqual(error.option, "deadTupleRatio.warn")
       const none = yield* Effect.flip(OutboxHealth.make({ tables: [] }))
       assert.strictEqual(none.option, "tables")
+      const cap = yield* Effect.flip(OutboxHealth.make({ snapshotMaxRows: 0 }))
+      assert.strictEqual(cap.option, "snapshotMaxRows")
     }))
 
   it.effect("a table that is not range-partitioned is a CRITICAL horizon finding, not a crash", () =>

@@ -912,6 +912,15 @@ const resolveOptions = Effect.fnUntraced(function*(options: Options) {
   return { tables, minutes, maxRows, snapshotMaxRows, thresholds }
 })
 
+/** The columns `outbox_stats` and the snapshot's counts share, by the same names. */
+const backlogAndLeases = (r: Record<string, unknown> | undefined) => ({
+  processing: num(r?.processing),
+  deadLetter: num(r?.dead_letter),
+  oldestPendingAgeSeconds: num(r?.oldest_pending_age_seconds),
+  leaseOverdueSeconds: num(r?.lease_overdue_seconds),
+  leaseHeldSeconds: num(r?.lease_held_seconds)
+})
+
 /**
  * Builds the service over a `SqlClient` (the views must exist: run
  * `OutboxMigrations` first).
@@ -929,15 +938,11 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
            oldest_pending_age_seconds, lease_overdue::float8, lease_overdue_seconds, lease_held_seconds
     FROM outbox_stats`.pipe(
     Effect.map(([r]) => ({
+      ...backlogAndLeases(r),
       pending: num(r?.pending),
       failed: num(r?.failed),
-      processing: num(r?.processing),
-      deadLetter: num(r?.dead_letter),
       completedEstimate: num(r?.completed_estimate),
-      oldestPendingAgeSeconds: num(r?.oldest_pending_age_seconds),
-      leaseOverdue: num(r?.lease_overdue),
-      leaseOverdueSeconds: num(r?.lease_overdue_seconds),
-      leaseHeldSeconds: num(r?.lease_held_seconds)
+      leaseOverdue: num(r?.lease_overdue)
     })),
     mapSqlError("health.counts")
   )
@@ -958,21 +963,14 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
              min(claimed_at) AS oldest_claimed_at
       FROM outbox WHERE status = 'PROCESSING'
     )
-    SELECT (SELECT count(*) FROM backlog)::float8 AS pending,
+    SELECT (SELECT count(*) FROM backlog)::float8 AS backlog,
            coalesce(extract(epoch FROM now() - (SELECT min(created_at) FROM backlog)), 0)::float8 AS oldest_pending_age_seconds,
            (SELECT count(*) FROM dead)::float8 AS dead_letter,
            l.processing::float8 AS processing,
            coalesce(extract(epoch FROM now() - l.oldest_overdue_until), 0)::float8 AS lease_overdue_seconds,
            greatest(coalesce(extract(epoch FROM now() - l.oldest_claimed_at), 0), 0)::float8 AS lease_held_seconds
     FROM leased l`.pipe(
-    Effect.map(([r]) => ({
-      pending: num(r?.pending),
-      processing: num(r?.processing),
-      deadLetter: num(r?.dead_letter),
-      oldestPendingAgeSeconds: num(r?.oldest_pending_age_seconds),
-      leaseOverdueSeconds: num(r?.lease_overdue_seconds),
-      leaseHeldSeconds: num(r?.lease_held_seconds)
-    })),
+    Effect.map(([r]) => ({ ...backlogAndLeases(r), backlog: num(r?.backlog) })),
     mapSqlError("snapshot.counts")
   )
 
@@ -1029,7 +1027,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     const ps = yield* partitions
     const hs = yield* holders
     return {
-      pending: c.pending,
+      pending: c.backlog,
       processing: c.processing,
       oldestPendingAgeSeconds: c.oldestPendingAgeSeconds,
       leaseOverdueSeconds: c.leaseOverdueSeconds,

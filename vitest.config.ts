@@ -1,5 +1,6 @@
 import { existsSync, readdirSync } from "node:fs"
 import { fileURLToPath } from "node:url"
+import { defaultServerConditions } from "vite"
 import { defineConfig } from "vitest/config"
 
 const root = fileURLToPath(new URL(".", import.meta.url))
@@ -13,6 +14,10 @@ const packageDirs = ["packages", "examples"].flatMap((parent) =>
 
 // vitest 5 ignores vitest.workspace.ts (and rejects `test.workspace`): each package is one of `test.projects`.
 export default defineConfig({
+  // The workspace runs from source: each package's exports map the `@outbox/source` condition to src/*.ts
+  // (what users install resolves to the compiled dist/ instead).
+  resolve: { conditions: ["@outbox/source", ...defaultServerConditions] },
+  ssr: { resolve: { conditions: ["@outbox/source", ...defaultServerConditions] } },
   test: {
     // Runs once per run, in the main process, before the workers are spawned: without DATABASE_URL it starts
     // one PostgreSQL (testcontainers, else embedded) and exports DATABASE_URL, which the workers inherit.

@@ -1,4 +1,5 @@
 import { fileURLToPath } from "node:url"
+import { defaultServerConditions } from "vite"
 import { defineConfig } from "vitest/config"
 
 /**
@@ -8,6 +9,9 @@ import { defineConfig } from "vitest/config"
  */
 export default defineConfig({
   root: fileURLToPath(new URL("..", import.meta.url)),
+  // from source, as the root config (`@outbox/source` maps each package's exports to src/*.ts)
+  resolve: { conditions: ["@outbox/source", ...defaultServerConditions] },
+  ssr: { resolve: { conditions: ["@outbox/source", ...defaultServerConditions] } },
   test: {
     name: "ops",
     include: ["ops/test/**/*.test.ts"],

@@ -112,7 +112,7 @@ layer(TestDatabase.layer, { excludeTestServices: true, timeout: "120 seconds" })
       // 1. the orders example (HTTP service + relay) with its metrics switched on
       const appPort = yield* freePort
       const metricsPort = yield* freePort
-      const app = yield* daemon("orders example", process.execPath, [repoPath("node_modules/tsx/dist/cli.mjs"), "examples/orders/src/main.ts"], {
+      const app = yield* daemon("orders example", process.execPath, [repoPath("node_modules/tsx/dist/cli.mjs"), "--conditions=@outbox/source", "examples/orders/src/main.ts"], {
         DATABASE_URL: database.url,
         PORT: String(appPort),
         HOST: "127.0.0.1",

@@ -31,6 +31,7 @@ import * as Partman from "@outbox/sql/Partman"
 import * as TenantPartitions from "@outbox/sql/TenantPartitions"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Command from "effect/cli/Command"
 import * as Flag from "effect/cli/Flag"
@@ -244,3 +245,18 @@ export const run = (argv: ReadonlyArray<string>) =>
     unknown,
     SqlClient.SqlClient | Command.Environment
   >
+
+/**
+ * Runs the command line on `argv` with `database` built only when a command
+ * runs: `outbox --help`, `outbox <command> --help` and `--version` print
+ * without connecting, so they work where `DATABASE_URL` is unset (the
+ * `outbox` bin passes `OutboxLive.layerPg`). Needs the Node CLI environment.
+ *
+ * @category running
+ * @since 0.1.0
+ */
+export const runWithDatabase = <E, R>(argv: ReadonlyArray<string>, database: Layer.Layer<SqlClient.SqlClient, E, R>) =>
+  Command.runWith(
+    Command.provide(command, Layer.provideMerge(PartitionManager.layer, database)),
+    { version: "0.1.0" }
+  )(argv) as Effect.Effect<void, unknown, R | Command.Environment>

@@ -1,6 +1,7 @@
 /**
  * Entry point of `npx outbox`: the command line of `Cli.ts` on Node, with
- * the database from `DATABASE_URL`. A failure prints one line to stderr
+ * the database from `DATABASE_URL` (read only when a command runs: `--help`
+ * needs none). A failure prints one line to stderr
  * (`outbox: <Tag>: <message>`) and exits with status 1, or with the
  * error's `Runtime.errorExitCode` (`outbox health`: 1 WARN, 2 CRITICAL).
  *
@@ -23,8 +24,7 @@ const describe = (error: unknown): string => {
   return String(error)
 }
 
-Cli.run(process.argv.slice(2)).pipe(
-  Effect.provide(OutboxLive.layerPg),
+Cli.runWithDatabase(process.argv.slice(2), OutboxLive.layerPg).pipe(
   Effect.provide(NodeServices.layer),
   Effect.tapCause((cause) =>
     // an error that printed its own report (`health`) carries its exit code and adds nothing to stderr

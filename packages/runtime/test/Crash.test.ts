@@ -15,7 +15,7 @@ const fixture = fileURLToPath(new URL("./fixtures/relay-process.ts", import.meta
 const startRelayProcess = (databaseUrl: string) =>
   Effect.acquireRelease(
     Effect.sync(() =>
-      spawn(process.execPath, ["--import", "tsx", fixture], {
+      spawn(process.execPath, ["--conditions=@outbox/source", "--import", "tsx", fixture], {
         env: {
           ...process.env,
           DATABASE_URL: databaseUrl,

@@ -3,6 +3,13 @@ import { fileURLToPath } from "node:url"
 import { defaultServerConditions } from "vite"
 import { defineConfig } from "vitest/config"
 
+/**
+ * Vitest's own server conditions (Vite's without `module`, which picks builds Node cannot load, such as
+ * @opentelemetry/api's extensionless ESM) plus `@outbox/source`: each package's exports map it to src/*.ts,
+ * so the workspace runs from source while what users install resolves to the compiled dist/.
+ */
+const sourceConditions = ["@outbox/source", ...defaultServerConditions.filter((c) => c !== "module")]
+
 const root = fileURLToPath(new URL(".", import.meta.url))
 
 /** `packages/core`, `packages/sql`, …, `examples/orders`: every package directory that has a `test` folder. */
@@ -14,10 +21,8 @@ const packageDirs = ["packages", "examples"].flatMap((parent) =>
 
 // vitest 5 ignores vitest.workspace.ts (and rejects `test.workspace`): each package is one of `test.projects`.
 export default defineConfig({
-  // The workspace runs from source: each package's exports map the `@outbox/source` condition to src/*.ts
-  // (what users install resolves to the compiled dist/ instead).
-  resolve: { conditions: ["@outbox/source", ...defaultServerConditions] },
-  ssr: { resolve: { conditions: ["@outbox/source", ...defaultServerConditions] } },
+  resolve: { conditions: sourceConditions },
+  ssr: { resolve: { conditions: sourceConditions } },
   test: {
     // Runs once per run, in the main process, before the workers are spawned: without DATABASE_URL it starts
     // one PostgreSQL (testcontainers, else embedded) and exports DATABASE_URL, which the workers inherit.

@@ -29,7 +29,7 @@ import { InvalidEvent, type StoreError } from "./OutboxError.ts"
 import type { EventInput, PublishedEvent, ValidEvent } from "./OutboxEvent.ts"
 import { OutboxStore, type Publisher } from "./OutboxStore.ts"
 import * as TraceContext from "./TraceContext.ts"
-import { toJson, utf8Length } from "./internal/json.ts"
+import { textProblem, toJson, utf8Length } from "./internal/json.ts"
 
 declare const TransactionBrand: unique symbol
 
@@ -247,6 +247,8 @@ const check = (
     if (typeof value !== "string" || value.trim().length === 0) {
       return invalid(index, "MissingField", field, `${field} must be a non-empty string`)
     }
+    const problem = textProblem(value)
+    if (problem !== undefined) return invalid(index, "InvalidText", field, `${field} ${problem}`)
   }
   const payload = toJson(input.payload)
   if (!payload.ok) {
@@ -378,6 +380,21 @@ export const transaction = <A, E, R>(
         } as OutboxTransaction["Service"])
       ).pipe(Effect.tap(() => published.length === 0 ? Effect.void : countPublished(published, rows)))
     }))
+
+/**
+ * Provides `OutboxTransaction` from a publisher bound to a transaction that
+ * was opened outside Effect: the caller's `pg` client, Knex `trx`, Drizzle
+ * `tx`, Kysely `trx` or Prisma interactive transaction (`@outbox/client`).
+ * The caller vouches that `publish` writes in that open transaction; it also
+ * owns its COMMIT, so nothing is counted here (`eventsPublished` counts only
+ * what `transaction` saw commit).
+ *
+ * @category transactions
+ * @since 0.1.0
+ */
+export const withPublisher = (publish: Publisher) =>
+<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, Exclude<R, OutboxTransaction>> =>
+  Effect.provideService(effect, OutboxTransaction, { publish } as OutboxTransaction["Service"])
 
 const countPublished = (events: ReadonlyArray<ValidEvent>, rows: ReadonlyArray<PublishedEvent | undefined>) =>
   Effect.contextWith((context: Context.Context<never>) => {

@@ -15,7 +15,8 @@ export const InvalidEventReason = Schema.Literals([
   "MissingField",
   "NotSerializable",
   "PayloadTooLarge",
-  "InvalidMaxRetries"
+  "InvalidMaxRetries",
+  "InvalidText"
 ])
 
 /**

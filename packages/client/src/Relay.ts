@@ -23,13 +23,16 @@ import type { OutboxEvent } from "@outbox/core/OutboxEvent"
 import * as OutboxSink from "@outbox/core/OutboxSink"
 import type * as RetryPolicy from "@outbox/core/RetryPolicy"
 import * as OutboxLive from "@outbox/runtime/OutboxLive"
+import * as OutboxTelemetry from "@outbox/runtime/OutboxTelemetry"
 import * as Relay from "@outbox/runtime/Relay"
+import * as OtelTracer from "@effect/opentelemetry/OtelTracer"
 import { PgClient } from "@effect/sql-pg"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Redacted from "effect/Redacted"
+import { otelRegistered } from "./internal/runtime.ts"
 
 /**
  * Thrown by a handler for a failure no retry can fix (a poison event): the
@@ -166,7 +169,13 @@ export const createRelay = (options: RelayOptions): Promise<OutboxRelay> => {
   for (const key of Object.keys(config)) if (config[key] === undefined) delete config[key]
   const live = OutboxLive.layer({
     config: config as Partial<OutboxConfig.Options>,
-    ...(options.table === undefined ? {} : { store: { table: options.table } })
+    ...(options.table === undefined ? {} : { store: { table: options.table } }),
+    // With an OpenTelemetry SDK registered, the relay traces through it with @effect/opentelemetry's context
+    // hook, so a promise handler runs with the producer's trace as its active context and its own
+    // instrumentation (HTTP clients, drivers) joins that trace. Without one, the environment's telemetry.
+    ...(otelRegistered()
+      ? { telemetry: Layer.mergeAll(OutboxTelemetry.layerConfig, OtelTracer.layerGlobal as Layer.Layer<never>) }
+      : {})
   }).pipe(
     Layer.provide(options.sink ?? handlerSink(options.handler!)),
     Layer.provide(database(options))

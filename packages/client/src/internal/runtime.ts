@@ -27,8 +27,10 @@ const buildOtelTracer = (): Tracer.Tracer => Effect.runSync(Effect.provide(OtelT
  * every span would be a no-op, so the built-in tracer is used and no trace
  * context is stored, exactly as `Outbox.publish` under Effect's built-in
  * tracer.
+ *
+ * @internal
  */
-const otelRegistered = (): boolean => {
+export const otelRegistered = (): boolean => {
   const provider = Otel.trace.getTracerProvider() as { getDelegateTracer?: (name: string) => unknown }
   return typeof provider.getDelegateTracer === "function"
     ? provider.getDelegateTracer("@outbox/client") !== undefined

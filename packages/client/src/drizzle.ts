@@ -29,9 +29,27 @@ export interface DrizzleTransaction {
 }
 
 /**
+ * The driver's own error inside Drizzle's `DrizzleQueryError` (0.44+), which
+ * says only "Failed query: <text> params: <values>": the driver's error has
+ * the SQLSTATE (`code`) that `StoreError.retryable` and `processOnce`'s
+ * "needs an open transaction" check read, and its message does not repeat
+ * the parameters (the event payloads). Matched by shape, not by class, so
+ * older Drizzle versions (which throw the driver's error as is) load too.
+ */
+const driverError = (error: unknown): unknown => {
+  const cause = (error as { readonly cause?: { readonly code?: unknown } } | null)?.cause
+  return typeof cause?.code === "string" ? cause : error
+}
+
+/**
  * Runs statements through `tx.execute`: the text becomes Drizzle `sql`
  * chunks, each value one parameter (`sql.param`, so an array stays one
- * array parameter instead of a list).
+ * array parameter instead of a list, which is what the batch publish's
+ * `unnest($1::text[], ...)` needs). A failure rejects with the driver's
+ * error, unwrapped from Drizzle's `DrizzleQueryError` (see `driverError`).
+ *
+ * Drizzle's node-postgres session reads `timestamptz` as text: the
+ * published `createdAt` is parsed from it.
  *
  * @category constructors
  * @since 0.1.0
@@ -46,7 +64,8 @@ export const executor = (tx: DrizzleTransaction): Executor => ({
     return Promise.resolve(tx.execute(sql.join(chunks))).then(
       (result: { readonly rows?: ReadonlyArray<unknown> } | ReadonlyArray<unknown>) => ({
         rows: Array.isArray(result) ? result : (result as { readonly rows?: ReadonlyArray<unknown> }).rows ?? []
-      })
+      }),
+      (error: unknown) => Promise.reject(driverError(error))
     )
   }
 })

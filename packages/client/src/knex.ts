@@ -29,8 +29,10 @@ export interface KnexTransaction {
 
 /**
  * Runs statements through `trx.raw`: `$n` placeholders become Knex's `?`
- * (a literal `?` is escaped as `\?`), and the rows come from the `pg`
- * result Knex returns.
+ * (a literal `?`, such as jsonb's `?` and `?|` operators, is escaped as
+ * `\?`), and the rows come from the `pg` result Knex returns. An array
+ * binding stays one array parameter (`raw` does not expand it into a list),
+ * which the batch publish's `unnest($1::text[], ...)` needs.
  *
  * @category constructors
  * @since 0.1.0

@@ -30,7 +30,8 @@ export interface KyselyTransaction {
 
 /**
  * Runs statements through `trx.executeQuery(CompiledQuery.raw(...))`: the
- * PostgreSQL dialect sends `$n` text and values as they are.
+ * PostgreSQL dialect sends `$n` text and values as they are (an array is one
+ * array parameter, as the batch publish's `unnest($1::text[], ...)` needs).
  *
  * @category constructors
  * @since 0.1.0

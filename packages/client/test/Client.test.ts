@@ -1,6 +1,7 @@
 import { assert, describe, layer } from "@effect/vitest"
 import { createRelay, InvalidEvent, PermanentError, processOnce, publish, StoreError } from "@outbox/client"
 import type { OutboxEvent } from "@outbox/client"
+import * as RetryPolicy from "@outbox/core/RetryPolicy"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
 import * as Effect from "effect/Effect"
@@ -179,6 +180,35 @@ layer(Live, { timeout: "60 seconds" })("@outbox/client with pg", (it) => {
         assert.deepStrictEqual([...new Set(seen.map((e) => e.aggregateId))].sort(), ["r-1", "r-2", "r-3", "r-poison"])
         assert.strictEqual(yield* count(p, "status = 'COMPLETED'"), 3)
         assert.strictEqual(yield* count(p, "status = 'DEAD_LETTER' AND aggregate_id = 'r-poison'"), 1)
+      }))
+
+    it.effect("takes a pg Pool's connection settings; a plain throw is retried with backoff until it succeeds", () =>
+      Effect.gen(function*() {
+        const p = yield* pool
+        yield* Effect.promise(() => p.query("DELETE FROM outbox"))
+        yield* inTransaction(p, (c) => publish(c, order("flaky")))
+        let attempts = 0
+        const relay = yield* Effect.promise(() =>
+          createRelay({
+            pool: p,
+            pollInterval: 50,
+            maxConnections: 2,
+            retryPolicy: RetryPolicy.exponential({ base: "20 millis", cap: "50 millis" }),
+            handler: () => {
+              if (++attempts < 3) throw new Error(`attempt ${attempts} failed`)
+            }
+          })
+        )
+        yield* Effect.promise(async () => {
+          for (let i = 0; i < 200 && relay.stats().completed < 1; i++) await new Promise((r) => setTimeout(r, 50))
+        })
+        const stats = relay.stats()
+        yield* Effect.promise(() => relay.stop())
+        assert.strictEqual(attempts, 3)
+        assert.strictEqual(stats.retried, 2)
+        assert.strictEqual(stats.completed, 1)
+        const row = (yield* Effect.promise(() => p.query("SELECT status, retry_count, last_error FROM outbox"))).rows[0]
+        assert.deepStrictEqual([row.status, row.retry_count], ["COMPLETED", 2])
       }))
 
     it.effect("refuses to start without a handler or sink, and rejects when the database cannot be reached", () =>

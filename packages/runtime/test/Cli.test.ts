@@ -7,6 +7,23 @@ import { outbox as run } from "./fixtures/cli.ts"
 const outbox = (...args: Array<string>) => run(args)
 
 layer(TestDatabase.layer, { timeout: "120 seconds" })("npx outbox", (it) => {
+  describe("without a database", () => {
+    it.effect("--help and a command's --help print usage and exit 0 with DATABASE_URL unset; a command that needs the database fails naming it", () =>
+      Effect.gen(function*() {
+        const help = yield* run(["--help"], { DATABASE_URL: undefined })
+        assert.strictEqual(help.code, 0, help.stderr)
+        for (const command of ["migrate", "partitions", "stats", "health", "dlq", "roles", "audit"]) assert.include(help.stdout, command)
+        const migrateHelp = yield* run(["migrate", "--help"], { DATABASE_URL: undefined })
+        assert.strictEqual(migrateHelp.code, 0, migrateHelp.stderr)
+        assert.include(migrateHelp.stdout, "--partman")
+        const version = yield* run(["--version"], { DATABASE_URL: undefined })
+        assert.strictEqual(version.code, 0, version.stderr)
+        const migrate = yield* run(["migrate"], { DATABASE_URL: undefined })
+        assert.notStrictEqual(migrate.code, 0)
+        assert.include(migrate.stderr, "DATABASE_URL")
+      }))
+  })
+
   describe("migrate and partitions", () => {
     it.effect("migrate applies the schema; status prints the partitions and a clean health check; maintain is a no-op on a fresh schema", () =>
       Effect.gen(function*() {

@@ -104,6 +104,12 @@ layer(Live, { timeout: "60 seconds" })("@outbox/client with pg", (it) => {
           publish(c, order("t-2"), { table: "no_such_outbox" }).then(() => undefined, (e: unknown) => e))
         assert.instanceOf(missing, StoreError)
         assert.include((missing as StoreError).message, "42P01")
+        // the second use of a table takes the path without a fiber: the same typed errors
+        const again = yield* inTransaction(p, (c) =>
+          publish(c, order("t-3"), { table: "no_such_outbox" }).then(() => undefined, (e: unknown) => e))
+        assert.instanceOf(again, StoreError)
+        assert.include((again as StoreError).message, "42P01")
+        assert.isFalse((again as StoreError).retryable)
         assert.strictEqual(yield* count(p, "true"), yield* count(p, "true")) // the outbox is still there
       }))
   })

@@ -47,7 +47,6 @@
  *
  * @since 0.1.0
  */
-import { NodeHttpServer } from "@effect/platform-node"
 import * as Outbox from "@outbox/core/Outbox"
 import * as OutboxHealth from "@outbox/sql/OutboxHealth"
 import type * as Resource from "@effect/opentelemetry/Resource"
@@ -62,10 +61,9 @@ import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Tracer from "effect/Tracer"
-import * as HttpRouter from "effect/http/HttpRouter"
+import type * as HttpRouter from "effect/http/HttpRouter"
+import type * as HttpServer from "effect/http/HttpServer"
 import type { ServeError } from "effect/http/HttpServerError"
-import * as PrometheusMetrics from "effect/observability/PrometheusMetrics"
-import { createServer } from "node:http"
 import { PartitionMaintenance } from "./PartitionMaintenance.ts"
 
 // -----------------------------------------------------------------------------
@@ -492,7 +490,10 @@ export const layerHealthGauges = (
  * @since 0.1.0
  */
 export const layerPrometheusRoute = (path: HttpRouter.PathInput = "/metrics"): Layer.Layer<never, never, HttpRouter.HttpRouter> =>
-  PrometheusMetrics.layerHttp({ path })
+  Layer.unwrap(Effect.map(loadPrometheus, (prometheus) => prometheus.route(path)))
+
+/** The HTTP machinery of the endpoint, imported on first use (see `internal/prometheus.ts` for the cost). */
+const loadPrometheus = Effect.promise(() => import("./internal/prometheus.ts"))
 
 /**
  * Options of `layerPrometheus`.
@@ -517,10 +518,9 @@ export interface PrometheusOptions {
  * @category layers
  * @since 0.1.0
  */
-export const layerPrometheus = (options: PrometheusOptions = {}) =>
-  HttpRouter.serve(layerPrometheusRoute(options.path), { disableListenLog: true, disableLogger: true }).pipe(
-    Layer.provideMerge(NodeHttpServer.layer(createServer, { port: options.port ?? 9464, host: options.host ?? "0.0.0.0" }))
-  )
+export const layerPrometheus = (options: PrometheusOptions = {}): Layer.Layer<HttpServer.HttpServer, ServeError> =>
+  Layer.unwrap(Effect.map(loadPrometheus, (prometheus) =>
+    prometheus.server({ port: options.port ?? 9464, host: options.host ?? "0.0.0.0", path: options.path ?? "/metrics" })))
 
 // -----------------------------------------------------------------------------
 // OpenTelemetry

@@ -41,7 +41,8 @@ export const returning = "id, tracking_id, created_at"
 
 const insertColumns = "(aggregate_type, aggregate_id, event_type, payload, metadata, max_retries)"
 
-const singleText = new Map<string, string>()
+/** The one-event statement's text, by quoted table and returned columns. */
+const singleText = new Map<string, Map<string, string>>()
 
 /**
  * The INSERT of `events` into `table` (already validated and quoted, see
@@ -59,11 +60,13 @@ export const insert = (
   if (events.length === 1) {
     const e = events[0]!
     if (e.maxRetries !== undefined) {
-      const key = `${quotedTable}\u0000${returningColumns}`
-      let text = singleText.get(key)
+      // by table, then by returned columns: no key string built per call
+      let byReturning = singleText.get(quotedTable)
+      if (byReturning === undefined) singleText.set(quotedTable, byReturning = new Map())
+      let text = byReturning.get(returningColumns)
       if (text === undefined) {
         text = `INSERT INTO ${quotedTable} ${insertColumns} VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6) RETURNING ${returningColumns}`
-        singleText.set(key, text)
+        byReturning.set(returningColumns, text)
       }
       return { text, values: [e.aggregateType, e.aggregateId, e.eventType, e.payloadJson, e.metadataJson, e.maxRetries] }
     }

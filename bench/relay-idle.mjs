@@ -5,35 +5,15 @@
 //   DATABASE_URL=postgres://… node bench/relay-idle.mjs            start createRelay, idle, print memory
 //   node bench/relay-idle.mjs --import effect/Effect @outbox/core   import only, print memory (import cost)
 //
-// RELAY_IDLE_SECONDS (default 5): idle time before sampling. Diagnostics:
-// RELAY_IDLE_SHIM=subpath|lazy|lazy-http redirects @outbox/runtime's barrel import of
-// `@effect/platform-node` to its NodeHttpServer module only (subpath) or to a
-// stub (lazy: as if it were imported only when the /metrics server starts;
-// lazy-http: HttpRouter and PrometheusMetrics stubbed as well),
-// to measure what that import costs; RELAY_IDLE_GC=1 (with --expose-gc)
-// collects garbage before sampling. Prints one JSON
-// line: rss, heapUsed, heapTotal, external, arrayBuffers (MB) and the number
-// of modules loaded per package (counted with module.registerHooks).
+// RELAY_IDLE_SECONDS (default 5): idle time before sampling; RELAY_IDLE_GC=1 (with --expose-gc) collects
+// garbage before sampling. Prints one JSON line: rss, heapUsed, heapTotal, external, arrayBuffers (MB) and
+// the number of modules loaded per package (counted with module.registerHooks): what a new static import
+// adds to every relay shows up there (the Prometheus server, once imported statically through the
+// `@effect/platform-node` barrel, was ~35 MB and ~880 modules; it now loads only where /metrics is served).
 import * as Module from "node:module"
 
 const loaded = new Map()
-const shim = process.env.RELAY_IDLE_SHIM
-const nodeHttpServer = shim === "subpath" ? import.meta.resolve("@effect/platform-node/NodeHttpServer") : undefined
 Module.registerHooks?.({
-  resolve(specifier, context, nextResolve) {
-    const fromRuntime = /\/packages\/runtime\//.test(context.parentURL ?? "")
-    if (shim === "lazy-http" && fromRuntime && (specifier === "effect/http/HttpRouter" || specifier === "effect/observability/PrometheusMetrics")) {
-      const source = `export const serve = () => { throw new Error("stub") }; export const layerHttp = serve`
-      return { url: `data:text/javascript,${encodeURIComponent(source)}`, shortCircuit: true }
-    }
-    if (shim !== undefined && specifier === "@effect/platform-node" && fromRuntime) {
-      const source = shim === "subpath"
-        ? `import * as N from ${JSON.stringify(nodeHttpServer)}; export { N as NodeHttpServer }`
-        : `export const NodeHttpServer = { layer: () => { throw new Error("stub") } }`
-      return { url: `data:text/javascript,${encodeURIComponent(source)}`, shortCircuit: true }
-    }
-    return nextResolve(specifier, context)
-  },
   load(url, context, nextLoad) {
     const m = /node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(url) ?? /\/packages\/([^/]+)\//.exec(url)
     const key = m ? m[1] : url.startsWith("node:") ? "node:" : "other"
@@ -75,7 +55,6 @@ if (args[0] === "--import") {
     mode: "relay",
     node: process.version,
     execArgv: process.execArgv,
-    shim: shim ?? null,
     importMs,
     startMs,
     idleSeconds: idleMs / 1000,

@@ -149,7 +149,10 @@ export function publish(
   const events = Outbox.validateAllSync(inputs, settingsOf(options))
   if (events instanceof InvalidEvent) return Promise.reject(events)
   const statement = PublishStatement.insert(table, events)
-  return Promise.resolve(executor.query(statement.text, statement.values as Array<unknown>)).then(
+  // a driver that throws instead of rejecting (a closed client) still rejects, with a StoreError
+  return new Promise<{ readonly rows: ReadonlyArray<any> }>((resolve) =>
+    resolve(executor.query(statement.text, statement.values as Array<unknown>))
+  ).then(
     (result) => many ? result.rows.map(PublishStatement.toPublished) : PublishStatement.toPublished(result.rows[0]),
     (error: unknown) => Promise.reject(storeError("publish")(error))
   )

@@ -114,6 +114,23 @@ layer(Live, { timeout: "60 seconds" })("@outbox/client with pg", (it) => {
       }))
   })
 
+  describe("publish with a driver that throws instead of rejecting", () => {
+    it.effect("rejects with StoreError on the first use of a table and after it", () =>
+      Effect.gen(function*() {
+        const throwing = {
+          query: (): Promise<{ rows: Array<unknown> }> => {
+            throw Object.assign(new Error("Client was closed and is not queryable"), { code: "ECONNRESET" })
+          }
+        }
+        for (const table of ["closed_client_outbox", "closed_client_outbox"]) {
+          const error = yield* rejection(() => publish(throwing, order("closed"), { table }))
+          assert.instanceOf(error, StoreError)
+          assert.isTrue((error as StoreError).retryable)
+          assert.include((error as StoreError).message, "not queryable")
+        }
+      }))
+  })
+
   describe("processOnce", () => {
     it.effect("runs the work once per (consumer, tracking id), in the caller's transaction", () =>
       Effect.gen(function*() {

@@ -89,7 +89,9 @@ const publisher = (executor: Executor, table: string) => (events: ReadonlyArray<
 }
 
 /**
- * The effect behind `publish`, for adapters that hand it their executor.
+ * The effect behind `publish` (always through a fiber and, under an
+ * exporting tracer, a span): for Effect code that holds a transaction opened
+ * outside Effect.
  *
  * @category constructors
  * @since 0.1.0

@@ -18,6 +18,11 @@
  * driver's work is in it), and the library's added Node CPU per transaction
  * over the hand-written statement. Target: ≤ 10 %.
  *
+ * The packages are the compiled `dist/` a user installs (the script builds
+ * them first and runs this file without the `@outbox/source` condition):
+ * under tsx from source, esbuild's `__name` helpers and transpiled code add
+ * Node CPU of their own and overstated the library's share.
+ *
  * Memory: spawns `node bench/relay-idle.mjs` (compiled dist, no tsx, no
  * source condition; run `npm run build` first) against the same database
  * and reports its RSS after 5 s idle. Target: ≤ 100 MB.

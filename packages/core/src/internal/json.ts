@@ -14,10 +14,21 @@ const describePath = (path: ReadonlyArray<string | number>): string =>
   path.length === 0 ? "the value" : path.map((p) => typeof p === "number" ? `[${p}]` : `.${p}`).join("").replace(/^\./, "")
 
 /**
- * The first problem in `value`, or `undefined`. `path` is a stack (pushed and
- * popped, copied only into a message): validation runs on every publish.
+ * The walk's state: `path` and `seen` are stacks (pushed and popped; `path`
+ * copied only into a message), `seen` an array because payloads are shallow
+ * and a search of a few entries costs less than a Set per call; `toJson`
+ * records whether any `toJSON` ran, the only way a string the walk did not
+ * see can reach the JSON text. Validation runs on every publish.
  */
-const check = (value: unknown, path: Array<string | number>, seen: Set<object>): string | undefined => {
+interface Walk {
+  readonly path: Array<string | number>
+  readonly seen: Array<object>
+  toJson: boolean
+}
+
+/** The first problem in `value`, or `undefined`. */
+const check = (value: unknown, walk: Walk): string | undefined => {
+  const { path, seen } = walk
   switch (typeof value) {
     case "string":
       return value.includes("\u0000")
@@ -38,12 +49,15 @@ const check = (value: unknown, path: Array<string | number>, seen: Set<object>):
       return path.length === 0 ? "the value is undefined" : undefined
     case "object": {
       if (value === null) return undefined
-      if (seen.has(value)) return `${describePath(path)} is a circular reference`
-      if (typeof (value as { toJSON?: unknown }).toJSON === "function") return undefined
+      if (seen.includes(value)) return `${describePath(path)} is a circular reference`
+      if (typeof (value as { toJSON?: unknown }).toJSON === "function") {
+        walk.toJson = true
+        return undefined
+      }
       if (value instanceof Map || value instanceof Set || value instanceof WeakMap || value instanceof WeakSet) {
         return `${describePath(path)} is a ${value.constructor.name}, which JSON would silently turn into {}`
       }
-      seen.add(value)
+      seen.push(value)
       let problem: string | undefined
       if (Array.isArray(value)) {
         for (let i = 0; i < value.length && problem === undefined; i++) {
@@ -51,7 +65,7 @@ const check = (value: unknown, path: Array<string | number>, seen: Set<object>):
           path.push(i)
           problem = item === undefined || typeof item === "function" || typeof item === "symbol"
             ? `${describePath(path)} is ${typeof item}, which JSON would silently turn into null`
-            : check(item, path, seen)
+            : check(item, walk)
           path.pop()
         }
       } else {
@@ -62,12 +76,12 @@ const check = (value: unknown, path: Array<string | number>, seen: Set<object>):
             break
           }
           path.push(key)
-          problem = check((value as Record<string, unknown>)[key], path, seen)
+          problem = check((value as Record<string, unknown>)[key], walk)
           path.pop()
           if (problem !== undefined) break
         }
       }
-      seen.delete(value)
+      seen.pop()
       return problem
     }
   }
@@ -75,12 +89,15 @@ const check = (value: unknown, path: Array<string | number>, seen: Set<object>):
 
 /** @internal */
 export const toJson = (value: unknown): JsonResult => {
-  const problem = check(value, [], new Set())
+  const walk: Walk = { path: [], seen: [], toJson: false }
+  const problem = check(value, walk)
   if (problem !== undefined) return { ok: false, problem }
   const json = JSON.stringify(value)
-  // toJSON may itself return something unserialisable
+  // toJSON may itself return something unserialisable, or a string the walk never saw
   if (json === undefined) return { ok: false, problem: "the value serialises to nothing" }
-  if (json.includes("\\u0000")) return { ok: false, problem: "the value contains a NUL character, which jsonb cannot store" }
+  if (walk.toJson && json.includes("\\u0000")) {
+    return { ok: false, problem: "the value contains a NUL character, which jsonb cannot store" }
+  }
   return { ok: true, json }
 }
 

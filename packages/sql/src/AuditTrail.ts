@@ -157,6 +157,13 @@ export interface Verification {
   readonly checked: number
   /** Rows not sealed yet (not covered by the chain). */
   readonly unsealed: number
+  /**
+   * How long ago (database clock, seconds) the oldest unsealed row was
+   * recorded; `undefined` when every row is sealed. An unsealed row can be
+   * altered without trace, so one older than a few seal intervals means the
+   * sealer is not running (`outbox audit verify` warns about it).
+   */
+  readonly oldestUnsealedSeconds: number | undefined
   readonly broken: ChainBreak | undefined
 }
 
@@ -385,11 +392,14 @@ export const make = Effect.gen(function*() {
     const now = new Date(yield* Clock.currentTimeMillis)
     return yield* Effect.gen(function*() {
       const top = yield* headRaw
-      const [counts] = yield* sql<{ unsealed: number; genesis: boolean; min_at: Date | null }>`
-        SELECT (SELECT count(*)::int FROM outbox_audit_log WHERE hash IS NULL) AS unsealed,
+      const [counts] = yield* sql<{ unsealed: number; oldest_unsealed: number | null; genesis: boolean; min_at: Date | null }>`
+        SELECT u.unsealed, u.oldest_unsealed,
                EXISTS (SELECT 1 FROM outbox_audit_log WHERE chain_pos = 1) AS genesis,
-               (SELECT min(recorded_at) FROM outbox_audit_log WHERE hash IS NOT NULL) AS min_at`
+               (SELECT min(recorded_at) FROM outbox_audit_log WHERE hash IS NOT NULL) AS min_at
+        FROM (SELECT count(*)::int AS unsealed, extract(epoch FROM now() - min(recorded_at))::float8 AS oldest_unsealed
+              FROM outbox_audit_log WHERE hash IS NULL) u`
       const unsealed = counts!.unsealed
+      const oldestUnsealedSeconds = counts!.oldest_unsealed === null ? undefined : Math.max(0, counts!.oldest_unsealed)
       const known = new Map<bigint, string>()
       let start: Verification["start"] = { from: "genesis" }
       let expected = 1n
@@ -403,6 +413,7 @@ export const make = Effect.gen(function*() {
         head: top,
         checked,
         unsealed,
+        oldestUnsealedSeconds,
         broken
       })
 

@@ -268,6 +268,7 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditTrail",
         assert.isTrue(result.ok, result.broken?.message)
         assert.deepStrictEqual(result.start, { from: "genesis" })
         assert.strictEqual(result.unsealed, 0)
+        assert.isUndefined(result.oldestUnsealedSeconds)
         const [count] = yield* sql<{ n: number; max: string }>`SELECT count(*)::int AS n, max(chain_pos)::text AS max FROM outbox_audit_log`
         assert.strictEqual(result.checked, count!.n)
         assert.strictEqual(result.head.position, BigInt(count!.max))
@@ -282,6 +283,17 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditTrail",
         const later = yield* audit.verify()
         assert.isTrue(later.ok)
         assert.strictEqual(later.unsealed, 2)
+        assert.isDefined(later.oldestUnsealedSeconds)
+        assert.isBelow(later.oldestUnsealedSeconds!, 60)
+        // an unsealed row recorded long ago (the sealer stopped): its age is reported
+        // (the append-only guard is a trigger: a superuser's replica session role skips it, as a tamperer's would)
+        yield* sql.withTransaction(Effect.andThen(
+          sql`SET LOCAL session_replication_role = replica`,
+          sql`UPDATE outbox_audit_log SET recorded_at = recorded_at - interval '1 hour'
+              WHERE audit_id = (SELECT min(audit_id) FROM outbox_audit_log WHERE hash IS NULL)`
+        ))
+        const stale = yield* audit.verify()
+        assert.isAtLeast(stale.oldestUnsealedSeconds!, 3600)
         yield* audit.sealAll()
       }))
 

@@ -8,7 +8,11 @@
  *    its id sequence, so ids stay unique and increasing across both), with
  *    daily partitions from the oldest legacy row to the premake horizon, and
  *    adds the marker column `outbox_migrated_at` to the legacy table (a
- *    catalog-only change) plus two partial indexes built `CONCURRENTLY`.
+ *    catalog-only change) plus three partial indexes built `CONCURRENTLY`;
+ *    then applies the library's migrations for the partitioned table
+ *    (`OutboxMigrations.runOutboxFor`), so that health, partition maintenance
+ *    and dead letters work on it, and the store's start-up migrations for it
+ *    find everything in place.
  * 2. Run the relays and producers with `PgOutboxStore` option `legacy`
  *    (environment: `OUTBOX_TABLE`, `OUTBOX_MIGRATION_LEGACY_TABLE`) and the
  *    flag `dualWrite` (`OUTBOX_MIGRATION_DUAL_WRITE=true`): publishes write
@@ -37,18 +41,20 @@
  *
  * @since 0.1.0
  */
-import * as PartitionPolicy from "@outbox/core/PartitionPolicy"
-import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
+import type * as Migrator from "effect/sql/Migrator"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
 import * as Identifier from "./Identifier.ts"
+import * as OutboxHealth from "./OutboxHealth.ts"
 import * as OutboxMigrations from "./OutboxMigrations.ts"
 import * as OutboxTable from "./internal/outboxTable.ts"
 
 /**
- * A migration step refused or failed. `reason` names why:
+ * A migration step refused or failed (named apart from `effect/sql`'s
+ * `Migrator.MigrationError`, which the library's own migrations fail with).
+ * `reason` names why:
  * `NotPlain` (the legacy table is missing, partitioned, or lacks outbox
  * columns), `NotPrepared`, `BackfillIncomplete` (live legacy rows remain),
  * `NotSwitched`, `Database` (a statement failed).
@@ -56,7 +62,7 @@ import * as OutboxTable from "./internal/outboxTable.ts"
  * @category errors
  * @since 0.1.0
  */
-export class MigrationError extends Schema.TaggedError<MigrationError>("@outbox/sql/MigrationError")("MigrationError", {
+export class OnlineMigrationError extends Schema.TaggedError<OnlineMigrationError>("@outbox/sql/OnlineMigrationError")("OnlineMigrationError", {
   reason: Schema.Literals(["NotPlain", "NotPrepared", "BackfillIncomplete", "NotSwitched", "InvalidName", "Database"]),
   message: Schema.String,
   cause: Schema.optional(Schema.Unknown)
@@ -130,11 +136,16 @@ const columns = [
 ] as const
 
 const database = (step: string) => (cause: SqlError.SqlError) =>
-  new MigrationError({ reason: "Database", message: `${step}: ${cause.message}`, cause })
+  new OnlineMigrationError({ reason: "Database", message: `${step}: ${cause.message}`, cause })
+
+const failure = (step: string) => (cause: SqlError.SqlError | Migrator.MigrationError | Identifier.InvalidIdentifier) =>
+  cause._tag === "InvalidIdentifier"
+    ? new OnlineMigrationError({ reason: "InvalidName", message: `${step}: ${cause.message}`, cause })
+    : new OnlineMigrationError({ reason: "Database", message: `${step}: ${cause.message}`, cause })
 
 const resolve = Effect.fnUntraced(function*(tables: Tables) {
   const invalid = (e: Identifier.InvalidIdentifier) =>
-    new MigrationError({ reason: "InvalidName", message: `${e.kind} "${e.value}": ${e.reason}`, cause: e })
+    new OnlineMigrationError({ reason: "InvalidName", message: `${e.kind} "${e.value}": ${e.reason}`, cause: e })
   const legacy = yield* Identifier.validate(tables.legacy ?? "outbox", "legacy table").pipe(Effect.mapError(invalid))
   const table = yield* Identifier.validate(tables.table ?? "outbox_partitioned", "partitioned table").pipe(Effect.mapError(invalid))
   const derived = (suffix: string) => Identifier.validate(`${legacy}${suffix}`, "derived name").pipe(Effect.mapError(invalid))
@@ -160,7 +171,9 @@ const relkind = (sql: SqlClient.SqlClient, name: string) =>
 
 /**
  * Creates the partitioned table beside the plain one and prepares the plain
- * one (marker column, partial indexes). Idempotent.
+ * one (marker column, partial indexes), then applies the outbox migrations
+ * for the partitioned table (views, redrive log, dead-letter index; tracked
+ * in `outbox_migrations`). Idempotent.
  *
  * @category steps
  * @since 0.1.0
@@ -172,7 +185,7 @@ export const prepare = Effect.fn("OnlineMigration.prepare")(function*(
   const r = yield* resolve(tables)
   const kind = yield* relkind(sql, r.legacy).pipe(Effect.mapError(database("prepare")))
   if (kind !== "r") {
-    return yield* new MigrationError({
+    return yield* new OnlineMigrationError({
       reason: "NotPlain",
       message: kind === undefined ? `table ${r.legacy} does not exist` : `${r.legacy} is not a plain table (relkind ${kind})`
     })
@@ -184,16 +197,16 @@ export const prepare = Effect.fn("OnlineMigration.prepare")(function*(
   // available_at is this library's backoff column; a hand-rolled outbox may lack it
   const missing = columns.filter((c) => c !== "available_at" && !have.has(c))
   if (missing.length > 0) {
-    return yield* new MigrationError({ reason: "NotPlain", message: `${r.legacy} lacks outbox column(s): ${missing.join(", ")}` })
+    return yield* new OnlineMigrationError({ reason: "NotPlain", message: `${r.legacy} lacks outbox column(s): ${missing.join(", ")}` })
   }
   const [sequence] = yield* sql<{ name: string | null }>`
     SELECT s.relname AS name FROM pg_class s
     WHERE s.oid = pg_get_serial_sequence(${Identifier.quote(r.legacy)}, 'id')::regclass`.pipe(Effect.mapError(database("prepare")))
   if (sequence?.name == null) {
-    return yield* new MigrationError({ reason: "NotPlain", message: `${r.legacy}.id draws from no sequence (serial or identity)` })
+    return yield* new OnlineMigrationError({ reason: "NotPlain", message: `${r.legacy}.id draws from no sequence (serial or identity)` })
   }
   const ddl = yield* OutboxTable.statements(r.table, { idSequence: sequence.name }).pipe(
-    Effect.mapError((e) => new MigrationError({ reason: "InvalidName", message: e.message, cause: e }))
+    Effect.mapError((e) => new OnlineMigrationError({ reason: "InvalidName", message: e.message, cause: e }))
   )
   const legacyDdl = [
     `ALTER TABLE ${r.L} ADD COLUMN IF NOT EXISTS available_at timestamptz`,
@@ -217,25 +230,14 @@ export const prepare = Effect.fn("OnlineMigration.prepare")(function*(
   const [span] = yield* sql<{ oldest: Date | null }>`SELECT min(created_at) AS oldest FROM ${sql.literal(r.L)}`.pipe(
     Effect.mapError(database("prepare"))
   )
-  const now = new Date(yield* Clock.currentTimeMillis)
-  const last = PartitionPolicy.shift("daily", PartitionPolicy.floor("daily", now), tables.premakeDays ?? OutboxMigrations.initialPremakeDays)
-  let from = PartitionPolicy.floor("daily", span?.oldest != null && span.oldest < now ? span.oldest : now)
-  let created = 0
-  while (from <= last) {
-    const range = PartitionPolicy.rangeOf("daily", from)
-    const name = yield* Identifier.validate(`${r.table}_${PartitionPolicy.suffix(range.from)}`, "partition name").pipe(
-      Effect.mapError((e) => new MigrationError({ reason: "InvalidName", message: e.message, cause: e }))
-    )
-    const exists = yield* relkind(sql, name).pipe(Effect.mapError(database("prepare")))
-    if (exists === undefined) {
-      yield* sql.unsafe(
-        `CREATE TABLE ${Identifier.quote(name)} PARTITION OF ${r.T}
-         FOR VALUES FROM ('${range.from.toISOString()}') TO ('${range.to.toISOString()}')`
-      ).pipe(Effect.mapError(database("prepare")))
-      created++
-    }
-    from = range.to
-  }
+  const created = yield* OutboxMigrations.createDailyPartitions(r.table, {
+    from: span?.oldest ?? undefined,
+    days: tables.premakeDays ?? OutboxMigrations.initialPremakeDays
+  }).pipe(Effect.mapError(failure("prepare")))
+  // the library's migrations, for the partitioned table: what the store, dead letters, health and partition
+  // maintenance read from here on (views, redrive log...); indexes and views bound to the partitioned table
+  // follow it when `finish` renames it
+  yield* OutboxMigrations.runOutboxFor(r.table).pipe(Effect.mapError(failure("prepare: outbox migrations")))
   return { table: r.table, legacy: r.legacy, partitionsCreated: created }
 })
 
@@ -303,7 +305,7 @@ const requirePrepared = (sql: SqlClient.SqlClient, r: Resolved) =>
              (SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(${r.L}) AND attname = ${marker} AND NOT attisdropped) AS column`
       .pipe(Effect.mapError(database("status")))
     if (state?.table == null || state.column == null) {
-      return yield* new MigrationError({ reason: "NotPrepared", message: `${r.legacy} -> ${r.table}: run prepare first` })
+      return yield* new OnlineMigrationError({ reason: "NotPrepared", message: `${r.legacy} -> ${r.table}: run prepare first` })
     }
   })
 
@@ -338,7 +340,7 @@ export const switchOver = Effect.fn("OnlineMigration.switchOver")(function*(tabl
   )
   const report = yield* backfill({ ...tables, batchSize: tables.batchSize })
   if (report.remaining > 0) {
-    return yield* new MigrationError({
+    return yield* new OnlineMigrationError({
       reason: "BackfillIncomplete",
       message: `${report.remaining} legacy row(s) are still under a lease; run switch-over again once they are done`
     })
@@ -386,7 +388,9 @@ export const status = Effect.fn("OnlineMigration.status")(function*(tables: Tabl
  * indexes) to `<legacy>_retired…`, gives the partitioned table, its
  * partitions and its indexes the legacy names, hands it the id sequence, and
  * leaves a view under the partitioned table's old name. Then applies the
- * outbox migrations (now a no-op but for what a hand-rolled schema lacked).
+ * outbox migrations (a no-op when `prepare` applied them) and points the
+ * health objects bound to the table by name (`outbox_throughput`) at the
+ * legacy name.
  * Run it once every process runs the plain store (no `legacy` option).
  *
  * @category steps
@@ -398,7 +402,7 @@ export const finish = Effect.fn("OnlineMigration.finish")(function*(tables: Tabl
   const current = yield* status(tables)
   if (current.phase === "finished") return { renamed: [] as ReadonlyArray<string> }
   if (current.phase !== "switched") {
-    return yield* new MigrationError({ reason: "NotSwitched", message: `${r.legacy} -> ${r.table}: run switch-over first` })
+    return yield* new OnlineMigrationError({ reason: "NotSwitched", message: `${r.legacy} -> ${r.table}: run switch-over first` })
   }
   const renamed: Array<string> = []
   const rename = (kind: "TABLE" | "INDEX", from: string, to: string) =>
@@ -411,7 +415,7 @@ export const finish = Effect.fn("OnlineMigration.finish")(function*(tables: Tabl
     yield* sql.unsafe(`LOCK TABLE ${r.L}, ${r.T} IN ACCESS EXCLUSIVE MODE`)
     const left = yield* uncopied(sql, r)
     if (left.uncopied > 0) {
-      return yield* new MigrationError({ reason: "BackfillIncomplete", message: `${left.uncopied} legacy row(s) have no copy` })
+      return yield* new OnlineMigrationError({ reason: "BackfillIncomplete", message: `${left.uncopied} legacy row(s) have no copy` })
     }
     yield* sql.unsafe(`DROP TRIGGER IF EXISTS ${Identifier.quote(r.redirect)} ON ${r.L}`)
     yield* sql.unsafe(`DROP FUNCTION IF EXISTS ${Identifier.quote(r.redirect)}()`)
@@ -438,14 +442,18 @@ export const finish = Effect.fn("OnlineMigration.finish")(function*(tables: Tabl
     // processes still configured with the partitioned table's old name keep working through this view
     yield* sql.unsafe(`CREATE VIEW ${r.T} AS SELECT * FROM ${r.L}`)
   })).pipe(Effect.mapError((e) =>
-    e._tag === "MigrationError"
+    e._tag === "OnlineMigrationError"
       ? e
       : e._tag === "InvalidIdentifier"
-      ? new MigrationError({ reason: "InvalidName", message: e.message, cause: e })
+      ? new OnlineMigrationError({ reason: "InvalidName", message: e.message, cause: e })
       : database("finish")(e)
   ))
-  yield* OutboxMigrations.run.pipe(
-    Effect.mapError((e) => new MigrationError({ reason: "Database", message: `migrations after finish: ${e.message}`, cause: e }))
+  // a migration prepared before `prepare` applied the migrations gets them now; then the objects bound to
+  // the table by name (the function outbox_throughput) are pointed at its new name
+  yield* OutboxMigrations.runFor(r.legacy).pipe(
+    Effect.andThen(OutboxHealth.migrationFor(r.legacy)),
+    Effect.andThen(OutboxHealth.relayGaugesMigration),
+    Effect.mapError(failure("migrations after finish"))
   )
   return { renamed: renamed as ReadonlyArray<string> }
 })

@@ -15,6 +15,12 @@
  * Ages are measured with the database clock (`now()`), the clock the store
  * uses by default for leases.
  *
+ * The views over the outbox table read the table the migrations were applied
+ * for (`outbox`, or `OutboxMigrations.runFor`'s). The service reads the table
+ * of its option `table` (`OUTBOX_TABLE` with `layerConfig`): through the
+ * views for `outbox`, directly (by the views' own queries) for another, such
+ * as the partitioned table of an online migration.
+ *
  * `OutboxHealth` offers three operations: `stats` (for humans and
  * `npx outbox stats`), `health` (a level OK / WARN / CRITICAL with named
  * findings, for `npx outbox health` and probes) and `snapshot` (the gauges
@@ -26,12 +32,14 @@
  */
 import type { StoreError } from "@outbox/core/OutboxError"
 import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
+import * as Identifier from "./Identifier.ts"
 import { pinnedSearchPath } from "./internal/searchPath.ts"
 import { mapSqlError } from "./internal/storeError.ts"
 import * as OutboxTable from "./internal/outboxTable.ts"
@@ -44,26 +52,27 @@ import * as OutboxTable from "./internal/outboxTable.ts"
 const defaultRowsCap = 100_000
 
 /**
- * `outbox_stats`. Its last column, `lease_held_seconds`, came with migration
- * 0006 (`claimed_at`): `CREATE OR REPLACE VIEW` may only append columns.
+ * The body of `outbox_stats` over the (quoted) table `t`. Its last column,
+ * `lease_held_seconds`, came with migration 0006 (`claimed_at`):
+ * `CREATE OR REPLACE VIEW` may only append columns.
  */
-const statsView = `CREATE OR REPLACE VIEW outbox_stats AS
-   WITH backlog AS (
+const statsSelect = (t: string) =>
+  `WITH backlog AS (
      SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending,
             count(*) FILTER (WHERE status = 'FAILED') AS failed,
             min(created_at) AS oldest_pending_at
-     FROM outbox WHERE status IN ('PENDING', 'FAILED')
+     FROM ${t} WHERE status IN ('PENDING', 'FAILED')
    ), leased AS (
      SELECT count(*) AS processing,
             count(*) FILTER (WHERE locked_until < now()) AS lease_overdue,
             min(locked_until) FILTER (WHERE locked_until < now()) AS oldest_overdue_until,
             min(claimed_at) AS oldest_claimed_at
-     FROM outbox WHERE status = 'PROCESSING'
+     FROM ${t} WHERE status = 'PROCESSING'
    ), dead AS (
-     SELECT count(*) AS dead_letter FROM outbox WHERE status = 'DEAD_LETTER'
+     SELECT count(*) AS dead_letter FROM ${t} WHERE status = 'DEAD_LETTER'
    ), estimate AS (
      SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint AS estimated_rows
-     FROM pg_partition_tree('outbox'::regclass) t JOIN pg_class c ON c.oid = t.relid
+     FROM pg_partition_tree('${t}'::regclass) t JOIN pg_class c ON c.oid = t.relid
      WHERE t.isleaf
    )
    SELECT now() AS at,
@@ -77,14 +86,57 @@ const statsView = `CREATE OR REPLACE VIEW outbox_stats AS
           greatest(coalesce(extract(epoch FROM now() - l.oldest_claimed_at), 0), 0)::float8 AS lease_held_seconds
    FROM backlog b, leased l, dead d, estimate e`
 
+/** `outbox_stats` over the (quoted) table `t`. */
+const statsView = (t: string) => `CREATE OR REPLACE VIEW outbox_stats AS
+   ${statsSelect(t)}`
+
 const statsComment = `COMMENT ON VIEW outbox_stats IS
    'Outbox counts by status (exact over the partial indexes; completed_estimate from reltuples), oldest pending age, overdue and longest-held leases'`
 
-/** The column `statsView` reads (migration 0006; also run by 0004, for a database that skips from before it). */
-const claimedAtColumn = OutboxTable.claimedAtColumn("outbox")
+/**
+ * The body of `outbox_throughput` over the (quoted) table `t`, with the
+ * window and the sample size as the SQL expressions `minutes` and `maxRows`
+ * (the function's parameters, or statement parameters).
+ */
+const throughputSelect = (t: string, minutes: string, maxRows: string) =>
+  `WITH newest AS (
+       SELECT o.status, o.created_at, o.processed_at FROM ${t} o ORDER BY o.id DESC LIMIT greatest(${maxRows}, 1)
+     ), reach AS (
+       SELECT CASE WHEN count(*) < greatest(${maxRows}, 1) THEN '-infinity'::timestamptz ELSE min(created_at) END AS since
+       FROM newest
+     ), recent AS (
+       SELECT date_trunc('minute', n.processed_at) AS minute,
+              count(*) FILTER (WHERE n.status = 'COMPLETED') AS completed,
+              count(*) FILTER (WHERE n.status = 'DEAD_LETTER') AS dead_lettered
+       FROM newest n
+       WHERE n.processed_at >= date_trunc('minute', now()) - make_interval(mins => greatest(${minutes}, 1) - 1)
+         AND n.status IN ('COMPLETED', 'DEAD_LETTER')
+       GROUP BY 1
+     )
+     SELECT m.minute, coalesce(r.completed, 0) AS completed, coalesce(r.dead_lettered, 0) AS dead_lettered,
+            m.minute >= (SELECT since FROM reach) AS exact
+     FROM generate_series(date_trunc('minute', now()) - make_interval(mins => greatest(${minutes}, 1) - 1),
+                          date_trunc('minute', now()), interval '1 minute') AS m(minute)
+     LEFT JOIN recent r ON r.minute = m.minute
+     ORDER BY m.minute`
 
-const viewStatements: ReadonlyArray<string> = [
-  claimedAtColumn,
+/** The body of `outbox_stats_dead_letters` over the (quoted) table `t`. */
+const deadLettersSelect = (t: string) =>
+  `SELECT event_type, count(*) AS dead_letters, max(processed_at) AS last_dead_lettered_at
+   FROM ${t} WHERE status = 'DEAD_LETTER'
+   GROUP BY event_type`
+
+/** The body of `outbox_health_leases` over the (quoted) table `t`. */
+const leasesSelect = (t: string) =>
+  `SELECT id, tracking_id, event_type, lock_token, locked_until, retry_count,
+          extract(epoch FROM now() - locked_until)::float8 AS overdue_seconds
+   FROM ${t}
+   WHERE status = 'PROCESSING' AND locked_until < now()`
+
+/** The statements of migration 0004 over the (quoted) outbox table `t`. */
+const viewStatements = (t: string): ReadonlyArray<string> => [
+  // the column `statsView` reads (migration 0006; also run here, for a database that skips from before it)
+  OutboxTable.claimedAtColumn(t),
   `CREATE OR REPLACE FUNCTION outbox_count_rows(rel regclass, cap bigint)
    RETURNS bigint LANGUAGE plpgsql STABLE AS $fn$
    DECLARE n bigint;
@@ -94,43 +146,20 @@ const viewStatements: ReadonlyArray<string> = [
    END
    $fn$`,
   `COMMENT ON FUNCTION outbox_count_rows(regclass, bigint) IS 'Rows of a table, counted up to cap (outbox health)'`,
-  statsView,
+  statsView(t),
   statsComment,
   `CREATE OR REPLACE FUNCTION outbox_throughput(minutes integer, max_rows bigint)
    RETURNS TABLE (minute timestamptz, completed bigint, dead_lettered bigint, exact boolean)
    LANGUAGE sql STABLE AS $fn$
-     WITH newest AS (
-       SELECT o.status, o.created_at, o.processed_at FROM outbox o ORDER BY o.id DESC LIMIT greatest(max_rows, 1)
-     ), reach AS (
-       SELECT CASE WHEN count(*) < greatest(max_rows, 1) THEN '-infinity'::timestamptz ELSE min(created_at) END AS since
-       FROM newest
-     ), recent AS (
-       SELECT date_trunc('minute', n.processed_at) AS minute,
-              count(*) FILTER (WHERE n.status = 'COMPLETED') AS completed,
-              count(*) FILTER (WHERE n.status = 'DEAD_LETTER') AS dead_lettered
-       FROM newest n
-       WHERE n.processed_at >= date_trunc('minute', now()) - make_interval(mins => greatest(minutes, 1) - 1)
-         AND n.status IN ('COMPLETED', 'DEAD_LETTER')
-       GROUP BY 1
-     )
-     SELECT m.minute, coalesce(r.completed, 0), coalesce(r.dead_lettered, 0), m.minute >= (SELECT since FROM reach)
-     FROM generate_series(date_trunc('minute', now()) - make_interval(mins => greatest(minutes, 1) - 1),
-                          date_trunc('minute', now()), interval '1 minute') AS m(minute)
-     LEFT JOIN recent r ON r.minute = m.minute
-     ORDER BY m.minute
+     ${throughputSelect(t, "minutes", "max_rows")}
    $fn$`,
   `COMMENT ON FUNCTION outbox_throughput(integer, bigint) IS
    'Completed and dead-lettered events per minute over the last minutes, among the newest max_rows events (bounded)'`,
   `CREATE OR REPLACE VIEW outbox_stats_throughput AS SELECT * FROM outbox_throughput(15, 100000)`,
   `CREATE OR REPLACE VIEW outbox_stats_dead_letters AS
-   SELECT event_type, count(*) AS dead_letters, max(processed_at) AS last_dead_lettered_at
-   FROM outbox WHERE status = 'DEAD_LETTER'
-   GROUP BY event_type`,
+   ${deadLettersSelect(t)}`,
   `CREATE OR REPLACE VIEW outbox_health_leases AS
-   SELECT id, tracking_id, event_type, lock_token, locked_until, retry_count,
-          extract(epoch FROM now() - locked_until)::float8 AS overdue_seconds
-   FROM outbox
-   WHERE status = 'PROCESSING' AND locked_until < now()`,
+   ${leasesSelect(t)}`,
   `COMMENT ON VIEW outbox_health_leases IS 'PROCESSING events whose lease expired (the reaper has not requeued them yet)'`,
   `CREATE OR REPLACE VIEW outbox_health_vacuum AS
    SELECT l.parent, l.name AS partition, l.is_default,
@@ -233,10 +262,30 @@ const viewStatements: ReadonlyArray<string> = [
    'Who holds the xmin horizon for this database: transactions, idle-in-transaction sessions, prepared transactions, replication slots'`
 ]
 
+const viewsOn = (t: string): Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // one statement per call: the extended protocol refuses several commands in one
+    for (const statement of viewStatements(t)) yield* sql.unsafe(statement)
+  })
+
+const leaseHeldOn = (t: string): Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql.unsafe(OutboxTable.claimedAtColumn(t))
+    yield* sql.unsafe(OutboxTable.claimedAtComment(t))
+    yield* sql.unsafe(statsView(t))
+    yield* sql.unsafe(statsComment)
+  })
+
+/** `table` validated and quoted. */
+const quotedTable = (table: string) => Effect.map(Identifier.validate(table, "outbox table"), Identifier.quote)
+
 /**
- * The `0004_health_views` migration: the views and functions above. Applied
- * by `OutboxMigrations` (after `0003_redrive_log`, whose
- * `outbox_dead_letter_idx` keeps the dead-letter counts cheap).
+ * The `0004_health_views` migration: the views and functions above, over
+ * the table `outbox`. Applied by `OutboxMigrations` (after
+ * `0003_redrive_log`, whose `outbox_dead_letter_idx` keeps the dead-letter
+ * counts cheap).
  *
  * **Gotcha**: PostgreSQL binds a view to the table, not to its name. The
  * statements are `CREATE OR REPLACE`, so running this effect again (it is
@@ -244,14 +293,26 @@ const viewStatements: ReadonlyArray<string> = [
  * table by renaming; run `relayGaugesMigration` after it, which makes
  * `outbox_count_rows` `SECURITY DEFINER` again.
  *
+ * @see migrationFor for another outbox table
  * @category migrations
  * @since 0.1.0
  */
-export const migration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  // one statement per call: the extended protocol refuses several commands in one
-  for (const statement of viewStatements) yield* sql.unsafe(statement)
-})
+export const migration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = viewsOn("outbox")
+
+/**
+ * `migration` over the outbox table `table` (the views `outbox_stats`,
+ * `outbox_stats_dead_letters`, `outbox_health_leases` and the function
+ * `outbox_throughput` read it; the others are table-independent). Used by
+ * `OutboxMigrations.runFor` and the online migration, whose partitioned
+ * table carries these views through its renaming to the legacy name.
+ *
+ * @category migrations
+ * @since 0.1.0
+ */
+export const migrationFor = (
+  table: string
+): Effect.Effect<void, SqlError.SqlError | Identifier.InvalidIdentifier, SqlClient.SqlClient> =>
+  Effect.flatMap(quotedTable(table), viewsOn)
 
 /**
  * Migration 0006: `claimed_at` on the outbox (stamped by each claim, kept
@@ -260,13 +321,18 @@ export const migration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClie
  * @category migrations
  * @since 0.1.0
  */
-export const leaseHeldMigration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  yield* sql.unsafe(claimedAtColumn)
-  yield* sql.unsafe(OutboxTable.claimedAtComment("outbox"))
-  yield* sql.unsafe(statsView)
-  yield* sql.unsafe(statsComment)
-})
+export const leaseHeldMigration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = leaseHeldOn("outbox")
+
+/**
+ * `leaseHeldMigration` over the outbox table `table`.
+ *
+ * @category migrations
+ * @since 0.1.0
+ */
+export const leaseHeldMigrationFor = (
+  table: string
+): Effect.Effect<void, SqlError.SqlError | Identifier.InvalidIdentifier, SqlClient.SqlClient> =>
+  Effect.flatMap(quotedTable(table), leaseHeldOn)
 
 /** Statements of `relayGaugesMigration`, with `SET search_path` pinned for the SECURITY DEFINER functions. */
 const relayGaugeStatements = (pinned: string): ReadonlyArray<string> => [
@@ -667,7 +733,16 @@ export const defaultThresholds: Thresholds = {
  * @since 0.1.0
  */
 export interface Options {
-  /** Range-partitioned tables to report on (default `["outbox"]`), as `regclass` text. */
+  /**
+   * The outbox table (default `outbox`; `OUTBOX_TABLE` with `layerConfig`):
+   * the gauges, counts, throughput, dead letters and stuck leases are read
+   * from it. For `outbox` they are read through the views of the migrations
+   * (`outbox_stats`…); for another table (during an online migration, or
+   * a process configured with the partitioned table's name) the same
+   * queries read that table directly.
+   */
+  readonly table?: string | undefined
+  /** Range-partitioned tables to report on (default `[table]`), as `regclass` text. */
   readonly tables?: ReadonlyArray<string> | undefined
   /** Throughput window of `stats` in minutes (default 15, at most 1440). */
   readonly throughputMinutes?: number | undefined
@@ -890,7 +965,10 @@ const positiveInteger = (option: string, value: number): Effect.Effect<number, I
     : Effect.fail(new InvalidHealthOptions({ option, message: `an integer >= 1, got ${value}` }))
 
 const resolveOptions = Effect.fnUntraced(function*(options: Options) {
-  const tables = options.tables ?? ["outbox"]
+  const table = yield* Identifier.validate(options.table ?? "outbox", "outbox table").pipe(
+    Effect.mapError((e) => new InvalidHealthOptions({ option: "table", message: e.message }))
+  )
+  const tables = options.tables ?? [table]
   if (tables.length === 0 || tables.some((t) => t.trim() === "")) {
     return yield* new InvalidHealthOptions({ option: "tables", message: "name at least one table, none empty" })
   }
@@ -909,8 +987,16 @@ const resolveOptions = Effect.fnUntraced(function*(options: Options) {
       }
     } else yield* validBand(key, value as Band)
   }
-  return { tables, minutes, maxRows, snapshotMaxRows, thresholds }
+  return { table, tables, minutes, maxRows, snapshotMaxRows, thresholds }
 })
+
+/** A row of `outbox_throughput`. */
+interface ThroughputRow {
+  readonly minute: Date
+  readonly completed: number
+  readonly dead_lettered: number
+  readonly exact: boolean
+}
 
 /** The columns `outbox_stats` and the snapshot's counts share, by the same names. */
 const backlogAndLeases = (r: Record<string, unknown> | undefined) => ({
@@ -929,14 +1015,18 @@ const backlogAndLeases = (r: Record<string, unknown> | undefined) => ({
  * @since 0.1.0
  */
 export const make = Effect.fnUntraced(function*(options: Options = {}) {
-  const { maxRows, minutes, snapshotMaxRows, tables, thresholds } = yield* resolveOptions(options)
+  const { maxRows, minutes, snapshotMaxRows, table, tables, thresholds } = yield* resolveOptions(options)
   const sql = (yield* SqlClient.SqlClient).withoutTransforms()
   const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms))
+  const T = Identifier.quote(table)
+  /** The views of the migrations read `outbox`; another table is read directly, by the views' own queries. */
+  const throughViews = table === "outbox"
+  const source = (view: string, select: string) => sql.literal(throughViews ? view : `(${select}) v`)
 
   const counts = sql<Record<string, unknown>>`
     SELECT pending::float8, failed::float8, processing::float8, dead_letter::float8, completed_estimate::float8,
            oldest_pending_age_seconds, lease_overdue::float8, lease_overdue_seconds, lease_held_seconds
-    FROM outbox_stats`.pipe(
+    FROM ${source("outbox_stats", statsSelect(T))}`.pipe(
     Effect.map(([r]) => ({
       ...backlogAndLeases(r),
       pending: num(r?.pending),
@@ -954,14 +1044,14 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
    */
   const gaugeCounts = sql<Record<string, unknown>>`
     WITH backlog AS (
-      SELECT created_at FROM outbox WHERE status IN ('PENDING', 'FAILED') ORDER BY id LIMIT ${snapshotMaxRows}
+      SELECT created_at FROM ${sql.literal(T)} WHERE status IN ('PENDING', 'FAILED') ORDER BY id LIMIT ${snapshotMaxRows}
     ), dead AS (
-      SELECT 1 FROM outbox WHERE status = 'DEAD_LETTER' LIMIT ${snapshotMaxRows}
+      SELECT 1 FROM ${sql.literal(T)} WHERE status = 'DEAD_LETTER' LIMIT ${snapshotMaxRows}
     ), leased AS (
       SELECT count(*) AS processing,
              min(locked_until) FILTER (WHERE locked_until < now()) AS oldest_overdue_until,
              min(claimed_at) AS oldest_claimed_at
-      FROM outbox WHERE status = 'PROCESSING'
+      FROM ${sql.literal(T)} WHERE status = 'PROCESSING'
     )
     SELECT (SELECT count(*) FROM backlog)::float8 AS backlog,
            coalesce(extract(epoch FROM now() - (SELECT min(created_at) FROM backlog)), 0)::float8 AS oldest_pending_age_seconds,
@@ -1041,12 +1131,19 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const stats: Effect.Effect<Stats, StoreError> = Effect.gen(function*() {
     const at = yield* now
     const c = yield* counts
-    const perMinute = yield* sql<{ minute: Date; completed: number; dead_lettered: number; exact: boolean }>`
-      SELECT minute, completed::float8 AS completed, dead_lettered::float8 AS dead_lettered, exact
-      FROM outbox_throughput(${minutes}::int, ${maxRows}::bigint)`.pipe(mapSqlError("stats.throughput"))
+    const perMinute = yield* (throughViews
+      ? sql<ThroughputRow>`
+        SELECT minute, completed::float8 AS completed, dead_lettered::float8 AS dead_lettered, exact
+        FROM outbox_throughput(${minutes}::int, ${maxRows}::bigint)`
+      : sql.unsafe<ThroughputRow>(
+        `SELECT minute, completed::float8 AS completed, dead_lettered::float8 AS dead_lettered, exact
+         FROM (${throughputSelect(T, "$1::int", "$2::bigint")}) v`,
+        [minutes, maxRows]
+      )).pipe(mapSqlError("stats.throughput"))
     const deadLetters = yield* sql<{ event_type: string; dead_letters: number; last_dead_lettered_at: Date | null }>`
       SELECT event_type, dead_letters::float8 AS dead_letters, last_dead_lettered_at
-      FROM outbox_stats_dead_letters ORDER BY dead_letters DESC, event_type`.pipe(mapSqlError("stats.deadLetters"))
+      FROM ${source("outbox_stats_dead_letters", deadLettersSelect(T))}
+      ORDER BY dead_letters DESC, event_type`.pipe(mapSqlError("stats.deadLetters"))
     const whole = perMinute.slice(0, -1)
     return {
       at,
@@ -1085,7 +1182,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     const c = yield* counts
     const stuck = yield* sql<{ id: string; tracking_id: string; event_type: string; locked_until: Date; overdue_seconds: number }>`
       SELECT id::text AS id, tracking_id::text AS tracking_id, event_type, locked_until, overdue_seconds
-      FROM outbox_health_leases ORDER BY locked_until LIMIT 20`.pipe(mapSqlError("health.leases"))
+      FROM ${source("outbox_health_leases", leasesSelect(T))} ORDER BY locked_until LIMIT 20`.pipe(mapSqlError("health.leases"))
     const ps = yield* partitions
     const vacuum = yield* sql<Record<string, unknown>>`
       SELECT parent, partition, live_tuples::float8, dead_tuples::float8, dead_ratio, last_autovacuum, last_vacuum
@@ -1162,3 +1259,20 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
  */
 export const layer = (options: Options = {}): Layer.Layer<OutboxHealth, InvalidHealthOptions, SqlClient.SqlClient> =>
   Layer.effect(OutboxHealth, make(options))
+
+/**
+ * The service as a layer, on the outbox table `OUTBOX_TABLE` (default
+ * `outbox`) unless `options.table` names one: the table the store, the dead
+ * letters and partition maintenance use, so that the gauges follow them
+ * through an online migration.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerConfig = (
+  options: Options = {}
+): Layer.Layer<OutboxHealth, InvalidHealthOptions | Config.ConfigError, SqlClient.SqlClient> =>
+  Layer.unwrap(Effect.map(
+    Config.String("OUTBOX_TABLE").pipe(Config.withDefault("outbox")),
+    (table) => layer({ ...options, table: options.table ?? table })
+  ))

@@ -17,6 +17,8 @@
  *
  * @since 0.1.0
  */
+import * as PartitionPolicy from "@outbox/core/PartitionPolicy"
+import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -25,6 +27,7 @@ import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
 import * as AuditMigrations from "./internal/auditMigrations.ts"
 import * as DeadLetters from "./DeadLetters.ts"
+import * as Identifier from "./Identifier.ts"
 import * as OutboxHealth from "./OutboxHealth.ts"
 import * as OutboxTable from "./internal/outboxTable.ts"
 
@@ -36,55 +39,140 @@ import * as OutboxTable from "./internal/outboxTable.ts"
  */
 export const initialPremakeDays = 3
 
-const createOutbox = Effect.gen(function*() {
+/**
+ * Creates the daily partitions `<table>_pYYYYMMDD` of the partitioned outbox
+ * table `table` from the UTC day of `from` to `days` days after today (Effect's
+ * `Clock`), those that do not exist yet; returns how many it created. A day
+ * whose rows already sit in the DEFAULT partition fails (moving them is the
+ * partition manager's job).
+ *
+ * @category migrations
+ * @since 0.1.0
+ */
+export const createDailyPartitions = Effect.fnUntraced(function*(
+  table: string,
+  options: { readonly from?: Date | undefined; readonly days: number }
+) {
   const sql = yield* SqlClient.SqlClient
-  // one statement per call: the extended protocol refuses several commands in one
-  const statements = [
-    ...(yield* OutboxTable.statements("outbox")),
-    `-- Creates the daily partitions [from_day, from_day + days] (UTC days) that
-      -- do not exist yet. A day whose rows already sit in the DEFAULT partition
-      -- is skipped with a notice (moving them is the partition manager's job).
-      CREATE OR REPLACE FUNCTION outbox_ensure_daily_partitions(from_day date, days integer)
-      RETURNS integer LANGUAGE plpgsql AS $fn$
-      DECLARE
-        d date;
-        part_name text;
-        lower_bound timestamptz;
-        upper_bound timestamptz;
-        created integer := 0;
+  const parent = Identifier.quote(yield* Identifier.validate(table, "outbox table"))
+  const now = new Date(yield* Clock.currentTimeMillis)
+  const last = PartitionPolicy.shift("daily", PartitionPolicy.floor("daily", now), options.days)
+  let from = PartitionPolicy.floor("daily", options.from !== undefined && options.from < now ? options.from : now)
+  let created = 0
+  while (from <= last) {
+    const range = PartitionPolicy.rangeOf("daily", from)
+    const name = yield* Identifier.validate(`${table}_${PartitionPolicy.suffix(range.from)}`, "partition name")
+    const [exists] = yield* sql<{ found: boolean }>`SELECT to_regclass(${Identifier.quote(name)}) IS NOT NULL AS found`
+    if (exists?.found !== true) {
+      yield* sql.unsafe(
+        `CREATE TABLE ${Identifier.quote(name)} PARTITION OF ${parent}
+         FOR VALUES FROM ('${range.from.toISOString()}') TO ('${range.to.toISOString()}')`
+      )
+      created++
+    }
+    from = range.to
+  }
+  return created
+})
+
+const createOutbox = (table: string) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // one statement per call: the extended protocol refuses several commands in one
+    const statements = [
+      ...(yield* OutboxTable.statements(table)),
+      `-- Creates the daily partitions [from_day, from_day + days] (UTC days) that
+        -- do not exist yet. A day whose rows already sit in the DEFAULT partition
+        -- is skipped with a notice (moving them is the partition manager's job).
+        CREATE OR REPLACE FUNCTION outbox_ensure_daily_partitions(from_day date, days integer)
+        RETURNS integer LANGUAGE plpgsql AS $fn$
+        DECLARE
+          d date;
+          part_name text;
+          lower_bound timestamptz;
+          upper_bound timestamptz;
+          created integer := 0;
+        BEGIN
+          FOR i IN 0..days LOOP
+            d := from_day + i;
+            part_name := 'outbox_p' || to_char(d, 'YYYYMMDD');
+            lower_bound := d::timestamp AT TIME ZONE 'UTC';
+            upper_bound := (d + 1)::timestamp AT TIME ZONE 'UTC';
+            CONTINUE WHEN to_regclass(format('%I', part_name)) IS NOT NULL;
+            IF EXISTS (SELECT 1 FROM outbox_default WHERE created_at >= lower_bound AND created_at < upper_bound) THEN
+              RAISE NOTICE 'outbox: rows for % sit in outbox_default; partition % not created', d, part_name;
+              CONTINUE;
+            END IF;
+            EXECUTE format('CREATE TABLE %I PARTITION OF outbox FOR VALUES FROM (%L) TO (%L)', part_name, lower_bound, upper_bound);
+            created := created + 1;
+          END LOOP;
+          RETURN created;
+        END
+        $fn$`,
+      `CREATE TABLE IF NOT EXISTS outbox_inbox (
+          consumer     text        NOT NULL,
+          tracking_id  text        NOT NULL,
+          processed_at timestamptz NOT NULL DEFAULT now(),
+          PRIMARY KEY (consumer, tracking_id)
+        )`
+    ]
+    for (const statement of statements) yield* sql.unsafe(statement)
+    if (table === "outbox") {
+      yield* sql`SELECT outbox_ensure_daily_partitions((now() AT TIME ZONE 'UTC')::date, ${initialPremakeDays})`
+    } else {
+      // outbox_ensure_daily_partitions knows the names of `outbox` (the table's after an online migration)
+      yield* createDailyPartitions(table, { days: initialPremakeDays })
+    }
+  })
+
+/**
+ * Migration 0003 over another outbox table than `outbox`: its dead-letter
+ * index is `<table>_dead_letter_idx` (which an online migration's `finish`
+ * renames to `outbox_dead_letter_idx`), the rest is `DeadLetters.migration`'s
+ * table-independent redrive log.
+ */
+const redriveLogFor = (table: string) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const index = yield* Identifier.validate(`${table}_dead_letter_idx`, "index name")
+    const statements = [
+      `CREATE INDEX IF NOT EXISTS ${Identifier.quote(index)} ON ${Identifier.quote(table)} (id) WHERE status = 'DEAD_LETTER'`,
+      `CREATE TABLE outbox_redrive_log (
+        id          bigserial   PRIMARY KEY,
+        redrive_id  uuid        NOT NULL,
+        batch       integer     NOT NULL CHECK (batch >= 1),
+        at          timestamptz NOT NULL DEFAULT now(),
+        operator    text        NOT NULL CHECK (btrim(operator) <> ''),
+        reason      text        NOT NULL CHECK (btrim(reason) <> ''),
+        filter      jsonb       NOT NULL,
+        event_ids   bigint[]    NOT NULL,
+        event_count integer     NOT NULL CHECK (event_count = cardinality(event_ids)),
+        previous    jsonb       NOT NULL DEFAULT '[]'::jsonb,
+        db_user     text        NOT NULL DEFAULT current_user,
+        UNIQUE (redrive_id, batch)
+      )`,
+      `COMMENT ON TABLE outbox_redrive_log IS
+      'Every dead-letter redrive batch: who, why, which filter, which events and their previous errors (append-only)'`,
+      `CREATE INDEX outbox_redrive_log_event_ids_idx ON outbox_redrive_log USING gin (event_ids)`,
+      `CREATE INDEX outbox_redrive_log_at_idx ON outbox_redrive_log (at)`,
+      `CREATE FUNCTION outbox_redrive_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $fn$
       BEGIN
-        FOR i IN 0..days LOOP
-          d := from_day + i;
-          part_name := 'outbox_p' || to_char(d, 'YYYYMMDD');
-          lower_bound := d::timestamp AT TIME ZONE 'UTC';
-          upper_bound := (d + 1)::timestamp AT TIME ZONE 'UTC';
-          CONTINUE WHEN to_regclass(format('%I', part_name)) IS NOT NULL;
-          IF EXISTS (SELECT 1 FROM outbox_default WHERE created_at >= lower_bound AND created_at < upper_bound) THEN
-            RAISE NOTICE 'outbox: rows for % sit in outbox_default; partition % not created', d, part_name;
-            CONTINUE;
-          END IF;
-          EXECUTE format('CREATE TABLE %I PARTITION OF outbox FOR VALUES FROM (%L) TO (%L)', part_name, lower_bound, upper_bound);
-          created := created + 1;
-        END LOOP;
-        RETURN created;
+        RAISE EXCEPTION 'outbox_redrive_log is append-only: % refused', TG_OP;
       END
       $fn$`,
-    `CREATE TABLE IF NOT EXISTS outbox_inbox (
-        consumer     text        NOT NULL,
-        tracking_id  text        NOT NULL,
-        processed_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (consumer, tracking_id)
-      )`
-  ]
-  for (const statement of statements) yield* sql.unsafe(statement)
-  yield* sql`SELECT outbox_ensure_daily_partitions((now() AT TIME ZONE 'UTC')::date, ${initialPremakeDays})`
-})
+      `CREATE TRIGGER outbox_redrive_log_no_change BEFORE UPDATE OR DELETE ON outbox_redrive_log
+      FOR EACH ROW EXECUTE FUNCTION outbox_redrive_log_append_only()`,
+      `CREATE TRIGGER outbox_redrive_log_no_truncate BEFORE TRUNCATE ON outbox_redrive_log
+      FOR EACH STATEMENT EXECUTE FUNCTION outbox_redrive_log_append_only()`
+    ]
+    for (const statement of statements) yield* sql.unsafe(statement)
+  })
 
 const partitionViews = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   // Bounds are read back from pg_get_expr (ISO DateStyle, the default) for
   // time-ranged partitions; other leaves get NULL bounds.
-  yield* sql.unsafe(`CREATE VIEW outbox_partition_leaves AS
+  yield* sql.unsafe(`CREATE OR REPLACE VIEW outbox_partition_leaves AS
     SELECT root.oid AS parent_oid,
            root.oid::regclass::text AS parent,
            n.nspname AS schema,
@@ -106,7 +194,7 @@ const partitionViews = Effect.gen(function*() {
     WHERE t.isleaf AND t.relid <> pt.partrelid`)
   yield* sql.unsafe(`COMMENT ON VIEW outbox_partition_leaves IS
     'Every leaf partition of every partitioned table: bounds, estimated rows, total bytes (Outbox partition manager)'`)
-  yield* sql.unsafe(`CREATE VIEW outbox_partition_overview AS
+  yield* sql.unsafe(`CREATE OR REPLACE VIEW outbox_partition_overview AS
     SELECT parent,
            count(*) FILTER (WHERE NOT is_default) AS partitions,
            bool_or(is_default) AS has_default,
@@ -122,13 +210,39 @@ const partitionViews = Effect.gen(function*() {
 })
 
 /**
+ * The migrations, by name, for the outbox table `table` (validated by the
+ * migrations; the default `outbox` gives `loader`). Another name creates the
+ * outbox under that name (or finds the partitioned table an online
+ * migration's `prepare` created), and points the table-bound objects at it:
+ * the dead-letter index (`<table>_dead_letter_idx`) and the health views.
+ * PostgreSQL binds views and indexes to the table, not to its name, so they
+ * follow an online migration's `finish`, which renames the table `outbox`.
+ * The views, functions and tables that are not bound to the outbox table
+ * keep their names (`outbox_partition_leaves`, `outbox_redrive_log`…):
+ * migrations are tracked once per database (`outbox_migrations`), for one
+ * outbox table.
+ *
+ * @category migrations
+ * @since 0.1.0
+ */
+export const loaderFor = (table: string) =>
+  table === "outbox" ? loader : Migrator.fromRecord({
+    "0001_create_outbox": createOutbox(table),
+    "0002_partition_views": partitionViews,
+    "0003_redrive_log": redriveLogFor(table),
+    "0004_health_views": OutboxHealth.migrationFor(table),
+    "0005_relay_gauges": OutboxHealth.relayGaugesMigration,
+    "0006_lease_claimed_at": OutboxHealth.leaseHeldMigrationFor(table)
+  })
+
+/**
  * The migrations, by name.
  *
  * @category migrations
  * @since 0.1.0
  */
 export const loader = Migrator.fromRecord({
-  "0001_create_outbox": createOutbox,
+  "0001_create_outbox": createOutbox("outbox"),
   "0002_partition_views": partitionViews,
   "0003_redrive_log": DeadLetters.migration,
   "0004_health_views": OutboxHealth.migration,
@@ -137,12 +251,21 @@ export const loader = Migrator.fromRecord({
 })
 
 /**
+ * Runs the outbox migrations only, for the outbox table `table` (see
+ * `loaderFor`; idempotent: already applied ones are skipped).
+ *
+ * @category migrations
+ * @since 0.1.0
+ */
+export const runOutboxFor = (table: string) => Migrator.make({})({ loader: loaderFor(table), table: "outbox_migrations" })
+
+/**
  * Runs the outbox migrations only (idempotent; already applied ones are skipped).
  *
  * @category migrations
  * @since 0.1.0
  */
-export const runOutbox = Migrator.make({})({ loader, table: "outbox_migrations" })
+export const runOutbox = runOutboxFor("outbox")
 
 /**
  * Runs the outbox migrations, then the audit trail's (`outbox_audit_log`,
@@ -152,10 +275,10 @@ export const runOutbox = Migrator.make({})({ loader, table: "outbox_migrations" 
  * @category migrations
  * @since 0.1.0
  */
-export const runWith = (options: { readonly audit: boolean }) =>
+export const runWith = (options: { readonly audit: boolean; readonly table?: string | undefined }) =>
   options.audit
-    ? Effect.zipWith(runOutbox, AuditMigrations.run, (outbox, audit) => [...outbox, ...audit.map(([id, name]) => [id, `audit_${name}`] as const)])
-    : runOutbox
+    ? Effect.zipWith(runOutboxFor(options.table ?? "outbox"), AuditMigrations.run, (outbox, audit) => [...outbox, ...audit.map(([id, name]) => [id, `audit_${name}`] as const)])
+    : runOutboxFor(options.table ?? "outbox")
 
 /**
  * `ENABLE_AUDIT` (default `false`) from the environment; a value that is not
@@ -177,6 +300,15 @@ export const auditEnabled: Effect.Effect<boolean, Migrator.MigrationError> = Con
  * @since 0.1.0
  */
 export const run = Effect.flatMap(auditEnabled, (audit) => runWith({ audit }))
+
+/**
+ * `run` for the outbox table `table` (see `loaderFor`): what the store runs
+ * at start for its configured table (`OUTBOX_TABLE`).
+ *
+ * @category migrations
+ * @since 0.1.0
+ */
+export const runFor = (table: string) => Effect.flatMap(auditEnabled, (audit) => runWith({ audit, table }))
 
 /**
  * A layer that runs the migrations when built.

@@ -559,11 +559,12 @@ export const layerWithoutMigrations = (options: Options = {}): Layer.Layer<Outbo
   Layer.effect(OutboxStore, make(options))
 
 /**
- * The store; runs the outbox migrations first, unless `runMigrations` is
- * `false`. During an online migration
- * (`legacy` set) it runs none: the plain table would make the first
- * migration refuse, and `OnlineMigration.prepare` has created what the
- * store needs.
+ * The store; runs the outbox migrations for its `table` first
+ * (`OutboxMigrations.runFor`), unless `runMigrations` is `false`. During an
+ * online migration (`legacy` set) it runs none: `OnlineMigration.prepare`
+ * has applied them for the partitioned table. After the switch-over
+ * (`table` the partitioned one, no `legacy`) they find everything in place,
+ * where the migrations of `outbox` would refuse the plain legacy table.
  *
  * @category layers
  * @since 0.1.0
@@ -572,7 +573,7 @@ export const layer = (options: Options = {}): Layer.Layer<OutboxStore, StoreErro
   Layer.effect(
     OutboxStore,
     Effect.andThen(
-      options.legacy !== undefined || options.runMigrations === false ? Effect.void : OutboxMigrations.run.pipe(
+      options.legacy !== undefined || options.runMigrations === false ? Effect.void : OutboxMigrations.runFor(options.table ?? "outbox").pipe(
         Effect.mapError((e) => new StoreError({ operation: "migrate", message: `migration failed: ${e.message}`, retryable: false, cause: e }))
       ),
       make(options)

@@ -1,5 +1,5 @@
 /**
- * The audit chain's sealer as a supervised schedule in the relay's fiber
+ * The audit chain's sealer as a duty (see `Duty`) in the relay's fiber
  * tree (`ENABLE_AUDIT=true`): every `every` (default 5 seconds) it seals
  * the committed audit rows (`AuditTrail.seal`, batches of `maxRows`, at
  * most `maxBatches` per run)
@@ -14,7 +14,6 @@
  * @since 0.1.0
  */
 import * as AuditTrail from "@outbox/sql/AuditTrail"
-import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -24,6 +23,7 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as SqlClient from "effect/sql/SqlClient"
+import * as Duty from "./Duty.ts"
 
 /**
  * What the schedule has done so far.
@@ -31,15 +31,11 @@ import type * as SqlClient from "effect/sql/SqlClient"
  * @category models
  * @since 0.1.0
  */
-export interface Status {
+export interface Status extends Duty.Status {
   readonly enabled: boolean
-  readonly runs: number
-  readonly failures: number
   /** Rows sealed by this process since it started. */
   readonly sealed: number
   readonly checkpoints: number
-  readonly lastRunAt: Date | undefined
-  readonly lastError: string | undefined
 }
 
 /**
@@ -71,58 +67,51 @@ export interface Options {
   readonly maxBatches?: number | undefined
 }
 
-const initialStatus = (enabled: boolean): Status => ({
-  enabled,
-  runs: 0,
-  failures: 0,
-  sealed: 0,
-  checkpoints: 0,
-  lastRunAt: undefined,
-  lastError: undefined
+/**
+ * The sealer as a duty (see `Duty`): one sealing pass (at most `maxBatches`
+ * transactions of `maxRows`) and the due checkpoints per run, every `every`,
+ * the first at start; what each run did goes to `progress`. A failed run is
+ * counted in `outbox_relay_failures_total{loop="audit"}`.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const duty = Effect.fnUntraced(function*(
+  options: Options,
+  progress: Ref.Ref<{ readonly sealed: number; readonly checkpoints: number }>
+) {
+  const audit = yield* AuditTrail.make
+  const maxRows = options.maxRows ?? 10_000
+  return Duty.make({
+    name: "audit",
+    schedule: Schedule.spaced(Duration.fromInputUnsafe(options.every ?? "5 seconds")),
+    logLevel: "Error",
+    run: Effect.gen(function*() {
+      let sealed = 0
+      for (let batch = 0; batch < (options.maxBatches ?? 100); batch++) {
+        const n = yield* audit.seal({ maxRows })
+        sealed += n
+        if (n < maxRows) break
+      }
+      const checkpoints = yield* audit.checkpoint()
+      if (checkpoints > 0) yield* Effect.logInfo(`audit chain: ${checkpoints} retention checkpoint(s) recorded`)
+      yield* Ref.update(progress, (p) => ({ sealed: p.sealed + sealed, checkpoints: p.checkpoints + checkpoints }))
+    }).pipe(Effect.annotateLogs({ module: "AuditSealer" }))
+  })
 })
 
 /**
- * Runs the schedule in the scope (the first run at once).
+ * Runs the schedule in the scope (the `duty`, started: the first run at once).
  *
  * @category constructors
  * @since 0.1.0
  */
 export const make = Effect.fnUntraced(function*(options: Options = {}) {
-  const audit = yield* AuditTrail.make
-  const every = Duration.fromInputUnsafe(options.every ?? "5 seconds")
-  const state = yield* Ref.make<Status>(initialStatus(true))
-  const iteration = Effect.gen(function*() {
-    const at = new Date(yield* Clock.currentTimeMillis)
-    const maxRows = options.maxRows ?? 10_000
-    let sealed = 0
-    for (let batch = 0; batch < (options.maxBatches ?? 100); batch++) {
-      const n = yield* audit.seal({ maxRows })
-      sealed += n
-      if (n < maxRows) break
-    }
-    const checkpoints = yield* audit.checkpoint()
-    if (checkpoints > 0) yield* Effect.logInfo(`audit chain: ${checkpoints} retention checkpoint(s) recorded`)
-    yield* Ref.update(state, (s) => ({
-      ...s,
-      runs: s.runs + 1,
-      sealed: s.sealed + sealed,
-      checkpoints: s.checkpoints + checkpoints,
-      lastRunAt: at
-    }))
-  }).pipe(
-    Effect.catchCause((cause) =>
-      Effect.andThen(
-        Ref.update(state, (s) => ({ ...s, runs: s.runs + 1, failures: s.failures + 1, lastError: String(cause) })),
-        Effect.logError("audit sealing failed", cause)
-      )
-    )
-  )
-  yield* iteration.pipe(
-    Effect.repeat(Schedule.spaced(every)),
-    Effect.annotateLogs({ module: "AuditSealer" }),
-    Effect.forkScoped
-  )
-  return AuditSealer.of({ status: Ref.get(state) })
+  const progress = yield* Ref.make({ sealed: 0, checkpoints: 0 })
+  const status = yield* Duty.start(yield* duty(options, progress))
+  return AuditSealer.of({
+    status: Effect.zipWith(status, Ref.get(progress), (s, p) => ({ ...s, ...p, enabled: true }))
+  })
 })
 
 /**
@@ -143,7 +132,7 @@ export const layer = (options: Options = {}): Layer.Layer<AuditSealer, never, Sq
 export const layerOff: Layer.Layer<AuditSealer> = Layer.succeed(
   AuditSealer,
   AuditSealer.of({
-    status: Effect.succeed(initialStatus(false))
+    status: Effect.succeed({ ...Duty.initialStatus, enabled: false, sealed: 0, checkpoints: 0 })
   })
 )
 

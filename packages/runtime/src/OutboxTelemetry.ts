@@ -17,7 +17,7 @@
  * | `outbox_events_redriven_total` | counter | |
  * | `outbox_lease_lost_total` | counter | operation |
  * | `outbox_leases_reaped_total` | counter | outcome (requeued, dead_lettered) |
- * | `outbox_relay_failures_total` | counter | loop (claim, heartbeat, reaper, maintenance, gauges) |
+ * | `outbox_relay_failures_total` | counter | loop (claim, heartbeat, reaper, maintenance, audit, gauges) |
  * | `outbox_handler_duration_seconds` | histogram | event_type, outcome |
  * | `outbox_end_to_end_latency_seconds` | histogram | event_type |
  * | `outbox_claim_batch_size` | histogram | |
@@ -57,14 +57,13 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
-import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Tracer from "effect/Tracer"
 import type * as HttpRouter from "effect/http/HttpRouter"
 import type * as HttpServer from "effect/http/HttpServer"
 import type { ServeError } from "effect/http/HttpServerError"
-import { PartitionMaintenance } from "./PartitionMaintenance.ts"
+import * as Duty from "./Duty.ts"
 
 // -----------------------------------------------------------------------------
 // Metric definitions
@@ -153,7 +152,8 @@ export const leaseLost = counter("outbox_lease_lost_total", "Fenced transitions 
 export const leasesReaped = counter("outbox_leases_reaped_total", "Expired leases recovered by the reaper")
 
 /**
- * `loop`: claim, heartbeat, reaper, maintenance, gauges.
+ * `loop`: claim, heartbeat (the relay's workers), and the name of each
+ * duty (`Duty`): reaper, maintenance, audit, gauges.
  *
  * @category metrics
  * @since 0.1.0
@@ -310,7 +310,7 @@ export const catalog = {
 export const labelValues = {
   leaseLostOperation: ["renew", "complete", "retry", "dead_letter", "release"],
   reapOutcome: ["requeued", "dead_lettered"],
-  loop: ["claim", "heartbeat", "reaper", "maintenance", "gauges"]
+  loop: ["claim", "heartbeat", "reaper", "maintenance", "audit", "gauges"]
 } as const
 
 /**
@@ -391,9 +391,11 @@ export interface GaugeOptions<E, R> {
   /** Sampling period (default 15 seconds). */
   readonly every?: Duration.Input | undefined
   /**
-   * Failed runs of partition maintenance so far (`PartitionMaintenance`'s
-   * `status.failures`): increases of it are counted in
-   * `outbox_relay_failures_total{loop="maintenance"}`.
+   * Failed runs of partition maintenance so far, counted in
+   * `outbox_relay_failures_total{loop="maintenance"}` as they increase.
+   *
+   * @deprecated maintenance is a `Duty` that counts its own failures;
+   * pass this only for a maintenance schedule that is not one.
    */
   readonly maintenanceFailures?: Effect.Effect<number> | undefined
   /**
@@ -405,20 +407,23 @@ export interface GaugeOptions<E, R> {
 }
 
 /**
- * The gauge sampler: a fiber that samples the snapshot right away, then every
- * `every`. A failed sample is logged and counted in
+ * The gauge sampler as a duty (see `Duty`, name `gauges`): one sample of the
+ * snapshot (and of the redrive meter) per run, every `every` (default 15
+ * seconds), the first at start, with the tracer off (a sample every few
+ * seconds would flood the trace back-end with spans of no interest). A
+ * failed sample is logged and counted in
  * `outbox_relay_failures_total{loop="gauges"}`; the gauges keep their last
- * values. Also pre-registers the bounded series (`preregister`).
+ * values.
  *
- * @category layers
+ * @category constructors
  * @since 0.1.0
  */
-export const layerGauges = <E, R>(options: GaugeOptions<E, R>): Layer.Layer<never, never, R> =>
-  Layer.effectDiscard(Effect.gen(function*() {
-    yield* preregister
-    const every = Duration.fromInputUnsafe(options.every ?? Duration.seconds(15))
-    let maintenanceFailuresSeen = 0
-    const sample = Effect.gen(function*() {
+export const gaugesDuty = <E, R>(options: GaugeOptions<E, R>): Duty.Duty<E, R> => {
+  let maintenanceFailuresSeen = 0
+  return Duty.make({
+    name: "gauges",
+    schedule: Schedule.spaced(Duration.fromInputUnsafe(options.every ?? Duration.seconds(15))),
+    run: Effect.gen(function*() {
       if (options.maintenanceFailures !== undefined) {
         const failures = yield* options.maintenanceFailures
         if (failures > maintenanceFailuresSeen) {
@@ -431,31 +436,28 @@ export const layerGauges = <E, R>(options: GaugeOptions<E, R>): Layer.Layer<neve
         const n = yield* options.redriven
         if (n > 0) yield* Metric.update(eventsRedriven(), n)
       }
-    }).pipe(
-      // a sample every few seconds would flood the trace back-end with spans of no interest
-      Effect.withTracerEnabled(false),
-      Effect.catchCause((cause) =>
-        Effect.andThen(
-          Metric.update(relayFailures({ loop: "gauges" }), 1),
-          Effect.logWarning("sampling the outbox gauges failed", cause)
-        )
-      )
-    )
-    yield* sample.pipe(
-      Effect.repeat(Schedule.spaced(every)),
-      Effect.annotateLogs({ module: "OutboxTelemetry", fiber: "gauges" }),
-      Effect.forkScoped
-    )
-  }))
+    }).pipe(Effect.withTracerEnabled(false), Effect.annotateLogs({ module: "OutboxTelemetry" }))
+  })
+}
 
 /**
- * The gauge sampler over `OutboxHealth.snapshot`, counting the failed runs of
- * `PartitionMaintenance` when it is in context and the redrives made by any
- * process since the last sample (`OutboxHealth.claimRedriven`: each redrive
- * batch in exactly one relay's `outbox_events_redriven_total`, within one
- * sampling period of its commit) (nothing when
- * `MetricsEnabled` is false). Period:
- * `OUTBOX_METRICS_SAMPLE_INTERVAL` (default 15 seconds) unless given.
+ * The gauge sampler (`gaugesDuty`) running as long as the layer. Also
+ * pre-registers the bounded series (`preregister`).
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerGauges = <E, R>(options: GaugeOptions<E, R>): Layer.Layer<never, never, R> =>
+  Layer.effectDiscard(Effect.andThen(preregister, Duty.start(gaugesDuty(options))))
+
+/**
+ * The gauge sampler over `OutboxHealth.snapshot`, counting the redrives made
+ * by any process since the last sample (`OutboxHealth.claimRedriven`: each
+ * redrive batch in exactly one relay's `outbox_events_redriven_total`,
+ * within one sampling period of its commit) (nothing when `MetricsEnabled`
+ * is false). Period: `OUTBOX_METRICS_SAMPLE_INTERVAL` (default 15 seconds)
+ * unless given. Failed maintenance runs are counted by maintenance itself
+ * (a `Duty`), no longer sampled here.
  *
  * @category layers
  * @since 0.1.0
@@ -466,16 +468,8 @@ export const layerHealthGauges = (
   Layer.unwrap(Effect.gen(function*() {
     if (!(yield* MetricsEnabled)) return Layer.empty
     const health = yield* OutboxHealth.OutboxHealth
-    const maintenance = yield* Effect.serviceOption(PartitionMaintenance)
     const every = options.every ?? (yield* sampleInterval)
-    return layerGauges({
-      snapshot: health.snapshot,
-      redriven: health.claimRedriven,
-      every,
-      maintenanceFailures: Option.isSome(maintenance)
-        ? Effect.map(maintenance.value.status, (status) => status.failures)
-        : undefined
-    })
+    return layerGauges({ snapshot: health.snapshot, redriven: health.claimRedriven, every })
   }))
 
 // -----------------------------------------------------------------------------

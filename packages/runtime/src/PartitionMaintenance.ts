@@ -1,5 +1,5 @@
 /**
- * Partition maintenance as a supervised schedule in the relay's fiber tree:
+ * Partition maintenance as a duty (see `Duty`) in the relay's fiber tree:
  * runs `PartitionManager.maintain` for every policy when the layer starts,
  * then every `every` (default 1 hour). A failing run is logged and counted,
  * and the schedule goes on: nothing but the layer's scope stops it. The
@@ -14,7 +14,6 @@ import * as PartitionPolicy from "@outbox/core/PartitionPolicy"
 import { type MaintenanceReport, PartitionManager } from "@outbox/sql/PartitionManager"
 import * as AuditTrail from "@outbox/sql/AuditTrail"
 import * as Partman from "@outbox/sql/Partman"
-import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -24,7 +23,7 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as SqlClient from "effect/sql/SqlClient"
-import * as AuditSealer from "./AuditSealer.ts"
+import * as Duty from "./Duty.ts"
 
 /**
  * What the schedule has done so far.
@@ -32,12 +31,8 @@ import * as AuditSealer from "./AuditSealer.ts"
  * @category models
  * @since 0.1.0
  */
-export interface Status {
-  readonly runs: number
-  readonly failures: number
-  readonly lastRunAt: Date | undefined
+export interface Status extends Duty.Status {
   readonly lastReports: ReadonlyArray<MaintenanceReport>
-  readonly lastError: string | undefined
 }
 
 /**
@@ -105,50 +100,57 @@ export const runOnce = Effect.fn("PartitionMaintenance.runOnce")(function*(
 })
 
 /**
- * Runs the schedule in the layer's scope.
+ * Maintenance as a duty (see `Duty`): one `runOnce` over the policies (and
+ * pg_partman's maintenance with `partman`) per run, every `every`, the
+ * first at start. A run in which a policy failed fails, with the failures
+ * joined as its error, so it is logged and counted like any failed duty
+ * (`outbox_relay_failures_total{loop="maintenance"}`); the reports of each
+ * run go to `reports`.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const duty = (
+  options: Options,
+  reports: Ref.Ref<ReadonlyArray<MaintenanceReport>>
+): Duty.Duty<string, PartitionManager | SqlClient.SqlClient> =>
+  Duty.make({
+    name: "maintenance",
+    schedule: Schedule.spaced(Duration.fromInputUnsafe(options.every ?? "1 hour")),
+    logLevel: "Error",
+    run: Effect.gen(function*() {
+      const result = yield* runOnce(options.policies)
+      const errors = [...result.errors]
+      if (options.partman === true) {
+        const partman = yield* Effect.result(Partman.runMaintenance)
+        if (partman._tag === "Failure") {
+          errors.push(`pg_partman: ${partman.failure.message}`)
+          yield* Effect.logError(`pg_partman maintenance failed: ${partman.failure.message}`)
+        } else if (partman.success.created.length + partman.success.dropped.length > 0) {
+          yield* Effect.logInfo(
+            `pg_partman: created ${partman.success.created.length}, dropped ${partman.success.dropped.length} partition(s)`
+          )
+        }
+      }
+      yield* Ref.set(reports, result.reports)
+      const failed = [...errors, ...result.reports.flatMap((r) => r.failed.map((f) => `${r.table}/${f.partition}: ${f.message}`))]
+      if (failed.length > 0) return yield* Effect.fail(failed.join("; "))
+    }).pipe(Effect.annotateLogs({ module: "PartitionMaintenance" }))
+  })
+
+/**
+ * Runs the schedule in the layer's scope (the `duty`, started).
  *
  * @category constructors
  * @since 0.1.0
  */
 export const make = Effect.fnUntraced(function*(options: Options) {
-  const every = Duration.fromInputUnsafe(options.every ?? "1 hour")
-  const state = yield* Ref.make<Status>({ runs: 0, failures: 0, lastRunAt: undefined, lastReports: [], lastError: undefined })
-  const iteration = Effect.gen(function*() {
-    const at = new Date(yield* Clock.currentTimeMillis)
-    const { errors, reports } = yield* runOnce(options.policies)
-    if (options.partman === true) {
-      const partman = yield* Effect.result(Partman.runMaintenance)
-      if (partman._tag === "Failure") {
-        errors.push(`pg_partman: ${partman.failure.message}`)
-        yield* Effect.logError(`pg_partman maintenance failed: ${partman.failure.message}`)
-      } else if (partman.success.created.length + partman.success.dropped.length > 0) {
-        yield* Effect.logInfo(
-          `pg_partman: created ${partman.success.created.length}, dropped ${partman.success.dropped.length} partition(s)`
-        )
-      }
-    }
-    const failed = errors.length > 0 || reports.some((r) => r.failed.length > 0)
-    yield* Ref.update(state, (s) => ({
-      runs: s.runs + 1,
-      failures: s.failures + (failed ? 1 : 0),
-      lastRunAt: at,
-      lastReports: reports,
-      lastError: failed ? [...errors, ...reports.flatMap((r) => r.failed.map((f) => `${r.table}/${f.partition}: ${f.message}`))].join("; ") : s.lastError
-    }))
-  }).pipe(
-    Effect.catchCause((cause) =>
-      Effect.andThen(
-        Ref.update(state, (s) => ({ ...s, runs: s.runs + 1, failures: s.failures + 1, lastError: String(cause) })),
-        Effect.logError("partition maintenance run failed", cause)
-      )
-    )
-  )
-  yield* iteration.pipe(
-    Effect.repeat(Schedule.spaced(every)),
-    Effect.annotateLogs({ module: "PartitionMaintenance" }),
-    Effect.forkScoped
-  )
-  return PartitionMaintenance.of({ policies: options.policies, status: Ref.get(state) })
+  const reports = yield* Ref.make<ReadonlyArray<MaintenanceReport>>([])
+  const status = yield* Duty.start(duty(options, reports))
+  return PartitionMaintenance.of({
+    policies: options.policies,
+    status: Effect.zipWith(status, Ref.get(reports), (s, lastReports) => ({ ...s, lastReports }))
+  })
 })
 
 /**
@@ -170,7 +172,7 @@ export const layerOff: Layer.Layer<PartitionMaintenance> = Layer.succeed(
   PartitionMaintenance,
   PartitionMaintenance.of({
     policies: [],
-    status: Effect.succeed({ runs: 0, failures: 0, lastRunAt: undefined, lastReports: [], lastError: undefined })
+    status: Effect.succeed({ ...Duty.initialStatus, lastReports: [] })
   })
 )
 
@@ -211,8 +213,9 @@ const maintenanceConfig = (
 /**
  * The schedule from the environment (see the variables above). With
  * `ENABLE_AUDIT=true` the audit log's policy (`AuditTrail.policy`: monthly,
- * 7 years) is maintained too, in every mode but `off`, and the audit
- * chain's sealer runs beside it (`AuditSealer.layerConfig`).
+ * 7 years) is maintained too, in every mode but `off`; the audit chain's
+ * sealer is a duty of its own (`AuditSealer.layerConfig`, in `OutboxLive`'s
+ * list of duties).
  *
  * @category layers
  * @since 0.1.0
@@ -222,8 +225,5 @@ export const layerConfig = (
 ): Layer.Layer<PartitionMaintenance, Config.ConfigError, PartitionManager | SqlClient.SqlClient> =>
   Layer.unwrap(Effect.map(
     Config.Boolean("ENABLE_AUDIT").pipe(Config.withDefault(false)),
-    (audit) =>
-      audit
-        ? Layer.merge(maintenanceConfig([...policies, AuditTrail.policy()]), AuditSealer.layerConfig)
-        : maintenanceConfig(policies)
+    (audit) => maintenanceConfig(audit ? [...policies, AuditTrail.policy()] : policies)
   ))

@@ -10,7 +10,7 @@
  * │   │               the worker claims its next batch (one completion in flight)
  * │   │             → failed ones: retry with backoff, or dead-letter
  * │   └── heartbeat renews the batch's leases every lease/3 while it runs
- * └── reaper        every lease/2: expired leases → PENDING
+ * └── reaper        every lease/2: expired leases → PENDING (`Reaper`, a duty)
  * ```
  *
  * **Telemetry** (see `OutboxTelemetry` for the metric catalog):
@@ -51,7 +51,6 @@ import * as OtelTracer from "@effect/opentelemetry/OtelTracer"
 import * as Outbox from "@outbox/core/Outbox"
 import * as TraceContext from "@outbox/core/TraceContext"
 import * as Cause from "effect/Cause"
-import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -63,10 +62,11 @@ import * as Layer from "effect/Layer"
 import type * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
-import * as References from "effect/References"
 import * as Schedule from "effect/Schedule"
 import * as Tracer from "effect/Tracer"
+import * as RelayTelemetry from "./internal/relayTelemetry.ts"
 import * as Telemetry from "./OutboxTelemetry.ts"
+import * as Reaper from "./Reaper.ts"
 
 /**
  * Counters since the relay started.
@@ -113,9 +113,7 @@ const errorText = (error: unknown): string => {
 
 type Outcome = "completed" | "retried" | "dead_lettered"
 
-const messaging = {
-  "messaging.system": TraceContext.MESSAGING_SYSTEM
-} as const
+const messaging = RelayTelemetry.messaging
 
 /** The producer's span (with its tracestate, through @effect/opentelemetry), from the event's metadata. */
 const producerSpan = (event: OutboxEvent): Tracer.ExternalSpan | undefined => {
@@ -146,32 +144,15 @@ export const make = Effect.gen(function*() {
   const stop = yield* Deferred.make<void>()
   const policy = RetryPolicy.combine(config.retryPolicy, config.deadLetterPolicy)
   const heartbeatEvery = Duration.max(Duration.divideUnsafe(config.leaseDuration, 3), Duration.millis(1))
-  const reapEvery = Duration.max(Duration.divideUnsafe(config.leaseDuration, 2), Duration.millis(1))
 
   // --- telemetry -------------------------------------------------------------
-  const context = yield* Effect.context<never>()
-  const clock = yield* Clock.Clock
-  const tracer = yield* Tracer.Tracer
-  // Effect's built-in tracer records nowhere: without an exporting tracer (e.g. @effect/opentelemetry)
-  // the relay makes no span at all (a span per event measured ~10 µs of Node CPU for nothing)
-  const tracing = (yield* References.TracerEnabled) && tracer !== Tracer.nativeTracer
-  const metrics = yield* Telemetry.MetricsEnabled
-  const extraLabels = yield* Outbox.MetricLabels
-  const bump = (metric: Metric.Metric<number, unknown>, n: number) => {
-    if (metrics && n > 0) metric.updateUnsafe(n, context)
-  }
+  const telemetry = yield* RelayTelemetry.make
+  const { bump, clock, context, countEvents, extraLabels, metrics, recordSpan, tracing } = telemetry
   const extras = (event: Outbox.LabelSource): Record<string, string> => {
     const labels = Outbox.eventLabels(extraLabels, event)
     delete labels.aggregate_type
     delete labels.event_type
     return labels
-  }
-  /** Adds 1 per event to `series`, one update per label set. */
-  const countEvents = (
-    series: (labels: Record<string, string>) => Metric.Counter<number>,
-    events: ReadonlyArray<Outbox.LabelSource>
-  ) => {
-    if (metrics) Outbox.countEvents(events, { series, extraLabels, context })
   }
   /**
    * Histogram series by a string key: without allow-listed labels, an event's
@@ -215,32 +196,6 @@ export const make = Effect.gen(function*() {
   }
   const failed = (loop: typeof Telemetry.labelValues.loop[number]) =>
     Effect.sync(() => bump(Telemetry.relayFailures({ loop }), 1))
-  /**
-   * A span recorded after the fact, from `startTime` to now. Used where the
-   * span must not exist unless the operation found work (claim, reap): the
-   * operation runs with the tracer off, then this records it.
-   */
-  const recordSpan = (
-    name: string,
-    startTime: bigint,
-    attributes: Record<string, unknown>,
-    exit: Exit.Exit<unknown, unknown>
-  ): Tracer.Span | undefined => {
-    if (!tracing) return undefined
-    const span = tracer.span({
-      name,
-      parent: Option.none(),
-      annotations: Context.empty(),
-      links: [],
-      startTime,
-      kind: "client",
-      root: true,
-      sampled: true
-    })
-    for (const key in attributes) span.attribute(key, attributes[key])
-    span.end(clock.currentTimeNanosUnsafe(), exit)
-    return span
-  }
   /** `effect` as a child span of the batch's claim span (when traced). */
   const underClaim = <A, E, R>(
     claimSpan: Tracer.Span | undefined,
@@ -503,56 +458,6 @@ export const make = Effect.gen(function*() {
       }
     }).pipe(Effect.annotateLogs({ module: "Relay", fiber: `worker-${index}` }))
 
-  /** Labels of reaped dead letters: the reaper reports ids only, so the rows are read back (rare). */
-  const countReapedDeadLetters = (ids: ReadonlyArray<bigint>) =>
-    !metrics || ids.length === 0 ? Effect.void : Effect.forEach(ids, (id) => store.get(id), { concurrency: 4 }).pipe(
-      Effect.map((records) => {
-        const known = records.flatMap((record) => Option.isSome(record) ? [record.value] : [])
-        countEvents(Telemetry.eventsDeadLettered, known)
-        const unknown = ids.length - known.length
-        if (unknown > 0) Telemetry.eventsDeadLettered({ aggregate_type: "", event_type: "" }).updateUnsafe(unknown, context)
-      }),
-      Effect.withTracerEnabled(false),
-      Effect.catchCause(() =>
-        Effect.sync(() => Telemetry.eventsDeadLettered({ aggregate_type: "", event_type: "" }).updateUnsafe(ids.length, context))
-      )
-    )
-
-  const reapOnce = Effect.gen(function*() {
-    const startTime = clock.currentTimeNanosUnsafe()
-    const exit = yield* Effect.exit(Effect.withTracerEnabled(store.reap, false))
-    if (Exit.isFailure(exit)) {
-      recordSpan("reap", startTime, { ...messaging, "messaging.operation.name": "reap" }, exit)
-      return yield* Effect.failCause(exit.cause)
-    }
-    const { deadLettered, requeued } = exit.value
-    if (requeued.length + deadLettered.length === 0) return
-    recordSpan("reap", startTime, {
-      ...messaging,
-      "messaging.operation.name": "reap",
-      "messaging.batch.message_count": requeued.length + deadLettered.length,
-      "outbox.reap.requeued": requeued.length,
-      "outbox.reap.dead_lettered": deadLettered.length
-    }, exit)
-    bump(Telemetry.leasesReaped({ outcome: "requeued" }), requeued.length)
-    bump(Telemetry.leasesReaped({ outcome: "dead_lettered" }), deadLettered.length)
-    yield* countReapedDeadLetters(deadLettered)
-    yield* Effect.andThen(count("reaped", requeued.length + deadLettered.length), count("deadLettered", deadLettered.length))
-    yield* deadLettered.length === 0
-      ? Effect.logInfo(`reaped ${requeued.length} expired lease(s)`)
-      : Effect.logWarning(
-        `reaped ${requeued.length + deadLettered.length} expired lease(s); dead-lettered ${deadLettered.length} whose attempts were used up: ${
-          deadLettered.join(", ")
-        }`
-      )
-  })
-
-  const reaper = reapOnce.pipe(
-    Effect.catchCause((cause) => Effect.andThen(failed("reaper"), Effect.logWarning("reaper iteration failed", cause))),
-    Effect.repeat(Schedule.spaced(reapEvery)),
-    Effect.annotateLogs({ module: "Relay", fiber: "reaper" })
-  )
-
   if (config.concurrency > 1) {
     yield* Effect.logWarning(
       `OUTBOX_CONCURRENCY=${config.concurrency}: events are claimed by ${config.concurrency} workers in parallel, so global order is not kept`
@@ -561,7 +466,6 @@ export const make = Effect.gen(function*() {
 
   // completions outlive the worker that delivered the events (and run beside its next claim)
   const completions = yield* FiberSet.make<void, never>()
-  yield* Effect.forkScoped(reaper)
   const workers = yield* Effect.forEach(
     Array.from({ length: config.concurrency }, (_, i) => i + 1),
     (i) => Effect.forkScoped(worker(i))
@@ -584,13 +488,34 @@ export const make = Effect.gen(function*() {
     })
   )
 
-  return Relay.of({ stats: Ref.get(stats) })
+  // the reaper's recoveries are the relay's too (`reaped`, `deadLettered`)
+  const reaper = yield* Effect.serviceOption(Reaper.Reaper)
+  return Relay.of({
+    stats: Option.isNone(reaper) ? Ref.get(stats) : Effect.zipWith(Ref.get(stats), reaper.value.status, (s, r) => ({
+      ...s,
+      reaped: s.reaped + r.requeued + r.deadLettered,
+      deadLettered: s.deadLettered + r.deadLettered
+    }))
+  })
 })
 
 /**
- * The relay as a layer: its fiber tree lives as long as the layer.
+ * The workers alone, for a composition that runs the reaper as one of its
+ * duties (`OutboxLive`): `stats` includes the reaper's counts when a
+ * `Reaper` is in context.
  *
  * @category layers
  * @since 0.1.0
  */
-export const layer: Layer.Layer<Relay, never, OutboxStore | OutboxSink | OutboxConfig> = Layer.effect(Relay, make)
+export const layerWorkers: Layer.Layer<Relay, never, OutboxStore | OutboxSink | OutboxConfig> = Layer.effect(Relay, make)
+
+/**
+ * The relay as a layer: the workers and the reaper (`Reaper.layer`), whose
+ * fiber tree lives as long as the layer.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layer: Layer.Layer<Relay, never, OutboxStore | OutboxSink | OutboxConfig> = layerWorkers.pipe(
+  Layer.provide(Reaper.layer)
+)

@@ -1,4 +1,7 @@
 /**
+ * `@outbox/core`: every public module as a namespace
+ * (`packages/runtime/test/Barrels.test.ts` fails when one is missing here).
+ *
  * @since 0.1.0
  */
 export * as ArchiveStorage from "./ArchiveStorage.ts"
@@ -11,3 +14,4 @@ export * as OutboxSink from "./OutboxSink.ts"
 export * as OutboxStore from "./OutboxStore.ts"
 export * as PartitionPolicy from "./PartitionPolicy.ts"
 export * as RetryPolicy from "./RetryPolicy.ts"
+export * as TraceContext from "./TraceContext.ts"

@@ -33,6 +33,7 @@ import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
 import * as Command from "effect/cli/Command"
 import * as Flag from "effect/cli/Flag"
 import type * as SqlClient from "effect/sql/SqlClient"
@@ -42,21 +43,23 @@ import * as Progress from "./internal/cli/progress.ts"
 import { audit } from "./internal/cli/audit.ts"
 import { dlq } from "./internal/cli/dlq.ts"
 import { roles } from "./internal/cli/roles.ts"
-import { formatBytes, formatTable } from "./internal/table.ts"
+import { formatBytes, formatTable, json as jsonFlag, print } from "./internal/cli/shared.ts"
 
 /**
- * A command that found problems: the process exits with status 1.
+ * A command ran but found problems (a failed partition health check, a
+ * maintenance step or a tenant that failed): the process exits with status 1
+ * and prints `outbox: CommandFailed: <message>` on stderr, so that cron or a
+ * pipeline sees the failure. A typed error (not a plain `Error`) so callers
+ * of `run` can tell it from infrastructure failures with `Effect.catchTag`.
  *
  * @category errors
  * @since 0.1.0
  */
-export class CommandFailed extends Error {
-  override readonly name = "CommandFailed"
-}
+export class CommandFailed extends Schema.TaggedError<CommandFailed>("@outbox/runtime/CommandFailed")("CommandFailed", {
+  message: Schema.String
+}) {}
 
-const json = Flag.Boolean("json").pipe(Flag.withDefault(false), Flag.withDescription("print JSON instead of a table"))
-
-const print = (value: unknown) => Console.log(JSON.stringify(value, (_, v) => (typeof v === "bigint" ? String(v) : v), 2))
+const json = jsonFlag("a table")
 
 const day = (d: Date | null) => (d === null ? "" : d.toISOString().replace(".000Z", "Z").replace("T00:00:00Z", ""))
 
@@ -129,7 +132,8 @@ const status = Command.make("status", {
           day(l.to),
           String(Math.max(0, l.estimatedRows)),
           formatBytes(l.totalBytes)
-        ])
+        ]),
+        [3, 4]
       ))
       if (overview !== undefined) {
         yield* Console.log(
@@ -142,7 +146,7 @@ const status = Command.make("status", {
         health.ok ? "health: ok" : `health: ${health.problems.length} problem(s)\n${health.problems.map((p) => `  ${p.kind}: ${p.message}`).join("\n")}`
       )
     }
-    if (!health.ok) return yield* Effect.fail(new CommandFailed(`${options.table}: partition health check failed`))
+    if (!health.ok) return yield* new CommandFailed({ message: `${options.table}: partition health check failed` })
   })).pipe(Command.withDescription("list partitions with bounds and sizes, and check their health"))
 
 const tenantMaintain = (options: {
@@ -175,7 +179,7 @@ const tenantMaintain = (options: {
     yield* Console.log(`dropped:  ${dropped.map((d) => d.partition).join(", ") || "-"}`)
     if ("swept" in ensured && ensured.swept.failed.length > 0) {
       yield* Console.log(`failed:   ${ensured.swept.failed.map((f) => `${f.partition}: ${f.error.message}`).join("; ")}`)
-      return yield* Effect.fail(new CommandFailed(`${ensured.swept.failed.length} tenant(s) failed`))
+      return yield* new CommandFailed({ message: `${ensured.swept.failed.length} tenant(s) failed` })
     }
   })
 
@@ -213,7 +217,7 @@ const maintain = Command.make("maintain", {
       yield* Console.log(`blocked:  ${report.blocked.map((b) => `${b.partition} (${b.unfinished} unfinished)`).join(", ") || "-"}`)
       if (report.failed.length > 0) yield* Console.log(`failed:   ${report.failed.map((f) => `${f.partition} ${f.step}: ${f.message}`).join("; ")}`)
     }
-    if (report.failed.length > 0) return yield* Effect.fail(new CommandFailed(`${report.failed.length} maintenance step(s) failed`))
+    if (report.failed.length > 0) return yield* new CommandFailed({ message: `${report.failed.length} maintenance step(s) failed` })
   })).pipe(Command.withDescription("create partitions ahead, move DEFAULT rows, apply retention (once)"))
 
 const partitions = Command.make("partitions").pipe(

@@ -1,7 +1,17 @@
 /**
+ * `@outbox/runtime`: every public module as a namespace. The `outbox` bin's
+ * entry point (`bin.ts`) is left out on purpose: importing it runs the
+ * command line. `test/Barrels.test.ts` fails when a module is missing here.
+ *
  * @since 0.1.0
  */
-export * as OutboxLive from "./OutboxLive.ts"
-export * as Relay from "./Relay.ts"
+export * as AuditSealer from "./AuditSealer.ts"
+export * as Cli from "./Cli.ts"
+export * as Duty from "./Duty.ts"
 export * as LogSink from "./LogSink.ts"
+export * as OutboxLive from "./OutboxLive.ts"
+export * as OutboxTelemetry from "./OutboxTelemetry.ts"
+export * as PartitionMaintenance from "./PartitionMaintenance.ts"
+export * as Reaper from "./Reaper.ts"
+export * as Relay from "./Relay.ts"
 export * as WebhookSink from "./WebhookSink.ts"

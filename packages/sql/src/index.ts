@@ -1,4 +1,7 @@
 /**
+ * `@outbox/sql`: every public module as a namespace
+ * (`packages/runtime/test/Barrels.test.ts` fails when one is missing here).
+ *
  * @since 0.1.0
  */
 export * as AuditTrail from "./AuditTrail.ts"

@@ -19,7 +19,7 @@ import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
-import { formatTable } from "../table.ts"
+import { formatTable, json as jsonFlag, print } from "./shared.ts"
 
 /**
  * The chain is broken: the process exits with status 1.
@@ -32,9 +32,7 @@ export class AuditChainBroken extends Schema.TaggedError<AuditChainBroken>("@out
   message: Schema.String
 }) {}
 
-const json = Flag.Boolean("json").pipe(Flag.withDefault(false), Flag.withDescription("print JSON instead of text"))
-
-const print = (value: unknown) => Console.log(JSON.stringify(value, (_, v) => (typeof v === "bigint" ? String(v) : v), 2))
+const json = jsonFlag("text")
 
 const short = (hash: string | undefined | null) => (hash == null ? "-" : `${hash.slice(0, 16)}…`)
 
@@ -122,7 +120,8 @@ const show = Command.make("show", {
         r.actor ?? "",
         r.reason ?? "",
         r.chainPosition === null ? "unsealed" : String(r.chainPosition)
-      ])
+      ]),
+      [8, 9]
     ))
     const errors = rows.filter((r) => r.lastError !== null)
     for (const r of errors) yield* Console.log(`  audit id ${r.auditId}: last_error ${JSON.stringify(r.lastError)}`)

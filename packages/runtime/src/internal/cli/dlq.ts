@@ -24,11 +24,9 @@ import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Progress from "./progress.ts"
+import { formatTable, json as jsonFlag, print } from "./shared.ts"
 
-const json = Flag.Boolean("json").pipe(Flag.withDefault(false), Flag.withDescription("print JSON instead of text"))
-
-const print = (value: unknown) =>
-  Console.log(JSON.stringify(value, (_, v) => (typeof v === "bigint" ? String(v) : v), 2))
+const json = jsonFlag("text")
 
 const filterFlags = {
   eventType: Flag.String("event-type").pipe(Flag.atLeast(0), Flag.withDescription("only this event type (repeatable)")),
@@ -93,15 +91,8 @@ const oneLine = (text: string | null, max = 60) => {
   return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat
 }
 
-/** A left-aligned plain-text table. */
-const table = (headers: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>): string => {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)))
-  const line = (cells: ReadonlyArray<string>) => cells.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()
-  return [line(headers), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n")
-}
-
 const summaryTable = (events: ReadonlyArray<DeadLetters.DeadLetterSummary>) =>
-  table(
+  formatTable(
     ["id", "event type", "aggregate", "retries", "dead-lettered at", "last error"],
     events.map((e) => [
       String(e.id),
@@ -244,7 +235,7 @@ const history = Command.make("history", {
     const entries = yield* dlq.history({ limit: options.limit, eventId })
     if (options.json) return yield* print(entries)
     if (entries.length === 0) return yield* Console.log("no redrives")
-    yield* Console.log(table(
+    yield* Console.log(formatTable(
       ["at", "redrive", "batch", "events", "by", "db user", "reason"],
       entries.map((e) => [iso(e.at), e.redriveId, String(e.batch), String(e.eventCount), e.operator, e.dbUser, oneLine(e.reason)])
     ))

@@ -15,6 +15,7 @@ import * as Runtime from "effect/Runtime"
 import * as Schema from "effect/Schema"
 import * as Command from "effect/cli/Command"
 import * as Flag from "effect/cli/Flag"
+import { formatTable, json as jsonFlag, print } from "./shared.ts"
 
 /**
  * `health` found WARN or CRITICAL (or could not read the database): the
@@ -39,9 +40,7 @@ export class HealthCheckFailed extends Schema.TaggedError<HealthCheckFailed>("@o
   }
 }
 
-const json = Flag.Boolean("json").pipe(Flag.withDefault(false), Flag.withDescription("print JSON instead of a table"))
-
-const print = (value: unknown) => Console.log(JSON.stringify(value, null, 2))
+const json = jsonFlag("a table")
 
 const duration = (seconds: number): string => {
   if (seconds < 1) return "0s"
@@ -49,14 +48,6 @@ const duration = (seconds: number): string => {
   if (seconds < 7200) return `${Math.round(seconds / 60)}min`
   if (seconds < 172_800) return `${(seconds / 3600).toFixed(1)}h`
   return `${(seconds / 86_400).toFixed(1)}d`
-}
-
-/** A plain-text table; `right` lists the columns aligned right (numbers). */
-const formatTable = (headers: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>, right: ReadonlyArray<number> = []) => {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)))
-  const line = (cells: ReadonlyArray<string>) =>
-    cells.map((c, i) => (right.includes(i) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join("  ").trimEnd()
-  return [line(headers), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n")
 }
 
 const minuteOf = (d: Date) => d.toISOString().slice(11, 16)
@@ -173,7 +164,7 @@ export const stats = Command.make("stats", {
     const health = yield* OutboxHealth.OutboxHealth
     const s = yield* health.stats
     yield* options.json ? print(s) : Console.log(formatStats(s))
-  }).pipe(Effect.provide(OutboxHealth.layer({ throughputMinutes: options.minutes })))).pipe(
+  }).pipe(Effect.provide(OutboxHealth.layerConfig({ throughputMinutes: options.minutes })))).pipe(
     Command.withDescription("counts by status, oldest pending age, throughput over the last minutes, dead letters by event type")
   )
 
@@ -209,8 +200,8 @@ export const health = Command.make("health", {
       })
     }
   }).pipe(
-    Effect.provide(OutboxHealth.layer({
-      tables: options.tables.length === 0 ? ["outbox"] : options.tables,
+    Effect.provide(OutboxHealth.layerConfig({
+      tables: options.tables.length === 0 ? undefined : options.tables,
       thresholds: {
         partitionsAheadWarn: Math.max(0, options.premake - 1),
         ...(Option.isSome(options.maxPendingAge)

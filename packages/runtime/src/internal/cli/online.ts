@@ -10,17 +10,15 @@ import * as Effect from "effect/Effect"
 import * as Command from "effect/cli/Command"
 import * as Flag from "effect/cli/Flag"
 import * as Progress from "./progress.ts"
+import { json as jsonFlag, print } from "./shared.ts"
 
 const legacy = Flag.String("legacy").pipe(Flag.withDefault("outbox"), Flag.withDescription("the plain outbox table"))
 const table = Flag.String("table").pipe(
   Flag.withDefault("outbox_partitioned"),
   Flag.withDescription("the partitioned table created beside it")
 )
-const json = Flag.Boolean("json").pipe(Flag.withDefault(false), Flag.withDescription("print JSON instead of text"))
+const json = jsonFlag("text")
 const batchSize = Flag.Int("batch-size").pipe(Flag.withDefault(1000), Flag.withDescription("rows per backfill transaction"))
-
-const print = (value: unknown) => Console.log(JSON.stringify(value, null, 2))
-
 
 const status = Command.make("status", { legacy, table, json }, (o) =>
   Effect.gen(function*() {

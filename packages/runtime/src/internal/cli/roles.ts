@@ -15,6 +15,7 @@ import * as Flag from "effect/cli/Flag"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
+import { json as jsonFlag, print } from "./shared.ts"
 
 const role = (kind: string, what: string) =>
   Flag.String(kind).pipe(Flag.optional, Flag.withDescription(`the ${kind} role: ${what}`))
@@ -33,7 +34,7 @@ const grant = Command.make("grant", {
   create: Flag.Boolean("create").pipe(Flag.withDefault(false), Flag.withDescription("create the roles that do not exist")),
   login: Flag.Boolean("login").pipe(Flag.withDefault(false), Flag.withDescription("with --create: LOGIN roles")),
   print: Flag.Boolean("print").pipe(Flag.withDefault(false), Flag.withDescription("print the statements, change nothing")),
-  json: Flag.Boolean("json").pipe(Flag.withDefault(false))
+  json: jsonFlag("text")
 }, (options) =>
   Effect.gen(function*() {
     const roles: OutboxRoles.RoleSet = {
@@ -45,12 +46,12 @@ const grant = Command.make("grant", {
     const grantOptions = { roles, table: options.table, schema: options.schema, producerReturning: options.producerReturning }
     if (options.print) {
       const statements = yield* OutboxRoles.plan(grantOptions)
-      if (options.json) return yield* Console.log(JSON.stringify({ statements }, null, 2))
+      if (options.json) return yield* print({ statements })
       return yield* Console.log(statements.map((s) => `${s};`).join("\n"))
     }
     const created = options.create ? yield* OutboxRoles.createRoles(roles, { login: options.login }) : []
     const statements = yield* OutboxRoles.grant(grantOptions)
-    if (options.json) return yield* Console.log(JSON.stringify({ created, statements }, null, 2))
+    if (options.json) return yield* print({ created, statements })
     if (created.length > 0) yield* Console.log(`created: ${created.join(", ")}`)
     yield* Console.log(statements.map((s) => `${s};`).join("\n"))
     yield* Console.log(`\n${statements.length} statement(s) applied`)

@@ -53,6 +53,26 @@ layer(TestDatabase.layer, { timeout: "120 seconds" })("npx outbox audit", (it) =
         assert.include(neither.stderr, "AuditError")
       }))
 
+    it.effect("rows left unsealed longer than --max-unsealed-age fail verify (the sealer is not running); fresh ones do not", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('Order', 'late', 'OrderCreated', '{}')`
+        const fresh = yield* outbox({}, "audit", "verify", "--retention-years", "7")
+        assert.include(fresh.stdout, "not sealed yet")
+        assert.notInclude(fresh.stderr, "AuditUnsealed")
+        // the row waited an hour: a tamperer's window (the guard is a trigger; a replica session role skips it)
+        yield* sql.withTransaction(Effect.andThen(
+          sql`SET LOCAL session_replication_role = replica`,
+          sql`UPDATE outbox_audit_log SET recorded_at = recorded_at - interval '1 hour' WHERE hash IS NULL`
+        ))
+        const stale = yield* outbox({}, "audit", "verify")
+        assert.strictEqual(stale.code, 1)
+        assert.include(stale.stderr, "AuditUnsealed")
+        assert.include(stale.stderr, "is the sealer running")
+        const lenient = yield* outbox({}, "audit", "verify", "--max-unsealed-age", "7200")
+        assert.notInclude(lenient.stderr, "AuditUnsealed")
+      }))
+
     it.effect("a tampered row: verify names the link and exits 1", () =>
       Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient

@@ -1,9 +1,12 @@
 /**
  * `outbox audit`: the tamper-evident audit trail (`@outbox/sql/AuditTrail`).
  *
- * - `outbox audit verify [--retention-years N] [--json]`: walks the hash
- *   chain; exits 1 (`AuditChainBroken`) naming the first altered, missing
- *   or reordered link.
+ * - `outbox audit verify [--retention-years N] [--max-unsealed-age S] [--json]`:
+ *   walks the hash chain; exits 1 (`AuditChainBroken`) naming the first
+ *   altered, missing or reordered link, or (`AuditUnsealed`) when a row has
+ *   waited for its seal longer than S seconds (default 60: twelve of the
+ *   sealer's default 5 s intervals), since an unsealed row can be altered
+ *   without trace and an old one means no sealer is running.
  * - `outbox audit show --event ID | --tracking-id UUID [--json]`: every
  *   audit row of one event, in order ("who changed event X").
  * - `outbox audit seal [--json]`: seals every committed row and records the
@@ -32,6 +35,18 @@ export class AuditChainBroken extends Schema.TaggedError<AuditChainBroken>("@out
   message: Schema.String
 }) {}
 
+/**
+ * A row has waited for its seal too long (the sealer is not running): the
+ * process exits with status 1.
+ *
+ * @internal
+ */
+export class AuditUnsealed extends Schema.TaggedError<AuditUnsealed>("@outbox/runtime/AuditUnsealed")("AuditUnsealed", {
+  unsealed: Schema.Number,
+  oldestSeconds: Schema.Number,
+  message: Schema.String
+}) {}
+
 const json = jsonFlag("text")
 
 const short = (hash: string | undefined | null) => (hash == null ? "-" : `${hash.slice(0, 16)}…`)
@@ -40,6 +55,10 @@ const verify = Command.make("verify", {
   retentionYears: Flag.Int("retention-years").pipe(
     Flag.withDefault(7),
     Flag.withDescription("rows younger than this must all be there (the audit log's retention)")
+  ),
+  maxUnsealedAge: Flag.Int("max-unsealed-age").pipe(
+    Flag.withDefault(60),
+    Flag.withDescription("seconds a row may wait for its seal before verify fails (the sealer runs every 5 s by default)")
   ),
   json
 }, (options) =>
@@ -68,7 +87,13 @@ const verify = Command.make("verify", {
         yield* Console.log(`  ${result.checked} row(s) verified from ${from} before it`)
       }
       yield* Console.log(`head: position ${result.head.position}, hash ${result.head.hash}`)
-      if (result.unsealed > 0) yield* Console.log(`${result.unsealed} row(s) not sealed yet (not covered by this verification)`)
+      if (result.unsealed > 0) {
+        yield* Console.log(
+          `${result.unsealed} row(s) not sealed yet (not covered by this verification), the oldest recorded ${
+            Math.round(result.oldestUnsealedSeconds ?? 0)
+          } s ago`
+        )
+      }
     }
     if (result.broken !== undefined) {
       return yield* new AuditChainBroken({
@@ -77,7 +102,16 @@ const verify = Command.make("verify", {
         message: `the audit chain is broken at position ${result.broken.position} (${result.broken.kind})`
       })
     }
-  })).pipe(Command.withDescription("verify the audit trail's hash chain (exit 1 when it is broken)"))
+    const oldest = result.oldestUnsealedSeconds
+    if (oldest !== undefined && oldest > options.maxUnsealedAge) {
+      return yield* new AuditUnsealed({
+        unsealed: result.unsealed,
+        oldestSeconds: oldest,
+        message: `${result.unsealed} row(s) not sealed, the oldest recorded ${Math.round(oldest)} s ago (over ${options.maxUnsealedAge} s): ` +
+          "unsealed rows can be altered without trace; is the sealer running (the relay with ENABLE_AUDIT=true, or `outbox audit seal`)?"
+      })
+    }
+  })).pipe(Command.withDescription("verify the audit trail's hash chain (exit 1 when it is broken or rows wait too long for their seal)"))
 
 const show = Command.make("show", {
   event: Flag.String("event").pipe(Flag.optional, Flag.withDescription("an event id")),

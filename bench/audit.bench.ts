@@ -28,7 +28,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Fs from "node:fs"
-import { drainWithRelay, fmt, openDatabase, preload, timed } from "./shared.ts"
+import { drainWithRelay, fmt, openDatabase, preload, runMain, timed } from "./shared.ts"
 
 const EVENTS = Number(process.env.BENCH_AUDIT_EVENTS ?? 100_000)
 const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? "1,2").split(",").map(Number)
@@ -182,10 +182,4 @@ const main = Effect.gen(function*() {
   )
 })
 
-Effect.runPromise(Effect.scoped(main)).then(
-  () => process.exit(0),
-  (error) => {
-    console.error(error)
-    process.exit(1)
-  }
-)
+runMain(main)

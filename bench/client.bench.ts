@@ -43,7 +43,7 @@ import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import { fileURLToPath } from "node:url"
 import pg from "pg"
-import { fmt, openDatabase } from "./shared.ts"
+import { fmt, openDatabase, runMain } from "./shared.ts"
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3)
@@ -239,10 +239,4 @@ const main = Effect.gen(function*() {
   )
 })
 
-Effect.runPromise(Effect.scoped(main)).then(
-  () => process.exit(0),
-  (error) => {
-    console.error(error)
-    process.exit(1)
-  }
-)
+runMain(main)

@@ -33,7 +33,7 @@ import * as PartitionManager from "@outbox/sql/PartitionManager"
 import * as Effect from "effect/Effect"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Fs from "node:fs"
-import { openDatabase } from "./shared.ts"
+import { openDatabase, runMain } from "./shared.ts"
 
 const envInt = (name: string, fallback: number) => {
   const value = Number(process.env[name] ?? fallback)
@@ -373,10 +373,4 @@ const main = Effect.gen(function*() {
   )
 })
 
-Effect.runPromise(Effect.scoped(main)).then(
-  () => process.exit(0),
-  (error) => {
-    console.error(error)
-    process.exit(1)
-  }
-)
+runMain(main)

@@ -17,7 +17,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Fs from "node:fs"
-import { drainWithRelay, fmt, now, openDatabase, preload, reset, timed, withPeakRss } from "./shared.ts"
+import { drainWithRelay, fmt, now, openDatabase, preload, reset, runMain, timed, withPeakRss } from "./shared.ts"
 
 const EVENTS = Number(process.env.BENCH_EVENTS ?? 200_000)
 const MEMORY_EVENTS = Number(process.env.BENCH_MEMORY_EVENTS ?? 500_000)
@@ -246,10 +246,4 @@ const main = Effect.gen(function*() {
   )
 })
 
-Effect.runPromise(Effect.scoped(main)).then(
-  () => process.exit(0),
-  (error) => {
-    console.error(error)
-    process.exit(1)
-  }
-)
+runMain(main)

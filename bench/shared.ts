@@ -15,6 +15,7 @@ import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import type * as Scope from "effect/Scope"
 import * as Redacted from "effect/Redacted"
 import * as SqlClient from "effect/sql/SqlClient"
 
@@ -109,3 +110,17 @@ export const droppingTracer = (): Layer.Layer<never> =>
   OutboxTelemetry.layerTracer(new BatchSpanProcessor(droppingExporter, { maxQueueSize: 65_536, maxExportBatchSize: 2048 }), {
     serviceName: "outbox-bench"
   }) as Layer.Layer<never>
+
+/**
+ * Runs a bench's `main` in a scope and exits: 0 when it finished, 1 with the error printed (the database
+ * pools it opened would otherwise keep the process alive).
+ */
+export const runMain = <E>(main: Effect.Effect<void, E, Scope.Scope>): void => {
+  Effect.runPromise(Effect.scoped(main)).then(
+    () => process.exit(0),
+    (error) => {
+      console.error(error)
+      process.exit(1)
+    }
+  )
+}

@@ -53,7 +53,7 @@ import * as Layer from "effect/Layer"
 import * as References from "effect/References"
 import * as SqlClient from "effect/sql/SqlClient"
 import { spawn } from "node:child_process"
-import { droppingTracer, exportedSpans, fmt, openDatabase } from "./shared.ts"
+import { droppingTracer, exportedSpans, fmt, openDatabase, runMain } from "./shared.ts"
 
 const EVENTS = Number(process.env.BENCH_TELEMETRY_EVENTS ?? 100_000)
 const CONCURRENCY = (process.env.BENCH_TELEMETRY_CONCURRENCY ?? "1,2").split(",").map(Number)
@@ -185,10 +185,4 @@ const main = Effect.gen(function*() {
   return rows
 })
 
-Effect.runPromise(Effect.scoped(main)).then(
-  () => process.exit(0),
-  (error) => {
-    console.error(error)
-    process.exit(1)
-  }
-)
+runMain(main)

@@ -341,18 +341,24 @@ export class DeadLetters extends Context.Service<DeadLetters, {
 // schema (migration 0003_redrive_log)
 
 /**
- * The `0003_redrive_log` migration (run by `OutboxMigrations`): the
- * append-only `outbox_redrive_log` table and the partial index
- * `outbox_dead_letter_idx` over dead letters.
+ * Migration `0003_redrive_log` for the outbox table `table`: the partial
+ * index on its dead letters (`<table>_dead_letter_idx`) and the append-only
+ * `outbox_redrive_log`. One definition, for `outbox` and for the table an
+ * online migration writes to (see `OutboxMigrations.loaderFor`).
  *
  * @category migrations
  * @since 0.1.0
  */
-export const migration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  const statements = [
-    `CREATE INDEX outbox_dead_letter_idx ON outbox (id) WHERE status = 'DEAD_LETTER'`,
-    `CREATE TABLE outbox_redrive_log (
+export const migrationFor = (
+  table: string
+): Effect.Effect<void, SqlError.SqlError | Identifier.InvalidIdentifier, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const quotedTable = Identifier.quote(yield* Identifier.validate(table, "outbox table"))
+    const index = Identifier.quote(yield* Identifier.validate(`${table}_dead_letter_idx`, "index name"))
+    const statements = [
+      `CREATE INDEX IF NOT EXISTS ${index} ON ${quotedTable} (id) WHERE status = 'DEAD_LETTER'`,
+      `CREATE TABLE outbox_redrive_log (
         id          bigserial   PRIMARY KEY,
         redrive_id  uuid        NOT NULL,
         batch       integer     NOT NULL CHECK (batch >= 1),
@@ -366,22 +372,30 @@ export const migration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClie
         db_user     text        NOT NULL DEFAULT current_user,
         UNIQUE (redrive_id, batch)
       )`,
-    `COMMENT ON TABLE outbox_redrive_log IS
+      `COMMENT ON TABLE outbox_redrive_log IS
       'Every dead-letter redrive batch: who, why, which filter, which events and their previous errors (append-only)'`,
-    `CREATE INDEX outbox_redrive_log_event_ids_idx ON outbox_redrive_log USING gin (event_ids)`,
-    `CREATE INDEX outbox_redrive_log_at_idx ON outbox_redrive_log (at)`,
-    `CREATE FUNCTION outbox_redrive_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $fn$
+      `CREATE INDEX outbox_redrive_log_event_ids_idx ON outbox_redrive_log USING gin (event_ids)`,
+      `CREATE INDEX outbox_redrive_log_at_idx ON outbox_redrive_log (at)`,
+      `CREATE FUNCTION outbox_redrive_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $fn$
       BEGIN
         RAISE EXCEPTION 'outbox_redrive_log is append-only: % refused', TG_OP;
       END
       $fn$`,
-    `CREATE TRIGGER outbox_redrive_log_no_change BEFORE UPDATE OR DELETE ON outbox_redrive_log
+      `CREATE TRIGGER outbox_redrive_log_no_change BEFORE UPDATE OR DELETE ON outbox_redrive_log
       FOR EACH ROW EXECUTE FUNCTION outbox_redrive_log_append_only()`,
-    `CREATE TRIGGER outbox_redrive_log_no_truncate BEFORE TRUNCATE ON outbox_redrive_log
+      `CREATE TRIGGER outbox_redrive_log_no_truncate BEFORE TRUNCATE ON outbox_redrive_log
       FOR EACH STATEMENT EXECUTE FUNCTION outbox_redrive_log_append_only()`
-  ]
-  for (const statement of statements) yield* sql.unsafe(statement)
-})
+    ]
+    for (const statement of statements) yield* sql.unsafe(statement)
+  })
+
+/**
+ * Migration `0003_redrive_log` for `outbox` (`migrationFor("outbox")`).
+ *
+ * @category migrations
+ * @since 0.1.0
+ */
+export const migration = migrationFor("outbox")
 
 // ---------------------------------------------------------------------------
 // implementation

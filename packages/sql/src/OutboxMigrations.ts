@@ -131,43 +131,6 @@ const createOutbox = (table: string) =>
  * renames to `outbox_dead_letter_idx`), the rest is `DeadLetters.migration`'s
  * table-independent redrive log.
  */
-const redriveLogFor = (table: string) =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    const index = yield* Identifier.validate(`${table}_dead_letter_idx`, "index name")
-    const statements = [
-      `CREATE INDEX IF NOT EXISTS ${Identifier.quote(index)} ON ${Identifier.quote(table)} (id) WHERE status = 'DEAD_LETTER'`,
-      `CREATE TABLE outbox_redrive_log (
-        id          bigserial   PRIMARY KEY,
-        redrive_id  uuid        NOT NULL,
-        batch       integer     NOT NULL CHECK (batch >= 1),
-        at          timestamptz NOT NULL DEFAULT now(),
-        operator    text        NOT NULL CHECK (btrim(operator) <> ''),
-        reason      text        NOT NULL CHECK (btrim(reason) <> ''),
-        filter      jsonb       NOT NULL,
-        event_ids   bigint[]    NOT NULL,
-        event_count integer     NOT NULL CHECK (event_count = cardinality(event_ids)),
-        previous    jsonb       NOT NULL DEFAULT '[]'::jsonb,
-        db_user     text        NOT NULL DEFAULT current_user,
-        UNIQUE (redrive_id, batch)
-      )`,
-      `COMMENT ON TABLE outbox_redrive_log IS
-      'Every dead-letter redrive batch: who, why, which filter, which events and their previous errors (append-only)'`,
-      `CREATE INDEX outbox_redrive_log_event_ids_idx ON outbox_redrive_log USING gin (event_ids)`,
-      `CREATE INDEX outbox_redrive_log_at_idx ON outbox_redrive_log (at)`,
-      `CREATE FUNCTION outbox_redrive_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $fn$
-      BEGIN
-        RAISE EXCEPTION 'outbox_redrive_log is append-only: % refused', TG_OP;
-      END
-      $fn$`,
-      `CREATE TRIGGER outbox_redrive_log_no_change BEFORE UPDATE OR DELETE ON outbox_redrive_log
-      FOR EACH ROW EXECUTE FUNCTION outbox_redrive_log_append_only()`,
-      `CREATE TRIGGER outbox_redrive_log_no_truncate BEFORE TRUNCATE ON outbox_redrive_log
-      FOR EACH STATEMENT EXECUTE FUNCTION outbox_redrive_log_append_only()`
-    ]
-    for (const statement of statements) yield* sql.unsafe(statement)
-  })
-
 const partitionViews = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   // Bounds are read back from pg_get_expr (ISO DateStyle, the default) for
@@ -229,7 +192,7 @@ export const loaderFor = (table: string) =>
   table === "outbox" ? loader : Migrator.fromRecord({
     "0001_create_outbox": createOutbox(table),
     "0002_partition_views": partitionViews,
-    "0003_redrive_log": redriveLogFor(table),
+    "0003_redrive_log": DeadLetters.migrationFor(table),
     "0004_health_views": OutboxHealth.migrationFor(table),
     "0005_relay_gauges": OutboxHealth.relayGaugesMigration,
     "0006_lease_claimed_at": OutboxHealth.leaseHeldMigrationFor(table)

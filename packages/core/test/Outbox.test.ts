@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Outbox from "@outbox/core/Outbox"
+import * as OutboxMetrics from "@outbox/core/OutboxMetrics"
 import type { OutboxStore } from "@outbox/core/OutboxStore"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -90,7 +91,7 @@ describe("Outbox.publish", () => {
   })
 })
 
-describe("Outbox.countEvents", () => {
+describe("OutboxMetrics.countEvents", () => {
   const event = (aggregateType: string, eventType: string, tenant?: string) => ({
     aggregateType,
     eventType,
@@ -112,13 +113,13 @@ describe("Outbox.countEvents", () => {
   it("counts every event once, under its aggregate type and event type, asking for each label set once", () => {
     const { asked, context, series, value } = setup()
     const events = [event("Order", "Created"), event("Order", "Created"), event("Order", "Paid"), event("Order", "Created"), event("User", "Created")]
-    Outbox.countEvents(events, { series, extraLabels: [], context })
+    OutboxMetrics.countEvents(events, { series, extraLabels: [], context })
     assert.strictEqual(value({ aggregate_type: "Order", event_type: "Created" }), 3)
     assert.strictEqual(value({ aggregate_type: "Order", event_type: "Paid" }), 1)
     assert.strictEqual(value({ aggregate_type: "User", event_type: "Created" }), 1)
     assert.strictEqual(asked.length, 3)
     // the series are remembered: a second batch asks for nothing new
-    Outbox.countEvents(events, { series, extraLabels: [], context })
+    OutboxMetrics.countEvents(events, { series, extraLabels: [], context })
     assert.strictEqual(asked.length, 3)
     assert.strictEqual(value({ aggregate_type: "Order", event_type: "Created" }), 6)
   })
@@ -126,11 +127,11 @@ describe("Outbox.countEvents", () => {
   it("adds the allow-listed labels, read through labelSource when given", () => {
     const { context, series, value } = setup()
     const events = [event("Order", "Created", "t1"), event("Order", "Created", "t2"), event("Order", "Created", "t1"), event("Order", "Created")]
-    Outbox.countEvents(events, { series, extraLabels: ["tenant_id"], context })
+    OutboxMetrics.countEvents(events, { series, extraLabels: ["tenant_id"], context })
     assert.strictEqual(value({ aggregate_type: "Order", event_type: "Created", tenant_id: "t1" }), 2)
     assert.strictEqual(value({ aggregate_type: "Order", event_type: "Created", tenant_id: "t2" }), 1)
     assert.strictEqual(value({ aggregate_type: "Order", event_type: "Created", tenant_id: "" }), 1)
-    Outbox.countEvents(events, {
+    OutboxMetrics.countEvents(events, {
       series,
       extraLabels: ["tracking_id"],
       context,

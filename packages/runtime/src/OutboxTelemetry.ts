@@ -26,7 +26,7 @@
  * Counters and histograms are updated by the relay (and by
  * `Outbox.transaction` for published events); gauges are sampled from the
  * database by `layerGauges` on a schedule. Labels are bounded; the
- * allow-list `OUTBOX_METRICS_LABELS` (see `Outbox.MetricLabels`) adds more to
+ * allow-list `OUTBOX_METRICS_LABELS` (see `OutboxMetrics.MetricLabels`) adds more to
  * the event-scoped metrics.
  *
  * **Tracing** needs an OpenTelemetry tracer (`layerOtlp`, or any
@@ -47,7 +47,7 @@
  *
  * @since 0.1.0
  */
-import * as Outbox from "@outbox/core/Outbox"
+import * as OutboxMetrics from "@outbox/core/OutboxMetrics"
 import * as OutboxHealth from "@outbox/sql/OutboxHealth"
 import type * as Resource from "@effect/opentelemetry/Resource"
 import type { SpanProcessor } from "@opentelemetry/sdk-trace-base"
@@ -100,7 +100,7 @@ const gauge = (name: string, description: string) => family((attributes) => Metr
  * @category metrics
  * @since 0.1.0
  */
-export const eventsPublished = Outbox.eventsPublished
+export const eventsPublished = OutboxMetrics.eventsPublished
 
 /**
  * @category metrics
@@ -654,7 +654,7 @@ const layerSdk = (options: {
 export interface Options {
   /** Relay metrics on (default true). */
   readonly metrics?: boolean | undefined
-  /** Extra labels (see `Outbox.MetricLabels`). */
+  /** Extra labels (see `OutboxMetrics.MetricLabels`). */
   readonly labels?: ReadonlyArray<string> | undefined
   /** A dedicated `/metrics` server; omitted: none. */
   readonly prometheus?: PrometheusOptions | undefined
@@ -671,7 +671,7 @@ export interface Options {
 export const layer = (options: Options = {}): Layer.Layer<never, ServeError> =>
   Layer.mergeAll(
     Layer.succeed(MetricsEnabled, options.metrics ?? true),
-    Layer.succeed(Outbox.MetricLabels, options.labels ?? []),
+    Layer.succeed(OutboxMetrics.MetricLabels, options.labels ?? []),
     // the server's own services (HttpServer, ...) stay private to it
     options.prometheus === undefined ? Layer.empty : Layer.flatMap(layerPrometheus(options.prometheus), () => Layer.empty),
     // the tracer is a reference in the output: kept, so that everything built on this layer is traced

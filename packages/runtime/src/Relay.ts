@@ -48,7 +48,7 @@ import { OutboxSink } from "@outbox/core/OutboxSink"
 import { OutboxStore } from "@outbox/core/OutboxStore"
 import * as RetryPolicy from "@outbox/core/RetryPolicy"
 import * as OtelTracer from "@effect/opentelemetry/OtelTracer"
-import * as Outbox from "@outbox/core/Outbox"
+import * as OutboxMetrics from "@outbox/core/OutboxMetrics"
 import * as TraceContext from "@outbox/core/TraceContext"
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
@@ -148,8 +148,8 @@ export const make = Effect.gen(function*() {
   // --- telemetry -------------------------------------------------------------
   const telemetry = yield* RelayTelemetry.make
   const { bump, clock, context, countEvents, extraLabels, metrics, recordSpan, tracing } = telemetry
-  const extras = (event: Outbox.LabelSource): Record<string, string> => {
-    const labels = Outbox.eventLabels(extraLabels, event)
+  const extras = (event: OutboxMetrics.LabelSource): Record<string, string> => {
+    const labels = OutboxMetrics.eventLabels(extraLabels, event)
     delete labels.aggregate_type
     delete labels.event_type
     return labels

@@ -1,5 +1,6 @@
 import { assert, describe, it, layer } from "@effect/vitest"
 import * as Outbox from "@outbox/core/Outbox"
+import * as OutboxMetrics from "@outbox/core/OutboxMetrics"
 import { DeliveryError } from "@outbox/core/OutboxError"
 import * as OutboxSink from "@outbox/core/OutboxSink"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
@@ -148,8 +149,8 @@ describe("label allow-list", () => {
       trackingId: "t-1",
       metadata: { tenant_id: "acme", traceparent: "00-x" }
     }
-    assert.deepStrictEqual(Outbox.eventLabels([], event), { aggregate_type: "Order", event_type: "OrderCreated" })
-    assert.deepStrictEqual(Outbox.eventLabels(["tenant_id", "aggregate_id", "region"], event), {
+    assert.deepStrictEqual(OutboxMetrics.eventLabels([], event), { aggregate_type: "Order", event_type: "OrderCreated" })
+    assert.deepStrictEqual(OutboxMetrics.eventLabels(["tenant_id", "aggregate_id", "region"], event), {
       aggregate_type: "Order",
       event_type: "OrderCreated",
       tenant_id: "acme",

@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-import * as Outbox from "@outbox/core/Outbox"
+import * as OutboxMetrics from "@outbox/core/OutboxMetrics"
 import * as TraceContext from "@outbox/core/TraceContext"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
@@ -32,7 +32,7 @@ export const make = Effect.gen(function*() {
   // the relay makes no span at all (a span per event measured ~10 µs of Node CPU for nothing)
   const tracing = (yield* References.TracerEnabled) && tracer !== Tracer.nativeTracer
   const metrics = yield* Telemetry.MetricsEnabled
-  const extraLabels = yield* Outbox.MetricLabels
+  const extraLabels = yield* OutboxMetrics.MetricLabels
   /** Adds `n` to `metric` (when metrics are on and `n > 0`). */
   const bump = (metric: Metric.Metric<number, unknown>, n: number) => {
     if (metrics && n > 0) metric.updateUnsafe(n, context)
@@ -40,9 +40,9 @@ export const make = Effect.gen(function*() {
   /** Adds 1 per event to `series`, one update per label set. */
   const countEvents = (
     series: (labels: Record<string, string>) => Metric.Counter<number>,
-    events: ReadonlyArray<Outbox.LabelSource>
+    events: ReadonlyArray<OutboxMetrics.LabelSource>
   ) => {
-    if (metrics) Outbox.countEvents(events, { series, extraLabels, context })
+    if (metrics) OutboxMetrics.countEvents(events, { series, extraLabels, context })
   }
   /**
    * A span recorded after the fact, from `startTime` to now. Used where the

@@ -34,8 +34,8 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as SqlClient from "effect/sql/SqlClient"
-import type * as SqlError from "effect/sql/SqlError"
 import { canonicalExpression } from "./internal/auditMigrations.ts"
+import { fromSql } from "./internal/sqlError.ts"
 
 /**
  * An audit operation failed.
@@ -241,23 +241,11 @@ export const annotate = (options: { readonly actor: string; readonly reason: str
 
 const ZERO = "0".repeat(64)
 
-/** PostgreSQL's own message (the driver's is generic). */
-const detail = (error: SqlError.SqlError): string => {
-  const inner: unknown = error.reason.cause
-  return typeof inner === "object" && inner !== null && "message" in inner && typeof inner.message === "string"
-    ? inner.message
-    : error.reason.message
-}
-
-function databaseError(operation: string) {
-  return (cause: SqlError.SqlError) =>
-    new AuditError({
-      reason: "Database",
-      operation,
-      message: `${operation}: ${cause.reason._tag}: ${detail(cause)}`,
-      cause
-    })
-}
+/** With PostgreSQL's own message (the driver's is generic). */
+const databaseError = fromSql(
+  ({ cause, message, operation }) => new AuditError({ reason: "Database", operation, message, cause }),
+  { detail: "server" }
+)
 
 interface LogRow {
   readonly audit_id: bigint

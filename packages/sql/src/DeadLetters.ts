@@ -53,6 +53,7 @@ import type * as SqlError from "effect/sql/SqlError"
 import type { Fragment } from "effect/sql/Statement"
 import { randomUUID } from "node:crypto"
 import * as Identifier from "./Identifier.ts"
+import { fromSql } from "./internal/sqlError.ts"
 
 // ---------------------------------------------------------------------------
 // errors
@@ -471,12 +472,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 const invalid = (reason: "InvalidFilter" | "InvalidOption" | "Unfiltered", message: string) =>
   new DeadLetterError({ reason, message })
 
-const database = (operation: string) => (error: SqlError.SqlError) =>
-  new DeadLetterError({
-    reason: "Database",
-    message: `${operation}: ${error.reason._tag}${error.reason.message ? `: ${error.reason.message}` : ""}`,
-    cause: error
-  })
+const database = fromSql(({ cause, message }) => new DeadLetterError({ reason: "Database", message, cause }))
 
 const validDate = (d: Date | undefined) => d === undefined || !Number.isNaN(d.getTime())
 

@@ -50,6 +50,7 @@ import * as Identifier from "./Identifier.ts"
 import * as OutboxHealth from "./OutboxHealth.ts"
 import * as OutboxMigrations from "./OutboxMigrations.ts"
 import * as OutboxTable from "./internal/outboxTable.ts"
+import { fromSql } from "./internal/sqlError.ts"
 
 /**
  * A migration step refused or failed (named apart from `effect/sql`'s
@@ -135,13 +136,16 @@ const columns = [
   "last_error"
 ] as const
 
-const database = (step: string) => (cause: SqlError.SqlError) =>
-  new OnlineMigrationError({ reason: "Database", message: `${step}: ${cause.message}`, cause })
+const database = fromSql(({ cause, message }) => new OnlineMigrationError({ reason: "Database", message, cause }))
 
 const failure = (step: string) => (cause: SqlError.SqlError | Migrator.MigrationError | Identifier.InvalidIdentifier) =>
-  cause._tag === "InvalidIdentifier"
-    ? new OnlineMigrationError({ reason: "InvalidName", message: `${step}: ${cause.message}`, cause })
-    : new OnlineMigrationError({ reason: "Database", message: `${step}: ${cause.message}`, cause })
+  cause._tag === "SqlError"
+    ? database(step)(cause)
+    : new OnlineMigrationError({
+      reason: cause._tag === "InvalidIdentifier" ? "InvalidName" : "Database",
+      message: `${step}: ${cause.message}`,
+      cause
+    })
 
 const resolve = Effect.fnUntraced(function*(tables: Tables) {
   const invalid = (e: Identifier.InvalidIdentifier) =>

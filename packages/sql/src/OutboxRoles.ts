@@ -34,8 +34,8 @@
 import * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
 import * as SqlClient from "effect/sql/SqlClient"
-import type * as SqlError from "effect/sql/SqlError"
 import * as Identifier from "./Identifier.ts"
+import { mapSql } from "./internal/sqlError.ts"
 
 /**
  * Setting up roles failed: nothing was changed (one transaction).
@@ -111,12 +111,7 @@ export const returningColumns: ReadonlyArray<string> = ["id", "tracking_id", "cr
 
 const kinds: ReadonlyArray<Kind> = ["producer", "relay", "operator", "auditor"]
 
-const database = (what: string) => (error: SqlError.SqlError) =>
-  new RolesError({
-    reason: "Database",
-    message: `${what}: ${error.reason._tag}${error.reason.message ? `: ${error.reason.message}` : ""}`,
-    cause: error
-  })
+const database = mapSql(({ cause, message }) => new RolesError({ reason: "Database", message, cause }))
 
 /** Validates the role names: at least one, no two kinds sharing a name. */
 const validateRoles = Effect.fnUntraced(function*(roles: RoleSet) {
@@ -247,9 +242,7 @@ export const plan = (
     const roles = yield* validateRoles(options.roles)
     const schemaName = yield* Identifier.validate(options.schema ?? "public", "schema")
     const tableName = yield* Identifier.validate(options.table ?? "outbox", "outbox table")
-    const objects = yield* discover(schemaName, tableName).pipe(
-      Effect.catchTag("SqlError", (e) => Effect.fail(database("reading the catalog")(e)))
-    )
+    const objects = yield* discover(schemaName, tableName).pipe(database("reading the catalog"))
     const q = (name: string) => `${Identifier.quote(schemaName)}.${Identifier.quote(name)}`
     const schema = Identifier.quote(schemaName)
     const outbox = q(tableName)
@@ -336,7 +329,7 @@ export const grant = (
       const statements = yield* plan(options)
       for (const statement of statements) yield* sql.unsafe(statement)
       return statements
-    })).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(database("granting")(e))))
+    })).pipe(database("granting"))
   }).pipe(Effect.withSpan("OutboxRoles.grant"))
 
 /**
@@ -363,5 +356,5 @@ export const createRoles = (
         created.push(name)
       }
       return created
-    })).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(database("creating roles")(e))))
+    })).pipe(database("creating roles"))
   }).pipe(Effect.withSpan("OutboxRoles.createRoles"))

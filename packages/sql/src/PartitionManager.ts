@@ -38,8 +38,8 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as SqlClient from "effect/sql/SqlClient"
-import type * as SqlError from "effect/sql/SqlError"
 import * as Identifier from "./Identifier.ts"
+import { fromSql } from "./internal/sqlError.ts"
 import * as PartitionArchive from "./PartitionArchive.ts"
 
 /**
@@ -209,8 +209,8 @@ const truncUnit: Record<PartitionPolicy.Interval, string> = {
   quarterly: "quarter"
 }
 
-const databaseError = (table: string, step: string) => (cause: SqlError.SqlError) =>
-  new PartitionError({ reason: "Database", table, message: `${step}: ${cause.message}`, cause })
+const databaseError = (table: string, step: string) =>
+  fromSql(({ cause, message }) => new PartitionError({ reason: "Database", table, message, cause }))(step)
 
 const messageOf = (error: unknown): string =>
   typeof error === "object" && error !== null && "message" in error ? String(error.message) : String(error)

@@ -27,8 +27,8 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as SqlClient from "effect/sql/SqlClient"
-import type * as SqlError from "effect/sql/SqlError"
 import * as Identifier from "./Identifier.ts"
+import { fromSql } from "./internal/sqlError.ts"
 
 // ---------------------------------------------------------------------------
 // models
@@ -150,17 +150,8 @@ export const cronCommand = "SELECT cron.schedule('outbox-partman', '@hourly', $$
 const failed = (message: string, cause?: unknown) =>
   new PartmanError({ reason: "Failed", message, ...(cause === undefined ? {} : { cause }) })
 
-const sqlFailure = (operation: string) => (error: SqlError.SqlError) =>
-  failed(`${operation}: ${error.reason._tag}${describeCause(error)}`, error)
-
-/** The server's own message, when the driver kept it. */
-const describeCause = (error: SqlError.SqlError): string => {
-  const cause = error.reason.cause
-  const server = typeof cause === "object" && cause !== null && "message" in cause ? String(cause.message) : ""
-  const own = error.reason.message ?? ""
-  const text = [own, server].filter((part) => part !== "" && part !== error.message).join(": ")
-  return text === "" ? "" : `: ${text}`
-}
+/** With the server's own message, when the driver kept it. */
+const sqlFailure = fromSql(({ cause, message }) => failed(message, cause), { detail: "server" })
 
 const invalid = (error: Identifier.InvalidIdentifier) => failed(error.message, error)
 

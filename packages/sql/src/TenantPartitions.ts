@@ -75,7 +75,6 @@
  *
  * @since 0.1.0
  */
-import type { StoreError } from "@outbox/core/OutboxError"
 import * as Context from "effect/Context"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
@@ -85,7 +84,7 @@ import * as Schema from "effect/Schema"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
 import * as Identifier from "./Identifier.ts"
-import { fromSqlError } from "./internal/storeError.ts"
+import { fromSql, serverMessage } from "./internal/sqlError.ts"
 
 // ---------------------------------------------------------------------------
 // models
@@ -358,29 +357,16 @@ const sqlState = (error: SqlError.SqlError): string | undefined => {
     : undefined
 }
 
-const causeMessage = (error: SqlError.SqlError): string => {
-  const cause: unknown = error.reason.cause
-  return cause instanceof Error ? cause.message : error.reason.message
-}
-
-const fromSql = (operation: string, tenantId?: string) => (error: SqlError.SqlError): TenantPartitionError => {
-  const code = sqlState(error)
-  const tenant = tenantId === undefined ? {} : { tenantId: truncate(tenantId) }
-  if (code === "OBX01") {
-    return new TenantPartitionError({ reason: "NameCollision", message: causeMessage(error), ...tenant, cause: error })
-  }
-  if (code === "OBX02") {
-    return new TenantPartitionError({ reason: "LayoutMismatch", message: causeMessage(error), ...tenant, cause: error })
-  }
-  const store: StoreError = fromSqlError(operation)(error)
-  return new TenantPartitionError({
-    reason: "Database",
-    message: store.message,
-    retryable: store.retryable,
-    ...tenant,
-    cause: error
-  })
-}
+const database = (operation: string, tenantId?: string) =>
+  fromSql(({ cause, message, retryable }) => {
+    const code = sqlState(cause)
+    const tenant = tenantId === undefined ? {} : { tenantId: truncate(tenantId) }
+    if (code === "OBX01" || code === "OBX02") {
+      const reason = code === "OBX01" ? "NameCollision" : "LayoutMismatch"
+      return new TenantPartitionError({ reason, message: serverMessage(cause) ?? cause.reason.message ?? "", ...tenant, cause })
+    }
+    return new TenantPartitionError({ reason: "Database", message, retryable, ...tenant, cause })
+  })(operation)
 
 /** The functions, one `CREATE OR REPLACE` each (one statement per call). */
 const functionDdl = (fn: (name: string) => string): ReadonlyArray<string> => [
@@ -542,7 +528,7 @@ const install = Effect.fn("TenantPartitions.ensureLayout")(function*(layout: Lay
            (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
              WHERE a.attrelid = to_regclass(${resolved.parent}) AND a.attname = ${resolved.timeColumn}
                AND a.attnum > 0 AND NOT a.attisdropped) AS time_type`.pipe(
-    Effect.mapError(fromSql("tenantPartitions.ensureLayout"))
+    Effect.mapError(database("tenantPartitions.ensureLayout"))
   )
   const check = checks[0]!
   const mismatch = (message: string) =>
@@ -559,7 +545,7 @@ const install = Effect.fn("TenantPartitions.ensureLayout")(function*(layout: Lay
     const schema = resolved.schema ?? null
     yield* sql`SELECT pg_advisory_xact_lock(${LOCK_NAMESPACE}, hashtext(coalesce(${schema}::text, current_schema()::text)))`
     for (const statement of functionDdl(resolved.fn)) yield* sql.unsafe(statement)
-  })).pipe(Effect.mapError(fromSql("tenantPartitions.ensureLayout")))
+  })).pipe(Effect.mapError(database("tenantPartitions.ensureLayout")))
   return resolved
 })
 
@@ -687,7 +673,7 @@ export const make = Effect.fn("TenantPartitions.make")(function*(layout: Layout,
         ${resolved.parent}::regclass, ${partition}, ${tenantId}, ${resolved.timeColumn},
         ${monthStart(current)}::date, ${ahead}) AS t(created)`.pipe(
       outsideTransaction,
-      Effect.mapError(fromSql("tenantPartitions.ensureTenant", tenantId))
+      Effect.mapError(database("tenantPartitions.ensureTenant", tenantId))
     )
     // Inside a transaction that already used the parent, PostgreSQL keeps its cached partition list until
     // the transaction takes a lock it did not hold: lock the tenant's partitions (new ones are new locks).
@@ -696,7 +682,7 @@ export const make = Effect.fn("TenantPartitions.make")(function*(layout: Layout,
       const names = [partition, ...months]
       const qualified = names.map((name) => `ONLY ${Identifier.quoteQualified({ schema: resolved.schema, name })}`)
       yield* sql.unsafe(`LOCK TABLE ${qualified.join(", ")} IN ACCESS SHARE MODE`).pipe(
-        Effect.mapError(fromSql("tenantPartitions.ensureTenant", tenantId))
+        Effect.mapError(database("tenantPartitions.ensureTenant", tenantId))
       )
     }
     const horizon = Math.max(ensured.get(tenantId)?.horizon ?? -1, current + ahead)
@@ -734,7 +720,7 @@ export const make = Effect.fn("TenantPartitions.make")(function*(layout: Layout,
   ) {
     const ahead = yield* monthCount("monthsAhead", sweepOptions?.monthsAhead ?? defaultAhead, 120)
     const current = yield* currentMonthIndex
-    const tenants = yield* tenantPartitions.pipe(outsideTransaction, Effect.mapError(fromSql("tenantPartitions.sweep")))
+    const tenants = yield* tenantPartitions.pipe(outsideTransaction, Effect.mapError(database("tenantPartitions.sweep")))
     const created: Array<string> = []
     const failed: Array<{ partition: string; error: TenantPartitionError }> = []
     for (const tenant of tenants) {
@@ -743,7 +729,7 @@ export const make = Effect.fn("TenantPartitions.make")(function*(layout: Layout,
           ${resolved.parent}::regclass, ${tenant.partition}::regclass, ${monthStart(current)}::date, ${ahead}
         ) AS t(created)`.pipe(
         outsideTransaction,
-        Effect.mapError(fromSql("tenantPartitions.sweep", tenant.tenant_id ?? undefined)),
+        Effect.mapError(database("tenantPartitions.sweep", tenant.tenant_id ?? undefined)),
         Effect.result
       )
       if (result._tag === "Success") created.push(...result.success.map((row) => row.created))
@@ -765,7 +751,7 @@ export const make = Effect.fn("TenantPartitions.make")(function*(layout: Layout,
     const cutoff = monthStart(current - months)
     const all = yield* tenantPartitions.pipe(
       outsideTransaction,
-      Effect.mapError(fromSql("tenantPartitions.applyRetention", retention.tenantId))
+      Effect.mapError(database("tenantPartitions.applyRetention", retention.tenantId))
     )
     const targets = only === undefined ? all : all.filter((tenant) => tenant.name === only)
     const dropped: Array<DroppedPartition> = []
@@ -775,7 +761,7 @@ export const make = Effect.fn("TenantPartitions.make")(function*(layout: Layout,
           FROM ${sql.literal(resolved.fn("outbox_tenant_drop_months_before"))}(
             ${resolved.parent}::regclass, ${tenant.partition}::regclass, ${cutoff}::date)`.pipe(
         outsideTransaction,
-        Effect.mapError(fromSql("tenantPartitions.applyRetention", tenant.tenant_id ?? undefined))
+        Effect.mapError(database("tenantPartitions.applyRetention", tenant.tenant_id ?? undefined))
       )
       for (const row of rows) {
         dropped.push({ tenantId: tenant.tenant_id, partition: row.dropped_partition, month: row.dropped_month })
@@ -795,7 +781,7 @@ export const make = Effect.fn("TenantPartitions.make")(function*(layout: Layout,
            live_rows::float8 AS live_rows, total_bytes::float8 AS total_bytes
       FROM ${sql.literal(resolved.fn("outbox_tenant_status"))}(${resolved.parent}::regclass)`.pipe(
     outsideTransaction,
-    Effect.mapError(fromSql("tenantPartitions.status")),
+    Effect.mapError(database("tenantPartitions.status")),
     Effect.map((rows) => {
       const byTenant = new Map<string, { tenantId: string | null; months: Array<MonthStatus> }>()
       for (const row of rows) {

@@ -4,19 +4,12 @@
  * @internal
  */
 import { StoreError } from "@outbox/core/OutboxError"
-import * as Effect from "effect/Effect"
-import type * as SqlError from "effect/sql/SqlError"
+import { fromSql, type Fields, mapSql } from "./sqlError.ts"
+
+const make = (fields: Fields) => new StoreError(fields)
 
 /** @internal */
-export const fromSqlError = (operation: string) => (error: SqlError.SqlError): StoreError =>
-  new StoreError({
-    operation,
-    message: `${operation}: ${error.reason._tag}${error.reason.message ? `: ${error.reason.message}` : ""}`,
-    retryable: error.reason.isRetryable,
-    cause: error
-  })
+export const fromSqlError = fromSql(make)
 
 /** @internal */
-export const mapSqlError = (operation: string) =>
-<A, R>(effect: Effect.Effect<A, SqlError.SqlError, R>): Effect.Effect<A, StoreError, R> =>
-  Effect.mapError(effect, fromSqlError(operation))
+export const mapSqlError = mapSql(make)

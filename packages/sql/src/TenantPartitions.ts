@@ -647,7 +647,7 @@ const monthLabel = (name: string, partition: string): string | null => {
  * @category constructors
  * @since 0.1.0
  */
-export const make = Effect.fn("TenantPartitions.make")(function*(layout: Layout, options: Options = {}) {
+export const make = Effect.fnUntraced(function*(layout: Layout, options: Options = {}) {
   const defaultAhead = yield* monthCount("monthsAhead", options.monthsAhead ?? defaultMonthsAhead, 120)
   const resolved = options.install === false ? yield* resolve(layout) : yield* install(layout)
   const client = yield* SqlClient.SqlClient

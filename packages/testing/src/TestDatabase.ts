@@ -652,8 +652,14 @@ export const layer: Layer.Layer<TestDatabase | PgClient.PgClient | SqlClient.Sql
  * **Example**
  * ```ts
  * const hasPartman = await Effect.runPromise(TestDatabase.extensionAvailable("pg_partman"))
- * it.effect.skipIf(!hasPartman)(`hands over${hasPartman ? "" : " (skipped: pg_partman is not installed)"}`, ...)
+ * describe(hasPartman ? "Partman" : "Partman (skipped: pg_partman is not installed on this server)", () => {
+ *   it.effect.skipIf(!hasPartman)("hands the outbox over", ...)
+ * })
  * ```
+ *
+ * `.ci/run` installs the extension and fails on any skipped test, so CI
+ * still runs them all; only a machine without it skips (what Partman.test.ts
+ * does).
  *
  * @category constructors
  * @since 0.1.0

@@ -1,6 +1,6 @@
 import { assert, describe, layer } from "@effect/vitest"
-import * as LogSink from "@outbox/runtime/LogSink"
-import * as WebhookSink from "@outbox/runtime/WebhookSink"
+import * as LogSink from "@outbox/runtime/sinks/LogSink"
+import * as WebhookSink from "@outbox/runtime/sinks/WebhookSink"
 import * as HttpReceiver from "@outbox/testing/HttpReceiver"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
 import * as Duration from "effect/Duration"

@@ -95,6 +95,46 @@ export const config: Config.Config<
   shutdownTimeout: nonNegativeInt("OUTBOX_SHUTDOWN_TIMEOUT_MS", 10_000).pipe(Config.map(Duration.millis))
 })
 
+/**
+ * One environment variable a module reads: the catalog entry that
+ * `@outbox/runtime/OutboxEnv` gathers from every package and the README's
+ * configuration table is generated from (a test keeps them equal), so a
+ * variable cannot be read without being documented.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Variable {
+  readonly name: string
+  /** The default as written in the docs; `undefined`: none (unset means off, or required where used). */
+  readonly default: string | undefined
+  readonly description: string
+}
+
+/**
+ * The variables `config` reads (the module header's table).
+ *
+ * @category config
+ * @since 0.1.0
+ */
+export const variables: ReadonlyArray<Variable> = [
+  { name: "OUTBOX_BATCH_SIZE", default: "100", description: "rows per claim" },
+  { name: "OUTBOX_LEASE_SECONDS", default: "30", description: "lease length; heartbeat every lease/3, reaper every lease/2" },
+  { name: "OUTBOX_POLL_INTERVAL_MS", default: "1000", description: "idle wait after an empty claim" },
+  {
+    name: "OUTBOX_MAX_RETRIES",
+    default: "5",
+    description: "`max_retries` written on published rows (dead letter after that many retries)"
+  },
+  {
+    name: "OUTBOX_CONCURRENCY",
+    default: "1",
+    description: "claim workers; a warning is logged above 1: global order is then not kept"
+  },
+  { name: "OUTBOX_MAX_PAYLOAD_BYTES", default: "1048576", description: "largest accepted payload (UTF-8 bytes of its JSON)" },
+  { name: "OUTBOX_SHUTDOWN_TIMEOUT_MS", default: "10000", description: "how long shutdown waits for in-flight handlers" }
+]
+
 const settingsLayer = Layer.effect(
   PublishSettings,
   Effect.map(Effect.service(OutboxConfig), (o) => ({ maxPayloadBytes: o.maxPayloadBytes, maxRetries: o.maxRetries }))

@@ -101,10 +101,10 @@ describe("OutboxMetrics.countEvents", () => {
   const setup = () => {
     const context = Context.make(Metric.MetricRegistry, new Map())
     const asked: Array<string> = []
-    const series = (labels: Record<string, string>) => {
+    const series = OutboxMetrics.series((labels) => {
       asked.push(JSON.stringify(labels))
       return Metric.counter("test_events_total", { incremental: true, attributes: labels })
-    }
+    })
     const value = (labels: Record<string, string>) =>
       Metric.counter("test_events_total", { incremental: true, attributes: labels }).valueUnsafe(context).count
     return { context, asked, series, value }

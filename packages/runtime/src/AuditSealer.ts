@@ -21,9 +21,9 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
-import * as Schema from "effect/Schema"
 import type * as SqlClient from "effect/sql/SqlClient"
 import * as Duty from "./Duty.ts"
+import * as OutboxEnv from "./OutboxEnv.ts"
 
 /**
  * What the schedule has done so far.
@@ -137,19 +137,17 @@ export const layerOff: Layer.Layer<AuditSealer> = Layer.succeed(
 )
 
 /**
- * `ENABLE_AUDIT` (default `false`) decides; the period is
- * `OUTBOX_AUDIT_SEAL_INTERVAL_MS` (5000).
+ * From configuration (`OutboxEnv.auditSealer` by default: `ENABLE_AUDIT`
+ * decides, `OUTBOX_AUDIT_SEAL_INTERVAL_MS` is the period); `layerOff` when
+ * the audit trail is off.
  *
  * @category layers
  * @since 0.1.0
  */
-export const layerConfig: Layer.Layer<AuditSealer, Config.ConfigError, SqlClient.SqlClient> = Layer.unwrap(
-  Effect.gen(function*() {
-    const enabled = yield* Config.Boolean("ENABLE_AUDIT").pipe(Config.withDefault(false))
-    if (!enabled) return layerOff
-    const every = yield* Config.schema(Schema.Int.check(Schema.isGreaterThan(0)), "OUTBOX_AUDIT_SEAL_INTERVAL_MS").pipe(
-      Config.withDefault(5000)
-    )
-    return layer({ every: Duration.millis(every) })
-  })
-)
+export const layerConfig = (
+  config: Config.Config<Config.Success<typeof OutboxEnv.auditSealer>> = OutboxEnv.auditSealer
+): Layer.Layer<AuditSealer, Config.ConfigError, SqlClient.SqlClient> =>
+  Layer.unwrap(Effect.gen(function*() {
+    const { enabled, every } = yield* config
+    return enabled ? layer({ every }) : layerOff
+  }))

@@ -15,6 +15,10 @@
  *   [--legacy T] [--table T] [--json]`: the online migration from a plain
  *   outbox (see `@outbox/sql/OnlineMigration`).
  *
+ * - `outbox archive list|verify|restore --dir D`: the archives retention
+ *   mode `archive` wrote (`internal/cli/archive.ts`); `verify` exits 1 on a
+ *   missing or altered archive, `restore` only fills a new or empty table.
+ *
  * - `outbox stats [--minutes N] [--json]` and `outbox health [--premake N]
  *   [--table T] [--max-pending-age S] [--json]`: counts, throughput, dead
  *   letters; OK / WARN / CRITICAL exiting 0 / 1 / 2 (`internal/cli/health.ts`).
@@ -40,6 +44,7 @@ import type * as SqlClient from "effect/sql/SqlClient"
 import * as HealthCli from "./internal/cli/health.ts"
 import * as OnlineMigrationCli from "./internal/cli/online.ts"
 import * as Progress from "./internal/cli/progress.ts"
+import { archive } from "./internal/cli/archive.ts"
 import { audit } from "./internal/cli/audit.ts"
 import { dlq } from "./internal/cli/dlq.ts"
 import { roles } from "./internal/cli/roles.ts"
@@ -233,7 +238,7 @@ const partitions = Command.make("partitions").pipe(
  */
 export const command = Command.make("outbox").pipe(
   Command.withDescription("Outbox: transactional outbox for PostgreSQL"),
-  Command.withSubcommands([migrate, partitions, OnlineMigrationCli.command, HealthCli.stats, HealthCli.health, dlq, roles, audit])
+  Command.withSubcommands([migrate, partitions, OnlineMigrationCli.command, HealthCli.stats, HealthCli.health, dlq, roles, audit, archive])
 )
 
 /**

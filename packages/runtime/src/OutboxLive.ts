@@ -4,7 +4,8 @@
  * its background duties (`duties`: the gauge sampler, the reaper, the
  * partition-maintenance schedule with the outbox policy from the
  * environment, see `PartitionMaintenance.layerConfig`, plus application
- * tables from `partitions`, and the audit sealer with `ENABLE_AUDIT=true`),
+ * tables from `partitions`, archiving before it drops with `archive`, and
+ * the audit sealer with `ENABLE_AUDIT=true`),
  * the health service, and telemetry from the environment
  * (`OutboxTelemetry.layerConfig`: metric switches, `/metrics` server, OTLP
  * export).
@@ -21,14 +22,18 @@
  *
  * @since 0.1.0
  */
+import { ArchiveStorage } from "@outbox/core/ArchiveStorage"
 import * as OutboxConfig from "@outbox/core/OutboxConfig"
 import type { StoreError } from "@outbox/core/OutboxError"
 import type { OutboxSink } from "@outbox/core/OutboxSink"
 import type { OutboxStore } from "@outbox/core/OutboxStore"
 import type * as PartitionPolicy from "@outbox/core/PartitionPolicy"
+import * as FileArchiveStorage from "@outbox/sql/FileArchiveStorage"
 import * as OutboxHealth from "@outbox/sql/OutboxHealth"
 import * as PartitionManager from "@outbox/sql/PartitionManager"
 import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
+import * as NodePath from "@effect/platform-node/NodePath"
 import { PgClient } from "@effect/sql-pg"
 import * as Config from "effect/Config"
 import * as Duration from "effect/Duration"
@@ -39,18 +44,20 @@ import type * as SqlError from "effect/sql/SqlError"
 import type { ServeError } from "effect/http/HttpServerError"
 import * as AuditSealer from "./AuditSealer.ts"
 import * as Duty from "./Duty.ts"
+import * as OutboxEnv from "./OutboxEnv.ts"
 import * as OutboxTelemetry from "./OutboxTelemetry.ts"
 import * as PartitionMaintenance from "./PartitionMaintenance.ts"
 import * as Reaper from "./Reaper.ts"
 import * as Relay from "./Relay.ts"
 
 /**
- * Options of `layer`.
+ * Options of `layer`. `AE` and `AR` are the error and requirements of an
+ * `archive` given as a layer.
  *
  * @category models
  * @since 0.1.0
  */
-export interface Options {
+export interface Options<AE = never, AR = never> {
   /** Overrides of the environment configuration (policies, or any field). */
   readonly config?: Partial<OutboxConfig.Options> | undefined
   /**
@@ -65,6 +72,47 @@ export interface Options {
   readonly health?: OutboxHealth.Options | undefined
   /** Telemetry; default `OutboxTelemetry.layerConfig` (from the environment). */
   readonly telemetry?: Layer.Layer<never, Config.ConfigError | ServeError> | undefined
+  /**
+   * Cold storage for retired partitions: an `ArchiveStorage` service, or a
+   * layer building one (`FileArchiveStorage.layer({ directory })` with
+   * `NodeServices.layer`, or an object-store adapter). With it the
+   * maintenance duty archives the outbox's expired partitions (and the audit
+   * log's) before dropping them, and dropping waits for the archive to be
+   * read back and verified, so an expired event is never just deleted; a
+   * failed write keeps the partition. Application `partitions` in retention
+   * mode `archive` use it too. Without it expired outbox partitions are
+   * dropped.
+   */
+  readonly archive?: ArchiveStorage["Service"] | Layer.Layer<ArchiveStorage, AE, AR> | undefined
+}
+
+/** The maintenance duty, handed the `archive` storage (built first when it is a layer). */
+const maintenance = <AE, AR>(
+  options: Pick<Options<AE, AR>, "partitions" | "archive">
+): Layer.Layer<
+  PartitionMaintenance.PartitionMaintenance,
+  Config.ConfigError | AE,
+  PartitionManager.PartitionManager | SqlClient.SqlClient | AR
+> => {
+  const archive = options.archive
+  const over = <E, R>(storage: Layer.Layer<ArchiveStorage, E, R>) =>
+    Layer.unwrap(
+      ArchiveStorage.useSync((service) => PartitionMaintenance.layerConfig(options.partitions, undefined, { archive: service }))
+    ).pipe(Layer.provide(storage))
+  if (archive !== undefined) {
+    return over(
+      Layer.isLayer(archive)
+        ? archive as Layer.Layer<ArchiveStorage, AE, AR>
+        : Layer.succeed(ArchiveStorage)(archive as ArchiveStorage["Service"])
+    )
+  }
+  // OUTBOX_ARCHIVE_DIR: the file storage (its file-system layers only, not the platform barrel: see OutboxTelemetry)
+  return Layer.unwrap(Effect.gen(function*() {
+    const directory = yield* OutboxEnv.archiveDirectory
+    return directory === undefined
+      ? PartitionMaintenance.layerConfig(options.partitions)
+      : over(FileArchiveStorage.layer({ directory }).pipe(Layer.provide([NodeFileSystem.layer, NodePath.layer])))
+  }))
 }
 
 /**
@@ -76,13 +124,13 @@ export interface Options {
  * @category layers
  * @since 0.1.0
  */
-export const duties = (options: Pick<Options, "partitions"> = {}) =>
+export const duties = <AE = never, AR = never>(options: Pick<Options<AE, AR>, "partitions" | "archive"> = {}) =>
   Duty.staggered(
     dutyStagger,
     OutboxTelemetry.layerHealthGauges(), // gauges       every OUTBOX_METRICS_SAMPLE_INTERVAL: gauges from the database
     Reaper.layer, // reaper       every lease/2: expired leases → PENDING (or DEAD_LETTER)
-    PartitionMaintenance.layerConfig(options.partitions), // maintenance  every OUTBOX_MAINTENANCE_INTERVAL_MS: partitions
-    AuditSealer.layerConfig // audit        every OUTBOX_AUDIT_SEAL_INTERVAL_MS (ENABLE_AUDIT): seals the audit chain
+    maintenance(options), // maintenance  every OUTBOX_MAINTENANCE_INTERVAL_MS: partitions (archived first with `archive`)
+    AuditSealer.layerConfig() // audit        every OUTBOX_AUDIT_SEAL_INTERVAL_MS (ENABLE_AUDIT): seals the audit chain
   )
 
 /**
@@ -105,8 +153,8 @@ export const dutyStagger: Duration.Duration = Duration.millis(250)
  * @category layers
  * @since 0.1.0
  */
-export const layer = (
-  options: Options = {}
+export const layer = <AE = never, AR = never>(
+  options: Options<AE, AR> = {}
 ): Layer.Layer<
   | Relay.Relay
   | Reaper.Reaper
@@ -116,25 +164,19 @@ export const layer = (
   | AuditSealer.AuditSealer
   | PartitionManager.PartitionManager
   | OutboxHealth.OutboxHealth,
-  StoreError | Config.ConfigError | OutboxHealth.InvalidHealthOptions | ServeError,
-  SqlClient.SqlClient | OutboxSink
+  StoreError | Config.ConfigError | OutboxHealth.InvalidHealthOptions | ServeError | AE,
+  SqlClient.SqlClient | OutboxSink | AR
 > =>
   Relay.layerWorkers.pipe(
     Layer.provideMerge(duties(options)),
     Layer.provideMerge(PartitionManager.layer),
-    // the health queries and gauges follow the store's table (OUTBOX_TABLE, or options.store.table)
-    Layer.provideMerge(
-      options.store === undefined
-        ? OutboxHealth.layerConfig(options.health)
-        : OutboxHealth.layer({ table: options.store.table, ...options.health })
-    ),
-    Layer.provideMerge(
-      options.store === undefined
-        ? Layer.unwrap(Effect.gen(function*() {
-          return PgOutboxStore.layer(yield* PgOutboxStore.optionsConfig)
-        }))
-        : PgOutboxStore.layer(options.store)
-    ),
+    // the health queries and gauges follow the store's tables (OUTBOX_TABLE, or options.store)
+    Layer.provideMerge(Layer.unwrap(Effect.gen(function*() {
+      const store = options.store ?? (yield* OutboxEnv.store)
+      return OutboxHealth.layer({ table: store.tables ?? store.table, ...options.health }).pipe(
+        Layer.provideMerge(PgOutboxStore.layer(store))
+      )
+    }))),
     Layer.provideMerge(OutboxConfig.layerConfig(options.config)),
     Layer.provideMerge(options.telemetry ?? OutboxTelemetry.layerConfig)
   )
@@ -146,7 +188,4 @@ export const layer = (
  * @since 0.1.0
  */
 export const layerPg: Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, Config.ConfigError | SqlError.SqlError> = PgClient
-  .layerConfig({
-    url: Config.Redacted("DATABASE_URL"),
-    maxConnections: Config.Int("OUTBOX_PG_POOL_MAX").pipe(Config.withDefault(10))
-  })
+  .layerConfig(OutboxEnv.pg)

@@ -58,44 +58,32 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
-import * as Schema from "effect/Schema"
 import * as Tracer from "effect/Tracer"
 import type * as HttpRouter from "effect/http/HttpRouter"
 import type * as HttpServer from "effect/http/HttpServer"
 import type { ServeError } from "effect/http/HttpServerError"
 import * as Duty from "./Duty.ts"
+import * as OutboxEnv from "./OutboxEnv.ts"
 
 // -----------------------------------------------------------------------------
 // Metric definitions
 // -----------------------------------------------------------------------------
 
-type Labels = Record<string, string>
-
-/** One metric object per label set: attributes fixed at construction keep the registry key cached. */
-const family = <M>(make: (attributes: Labels | undefined) => M) => {
-  const cache = new Map<string, M>()
-  return (labels?: Labels): M => {
-    const key = labels === undefined ? "" : JSON.stringify(labels)
-    let metric = cache.get(key)
-    if (metric === undefined) {
-      metric = make(labels)
-      cache.set(key, metric)
-    }
-    return metric
-  }
-}
+// Every metric is an `OutboxMetrics.Series`: one metric object per label set, from the one
+// series cache the producer's `outbox_events_published_total` uses too.
 
 const counter = (name: string, description: string) =>
-  family((attributes) => Metric.counter(name, { description, incremental: true, attributes }))
+  OutboxMetrics.series((attributes) => Metric.counter(name, { description, incremental: true, attributes }))
 
 const histogram = (name: string, description: string, boundaries: ReadonlyArray<number>) =>
-  family((attributes) => Metric.histogram(name, { description, boundaries, attributes }))
+  OutboxMetrics.series((attributes) => Metric.histogram(name, { description, boundaries, attributes }))
 
-const gauge = (name: string, description: string) => family((attributes) => Metric.gauge(name, { description, attributes }))
+const gauge = (name: string, description: string) =>
+  OutboxMetrics.series((attributes) => Metric.gauge(name, { description, attributes }))
 
 /**
  * `outbox_events_published_total{aggregate_type,event_type}` (defined in
- * `@outbox/core`'s `Outbox`, updated after COMMIT).
+ * `@outbox/core`'s `OutboxMetrics`, updated after COMMIT).
  *
  * @category metrics
  * @since 0.1.0
@@ -355,6 +343,35 @@ export const MetricsEnabled = Context.Reference<boolean>("@outbox/runtime/Outbox
  */
 export type GaugeSnapshot = OutboxHealth.Snapshot
 
+/** A gauge and where its value is in what the sampler read. */
+interface GaugeReading<A> {
+  readonly gauge: (labels?: Record<string, string>) => Metric.Metric<number, unknown>
+  readonly value: (from: A) => number
+}
+
+/**
+ * The snapshot's gauges, one line each, as the health checks are a list
+ * (`OutboxHealth.checks`, whose `gauge` names one of these): `recordGauges`
+ * iterates this list and `partitionGauges`, so a new gauge is its
+ * instrument, its `catalog` name and one line here.
+ */
+const snapshotGauges: ReadonlyArray<GaugeReading<GaugeSnapshot>> = [
+  { gauge: pendingEvents, value: (s) => s.pending },
+  { gauge: processingEvents, value: (s) => s.processing },
+  { gauge: oldestPendingAge, value: (s) => s.oldestPendingAgeSeconds },
+  { gauge: leaseOverdue, value: (s) => s.leaseOverdueSeconds },
+  { gauge: leaseHeld, value: (s) => s.leaseHeldSeconds },
+  { gauge: deadLetterEvents, value: (s) => s.deadLetters },
+  { gauge: xminHorizonAge, value: (s) => s.xminHorizonAgeSeconds }
+]
+
+/** The per-table gauges (label `table`), one line each. */
+const partitionGauges: ReadonlyArray<GaugeReading<GaugeSnapshot["partitions"][number]>> = [
+  { gauge: partitionsAhead, value: (p) => p.ahead },
+  { gauge: defaultPartitionRows, value: (p) => p.defaultRows },
+  { gauge: deadTuples, value: (p) => p.deadTuples }
+]
+
 /**
  * Sets every gauge from one snapshot.
  *
@@ -363,18 +380,10 @@ export type GaugeSnapshot = OutboxHealth.Snapshot
  */
 export const recordGauges = (snapshot: GaugeSnapshot): Effect.Effect<void> =>
   Effect.contextWith((context: Context.Context<never>) => {
-    pendingEvents().updateUnsafe(snapshot.pending, context)
-    processingEvents().updateUnsafe(snapshot.processing, context)
-    oldestPendingAge().updateUnsafe(snapshot.oldestPendingAgeSeconds, context)
-    leaseOverdue().updateUnsafe(snapshot.leaseOverdueSeconds, context)
-    leaseHeld().updateUnsafe(snapshot.leaseHeldSeconds, context)
-    deadLetterEvents().updateUnsafe(snapshot.deadLetters, context)
-    xminHorizonAge().updateUnsafe(snapshot.xminHorizonAgeSeconds, context)
+    for (const { gauge, value } of snapshotGauges) gauge().updateUnsafe(value(snapshot), context)
     for (const partition of snapshot.partitions) {
       const labels = { table: partition.table }
-      partitionsAhead(labels).updateUnsafe(partition.ahead, context)
-      defaultPartitionRows(labels).updateUnsafe(partition.defaultRows, context)
-      deadTuples(labels).updateUnsafe(partition.deadTuples, context)
+      for (const { gauge, value } of partitionGauges) gauge(labels).updateUnsafe(value(partition), context)
     }
     return Effect.void
   })
@@ -694,38 +703,22 @@ export const parseLabels = (text: string): ReadonlyArray<string> =>
     )
   )
 
-/** `tenant_id, region`: comma-separated label names. */
-const LabelList = Schema.String.check(Schema.isPattern(/^\s*([A-Za-z_][A-Za-z0-9_]*\s*(,\s*[A-Za-z_][A-Za-z0-9_]*\s*)*)?$/))
-
 /**
- * The environment's telemetry (table in the module header). Fails with a
- * `ConfigError` on a malformed variable.
+ * Telemetry from configuration (`OutboxEnv.telemetry` by default: the table
+ * in the module header). Fails with a `ConfigError` on a malformed variable.
  *
  * @category layers
  * @since 0.1.0
  */
 export const layerConfig: Layer.Layer<never, Config.ConfigError | ServeError> = Layer.unwrap(Effect.gen(function*() {
-  const metrics = yield* Config.Boolean("OUTBOX_METRICS").pipe(Config.withDefault(true))
-  const labels = parseLabels(yield* Config.schema(LabelList, "OUTBOX_METRICS_LABELS").pipe(Config.withDefault("")))
-  const prometheus = yield* Config.Boolean("OUTBOX_METRICS_PROMETHEUS").pipe(Config.withDefault(false))
-  const port = yield* Config.Port("OUTBOX_METRICS_PORT").pipe(Config.withDefault(9464))
-  const host = yield* Config.String("OUTBOX_METRICS_HOST").pipe(Config.withDefault("0.0.0.0"))
-  const endpoint = yield* Config.option(Config.String("OTEL_EXPORTER_OTLP_ENDPOINT"))
-  const serviceName = yield* Config.String("OTEL_SERVICE_NAME").pipe(Config.withDefault("outbox-relay"))
-  return layer({
-    metrics,
-    labels,
-    prometheus: prometheus ? { port, host } : undefined,
-    otlp: endpoint._tag === "Some" && endpoint.value !== "" ? { endpoint: endpoint.value, serviceName } : undefined
-  })
+  const { labels, ...rest } = yield* OutboxEnv.telemetry
+  return layer({ ...rest, labels: parseLabels(labels) })
 }))
 
 /**
- * `OUTBOX_METRICS_SAMPLE_INTERVAL` (default 15 seconds).
+ * `OUTBOX_METRICS_SAMPLE_INTERVAL` (default 15 seconds): `OutboxEnv.sampleInterval`.
  *
  * @category constructors
  * @since 0.1.0
  */
-export const sampleInterval: Config.Config<Duration.Duration> = Config.Duration("OUTBOX_METRICS_SAMPLE_INTERVAL").pipe(
-  Config.withDefault(Duration.seconds(15))
-)
+export const sampleInterval: Config.Config<Duration.Duration> = OutboxEnv.sampleInterval

@@ -8,8 +8,13 @@
  *
  * `runOnce` is the same work for cron or CI (`npx outbox partitions maintain`).
  *
+ * Policies in retention mode `archive` write to the `archive` storage of the
+ * options (`OutboxLive.layer({ archive })` sets it, and turns the outbox's own
+ * policy to `archive`), which each run provides to `maintain`.
+ *
  * @since 0.1.0
  */
+import { ArchiveStorage } from "@outbox/core/ArchiveStorage"
 import * as PartitionPolicy from "@outbox/core/PartitionPolicy"
 import { type MaintenanceReport, PartitionManager } from "@outbox/sql/PartitionManager"
 import * as AuditTrail from "@outbox/sql/AuditTrail"
@@ -21,9 +26,9 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
-import * as Schema from "effect/Schema"
 import type * as SqlClient from "effect/sql/SqlClient"
 import * as Duty from "./Duty.ts"
+import * as OutboxEnv from "./OutboxEnv.ts"
 
 /**
  * What the schedule has done so far.
@@ -62,6 +67,14 @@ export interface Options {
    * out of `policies` then.
    */
   readonly partman?: boolean | undefined
+  /**
+   * Cold storage for the policies in retention mode `archive`: each run
+   * provides it to `maintain`, which writes an expired partition there,
+   * verifies it and only then drops the partition. Without it (and without
+   * an `ArchiveStorage` in the layer's context) those partitions are kept
+   * and each run reports them failed.
+   */
+  readonly archive?: ArchiveStorage["Service"] | undefined
 }
 
 const describe = (r: MaintenanceReport) =>
@@ -119,7 +132,9 @@ export const duty = (
     schedule: Schedule.spaced(Duration.fromInputUnsafe(options.every ?? "1 hour")),
     logLevel: "Error",
     run: Effect.gen(function*() {
-      const result = yield* runOnce(options.policies)
+      const result = yield* (options.archive === undefined
+        ? runOnce(options.policies)
+        : Effect.provideService(runOnce(options.policies), ArchiveStorage, options.archive))
       const errors = [...result.errors]
       if (options.partman === true) {
         const partman = yield* Effect.result(Partman.runMaintenance)
@@ -177,53 +192,41 @@ export const layerOff: Layer.Layer<PartitionMaintenance> = Layer.succeed(
 )
 
 /**
- * The outbox's own policy from the environment: `OUTBOX_PARTITION_MODE`
- * (`native`, `partman` or `off`; default `native`), `OUTBOX_RETENTION_DAYS`
- * (7), `OUTBOX_PARTITION_PREMAKE` (3), plus the schedule's period
- * `OUTBOX_MAINTENANCE_INTERVAL_MS` (3600000), on the table `OUTBOX_TABLE`
- * (`outbox`). `policies` adds the
- * application's tables (maintained natively in every mode but `off`).
+ * The schedule from configuration (`OutboxEnv.partitions` by default):
+ * the mode (`native`, `partman` or `off`), the outbox's own policy
+ * (retention, premake, on the outbox table) and the schedule's period.
+ * `policies` adds the application's tables (maintained natively in every mode
+ * but `off`). With the audit trail on, the audit log's policy
+ * (`AuditTrail.policy`: monthly, 7 years) is maintained too; the audit
+ * chain's sealer is a duty of its own (`AuditSealer.layerConfig`, in
+ * `OutboxLive`'s list of duties).
  *
- * @category layers
- * @since 0.1.0
- */
-const maintenanceConfig = (
-  policies: ReadonlyArray<PartitionPolicy.PartitionPolicy>
-): Layer.Layer<PartitionMaintenance, Config.ConfigError, PartitionManager | SqlClient.SqlClient> =>
-  Layer.unwrap(Effect.gen(function*() {
-    const mode = yield* Config.schema(Schema.Literals(["native", "partman", "off"]), "OUTBOX_PARTITION_MODE").pipe(
-      Config.withDefault("native" as const)
-    )
-    if (mode === "off") return layerOff
-    const positive = (name: string, fallback: number) =>
-      Config.schema(Schema.Int.check(Schema.isGreaterThan(0)), name).pipe(Config.withDefault(fallback))
-    const retentionDays = yield* positive("OUTBOX_RETENTION_DAYS", 7)
-    const premake = yield* Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)), "OUTBOX_PARTITION_PREMAKE").pipe(
-      Config.withDefault(3)
-    )
-    const every = yield* positive("OUTBOX_MAINTENANCE_INTERVAL_MS", 3_600_000)
-    const table = yield* Config.String("OUTBOX_TABLE").pipe(Config.withDefault("outbox"))
-    return layer({
-      policies: mode === "partman" ? policies : [PartitionPolicy.outbox({ retentionDays, premake, table }), ...policies],
-      every: Duration.millis(every),
-      partman: mode === "partman"
-    })
-  }))
-
-/**
- * The schedule from the environment (see the variables above). With
- * `ENABLE_AUDIT=true` the audit log's policy (`AuditTrail.policy`: monthly,
- * 7 years) is maintained too, in every mode but `off`; the audit chain's
- * sealer is a duty of its own (`AuditSealer.layerConfig`, in `OutboxLive`'s
- * list of duties).
+ * With `options.archive` the outbox's policy and the audit log's are in
+ * retention mode `archive` (written to that storage and verified before they
+ * are dropped), and application policies in mode `archive` use it too. In
+ * `partman` mode pg_partman retires the outbox's partitions itself, without
+ * archiving them.
  *
  * @category layers
  * @since 0.1.0
  */
 export const layerConfig = (
-  policies: ReadonlyArray<PartitionPolicy.PartitionPolicy> = []
+  policies: ReadonlyArray<PartitionPolicy.PartitionPolicy> = [],
+  config: Config.Config<Config.Success<typeof OutboxEnv.partitions>> = OutboxEnv.partitions,
+  options: { readonly archive?: ArchiveStorage["Service"] | undefined } = {}
 ): Layer.Layer<PartitionMaintenance, Config.ConfigError, PartitionManager | SqlClient.SqlClient> =>
-  Layer.unwrap(Effect.map(
-    Config.Boolean("ENABLE_AUDIT").pipe(Config.withDefault(false)),
-    (audit) => maintenanceConfig(audit ? [...policies, AuditTrail.policy()] : policies)
-  ))
+  Layer.unwrap(Effect.gen(function*() {
+    const c = yield* config
+    if (c.mode === "off") return layerOff
+    const archived = (policy: PartitionPolicy.PartitionPolicy): PartitionPolicy.PartitionPolicy =>
+      options.archive === undefined ? policy : { ...policy, retentionMode: "archive" }
+    const all = c.audit ? [...policies, archived(AuditTrail.policy())] : policies
+    return layer({
+      policies: c.mode === "partman"
+        ? all
+        : [archived(PartitionPolicy.outbox({ retentionDays: c.retentionDays, premake: c.premake, table: c.table })), ...all],
+      every: c.every,
+      partman: c.mode === "partman",
+      archive: options.archive
+    })
+  }))

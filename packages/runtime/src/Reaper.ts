@@ -18,14 +18,11 @@ import { OutboxStore } from "@outbox/core/OutboxStore"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Duty from "./Duty.ts"
-import * as RelayTelemetry from "./internal/relayTelemetry.ts"
-import * as Telemetry from "./OutboxTelemetry.ts"
+import * as RelayInstruments from "./internal/relayInstruments.ts"
 
 /**
  * What the reaper has done so far: its runs, and the leases it recovered.
@@ -62,42 +59,13 @@ export const duty = Effect.fnUntraced(function*(
 ) {
   const store = yield* OutboxStore
   const config = yield* OutboxConfig
-  const telemetry = yield* RelayTelemetry.make
-  const { bump, clock, countEvents, recordSpan } = telemetry
+  const instruments = yield* RelayInstruments.make
   const every = Duration.max(Duration.divideUnsafe(config.leaseDuration, 2), Duration.millis(1))
-  const unknownDeadLetters = Telemetry.eventsDeadLettered({ aggregate_type: "", event_type: "" })
-
-  /** Labels of reaped dead letters: the store reports ids only, so the rows are read back (rare). */
-  const countDeadLetters = (ids: ReadonlyArray<bigint>) =>
-    !telemetry.metrics || ids.length === 0 ? Effect.void : Effect.forEach(ids, (id) => store.get(id), { concurrency: 4 }).pipe(
-      Effect.map((records) => {
-        const known = records.flatMap((record) => Option.isSome(record) ? [record.value] : [])
-        countEvents(Telemetry.eventsDeadLettered, known)
-        bump(unknownDeadLetters, ids.length - known.length)
-      }),
-      Effect.withTracerEnabled(false),
-      Effect.catchCause(() => Effect.sync(() => bump(unknownDeadLetters, ids.length)))
-    )
 
   const run = Effect.gen(function*() {
-    const startTime = clock.currentTimeNanosUnsafe()
-    const exit = yield* Effect.exit(Effect.withTracerEnabled(store.reap, false))
-    if (Exit.isFailure(exit)) {
-      recordSpan("reap", startTime, { ...RelayTelemetry.messaging, "messaging.operation.name": "reap" }, exit)
-      return yield* Effect.failCause(exit.cause)
-    }
-    const { deadLettered, requeued } = exit.value
+    const { deadLettered, requeued } = yield* instruments.reap(store.reap)
     if (requeued.length + deadLettered.length === 0) return
-    recordSpan("reap", startTime, {
-      ...RelayTelemetry.messaging,
-      "messaging.operation.name": "reap",
-      "messaging.batch.message_count": requeued.length + deadLettered.length,
-      "outbox.reap.requeued": requeued.length,
-      "outbox.reap.dead_lettered": deadLettered.length
-    }, exit)
-    bump(Telemetry.leasesReaped({ outcome: "requeued" }), requeued.length)
-    bump(Telemetry.leasesReaped({ outcome: "dead_lettered" }), deadLettered.length)
-    yield* countDeadLetters(deadLettered)
+    yield* instruments.reapedDeadLetters(deadLettered, store.get)
     yield* Ref.update(counts, (c) => ({
       requeued: c.requeued + requeued.length,
       deadLettered: c.deadLettered + deadLettered.length

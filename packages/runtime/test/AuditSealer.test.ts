@@ -103,7 +103,7 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditSealer"
         yield* TestClock.setTime(Date.now())
         const enabled = ConfigProvider.layer(ConfigProvider.fromUnknown({ ENABLE_AUDIT: "true", OUTBOX_PARTITION_MODE: "native" }))
         const context = yield* Layer.build(
-          Layer.merge(PartitionMaintenance.layerConfig(), AuditSealer.layerConfig).pipe(Layer.provide(enabled))
+          Layer.merge(PartitionMaintenance.layerConfig(), AuditSealer.layerConfig()).pipe(Layer.provide(enabled))
         )
         const maintenance = Context.get(context, PartitionMaintenance.PartitionMaintenance)
         assert.deepStrictEqual(maintenance.policies.map((p) => p.table), ["outbox", "outbox_audit_log"])
@@ -113,7 +113,7 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditSealer"
         assert.isTrue((yield* sealer.status).enabled)
 
         const off = yield* Layer.build(
-          Layer.merge(PartitionMaintenance.layerConfig(), AuditSealer.layerConfig).pipe(
+          Layer.merge(PartitionMaintenance.layerConfig(), AuditSealer.layerConfig()).pipe(
             Layer.provide(ConfigProvider.layer(ConfigProvider.fromUnknown({})))
           )
         )

@@ -11,13 +11,25 @@ import { fileURLToPath } from "node:url"
 
 const packages = fileURLToPath(new URL("../../", import.meta.url))
 
-/** The public modules of a package: `src/*.ts` without `index.ts` and the `entryPoints`. */
-const publicModules = (pkg: string, entryPoints: ReadonlyArray<string>): ReadonlyArray<string> =>
-  readdirSync(`${packages}${pkg}/src`, { withFileTypes: true })
+/**
+ * Public folders of `src/` besides its root (`src/internal/` never is): their
+ * modules are exported by name like the root's (`WebhookSink` from `sinks/`).
+ */
+const publicFolders: Record<string, ReadonlyArray<string>> = { runtime: ["sinks"] }
+
+/** The modules of one folder of `src/`, as paths relative to `src/` without `.ts`. */
+const modulesIn = (pkg: string, folder: string): ReadonlyArray<string> =>
+  readdirSync(`${packages}${pkg}/src/${folder}`, { withFileTypes: true })
     .filter((entry) => entry.isFile() && entry.name.endsWith(".ts") && !entry.name.endsWith(".d.ts"))
-    .map((entry) => entry.name.slice(0, -".ts".length))
+    .map((entry) => `${folder}${entry.name.slice(0, -".ts".length)}`)
+
+const baseName = (module: string) => module.slice(module.lastIndexOf("/") + 1)
+
+/** The public modules of a package: `src/*.ts` (and its public folders') without `index.ts` and the `entryPoints`. */
+const publicModules = (pkg: string, entryPoints: ReadonlyArray<string>): ReadonlyArray<string> =>
+  [...modulesIn(pkg, ""), ...(publicFolders[pkg] ?? []).flatMap((folder) => modulesIn(pkg, `${folder}/`))]
     .filter((name) => name !== "index" && !entryPoints.includes(name))
-    .sort()
+    .sort((a, b) => baseName(a).localeCompare(baseName(b)))
 
 const load = (pkg: string, module: string) =>
   Effect.promise(() => import(`${packages}${pkg}/src/${module}.ts`) as Promise<Record<string, unknown>>)
@@ -35,10 +47,10 @@ describe("package barrels", () => {
       Effect.gen(function*() {
         const modules = publicModules(pkg, Object.keys(entryPoints))
         const barrel = yield* load(pkg, "index")
-        assert.deepStrictEqual(Object.keys(barrel).sort(), [...modules], `src/index.ts of @outbox/${pkg}`)
+        assert.deepStrictEqual(Object.keys(barrel).sort(), modules.map(baseName).sort(), `src/index.ts of @outbox/${pkg}`)
         for (const module of modules) {
           // the very module namespace, not a copy or a different file of the same name
-          assert.strictEqual(barrel[module], yield* load(pkg, module), `@outbox/${pkg}: ${module}`)
+          assert.strictEqual(barrel[baseName(module)], yield* load(pkg, module), `@outbox/${pkg}: ${module}`)
         }
       }))
   }

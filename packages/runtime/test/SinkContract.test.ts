@@ -4,8 +4,8 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as References from "effect/References"
-import * as LogSink from "../src/LogSink.ts"
-import * as WebhookSink from "../src/WebhookSink.ts"
+import * as LogSink from "../src/sinks/LogSink.ts"
+import * as WebhookSink from "../src/sinks/WebhookSink.ts"
 
 // The webhook sink against a real HTTP receiver answering 204 / 503 / 422 / never; its timeout is
 // reached with TestClock, so it can be as long as in production.

@@ -19,7 +19,7 @@ import * as Schedule from "effect/Schedule"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as OutboxTelemetry from "../src/OutboxTelemetry.ts"
 import * as Relay from "../src/Relay.ts"
-import * as WebhookSink from "../src/WebhookSink.ts"
+import * as WebhookSink from "../src/sinks/WebhookSink.ts"
 
 /** A real webhook receiver (`@outbox/testing/HttpReceiver`) shared by the suite. */
 const Receiver = HttpReceiver.HttpReceiver

@@ -8,7 +8,7 @@ import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
-import * as WebhookSink from "../src/WebhookSink.ts"
+import * as WebhookSink from "../src/sinks/WebhookSink.ts"
 
 const event: OutboxEvent = {
   id: 7n,
@@ -134,7 +134,7 @@ describe("WebhookSink", () => {
     Effect.gen(function*() {
       const { url, seen } = yield* server((res) => res.writeHead(200).end())
       yield* deliverWith(
-        WebhookSink.layerConfig.pipe(
+        WebhookSink.layerConfig().pipe(
           Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: { OUTBOX_SINK_URL: url, OUTBOX_SINK_TIMEOUT: "2 seconds" } })))
         )
       )
@@ -144,7 +144,7 @@ describe("WebhookSink", () => {
   it.live("layerConfig fails with a ConfigError when OUTBOX_SINK_URL is missing", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(
-        deliverWith(WebhookSink.layerConfig.pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: {} })))))
+        deliverWith(WebhookSink.layerConfig().pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: {} })))))
       )
       assert.include(String(error), "OUTBOX_SINK_URL")
     }))

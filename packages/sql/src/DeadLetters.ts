@@ -49,10 +49,11 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as SqlClient from "effect/sql/SqlClient"
-import type * as SqlError from "effect/sql/SqlError"
 import type { Fragment } from "effect/sql/Statement"
 import { randomUUID } from "node:crypto"
 import * as Identifier from "./Identifier.ts"
+import * as OutboxTables from "./OutboxTables.ts"
+import * as SqlEnv from "./SqlEnv.ts"
 import { fromSql } from "./internal/sqlError.ts"
 
 // ---------------------------------------------------------------------------
@@ -309,8 +310,13 @@ export interface ListOptions {
  * @since 0.1.0
  */
 export interface Options {
-  /** The outbox table (default `outbox`); the redrive log is always `outbox_redrive_log`. */
+  /** The outbox table (default `outbox`); ignored when `tables` is given. */
   readonly table?: string | undefined
+  /**
+   * The names of the outbox objects (`OutboxTables`): the outbox table and
+   * the redrive log (`outbox_redrive_log`). Default: those of `table`.
+   */
+  readonly tables?: OutboxTables.OutboxTables | undefined
 }
 
 /**
@@ -337,66 +343,6 @@ export class DeadLetters extends Context.Service<DeadLetters, {
     readonly eventId?: bigint | undefined
   }) => Effect.Effect<ReadonlyArray<RedriveEntry>, DeadLetterError>
 }>()("@outbox/sql/DeadLetters") {}
-
-// ---------------------------------------------------------------------------
-// schema (migration 0003_redrive_log)
-
-/**
- * Migration `0003_redrive_log` for the outbox table `table`: the partial
- * index on its dead letters (`<table>_dead_letter_idx`) and the append-only
- * `outbox_redrive_log`. One definition, for `outbox` and for the table an
- * online migration writes to (see `OutboxMigrations.loaderFor`).
- *
- * @category migrations
- * @since 0.1.0
- */
-export const migrationFor = (
-  table: string
-): Effect.Effect<void, SqlError.SqlError | Identifier.InvalidIdentifier, SqlClient.SqlClient> =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    const quotedTable = Identifier.quote(yield* Identifier.validate(table, "outbox table"))
-    const index = Identifier.quote(yield* Identifier.validate(`${table}_dead_letter_idx`, "index name"))
-    const statements = [
-      `CREATE INDEX IF NOT EXISTS ${index} ON ${quotedTable} (id) WHERE status = 'DEAD_LETTER'`,
-      `CREATE TABLE outbox_redrive_log (
-        id          bigserial   PRIMARY KEY,
-        redrive_id  uuid        NOT NULL,
-        batch       integer     NOT NULL CHECK (batch >= 1),
-        at          timestamptz NOT NULL DEFAULT now(),
-        operator    text        NOT NULL CHECK (btrim(operator) <> ''),
-        reason      text        NOT NULL CHECK (btrim(reason) <> ''),
-        filter      jsonb       NOT NULL,
-        event_ids   bigint[]    NOT NULL,
-        event_count integer     NOT NULL CHECK (event_count = cardinality(event_ids)),
-        previous    jsonb       NOT NULL DEFAULT '[]'::jsonb,
-        db_user     text        NOT NULL DEFAULT current_user,
-        UNIQUE (redrive_id, batch)
-      )`,
-      `COMMENT ON TABLE outbox_redrive_log IS
-      'Every dead-letter redrive batch: who, why, which filter, which events and their previous errors (append-only)'`,
-      `CREATE INDEX outbox_redrive_log_event_ids_idx ON outbox_redrive_log USING gin (event_ids)`,
-      `CREATE INDEX outbox_redrive_log_at_idx ON outbox_redrive_log (at)`,
-      `CREATE FUNCTION outbox_redrive_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $fn$
-      BEGIN
-        RAISE EXCEPTION 'outbox_redrive_log is append-only: % refused', TG_OP;
-      END
-      $fn$`,
-      `CREATE TRIGGER outbox_redrive_log_no_change BEFORE UPDATE OR DELETE ON outbox_redrive_log
-      FOR EACH ROW EXECUTE FUNCTION outbox_redrive_log_append_only()`,
-      `CREATE TRIGGER outbox_redrive_log_no_truncate BEFORE TRUNCATE ON outbox_redrive_log
-      FOR EACH STATEMENT EXECUTE FUNCTION outbox_redrive_log_append_only()`
-    ]
-    for (const statement of statements) yield* sql.unsafe(statement)
-  })
-
-/**
- * Migration `0003_redrive_log` for `outbox` (`migrationFor("outbox")`).
- *
- * @category migrations
- * @since 0.1.0
- */
-export const migration = migrationFor("outbox")
 
 // ---------------------------------------------------------------------------
 // implementation
@@ -529,10 +475,11 @@ const positiveInt = (value: number | undefined, name: string, fallback: number, 
  */
 export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const sql = (yield* SqlClient.SqlClient).withoutTransforms()
-  const table = yield* Identifier.validate(options.table ?? "outbox", "outbox table").pipe(
+  const tables = options.tables ?? (yield* OutboxTables.make(options.table ?? "outbox").pipe(
     Effect.mapError((e) => new DeadLetterError({ reason: "InvalidOption", message: e.message, cause: e }))
-  )
-  const T = sql.literal(Identifier.quote(table))
+  ))
+  const T = sql.literal(Identifier.quote(tables.outbox))
+  const redriveLog = sql.literal(Identifier.quote(tables.redriveLog))
 
   /** The WHERE clause of a filter (status DEAD_LETTER included). */
   const where = (f: Filter): Fragment => {
@@ -585,7 +532,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const historyOf = (eventId: bigint | undefined, limit: number) =>
     sql<LogRow>`
       SELECT id, redrive_id::text AS redrive_id, batch, at, operator, reason, filter, event_ids, event_count, db_user, previous
-      FROM outbox_redrive_log
+      FROM ${redriveLog}
       WHERE ${eventId === undefined ? sql`true` : sql`event_ids @> ARRAY[${eventId}]::bigint[]`}
       ORDER BY id DESC
       LIMIT ${sql.literal(String(limit))}`.pipe(
@@ -669,7 +616,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
           WHERE o.id = t.id AND o.created_at = t.created_at AND o.status = 'DEAD_LETTER'
           RETURNING o.id, t.event_type, t.retry_count, t.last_error, t.processed_at
         ), logged AS (
-          INSERT INTO outbox_redrive_log (redrive_id, batch, operator, reason, filter, event_ids, event_count, previous)
+          INSERT INTO ${redriveLog} (redrive_id, batch, operator, reason, filter, event_ids, event_count, previous)
           SELECT ${options.redriveId}::uuid, ${options.batch}, ${options.by}, ${options.reason}, ${options.filter}::jsonb,
                  array_agg(id ORDER BY id), count(*),
                  jsonb_agg(jsonb_build_object(
@@ -792,7 +739,7 @@ export const layerConfig: Layer.Layer<DeadLetters, DeadLetterError | Config.Conf
   .effect(
     DeadLetters,
     Effect.gen(function*() {
-      const table = yield* Config.String("OUTBOX_TABLE").pipe(Config.withDefault("outbox"))
+      const table = yield* SqlEnv.table
       return yield* make({ table })
     })
   )

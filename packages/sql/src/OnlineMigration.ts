@@ -47,10 +47,12 @@ import type * as Migrator from "effect/sql/Migrator"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
 import * as Identifier from "./Identifier.ts"
-import * as OutboxHealth from "./OutboxHealth.ts"
-import * as OutboxMigrations from "./OutboxMigrations.ts"
-import * as OutboxTable from "./internal/outboxTable.ts"
 import { fromSql } from "./internal/sqlError.ts"
+import * as CreateOutbox from "./migrations/0001_create_outbox.ts"
+import * as HealthViews from "./migrations/0004_health_views.ts"
+import * as RelayGauges from "./migrations/0005_relay_gauges.ts"
+import * as OutboxMigrations from "./OutboxMigrations.ts"
+import * as OutboxTables from "./OutboxTables.ts"
 
 /**
  * A migration step refused or failed (named apart from `effect/sql`'s
@@ -209,16 +211,15 @@ export const prepare = Effect.fn("OnlineMigration.prepare")(function*(
   if (sequence?.name == null) {
     return yield* new OnlineMigrationError({ reason: "NotPlain", message: `${r.legacy}.id draws from no sequence (serial or identity)` })
   }
-  const ddl = yield* OutboxTable.statements(r.table, { idSequence: sequence.name }).pipe(
-    Effect.mapError((e) => new OnlineMigrationError({ reason: "InvalidName", message: e.message, cause: e }))
-  )
+  const invalidName = (e: Identifier.InvalidIdentifier) =>
+    new OnlineMigrationError({ reason: "InvalidName", message: e.message, cause: e })
+  const partitioned = yield* OutboxTables.make(r.table).pipe(Effect.mapError(invalidName))
+  const ddl = yield* CreateOutbox.tableStatements(partitioned, { idSequence: sequence.name }).pipe(Effect.mapError(invalidName))
   const legacyDdl = [
     `ALTER TABLE ${r.L} ADD COLUMN IF NOT EXISTS available_at timestamptz`,
     `ALTER TABLE ${r.L} ADD COLUMN IF NOT EXISTS ${marker} timestamptz`,
-    `CREATE SEQUENCE IF NOT EXISTS outbox_lock_token_seq`,
-    `CREATE TABLE IF NOT EXISTS outbox_inbox (
-       consumer text NOT NULL, tracking_id text NOT NULL, processed_at timestamptz NOT NULL DEFAULT now(),
-       PRIMARY KEY (consumer, tracking_id))`
+    `CREATE SEQUENCE IF NOT EXISTS ${Identifier.quote(partitioned.lockTokenSequence)}`,
+    CreateOutbox.inboxStatement(partitioned)
   ]
   for (const statement of [...ddl, ...legacyDdl]) yield* sql.unsafe(statement).pipe(Effect.mapError(database("prepare")))
   // outside any transaction, without blocking writers
@@ -234,14 +235,14 @@ export const prepare = Effect.fn("OnlineMigration.prepare")(function*(
   const [span] = yield* sql<{ oldest: Date | null }>`SELECT min(created_at) AS oldest FROM ${sql.literal(r.L)}`.pipe(
     Effect.mapError(database("prepare"))
   )
-  const created = yield* OutboxMigrations.createDailyPartitions(r.table, {
+  const created = yield* OutboxMigrations.createDailyPartitions(partitioned, {
     from: span?.oldest ?? undefined,
     days: tables.premakeDays ?? OutboxMigrations.initialPremakeDays
   }).pipe(Effect.mapError(failure("prepare")))
   // the library's migrations, for the partitioned table: what the store, dead letters, health and partition
   // maintenance read from here on (views, redrive log...); indexes and views bound to the partitioned table
   // follow it when `finish` renames it
-  yield* OutboxMigrations.runOutboxFor(r.table).pipe(Effect.mapError(failure("prepare: outbox migrations")))
+  yield* OutboxMigrations.runOutboxFor(partitioned).pipe(Effect.mapError(failure("prepare: outbox migrations")))
   return { table: r.table, legacy: r.legacy, partitionsCreated: created }
 })
 
@@ -454,9 +455,13 @@ export const finish = Effect.fn("OnlineMigration.finish")(function*(tables: Tabl
   ))
   // a migration prepared before `prepare` applied the migrations gets them now; then the objects bound to
   // the table by name (the function outbox_throughput) are pointed at its new name
-  yield* OutboxMigrations.runFor(r.legacy).pipe(
-    Effect.andThen(OutboxHealth.migrationFor(r.legacy)),
-    Effect.andThen(OutboxHealth.relayGaugesMigration),
+  yield* OutboxTables.make(r.legacy).pipe(
+    Effect.flatMap((legacy) =>
+      OutboxMigrations.runFor(legacy).pipe(
+        Effect.andThen(HealthViews.migration(legacy)),
+        Effect.andThen(RelayGauges.migration(legacy))
+      )
+    ),
     Effect.mapError(failure("migrations after finish"))
   )
   return { renamed: renamed as ReadonlyArray<string> }

@@ -39,379 +39,34 @@ import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
+import * as HealthCheck from "./HealthCheck.ts"
 import * as Identifier from "./Identifier.ts"
-import { pinnedSearchPath } from "./internal/searchPath.ts"
-import { mapSqlError } from "./internal/storeError.ts"
-import * as OutboxTable from "./internal/outboxTable.ts"
+import * as HealthChecks from "./internal/healthChecks.ts"
+import * as HealthViews from "./migrations/0004_health_views.ts"
+import { deadLettersSelect, throughputSelect } from "./migrations/0004_health_views.ts"
+import * as OutboxTables from "./OutboxTables.ts"
+import * as SqlEnv from "./SqlEnv.ts"
 
 // ---------------------------------------------------------------------------
 // migration
 // ---------------------------------------------------------------------------
 
-/** Rows counted in a DEFAULT partition at most (a full DEFAULT is a problem whatever its size). */
-const defaultRowsCap = 100_000
-
 /**
- * The body of `outbox_stats` over the (quoted) table `t`. Its last column,
- * `lease_held_seconds`, came with migration 0006 (`claimed_at`):
- * `CREATE OR REPLACE VIEW` may only append columns.
- */
-const statsSelect = (t: string) =>
-  `WITH backlog AS (
-     SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending,
-            count(*) FILTER (WHERE status = 'FAILED') AS failed,
-            min(created_at) AS oldest_pending_at
-     FROM ${t} WHERE status IN ('PENDING', 'FAILED')
-   ), leased AS (
-     SELECT count(*) AS processing,
-            count(*) FILTER (WHERE locked_until < now()) AS lease_overdue,
-            min(locked_until) FILTER (WHERE locked_until < now()) AS oldest_overdue_until,
-            min(claimed_at) AS oldest_claimed_at
-     FROM ${t} WHERE status = 'PROCESSING'
-   ), dead AS (
-     SELECT count(*) AS dead_letter FROM ${t} WHERE status = 'DEAD_LETTER'
-   ), estimate AS (
-     SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint AS estimated_rows
-     FROM pg_partition_tree('${t}'::regclass) t JOIN pg_class c ON c.oid = t.relid
-     WHERE t.isleaf
-   )
-   SELECT now() AS at,
-          b.pending, b.failed, l.processing, d.dead_letter,
-          greatest(e.estimated_rows - b.pending - b.failed - l.processing - d.dead_letter, 0) AS completed_estimate,
-          e.estimated_rows,
-          b.oldest_pending_at,
-          coalesce(extract(epoch FROM now() - b.oldest_pending_at), 0)::float8 AS oldest_pending_age_seconds,
-          l.lease_overdue,
-          coalesce(extract(epoch FROM now() - l.oldest_overdue_until), 0)::float8 AS lease_overdue_seconds,
-          greatest(coalesce(extract(epoch FROM now() - l.oldest_claimed_at), 0), 0)::float8 AS lease_held_seconds
-   FROM backlog b, leased l, dead d, estimate e`
-
-/** `outbox_stats` over the (quoted) table `t`. */
-const statsView = (t: string) => `CREATE OR REPLACE VIEW outbox_stats AS
-   ${statsSelect(t)}`
-
-const statsComment = `COMMENT ON VIEW outbox_stats IS
-   'Outbox counts by status (exact over the partial indexes; completed_estimate from reltuples), oldest pending age, overdue and longest-held leases'`
-
-/**
- * The body of `outbox_throughput` over the (quoted) table `t`, with the
- * window and the sample size as the SQL expressions `minutes` and `maxRows`
- * (the function's parameters, or statement parameters).
- */
-const throughputSelect = (t: string, minutes: string, maxRows: string) =>
-  `WITH newest AS (
-       SELECT o.status, o.created_at, o.processed_at FROM ${t} o ORDER BY o.id DESC LIMIT greatest(${maxRows}, 1)
-     ), reach AS (
-       SELECT CASE WHEN count(*) < greatest(${maxRows}, 1) THEN '-infinity'::timestamptz ELSE min(created_at) END AS since
-       FROM newest
-     ), recent AS (
-       SELECT date_trunc('minute', n.processed_at) AS minute,
-              count(*) FILTER (WHERE n.status = 'COMPLETED') AS completed,
-              count(*) FILTER (WHERE n.status = 'DEAD_LETTER') AS dead_lettered
-       FROM newest n
-       WHERE n.processed_at >= date_trunc('minute', now()) - make_interval(mins => greatest(${minutes}, 1) - 1)
-         AND n.status IN ('COMPLETED', 'DEAD_LETTER')
-       GROUP BY 1
-     )
-     SELECT m.minute, coalesce(r.completed, 0) AS completed, coalesce(r.dead_lettered, 0) AS dead_lettered,
-            m.minute >= (SELECT since FROM reach) AS exact
-     FROM generate_series(date_trunc('minute', now()) - make_interval(mins => greatest(${minutes}, 1) - 1),
-                          date_trunc('minute', now()), interval '1 minute') AS m(minute)
-     LEFT JOIN recent r ON r.minute = m.minute
-     ORDER BY m.minute`
-
-/** The body of `outbox_stats_dead_letters` over the (quoted) table `t`. */
-const deadLettersSelect = (t: string) =>
-  `SELECT event_type, count(*) AS dead_letters, max(processed_at) AS last_dead_lettered_at
-   FROM ${t} WHERE status = 'DEAD_LETTER'
-   GROUP BY event_type`
-
-/** The body of `outbox_health_leases` over the (quoted) table `t`. */
-const leasesSelect = (t: string) =>
-  `SELECT id, tracking_id, event_type, lock_token, locked_until, retry_count,
-          extract(epoch FROM now() - locked_until)::float8 AS overdue_seconds
-   FROM ${t}
-   WHERE status = 'PROCESSING' AND locked_until < now()`
-
-/** The statements of migration 0004 over the (quoted) outbox table `t`. */
-const viewStatements = (t: string): ReadonlyArray<string> => [
-  // the column `statsView` reads (migration 0006; also run here, for a database that skips from before it)
-  OutboxTable.claimedAtColumn(t),
-  `CREATE OR REPLACE FUNCTION outbox_count_rows(rel regclass, cap bigint)
-   RETURNS bigint LANGUAGE plpgsql STABLE AS $fn$
-   DECLARE n bigint;
-   BEGIN
-     EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT %s) s', rel, greatest(cap, 0)) INTO n;
-     RETURN n;
-   END
-   $fn$`,
-  `COMMENT ON FUNCTION outbox_count_rows(regclass, bigint) IS 'Rows of a table, counted up to cap (outbox health)'`,
-  statsView(t),
-  statsComment,
-  `CREATE OR REPLACE FUNCTION outbox_throughput(minutes integer, max_rows bigint)
-   RETURNS TABLE (minute timestamptz, completed bigint, dead_lettered bigint, exact boolean)
-   LANGUAGE sql STABLE AS $fn$
-     ${throughputSelect(t, "minutes", "max_rows")}
-   $fn$`,
-  `COMMENT ON FUNCTION outbox_throughput(integer, bigint) IS
-   'Completed and dead-lettered events per minute over the last minutes, among the newest max_rows events (bounded)'`,
-  `CREATE OR REPLACE VIEW outbox_stats_throughput AS SELECT * FROM outbox_throughput(15, 100000)`,
-  `CREATE OR REPLACE VIEW outbox_stats_dead_letters AS
-   ${deadLettersSelect(t)}`,
-  `CREATE OR REPLACE VIEW outbox_health_leases AS
-   ${leasesSelect(t)}`,
-  `COMMENT ON VIEW outbox_health_leases IS 'PROCESSING events whose lease expired (the reaper has not requeued them yet)'`,
-  `CREATE OR REPLACE VIEW outbox_health_vacuum AS
-   SELECT l.parent, l.name AS partition, l.is_default,
-          s.n_live_tup AS live_tuples, s.n_dead_tup AS dead_tuples,
-          CASE WHEN s.n_live_tup + s.n_dead_tup = 0 THEN 0
-               ELSE s.n_dead_tup::float8 / (s.n_live_tup + s.n_dead_tup) END AS dead_ratio,
-          s.last_autovacuum, s.last_vacuum, s.last_autoanalyze, s.autovacuum_count
-   FROM outbox_partition_leaves l
-   JOIN pg_stat_user_tables s ON s.schemaname = l.schema AND s.relname = l.name`,
-  `COMMENT ON VIEW outbox_health_vacuum IS 'Live and dead tuples and last (auto)vacuum of every partition'`,
-  `CREATE OR REPLACE VIEW outbox_health_partitions AS
-   WITH roots AS (
-     SELECT DISTINCT l.parent_oid, l.parent
-     FROM outbox_partition_leaves l
-     JOIN pg_partitioned_table pt ON pt.partrelid = l.parent_oid AND pt.partstrat = 'r'
-     WHERE l.level = 1
-   ), ranged AS (
-     SELECT l.parent_oid, l.range_from, l.range_to,
-            lag(l.range_to) OVER (PARTITION BY l.parent_oid ORDER BY l.range_from) AS previous_to
-     FROM outbox_partition_leaves l JOIN roots r ON r.parent_oid = l.parent_oid
-     WHERE l.level = 1 AND NOT l.is_default AND l.range_from IS NOT NULL AND l.range_to IS NOT NULL
-   ), islands AS (
-     SELECT *, sum(CASE WHEN previous_to = range_from THEN 0 ELSE 1 END)
-                 OVER (PARTITION BY parent_oid ORDER BY range_from) AS island
-     FROM ranged
-   ), current_island AS (
-     SELECT parent_oid, island, range_to AS current_to
-     FROM islands WHERE range_from <= now() AND now() < range_to
-   ), coverage AS (
-     SELECT c.parent_oid, max(i.range_to) AS horizon,
-            count(*) FILTER (WHERE i.range_from >= c.current_to) AS ahead
-     FROM current_island c JOIN islands i ON i.parent_oid = c.parent_oid AND i.island = c.island
-     GROUP BY c.parent_oid
-   ), shape AS (
-     SELECT parent_oid, count(*) AS partitions, max(range_to) AS newest, max(island) AS islands
-     FROM islands GROUP BY parent_oid
-   ), defaults AS (
-     SELECT l.parent_oid, l.name,
-            outbox_count_rows(format('%I.%I', l.schema, l.name)::regclass, ${defaultRowsCap}) AS row_count
-     FROM outbox_partition_leaves l JOIN roots r ON r.parent_oid = l.parent_oid
-     WHERE l.level = 1 AND l.is_default
-   ), vacuum AS (
-     SELECT l.parent_oid, sum(s.n_dead_tup)::bigint AS dead_tuples, sum(s.n_live_tup)::bigint AS live_tuples
-     FROM outbox_partition_leaves l
-     JOIN roots r ON r.parent_oid = l.parent_oid
-     JOIN pg_stat_user_tables s ON s.schemaname = l.schema AND s.relname = l.name
-     GROUP BY l.parent_oid
-   )
-   SELECT r.parent AS table_name,
-          coalesce(sh.partitions, 0) AS partitions,
-          coalesce(c.ahead, 0) AS ahead,
-          c.horizon,
-          coalesce(greatest(extract(epoch FROM c.horizon - now()), 0), 0)::float8 AS horizon_seconds,
-          sh.newest,
-          coalesce(sh.islands > 1, false) AS has_gap,
-          d.name AS default_partition,
-          coalesce(d.row_count, 0) AS default_rows,
-          coalesce(v.dead_tuples, 0) AS dead_tuples,
-          coalesce(v.live_tuples, 0) AS live_tuples
-   FROM roots r
-   LEFT JOIN coverage c ON c.parent_oid = r.parent_oid
-   LEFT JOIN shape sh ON sh.parent_oid = r.parent_oid
-   LEFT JOIN defaults d ON d.parent_oid = r.parent_oid
-   LEFT JOIN vacuum v ON v.parent_oid = r.parent_oid`,
-  `COMMENT ON VIEW outbox_health_partitions IS
-   'Per range-partitioned table: contiguous horizon from now, whole partitions ahead, gaps, rows in DEFAULT (capped), dead tuples'`,
-  `CREATE OR REPLACE VIEW outbox_health_xmin AS
-   SELECT CASE WHEN a.state LIKE 'idle in transaction%' THEN 'idle_in_transaction' ELSE 'transaction' END AS kind,
-          a.pid, coalesce(a.usename::text, a.backend_type) AS name, a.datname::text AS database, a.application_name,
-          a.client_addr::text AS client_addr, a.state,
-          greatest(age(a.backend_xid), age(a.backend_xmin)) AS xid_age,
-          extract(epoch FROM now() - a.xact_start)::float8 AS age_seconds,
-          a.xact_start, a.query_start, a.state_change,
-          NULL::numeric AS retained_wal_bytes,
-          left(a.query, 500) AS detail
-   FROM pg_stat_activity a
-   WHERE a.pid <> pg_backend_pid()
-     AND (a.backend_xid IS NOT NULL OR a.backend_xmin IS NOT NULL)
-     AND a.backend_type <> 'autovacuum worker'
-     AND (a.datname = current_database() OR a.backend_type = 'walsender')
-   UNION ALL
-   SELECT 'prepared_transaction', NULL, p.gid, p.database::text, NULL, NULL, 'prepared',
-          age(p.transaction), extract(epoch FROM now() - p.prepared)::float8,
-          p.prepared, NULL, NULL, NULL, 'owner ' || p.owner
-   FROM pg_prepared_xacts p
-   WHERE p.database = current_database()
-   UNION ALL
-   SELECT 'replication_slot', s.active_pid, s.slot_name::text, s.database::text, r.application_name, r.client_addr::text,
-          CASE WHEN s.active THEN 'active' ELSE 'inactive' END,
-          greatest(age(s.xmin), age(s.catalog_xmin)),
-          extract(epoch FROM r.replay_lag)::float8,
-          NULL, a.query_start, a.state_change,
-          CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn) END,
-          s.slot_type || coalesce(' (' || s.plugin || ')', '')
-   FROM pg_replication_slots s
-   LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
-   LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
-   WHERE s.database IS NULL OR s.database = current_database()`,
-  `COMMENT ON VIEW outbox_health_xmin IS
-   'Who holds the xmin horizon for this database: transactions, idle-in-transaction sessions, prepared transactions, replication slots'`
-]
-
-const viewsOn = (t: string): Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    // one statement per call: the extended protocol refuses several commands in one
-    for (const statement of viewStatements(t)) yield* sql.unsafe(statement)
-  })
-
-const leaseHeldOn = (t: string): Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    yield* sql.unsafe(OutboxTable.claimedAtColumn(t))
-    yield* sql.unsafe(OutboxTable.claimedAtComment(t))
-    yield* sql.unsafe(statsView(t))
-    yield* sql.unsafe(statsComment)
-  })
-
-/** `table` validated and quoted. */
-const quotedTable = (table: string) => Effect.map(Identifier.validate(table, "outbox table"), Identifier.quote)
-
-/**
- * The `0004_health_views` migration: the views and functions above, over
- * the table `outbox`. Applied by `OutboxMigrations` (after
- * `0003_redrive_log`, whose `outbox_dead_letter_idx` keeps the dead-letter
- * counts cheap).
+ * Re-applies the `0004_health_views` migration over the table `outbox` (its
+ * DDL lives in `src/migrations/0004_health_views.ts`, applied by
+ * `OutboxMigrations`).
  *
  * **Gotcha**: PostgreSQL binds a view to the table, not to its name. The
  * statements are `CREATE OR REPLACE`, so running this effect again (it is
  * idempotent) re-points the views after a step that swaps the `outbox`
- * table by renaming; run `relayGaugesMigration` after it, which makes
- * `outbox_count_rows` `SECURITY DEFINER` again.
- *
- * @see migrationFor for another outbox table
- * @category migrations
- * @since 0.1.0
- */
-export const migration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = viewsOn("outbox")
-
-/**
- * `migration` over the outbox table `table` (the views `outbox_stats`,
- * `outbox_stats_dead_letters`, `outbox_health_leases` and the function
- * `outbox_throughput` read it; the others are table-independent). Used by
- * `OutboxMigrations.runFor` and the online migration, whose partitioned
- * table carries these views through its renaming to the legacy name.
+ * table by renaming.
  *
  * @category migrations
  * @since 0.1.0
  */
-export const migrationFor = (
-  table: string
-): Effect.Effect<void, SqlError.SqlError | Identifier.InvalidIdentifier, SqlClient.SqlClient> =>
-  Effect.flatMap(quotedTable(table), viewsOn)
-
-/**
- * Migration 0006: `claimed_at` on the outbox (stamped by each claim, kept
- * through heartbeats) and `outbox_stats.lease_held_seconds` over it.
- *
- * @category migrations
- * @since 0.1.0
- */
-export const leaseHeldMigration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = leaseHeldOn("outbox")
-
-/**
- * `leaseHeldMigration` over the outbox table `table`.
- *
- * @category migrations
- * @since 0.1.0
- */
-export const leaseHeldMigrationFor = (
-  table: string
-): Effect.Effect<void, SqlError.SqlError | Identifier.InvalidIdentifier, SqlClient.SqlClient> =>
-  Effect.flatMap(quotedTable(table), leaseHeldOn)
-
-/** Statements of `relayGaugesMigration`, with `SET search_path` pinned for the SECURITY DEFINER functions. */
-const relayGaugeStatements = (pinned: string): ReadonlyArray<string> => [
-  // Runs as the owner: a least-privilege relay has SELECT on the outbox (the parent), not on its
-  // partitions, and `outbox_health_partitions` counts the DEFAULT partitions directly. It counts only
-  // for a login that may read the partition's root (or the table itself): nothing it could not count
-  // through the parent anyway. NULL (shown as 0 rows by the view) for anyone else.
-  `CREATE OR REPLACE FUNCTION outbox_count_rows(rel regclass, cap bigint)
-   RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER ${pinned} AS $fn$
-   DECLARE n bigint;
-   BEGIN
-     IF NOT has_table_privilege(session_user, coalesce(pg_partition_root(rel), rel), 'SELECT') THEN
-       RETURN NULL;
-     END IF;
-     EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT %s) s', rel, greatest(cap, 0)) INTO n;
-     RETURN n;
-   END
-   $fn$`,
-  `COMMENT ON FUNCTION outbox_count_rows(regclass, bigint) IS
-   'Rows of a table, counted up to cap, for a login that may read it or its partition root (outbox health)'`,
-  `CREATE TABLE IF NOT EXISTS outbox_redrive_metered (
-     log_id     bigint      PRIMARY KEY,
-     metered_at timestamptz NOT NULL DEFAULT now()
-   )`,
-  `COMMENT ON TABLE outbox_redrive_metered IS
-   'Redrive-log rows (outbox_redrive_log.id) already counted in some relay''s outbox_events_redriven_total'`,
-  // counting starts now: the redrives made before this migration are not a burst on the first sample
-  `INSERT INTO outbox_redrive_metered (log_id) SELECT id FROM outbox_redrive_log ON CONFLICT DO NOTHING`,
-  // Each redrive batch is counted by exactly one caller: the first INSERT of its id wins, a concurrent
-  // one waits for it and then does nothing. Redrives older than a day are never counted (no burst
-  // after a long pause), so ids metered more than two days ago can go.
-  `CREATE OR REPLACE FUNCTION outbox_meter_redrives() RETURNS bigint
-   LANGUAGE plpgsql VOLATILE SECURITY DEFINER ${pinned} AS $fn$
-   DECLARE n bigint;
-   BEGIN
-     DELETE FROM outbox_redrive_metered WHERE metered_at < now() - interval '2 days';
-     WITH claimed AS (
-       INSERT INTO outbox_redrive_metered (log_id)
-       SELECT l.id FROM outbox_redrive_log l
-       WHERE l.at > now() - interval '1 day'
-         AND NOT EXISTS (SELECT 1 FROM outbox_redrive_metered m WHERE m.log_id = l.id)
-       ON CONFLICT (log_id) DO NOTHING
-       RETURNING log_id
-     )
-     SELECT coalesce(sum(l.event_count), 0) INTO n
-     FROM claimed c JOIN outbox_redrive_log l ON l.id = c.log_id;
-     RETURN n;
-   END
-   $fn$`,
-  `COMMENT ON FUNCTION outbox_meter_redrives() IS
-   'Events redriven since any caller last asked, each redrive batch counted once (the relays'' redriven counter)'`,
-  `REVOKE ALL ON FUNCTION outbox_meter_redrives() FROM PUBLIC`,
-  `REVOKE ALL ON TABLE outbox_redrive_metered FROM PUBLIC`
-]
-
-/**
- * The `0005_relay_gauges` migration: what a least-privilege relay needs for
- * its gauges and counters.
- *
- * - `outbox_count_rows` becomes `SECURITY DEFINER` (pinned search path), so
- *   a relay role reads `outbox_health_partitions` (rows in DEFAULT) with
- *   SELECT on the outbox only; it still counts nothing its caller could not
- *   read through the partition root.
- * - `outbox_meter_redrives()` (EXECUTE for the relay role, through
- *   `OutboxRoles`) claims the redrive-log batches no relay has counted yet
- *   and returns their events: redrives run in other processes (the CLI), so
- *   the relays count them, each batch once across all of them
- *   (`OutboxHealth.claimRedriven`).
- *
- * Idempotent.
- *
- * @category migrations
- * @since 0.1.0
- */
-export const relayGaugesMigration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  const { pinned } = yield* pinnedSearchPath
-  for (const statement of relayGaugeStatements(pinned)) yield* sql.unsafe(statement)
-})
+export const migration: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = HealthViews.migration(
+  OutboxTables.defaults
+)
 
 // ---------------------------------------------------------------------------
 // models
@@ -509,24 +164,13 @@ export interface Stats {
 }
 
 /**
- * The names of the findings `health` can report.
+ * The names of the findings of the built-in checks (`checks`), derived from
+ * the list so that a new check needs no edit here.
  *
  * @category models
  * @since 0.1.0
  */
-export type FindingName =
-  | "StuckLease"
-  | "LongHeldLease"
-  | "BacklogAge"
-  | "DeadLetters"
-  | "PartitionHorizon"
-  | "PartitionsAhead"
-  | "RowsInDefault"
-  | "DeadTuples"
-  | "LongTransaction"
-  | "IdleInTransaction"
-  | "PreparedTransaction"
-  | "ReplicationSlot"
+export type FindingName = (typeof checks)[number]["name"]
 
 /**
  * One problem, with the value measured and the threshold it crossed.
@@ -534,14 +178,9 @@ export type FindingName =
  * @category models
  * @since 0.1.0
  */
-export interface Finding {
-  readonly name: FindingName
-  readonly level: "WARN" | "CRITICAL"
-  /** What the finding is about: a table, a partition, a pid, a slot. */
-  readonly subject: string
-  readonly value: number
-  readonly threshold: number
-  readonly message: string
+export interface Finding extends HealthCheck.Verdict {
+  /** The check that found it: a `FindingName`, or the name of a check of a custom list (`Options.checks`). */
+  readonly name: FindingName | (string & {})
 }
 
 /**
@@ -624,6 +263,23 @@ export interface StuckLease {
 }
 
 /**
+ * One check of the list as it ran: so that a report says what was checked,
+ * and against which thresholds, not only what was found.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface CheckResult {
+  readonly name: FindingName | (string & {})
+  /** The worst level of its findings (OK when none). */
+  readonly level: Level
+  /** Its thresholds, as in force (defaults and overrides). */
+  readonly thresholds: { readonly [name: string]: HealthCheck.Threshold }
+  /** The metric of `/metrics` that follows its value between reports, or `null`. */
+  readonly gauge: string | null
+}
+
+/**
  * What `health` returns. `level` is the worst level of the findings.
  *
  * @category models
@@ -656,75 +312,30 @@ export interface HealthReport {
     readonly oldest: XminHolder | null
     readonly holders: ReadonlyArray<XminHolder>
   }
+  /** Every check of the list, in list order. */
+  readonly checks: ReadonlyArray<CheckResult>
 }
 
 /**
- * A WARN and a CRITICAL bound; a value at or over a bound reaches its level.
- * An absent bound never fires.
+ * A WARN and a CRITICAL bound (`HealthCheck.Band`).
  *
  * @category models
  * @since 0.1.0
  */
-export interface Band {
-  readonly warn?: number | undefined
-  readonly critical?: number | undefined
-}
+export type Band = HealthCheck.Band
+
+type UnionToIntersection<U> = (U extends unknown ? (u: U) => void : never) extends (i: infer I) => void ? I : never
+type DeclaredThresholds = UnionToIntersection<(typeof checks)[number]["thresholds"]>
 
 /**
- * The thresholds of `health`.
+ * The thresholds of `health`: those the built-in checks declare (each
+ * documented in its check), derived from the list so that a new check's
+ * thresholds need no edit here.
  *
  * @category models
  * @since 0.1.0
  */
-export interface Thresholds {
-  /** Seconds a lease is past its expiry (the reaper should have requeued it). */
-  readonly leaseOverdueSeconds: Band
-  /** Seconds a lease has been held since its claim, heartbeats included (a handler that does not finish). */
-  readonly leaseHeldSeconds: Band
-  readonly oldestPendingAgeSeconds: Band
-  readonly deadLetters: Band
-  /** CRITICAL when the contiguous partitions end sooner than this many seconds from now (or nothing covers now). */
-  readonly partitionHorizonCriticalSeconds: number
-  /** WARN when fewer whole partitions than this follow the current one. */
-  readonly partitionsAheadWarn: number
-  readonly rowsInDefault: Band
-  /** Ratio dead / (live + dead) of one partition, once it has at least `minDeadTuples` dead tuples. */
-  readonly deadTupleRatio: Band
-  readonly minDeadTuples: number
-  /** A transaction (running a query) holding the xmin horizon for this many seconds. */
-  readonly transactionAgeSeconds: Band
-  /** An idle-in-transaction session holding the xmin horizon for this many seconds. */
-  readonly idleInTransactionSeconds: Band
-  readonly preparedTransactionAgeSeconds: Band
-  /** WAL kept back by a replication slot. An inactive slot is at least WARN. */
-  readonly replicationSlotRetainedBytes: Band
-}
-
-/**
- * The default thresholds.
- *
- * `partitionsAheadWarn` is 2 for the default premake of 3 daily partitions:
- * between midnight and the next maintenance run, premake − 1 whole partitions
- * are ahead, which is not worth a warning.
- *
- * @category constants
- * @since 0.1.0
- */
-export const defaultThresholds: Thresholds = {
-  leaseOverdueSeconds: { warn: 60, critical: 300 },
-  leaseHeldSeconds: { warn: 900, critical: 3600 },
-  oldestPendingAgeSeconds: { warn: 300, critical: 1800 },
-  deadLetters: { warn: 1 },
-  partitionHorizonCriticalSeconds: 86_400,
-  partitionsAheadWarn: 2,
-  rowsInDefault: { warn: 1 },
-  deadTupleRatio: { warn: 0.2, critical: 0.5 },
-  minDeadTuples: 10_000,
-  transactionAgeSeconds: { warn: 300, critical: 1800 },
-  idleInTransactionSeconds: { warn: 60, critical: 600 },
-  preparedTransactionAgeSeconds: { warn: 300, critical: 1800 },
-  replicationSlotRetainedBytes: { warn: 1024 ** 3, critical: 10 * 1024 ** 3 }
-}
+export type Thresholds = { readonly [K in keyof DeclaredThresholds]: DeclaredThresholds[K] }
 
 /**
  * Options of `make` and `layer`; every field has a default.
@@ -741,7 +352,7 @@ export interface Options {
    * a process configured with the partitioned table's name) the same
    * queries read that table directly.
    */
-  readonly table?: string | undefined
+  readonly table?: string | OutboxTables.OutboxTables | undefined
   /** Range-partitioned tables to report on (default `[table]`), as `regclass` text. */
   readonly tables?: ReadonlyArray<string> | undefined
   /** Throughput window of `stats` in minutes (default 15, at most 1440). */
@@ -758,6 +369,13 @@ export interface Options {
   readonly snapshotMaxRows?: number | undefined
   /** Overrides of `defaultThresholds`. */
   readonly thresholds?: { readonly [K in keyof Thresholds]?: Thresholds[K] | undefined } | undefined
+  /**
+   * The checks of `health` (default `checks`): a subset of them, or
+   * `[...OutboxHealth.checks, yourCheck]` for a check of your own (its
+   * thresholds are its defaults). The report's own measurements (backlog,
+   * leases, partitions, vacuum, xmin holders) are read whatever the list.
+   */
+  readonly checks?: ReadonlyArray<HealthCheck.Any> | undefined
 }
 
 /**
@@ -798,11 +416,12 @@ export class OutboxHealth extends Context.Service<OutboxHealth, {
 }>()("@outbox/sql/OutboxHealth") {}
 
 // ---------------------------------------------------------------------------
-// evaluation (pure)
+// checks: the list (src/internal/healthChecks.ts), folded
 // ---------------------------------------------------------------------------
 
 /**
- * What `evaluate` looks at: the measurements behind a `HealthReport`.
+ * What the built-in checks look at (`evaluate`): the fields the built-in
+ * measures (`measures`) read, plus `tables`.
  *
  * @category models
  * @since 0.1.0
@@ -816,123 +435,61 @@ export interface Measurements {
   readonly holders: ReadonlyArray<XminHolder>
 }
 
-const levelOf = (band: Band, value: number): { level: "WARN" | "CRITICAL"; threshold: number } | undefined => {
-  if (band.critical !== undefined && value >= band.critical) return { level: "CRITICAL", threshold: band.critical }
-  if (band.warn !== undefined && value >= band.warn) return { level: "WARN", threshold: band.warn }
-  return undefined
-}
-
-const seconds = (s: number) => (s >= 120 ? `${Math.round(s / 60)} min` : `${Math.round(s)} s`)
+/**
+ * The measures of the built-in checks, also read for every report (its
+ * backlog, leases, partitions, vacuum and xmin sections), so that a check of
+ * your own that names one of them shares its read:
+ *
+ * - `counts`: `outbox_stats` and the stuck leases of `outbox_health_leases`;
+ *   one row, `{ backlog, leases }`.
+ * - `partitions`: `outbox_health_partitions`; one row per table of
+ *   `Options.tables`, `{ table, partition }` (`partition` undefined when the
+ *   table is not range-partitioned).
+ * - `vacuum`: `outbox_health_vacuum`; one row per partition.
+ * - `holders`: `outbox_health_xmin`; one row per holder of the xmin horizon,
+ *   the largest xid age first.
+ *
+ * @category checks
+ * @since 0.1.0
+ */
+export const measures = HealthChecks.measures
 
 /**
- * The findings for some measurements (pure).
+ * The built-in checks (`HealthCheck`), in the order their findings come (per
+ * measure, then per row): StuckLease, LongHeldLease, BacklogAge,
+ * DeadLetters (`counts`); PartitionHorizon, PartitionsAhead (not where the
+ * horizon is CRITICAL), RowsInDefault (`partitions`); DeadTuples
+ * (`vacuum`); LongTransaction, IdleInTransaction, PreparedTransaction,
+ * ReplicationSlot (`holders`).
+ *
+ * `health` folds this list (or `Options.checks`); `FindingName`,
+ * `Thresholds` and `defaultThresholds` derive from it; `outbox health
+ * --checks` prints it. A new check is one entry in the list
+ * (`src/internal/healthChecks.ts`), plus its view when it reads something
+ * new (README, "Adding a health check").
+ *
+ * @category checks
+ * @since 0.1.0
+ */
+export const checks = HealthChecks.checks
+
+/**
+ * The default thresholds: those of the built-in checks (`checks`), each
+ * documented in its check.
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const defaultThresholds: Thresholds = HealthCheck.defaultsOf(checks) as Thresholds
+
+/**
+ * The findings of the built-in checks for some measurements (pure): the
+ * list folded, for each measure, for each of its rows, each of its checks.
  *
  * @category evaluation
  * @since 0.1.0
  */
-export const evaluate = (m: Measurements, t: Thresholds): ReadonlyArray<Finding> => {
-  const findings: Array<Finding> = []
-  const check = (name: FindingName, subject: string, band: Band, value: number, message: (v: number) => string) => {
-    const hit = levelOf(band, value)
-    if (hit !== undefined) findings.push({ name, level: hit.level, subject, value, threshold: hit.threshold, message: message(value) })
-  }
-  if (m.leases.overdue > 0) {
-    check("StuckLease", "outbox", t.leaseOverdueSeconds, m.leases.overdueSeconds, (v) =>
-      `${m.leases.overdue} PROCESSING event(s) past their lease, the oldest by ${seconds(v)} (is the reaper running?)`)
-  }
-  check("LongHeldLease", "outbox", t.leaseHeldSeconds, m.leases.heldSeconds, (v) =>
-    `a PROCESSING event has been held for ${seconds(v)} since its claim (a handler that does not finish, its lease kept alive by the heartbeat?)`)
-  check("BacklogAge", "outbox", t.oldestPendingAgeSeconds, m.backlog.oldestPendingAgeSeconds, (v) =>
-    `the oldest of ${m.backlog.pending} pending event(s) waits for ${seconds(v)}`)
-  check("DeadLetters", "outbox", t.deadLetters, m.backlog.deadLetters, (v) => `${v} dead-lettered event(s)`)
-  for (const table of m.tables) {
-    const p = m.partitions.find((x) => x.table === table)
-    if (p === undefined) {
-      findings.push({
-        name: "PartitionHorizon",
-        level: "CRITICAL",
-        subject: table,
-        value: 0,
-        threshold: t.partitionHorizonCriticalSeconds,
-        message: `${table} is not a range-partitioned table with partitions`
-      })
-      continue
-    }
-    if (p.horizonSeconds < t.partitionHorizonCriticalSeconds) {
-      findings.push({
-        name: "PartitionHorizon",
-        level: "CRITICAL",
-        subject: table,
-        value: p.horizonSeconds,
-        threshold: t.partitionHorizonCriticalSeconds,
-        message: p.horizon === null
-          ? `no partition of ${table} covers now: inserts go to ${p.defaultPartition ?? "nowhere (no DEFAULT)"}`
-          : `the partitions of ${table} end at ${p.horizon.toISOString()}, in ${seconds(p.horizonSeconds)}${
-            p.hasGap ? " (a gap follows)" : ""
-          }; run partition maintenance`
-      })
-    } else if (p.ahead < t.partitionsAheadWarn) {
-      findings.push({
-        name: "PartitionsAhead",
-        level: "WARN",
-        subject: table,
-        value: p.ahead,
-        threshold: t.partitionsAheadWarn,
-        message: `${p.ahead} whole partition(s) of ${table} ahead of the current one; maintenance is behind`
-      })
-    }
-    check("RowsInDefault", table, t.rowsInDefault, p.defaultRows, (v) =>
-      `${v}${v >= defaultRowsCap ? "+" : ""} row(s) in ${p.defaultPartition}; maintenance moves them into partitions`)
-  }
-  for (const v of m.vacuum) {
-    if (v.deadTuples < t.minDeadTuples) continue
-    const last = v.lastAutovacuum ?? v.lastVacuum
-    check("DeadTuples", v.partition, t.deadTupleRatio, v.deadRatio, (r) =>
-      `${v.deadTuples} dead tuples (${Math.round(r * 100)}%) in ${v.partition}; last vacuum ${
-        last === null ? "never" : last.toISOString()
-      }`)
-  }
-  for (const h of m.holders) {
-    const who = h.pid === null ? h.name : `pid ${h.pid}`
-    switch (h.kind) {
-      case "transaction":
-        check("LongTransaction", who, t.transactionAgeSeconds, h.ageSeconds ?? 0, (v) =>
-          `${who} (${h.name}${h.applicationName ? `, ${h.applicationName}` : ""}) holds the xmin horizon with a ${
-            seconds(v)
-          } transaction: ${h.detail ?? ""}`)
-        break
-      case "idle_in_transaction":
-        check("IdleInTransaction", who, t.idleInTransactionSeconds, h.ageSeconds ?? 0, (v) =>
-          `${who} (${h.name}${h.applicationName ? `, ${h.applicationName}` : ""}) is idle in a ${
-            seconds(v)
-          } transaction and holds the xmin horizon; last query: ${h.detail ?? ""}`)
-        break
-      case "prepared_transaction":
-        check("PreparedTransaction", h.name, t.preparedTransactionAgeSeconds, h.ageSeconds ?? 0, (v) =>
-          `prepared transaction ${h.name} is ${seconds(v)} old and holds the xmin horizon (COMMIT or ROLLBACK PREPARED it)`)
-        break
-      case "replication_slot": {
-        const retained = h.retainedWalBytes ?? 0
-        const hit = levelOf(t.replicationSlotRetainedBytes, retained)
-        const inactive = h.state === "inactive"
-        if (hit !== undefined || inactive) {
-          findings.push({
-            name: "ReplicationSlot",
-            level: hit?.level ?? "WARN",
-            subject: h.name,
-            value: retained,
-            threshold: hit?.threshold ?? t.replicationSlotRetainedBytes.warn ?? 0,
-            message: `replication slot ${h.name} is ${h.state ?? "?"}, keeps ${retained} bytes of WAL${
-              h.xidAge === null ? "" : ` and holds the xmin horizon ${h.xidAge} transactions back`
-            }`
-          })
-        }
-        break
-      }
-    }
-  }
-  return findings
-}
+export const evaluate = (m: Measurements, t: Thresholds): ReadonlyArray<Finding> => HealthCheck.evaluate(checks, m, t)
 
 /**
  * The worst level of some findings.
@@ -946,9 +503,6 @@ export const levelOfFindings = (findings: ReadonlyArray<Finding>): Level =>
 // ---------------------------------------------------------------------------
 // service
 // ---------------------------------------------------------------------------
-
-const num = (v: unknown): number => (v === null || v === undefined ? 0 : Number(v))
-const numOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v))
 
 const validBand = (option: string, band: Band) =>
   Effect.gen(function*() {
@@ -964,10 +518,31 @@ const positiveInteger = (option: string, value: number): Effect.Effect<number, I
     ? Effect.succeed(value)
     : Effect.fail(new InvalidHealthOptions({ option, message: `an integer >= 1, got ${value}` }))
 
+/** Each name once; `unless` names an earlier check of the same measure. */
+const validChecks = (list: ReadonlyArray<HealthCheck.Any>): Effect.Effect<void, InvalidHealthOptions> => {
+  for (const [i, check] of list.entries()) {
+    const earlier = list.slice(0, i)
+    if (earlier.some((c) => c.name === check.name)) {
+      return Effect.fail(new InvalidHealthOptions({ option: "checks", message: `two checks are named ${check.name}` }))
+    }
+    if (check.unless !== undefined && !earlier.some((c) => c.name === check.unless && c.measure === check.measure)) {
+      return Effect.fail(
+        new InvalidHealthOptions({
+          option: "checks",
+          message: `${check.name}: unless names ${check.unless}, which is no earlier check of the same measure`
+        })
+      )
+    }
+  }
+  return Effect.void
+}
+
 const resolveOptions = Effect.fnUntraced(function*(options: Options) {
-  const table = yield* Identifier.validate(options.table ?? "outbox", "outbox table").pipe(
-    Effect.mapError((e) => new InvalidHealthOptions({ option: "table", message: e.message }))
-  )
+  const table = typeof options.table === "object"
+    ? options.table.outbox
+    : (yield* OutboxTables.make(options.table ?? "outbox").pipe(
+      Effect.mapError((e) => new InvalidHealthOptions({ option: "table", message: e.message }))
+    )).outbox
   const tables = options.tables ?? [table]
   if (tables.length === 0 || tables.some((t) => t.trim() === "")) {
     return yield* new InvalidHealthOptions({ option: "tables", message: "name at least one table, none empty" })
@@ -978,8 +553,10 @@ const resolveOptions = Effect.fnUntraced(function*(options: Options) {
   }
   const maxRows = yield* positiveInteger("throughputMaxRows", options.throughputMaxRows ?? 100_000)
   const snapshotMaxRows = yield* positiveInteger("snapshotMaxRows", options.snapshotMaxRows ?? 100_000)
+  const list: ReadonlyArray<HealthCheck.Any> = options.checks ?? checks
+  yield* validChecks(list)
   const overrides = Object.fromEntries(Object.entries(options.thresholds ?? {}).filter(([, v]) => v !== undefined))
-  const thresholds = { ...defaultThresholds, ...overrides } as Thresholds
+  const thresholds = { ...HealthCheck.defaultsOf(list), ...overrides } as Thresholds
   for (const [key, value] of Object.entries(thresholds)) {
     if (typeof value === "number") {
       if (!(Number.isFinite(value) && value >= 0)) {
@@ -987,25 +564,41 @@ const resolveOptions = Effect.fnUntraced(function*(options: Options) {
       }
     } else yield* validBand(key, value as Band)
   }
-  return { table, tables, minutes, maxRows, snapshotMaxRows, thresholds }
+  return { table, tables, minutes, maxRows, snapshotMaxRows, thresholds, list }
 })
 
 /** A row of `outbox_throughput`. */
-interface ThroughputRow {
-  readonly minute: Date
-  readonly completed: number
-  readonly dead_lettered: number
-  readonly exact: boolean
-}
+const ThroughputRow = Schema.Struct({
+  minute: Schema.Date,
+  completed: Schema.Number,
+  deadLettered: Schema.Number,
+  exact: Schema.Boolean
+}).pipe(Schema.encodeKeys({ deadLettered: "dead_lettered" }))
 
-/** The columns `outbox_stats` and the snapshot's counts share, by the same names. */
-const backlogAndLeases = (r: Record<string, unknown> | undefined) => ({
-  processing: num(r?.processing),
-  deadLetter: num(r?.dead_letter),
-  oldestPendingAgeSeconds: num(r?.oldest_pending_age_seconds),
-  leaseOverdueSeconds: num(r?.lease_overdue_seconds),
-  leaseHeldSeconds: num(r?.lease_held_seconds)
-})
+/** A row of `outbox_stats_dead_letters`. */
+const DeadLettersRow = Schema.Struct({
+  eventType: Schema.String,
+  count: Schema.Number,
+  lastAt: Schema.NullOr(Schema.Date)
+}).pipe(Schema.encodeKeys({ eventType: "event_type", count: "dead_letters", lastAt: "last_dead_lettered_at" }))
+
+/** The snapshot's capped counts. */
+const GaugeCountsRow = Schema.Struct({
+  backlog: Schema.Number,
+  oldestPendingAgeSeconds: Schema.Number,
+  deadLetter: Schema.Number,
+  processing: Schema.Number,
+  leaseOverdueSeconds: Schema.Number,
+  leaseHeldSeconds: Schema.Number
+}).pipe(Schema.encodeKeys({
+  oldestPendingAgeSeconds: "oldest_pending_age_seconds",
+  deadLetter: "dead_letter",
+  leaseOverdueSeconds: "lease_overdue_seconds",
+  leaseHeldSeconds: "lease_held_seconds"
+}))
+
+/** A count returned by a function. */
+const CountRow = Schema.Struct({ n: Schema.Number })
 
 /**
  * Builds the service over a `SqlClient` (the views must exist: run
@@ -1015,34 +608,21 @@ const backlogAndLeases = (r: Record<string, unknown> | undefined) => ({
  * @since 0.1.0
  */
 export const make = Effect.fnUntraced(function*(options: Options = {}) {
-  const { maxRows, minutes, snapshotMaxRows, table, tables, thresholds } = yield* resolveOptions(options)
+  const { list, maxRows, minutes, snapshotMaxRows, table, tables, thresholds } = yield* resolveOptions(options)
   const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+  const context: HealthCheck.MeasureContext = { sql, table, tables }
   const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms))
   const T = Identifier.quote(table)
-  /** The views of the migrations read `outbox`; another table is read directly, by the views' own queries. */
-  const throughViews = table === "outbox"
-  const source = (view: string, select: string) => sql.literal(throughViews ? view : `(${select}) v`)
-
-  const counts = sql<Record<string, unknown>>`
-    SELECT pending::float8, failed::float8, processing::float8, dead_letter::float8, completed_estimate::float8,
-           oldest_pending_age_seconds, lease_overdue::float8, lease_overdue_seconds, lease_held_seconds
-    FROM ${source("outbox_stats", statsSelect(T))}`.pipe(
-    Effect.map(([r]) => ({
-      ...backlogAndLeases(r),
-      pending: num(r?.pending),
-      failed: num(r?.failed),
-      completedEstimate: num(r?.completed_estimate),
-      leaseOverdue: num(r?.lease_overdue)
-    })),
-    mapSqlError("health.counts")
-  )
+  /** The report's own measures first (in their order), then those only the list's checks read. */
+  const builtIn: ReadonlyArray<HealthCheck.Measure<any, any>> = Object.values(measures)
+  const reads = [...builtIn, ...HealthCheck.measuresOf(list).filter((m) => !builtIn.includes(m))]
 
   /**
    * The snapshot's counts, each reading at most `snapshotMaxRows` rows (the
    * backlog's first by id, through the claimable partial index; the dead
    * letters through theirs), not the whole backlog as `outbox_stats` does.
    */
-  const gaugeCounts = sql<Record<string, unknown>>`
+  const gaugeCounts = sql`
     WITH backlog AS (
       SELECT created_at FROM ${sql.literal(T)} WHERE status IN ('PENDING', 'FAILED') ORDER BY id LIMIT ${snapshotMaxRows}
     ), dead AS (
@@ -1060,62 +640,13 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
            coalesce(extract(epoch FROM now() - l.oldest_overdue_until), 0)::float8 AS lease_overdue_seconds,
            greatest(coalesce(extract(epoch FROM now() - l.oldest_claimed_at), 0), 0)::float8 AS lease_held_seconds
     FROM leased l`.pipe(
-    Effect.map(([r]) => ({ ...backlogAndLeases(r), backlog: num(r?.backlog) })),
-    mapSqlError("snapshot.counts")
+    HealthCheck.decodeRow("snapshot.counts", GaugeCountsRow)
   )
-
-  const partitions = sql<Record<string, unknown>>`
-    SELECT table_name, partitions::float8, ahead::float8, horizon, horizon_seconds, newest, has_gap,
-           default_partition, default_rows::float8, dead_tuples::float8, live_tuples::float8
-    FROM outbox_health_partitions WHERE table_name IN ${sql.in(tables)} ORDER BY table_name`.pipe(
-    Effect.map((rows) =>
-      rows.map((r): PartitionHealth => ({
-        table: String(r.table_name),
-        partitions: num(r.partitions),
-        ahead: num(r.ahead),
-        horizon: (r.horizon as Date | null) ?? null,
-        horizonSeconds: num(r.horizon_seconds),
-        newest: (r.newest as Date | null) ?? null,
-        hasGap: r.has_gap === true,
-        defaultPartition: (r.default_partition as string | null) ?? null,
-        defaultRows: num(r.default_rows),
-        deadTuples: num(r.dead_tuples),
-        liveTuples: num(r.live_tuples)
-      }))
-    ),
-    mapSqlError("health.partitions")
-  )
-
-  const holders = sql<Record<string, unknown>>`
-    SELECT kind, pid, name, application_name, client_addr, state, xid_age::float8, age_seconds,
-           xact_start, query_start, state_change, retained_wal_bytes::float8, detail
-    FROM outbox_health_xmin ORDER BY xid_age DESC NULLS LAST, age_seconds DESC NULLS LAST`.pipe(
-    Effect.map((rows) =>
-      rows.map((r): XminHolder => ({
-        kind: r.kind as XminHolder["kind"],
-        pid: numOrNull(r.pid),
-        name: String(r.name ?? ""),
-        applicationName: (r.application_name as string | null) || null,
-        clientAddr: (r.client_addr as string | null) ?? null,
-        state: (r.state as string | null) ?? null,
-        xidAge: numOrNull(r.xid_age),
-        ageSeconds: numOrNull(r.age_seconds),
-        transactionStart: (r.xact_start as Date | null) ?? null,
-        queryStart: (r.query_start as Date | null) ?? null,
-        stateChange: (r.state_change as Date | null) ?? null,
-        retainedWalBytes: numOrNull(r.retained_wal_bytes),
-        detail: (r.detail as string | null) ?? null
-      }))
-    ),
-    mapSqlError("health.xmin")
-  )
-
-  const horizonAge = (hs: ReadonlyArray<XminHolder>) => Math.max(0, ...hs.map((h) => h.ageSeconds ?? 0))
 
   const snapshot: Effect.Effect<Snapshot, StoreError> = Effect.gen(function*() {
     const c = yield* gaugeCounts
-    const ps = yield* partitions
-    const hs = yield* holders
+    const ps = yield* HealthChecks.readPartitions(context)
+    const hs = yield* HealthChecks.readHolders(context)
     return {
       pending: c.backlog,
       processing: c.processing,
@@ -1124,26 +655,26 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       leaseHeldSeconds: c.leaseHeldSeconds,
       deadLetters: c.deadLetter,
       partitions: ps.map((p) => ({ table: p.table, ahead: p.ahead, defaultRows: p.defaultRows, deadTuples: p.deadTuples })),
-      xminHorizonAgeSeconds: horizonAge(hs)
+      xminHorizonAgeSeconds: HealthChecks.horizonAge(hs)
     }
   }).pipe(Effect.withSpan("OutboxHealth.snapshot"))
 
   const stats: Effect.Effect<Stats, StoreError> = Effect.gen(function*() {
     const at = yield* now
-    const c = yield* counts
-    const perMinute = yield* (throughViews
-      ? sql<ThroughputRow>`
+    const c = yield* HealthChecks.readCounts(context)
+    const perMinute = yield* (HealthChecks.throughViews(context)
+      ? sql`
         SELECT minute, completed::float8 AS completed, dead_lettered::float8 AS dead_lettered, exact
         FROM outbox_throughput(${minutes}::int, ${maxRows}::bigint)`
-      : sql.unsafe<ThroughputRow>(
+      : sql.unsafe(
         `SELECT minute, completed::float8 AS completed, dead_lettered::float8 AS dead_lettered, exact
          FROM (${throughputSelect(T, "$1::int", "$2::bigint")}) v`,
         [minutes, maxRows]
-      )).pipe(mapSqlError("stats.throughput"))
-    const deadLetters = yield* sql<{ event_type: string; dead_letters: number; last_dead_lettered_at: Date | null }>`
+      )).pipe(HealthCheck.decodeRows("stats.throughput", ThroughputRow))
+    const deadLettersByEventType = yield* sql`
       SELECT event_type, dead_letters::float8 AS dead_letters, last_dead_lettered_at
-      FROM ${source("outbox_stats_dead_letters", deadLettersSelect(T))}
-      ORDER BY dead_letters DESC, event_type`.pipe(mapSqlError("stats.deadLetters"))
+      FROM ${HealthChecks.sourceOf(context, "outbox_stats_dead_letters", deadLettersSelect)}
+      ORDER BY dead_letters DESC, event_type`.pipe(HealthCheck.decodeRows("stats.deadLetters", DeadLettersRow))
     const whole = perMinute.slice(0, -1)
     return {
       at,
@@ -1161,73 +692,21 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       throughput: {
         minutes,
         maxRows,
-        completedPerMinute: whole.length === 0 ? 0 : whole.reduce((s, r) => s + num(r.completed), 0) / whole.length,
-        perMinute: perMinute.map((r) => ({
-          minute: r.minute,
-          completed: num(r.completed),
-          deadLettered: num(r.dead_lettered),
-          exact: r.exact === true
-        }))
+        completedPerMinute: whole.length === 0 ? 0 : whole.reduce((s, r) => s + r.completed, 0) / whole.length,
+        perMinute
       },
-      deadLettersByEventType: deadLetters.map((r) => ({
-        eventType: r.event_type,
-        count: num(r.dead_letters),
-        lastAt: r.last_dead_lettered_at
-      }))
+      deadLettersByEventType
     } satisfies Stats
   }).pipe(Effect.withSpan("OutboxHealth.stats"))
 
   const health: Effect.Effect<HealthReport, StoreError> = Effect.gen(function*() {
     const at = yield* now
-    const c = yield* counts
-    const stuck = yield* sql<{ id: string; tracking_id: string; event_type: string; locked_until: Date; overdue_seconds: number }>`
-      SELECT id::text AS id, tracking_id::text AS tracking_id, event_type, locked_until, overdue_seconds
-      FROM ${source("outbox_health_leases", leasesSelect(T))} ORDER BY locked_until LIMIT 20`.pipe(mapSqlError("health.leases"))
-    const ps = yield* partitions
-    const vacuum = yield* sql<Record<string, unknown>>`
-      SELECT parent, partition, live_tuples::float8, dead_tuples::float8, dead_ratio, last_autovacuum, last_vacuum
-      FROM outbox_health_vacuum WHERE parent IN ${sql.in(tables)} ORDER BY parent, partition`.pipe(
-      Effect.map((rows) =>
-        rows.map((r): PartitionVacuum => ({
-          table: String(r.parent),
-          partition: String(r.partition),
-          liveTuples: num(r.live_tuples),
-          deadTuples: num(r.dead_tuples),
-          deadRatio: num(r.dead_ratio),
-          lastAutovacuum: (r.last_autovacuum as Date | null) ?? null,
-          lastVacuum: (r.last_vacuum as Date | null) ?? null
-        }))
-      ),
-      mapSqlError("health.vacuum")
-    )
-    const hs = yield* holders
-    const measured: Measurements = {
-      tables,
-      backlog: {
-        pending: c.pending + c.failed,
-        processing: c.processing,
-        oldestPendingAgeSeconds: c.oldestPendingAgeSeconds,
-        deadLetters: c.deadLetter
-      },
-      leases: {
-        overdue: c.leaseOverdue,
-        overdueSeconds: c.leaseOverdueSeconds,
-        heldSeconds: c.leaseHeldSeconds,
-        stuck: stuck.map((s) => ({
-          id: s.id,
-          trackingId: s.tracking_id,
-          eventType: s.event_type,
-          lockedUntil: s.locked_until,
-          overdueSeconds: num(s.overdue_seconds)
-        }))
-      },
-      partitions: ps,
-      vacuum,
-      holders: hs
-    }
-    const findings = evaluate(measured, thresholds)
+    const read = yield* Effect.forEach(reads, (m) => m.read(context))
+    const measured = Object.assign({ tables }, ...read) as Measurements
+    const findings: ReadonlyArray<Finding> = HealthCheck.evaluate(list, measured, thresholds)
     const level = levelOfFindings(findings)
     yield* Effect.annotateCurrentSpan({ "outbox.health.level": level, "outbox.health.findings": findings.length })
+    const hs = measured.holders
     return {
       level,
       at,
@@ -1235,16 +714,24 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       thresholds,
       backlog: measured.backlog,
       leases: measured.leases,
-      partitions: ps,
-      vacuum,
-      xminHorizon: { ageSeconds: horizonAge(hs), oldest: hs[0] ?? null, holders: hs }
+      partitions: measured.partitions,
+      vacuum: measured.vacuum,
+      xminHorizon: { ageSeconds: HealthChecks.horizonAge(hs), oldest: hs[0] ?? null, holders: hs },
+      checks: list.map((check) => ({
+        name: check.name,
+        level: levelOfFindings(findings.filter((f) => f.name === check.name)),
+        thresholds: Object.fromEntries(
+          Object.keys(check.thresholds as HealthCheck.ThresholdRecord).map((k) => [k, (thresholds as HealthCheck.ThresholdRecord)[k]!])
+        ),
+        gauge: check.gauge ?? null
+      }))
     } satisfies HealthReport
   }).pipe(Effect.withSpan("OutboxHealth.health"))
 
-  const claimRedriven: Effect.Effect<number, StoreError> = sql<{ n: number }>`
+  const claimRedriven: Effect.Effect<number, StoreError> = sql`
     SELECT outbox_meter_redrives()::float8 AS n`.pipe(
-    Effect.map(([r]) => num(r?.n)),
-    mapSqlError("meterRedrives"),
+    HealthCheck.decodeRow("meterRedrives", CountRow),
+    Effect.map((r) => r.n),
     Effect.withSpan("OutboxHealth.claimRedriven")
   )
 
@@ -1273,6 +760,6 @@ export const layerConfig = (
   options: Options = {}
 ): Layer.Layer<OutboxHealth, InvalidHealthOptions | Config.ConfigError, SqlClient.SqlClient> =>
   Layer.unwrap(Effect.map(
-    Config.String("OUTBOX_TABLE").pipe(Config.withDefault("outbox")),
-    (table) => layer({ ...options, table: options.table ?? table })
+    SqlEnv.tables,
+    (tables) => layer({ ...options, table: options.table ?? tables })
   ))

@@ -15,21 +15,25 @@
  * Plain-SQL producers only need `aggregate_type`, `aggregate_id`,
  * `event_type` and `payload`; every other column has a default.
  *
+ * Every migration is a numbered file of `src/migrations/`, listed in
+ * `src/migrations/index.ts`, and a function of one `OutboxTables` value (the
+ * names of every object, from the outbox table's name): this module runs
+ * them, the outbox's and (with `ENABLE_AUDIT=true`) the audit trail's, with
+ * one migrator, each set in its own ledger.
+ *
  * @since 0.1.0
  */
-import * as PartitionPolicy from "@outbox/core/PartitionPolicy"
-import * as Clock from "effect/Clock"
-import * as Config from "effect/Config"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Migrator from "effect/sql/Migrator"
-import * as SqlClient from "effect/sql/SqlClient"
+import type * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
-import * as AuditMigrations from "./internal/auditMigrations.ts"
-import * as DeadLetters from "./DeadLetters.ts"
-import * as Identifier from "./Identifier.ts"
-import * as OutboxHealth from "./OutboxHealth.ts"
-import * as OutboxTable from "./internal/outboxTable.ts"
+import type * as Identifier from "./Identifier.ts"
+import * as Migrations from "./migrations/index.ts"
+import * as CreateOutbox from "./migrations/0001_create_outbox.ts"
+import * as CreateAuditLog from "./migrations/audit/0001_create_audit_log.ts"
+import * as OutboxTables from "./OutboxTables.ts"
+import * as SqlEnv from "./SqlEnv.ts"
 
 /**
  * How many days ahead (after today) the first migration creates partitions for.
@@ -37,166 +41,52 @@ import * as OutboxTable from "./internal/outboxTable.ts"
  * @category constants
  * @since 0.1.0
  */
-export const initialPremakeDays = 3
+export const initialPremakeDays: number = CreateOutbox.initialPremakeDays
+
+/** The names for a table name (validated) or an `OutboxTables` as is. */
+const tablesOf = (table: string | OutboxTables.OutboxTables) =>
+  typeof table === "string" ? OutboxTables.make(table) : Effect.succeed(table)
+
+/** `tablesOf`, an invalid name failing as the migrator does. */
+const migrationTables = (table: string | OutboxTables.OutboxTables) =>
+  tablesOf(table).pipe(
+    Effect.mapError((cause) => new Migrator.MigrationError({ kind: "BadState", message: cause.message, cause }))
+  )
 
 /**
  * Creates the daily partitions `<table>_pYYYYMMDD` of the partitioned outbox
- * table `table` from the UTC day of `from` to `days` days after today (Effect's
- * `Clock`), those that do not exist yet; returns how many it created. A day
- * whose rows already sit in the DEFAULT partition fails (moving them is the
- * partition manager's job).
+ * table `table` (a name, or its `OutboxTables`) from the UTC day of `from`
+ * to `days` days after today (Effect's `Clock`), those that do not exist
+ * yet; returns how many it created. A day whose rows already sit in the
+ * DEFAULT partition fails (moving them is the partition manager's job).
  *
  * @category migrations
  * @since 0.1.0
  */
-export const createDailyPartitions = Effect.fnUntraced(function*(
-  table: string,
+export const createDailyPartitions = (
+  table: string | OutboxTables.OutboxTables,
   options: { readonly from?: Date | undefined; readonly days: number }
-) {
-  const sql = yield* SqlClient.SqlClient
-  const parent = Identifier.quote(yield* Identifier.validate(table, "outbox table"))
-  const now = new Date(yield* Clock.currentTimeMillis)
-  const last = PartitionPolicy.shift("daily", PartitionPolicy.floor("daily", now), options.days)
-  let from = PartitionPolicy.floor("daily", options.from !== undefined && options.from < now ? options.from : now)
-  let created = 0
-  while (from <= last) {
-    const range = PartitionPolicy.rangeOf("daily", from)
-    const name = yield* Identifier.validate(`${table}_${PartitionPolicy.suffix(range.from)}`, "partition name")
-    const [exists] = yield* sql<{ found: boolean }>`SELECT to_regclass(${Identifier.quote(name)}) IS NOT NULL AS found`
-    if (exists?.found !== true) {
-      yield* sql.unsafe(
-        `CREATE TABLE ${Identifier.quote(name)} PARTITION OF ${parent}
-         FOR VALUES FROM ('${range.from.toISOString()}') TO ('${range.to.toISOString()}')`
-      )
-      created++
-    }
-    from = range.to
-  }
-  return created
-})
-
-const createOutbox = (table: string) =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    // one statement per call: the extended protocol refuses several commands in one
-    const statements = [
-      ...(yield* OutboxTable.statements(table)),
-      `-- Creates the daily partitions [from_day, from_day + days] (UTC days) that
-        -- do not exist yet. A day whose rows already sit in the DEFAULT partition
-        -- is skipped with a notice (moving them is the partition manager's job).
-        CREATE OR REPLACE FUNCTION outbox_ensure_daily_partitions(from_day date, days integer)
-        RETURNS integer LANGUAGE plpgsql AS $fn$
-        DECLARE
-          d date;
-          part_name text;
-          lower_bound timestamptz;
-          upper_bound timestamptz;
-          created integer := 0;
-        BEGIN
-          FOR i IN 0..days LOOP
-            d := from_day + i;
-            part_name := 'outbox_p' || to_char(d, 'YYYYMMDD');
-            lower_bound := d::timestamp AT TIME ZONE 'UTC';
-            upper_bound := (d + 1)::timestamp AT TIME ZONE 'UTC';
-            CONTINUE WHEN to_regclass(format('%I', part_name)) IS NOT NULL;
-            IF EXISTS (SELECT 1 FROM outbox_default WHERE created_at >= lower_bound AND created_at < upper_bound) THEN
-              RAISE NOTICE 'outbox: rows for % sit in outbox_default; partition % not created', d, part_name;
-              CONTINUE;
-            END IF;
-            EXECUTE format('CREATE TABLE %I PARTITION OF outbox FOR VALUES FROM (%L) TO (%L)', part_name, lower_bound, upper_bound);
-            created := created + 1;
-          END LOOP;
-          RETURN created;
-        END
-        $fn$`,
-      `CREATE TABLE IF NOT EXISTS outbox_inbox (
-          consumer     text        NOT NULL,
-          tracking_id  text        NOT NULL,
-          processed_at timestamptz NOT NULL DEFAULT now(),
-          PRIMARY KEY (consumer, tracking_id)
-        )`
-    ]
-    for (const statement of statements) yield* sql.unsafe(statement)
-    if (table === "outbox") {
-      yield* sql`SELECT outbox_ensure_daily_partitions((now() AT TIME ZONE 'UTC')::date, ${initialPremakeDays})`
-    } else {
-      // outbox_ensure_daily_partitions knows the names of `outbox` (the table's after an online migration)
-      yield* createDailyPartitions(table, { days: initialPremakeDays })
-    }
-  })
+): Effect.Effect<number, SqlError.SqlError | Identifier.InvalidIdentifier, SqlClient.SqlClient> =>
+  Effect.flatMap(tablesOf(table), (tables) => CreateOutbox.createDailyPartitions(tables, options))
 
 /**
- * Migration 0003 over another outbox table than `outbox`: its dead-letter
- * index is `<table>_dead_letter_idx` (which an online migration's `finish`
- * renames to `outbox_dead_letter_idx`), the rest is `DeadLetters.migration`'s
- * table-independent redrive log.
- */
-const partitionViews = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  // Bounds are read back from pg_get_expr (ISO DateStyle, the default) for
-  // time-ranged partitions; other leaves get NULL bounds.
-  yield* sql.unsafe(`CREATE OR REPLACE VIEW outbox_partition_leaves AS
-    SELECT root.oid AS parent_oid,
-           root.oid::regclass::text AS parent,
-           n.nspname AS schema,
-           c.relname AS name,
-           t.level,
-           coalesce(pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT', false) AS is_default,
-           pg_get_expr(c.relpartbound, c.oid) AS bound,
-           (regexp_match(pg_get_expr(c.relpartbound, c.oid),
-             'FROM \\(''(\\d{4}-\\d{2}-\\d{2}[ 0-9:.+-]*)''\\) TO'))[1]::timestamptz AS range_from,
-           (regexp_match(pg_get_expr(c.relpartbound, c.oid),
-             'TO \\(''(\\d{4}-\\d{2}-\\d{2}[ 0-9:.+-]*)''\\)'))[1]::timestamptz AS range_to,
-           c.reltuples::bigint AS estimated_rows,
-           pg_total_relation_size(c.oid) AS total_bytes
-    FROM pg_partitioned_table pt
-    JOIN pg_class root ON root.oid = pt.partrelid AND NOT root.relispartition
-    CROSS JOIN LATERAL pg_partition_tree(pt.partrelid) t
-    JOIN pg_class c ON c.oid = t.relid
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE t.isleaf AND t.relid <> pt.partrelid`)
-  yield* sql.unsafe(`COMMENT ON VIEW outbox_partition_leaves IS
-    'Every leaf partition of every partitioned table: bounds, estimated rows, total bytes (Outbox partition manager)'`)
-  yield* sql.unsafe(`CREATE OR REPLACE VIEW outbox_partition_overview AS
-    SELECT parent,
-           count(*) FILTER (WHERE NOT is_default) AS partitions,
-           bool_or(is_default) AS has_default,
-           sum(total_bytes)::bigint AS total_bytes,
-           min(total_bytes) AS min_bytes,
-           max(total_bytes) AS max_bytes,
-           avg(total_bytes)::bigint AS avg_bytes,
-           sum(greatest(estimated_rows, 0))::bigint AS estimated_rows,
-           min(range_from) AS oldest,
-           max(range_to) AS newest
-    FROM outbox_partition_leaves
-    GROUP BY parent`)
-})
-
-/**
- * The migrations, by name, for the outbox table `table` (validated by the
- * migrations; the default `outbox` gives `loader`). Another name creates the
- * outbox under that name (or finds the partitioned table an online
- * migration's `prepare` created), and points the table-bound objects at it:
- * the dead-letter index (`<table>_dead_letter_idx`) and the health views.
- * PostgreSQL binds views and indexes to the table, not to its name, so they
- * follow an online migration's `finish`, which renames the table `outbox`.
- * The views, functions and tables that are not bound to the outbox table
- * keep their names (`outbox_partition_leaves`, `outbox_redrive_log`…):
- * migrations are tracked once per database (`outbox_migrations`), for one
- * outbox table.
+ * The migrations, by name, for the outbox table `table` (a name, validated,
+ * or its `OutboxTables`; the default `outbox` gives `loader`). Another name
+ * creates the outbox under that name (or finds the partitioned table an
+ * online migration's `prepare` created), and points the table-bound objects
+ * at it: the dead-letter index (`<table>_dead_letter_idx`) and the health
+ * views. PostgreSQL binds views and indexes to the table, not to its name,
+ * so they follow an online migration's `finish`, which renames the table
+ * `outbox`. The views, functions and tables that are not bound to the
+ * outbox table keep their names (`outbox_partition_leaves`,
+ * `outbox_redrive_log`…): migrations are tracked once per database
+ * (`outbox_migrations`), for one outbox table.
  *
  * @category migrations
  * @since 0.1.0
  */
-export const loaderFor = (table: string) =>
-  table === "outbox" ? loader : Migrator.fromRecord({
-    "0001_create_outbox": createOutbox(table),
-    "0002_partition_views": partitionViews,
-    "0003_redrive_log": DeadLetters.migrationFor(table),
-    "0004_health_views": OutboxHealth.migrationFor(table),
-    "0005_relay_gauges": OutboxHealth.relayGaugesMigration,
-    "0006_lease_claimed_at": OutboxHealth.leaseHeldMigrationFor(table)
-  })
+export const loaderFor = (table: string | OutboxTables.OutboxTables): Migrator.Loader =>
+  Effect.flatMap(migrationTables(table), (tables) => Migrations.loader(Migrations.outbox, tables))
 
 /**
  * The migrations, by name.
@@ -204,14 +94,14 @@ export const loaderFor = (table: string) =>
  * @category migrations
  * @since 0.1.0
  */
-export const loader = Migrator.fromRecord({
-  "0001_create_outbox": createOutbox("outbox"),
-  "0002_partition_views": partitionViews,
-  "0003_redrive_log": DeadLetters.migration,
-  "0004_health_views": OutboxHealth.migration,
-  "0005_relay_gauges": OutboxHealth.relayGaugesMigration,
-  "0006_lease_claimed_at": OutboxHealth.leaseHeldMigration
-})
+export const loader: Migrator.Loader = Migrations.loader(Migrations.outbox, OutboxTables.defaults)
+
+/** The one migrator (no schema dump). */
+const migrator = Migrator.make({})
+
+/** Runs the migrations of `set` for `tables` not yet in its ledger. */
+const apply = (set: Migrations.MigrationSet, tables: OutboxTables.OutboxTables) =>
+  migrator({ loader: Migrations.loader(set, tables), table: set.ledger(tables) })
 
 /**
  * Runs the outbox migrations only, for the outbox table `table` (see
@@ -220,7 +110,10 @@ export const loader = Migrator.fromRecord({
  * @category migrations
  * @since 0.1.0
  */
-export const runOutboxFor = (table: string) => Migrator.make({})({ loader: loaderFor(table), table: "outbox_migrations" })
+export const runOutboxFor = (
+  table: string | OutboxTables.OutboxTables
+): Effect.Effect<ReadonlyArray<readonly [id: number, name: string]>, Migrator.MigrationError | SqlError.SqlError, SqlClient.SqlClient> =>
+  Effect.flatMap(migrationTables(table), (tables) => apply(Migrations.outbox, tables))
 
 /**
  * Runs the outbox migrations only (idempotent; already applied ones are skipped).
@@ -228,30 +121,50 @@ export const runOutboxFor = (table: string) => Migrator.make({})({ loader: loade
  * @category migrations
  * @since 0.1.0
  */
-export const runOutbox = runOutboxFor("outbox")
+export const runOutbox = runOutboxFor(OutboxTables.defaults)
 
 /**
- * Runs the outbox migrations, then the audit trail's (`outbox_audit_log`,
- * triggers, sealer, views; tracked in `outbox_audit_migrations`) when
+ * The audit trail's migrations, then its capture triggers on the table
+ * named `outbox` (re-created when an online migration's `finish` swapped
+ * the table under that name). Whatever table the outbox migrations ran for:
+ * the audited table is the one `finish` leaves as `outbox`, and the name
+ * the partitioned table had then belongs to a view, which triggers cannot
+ * capture.
+ */
+const runAudit = Effect.tap(
+  apply(Migrations.audit, OutboxTables.defaults),
+  () => CreateAuditLog.ensureTriggers(OutboxTables.defaults)
+)
+
+/**
+ * Runs the outbox migrations for `options.tables` (or the table named
+ * `options.table`, default `outbox`), then the audit trail's
+ * (`outbox_audit_log`, triggers, sealer, views; tracked in
+ * `outbox_audit_migrations`, reported with the prefix `audit_`) when
  * `options.audit` is true. Once installed, the audit trail stays.
  *
  * @category migrations
  * @since 0.1.0
  */
-export const runWith = (options: { readonly audit: boolean; readonly table?: string | undefined }) =>
-  options.audit
-    ? Effect.zipWith(runOutboxFor(options.table ?? "outbox"), AuditMigrations.run, (outbox, audit) => [...outbox, ...audit.map(([id, name]) => [id, `audit_${name}`] as const)])
-    : runOutboxFor(options.table ?? "outbox")
+export const runWith = (options: {
+  readonly audit: boolean
+  readonly table?: string | undefined
+  readonly tables?: OutboxTables.OutboxTables | undefined
+}): Effect.Effect<ReadonlyArray<readonly [id: number, name: string]>, Migrator.MigrationError | SqlError.SqlError, SqlClient.SqlClient> => {
+  const outbox = runOutboxFor(options.tables ?? options.table ?? OutboxTables.defaults)
+  return options.audit
+    ? Effect.zipWith(outbox, runAudit, (outbox, audit) => [...outbox, ...audit.map(([id, name]) => [id, `audit_${name}`] as const)])
+    : outbox
+}
 
 /**
- * `ENABLE_AUDIT` (default `false`) from the environment; a value that is not
- * a boolean fails the migration with a `MigrationError` naming it.
+ * `ENABLE_AUDIT` (default `false`, `SqlEnv.audit`); a value that is not a
+ * boolean fails the migration with a `MigrationError` naming it.
  *
  * @category migrations
  * @since 0.1.0
  */
-export const auditEnabled: Effect.Effect<boolean, Migrator.MigrationError> = Config.Boolean("ENABLE_AUDIT").pipe(
-  Config.withDefault(false),
+export const auditEnabled: Effect.Effect<boolean, Migrator.MigrationError> = SqlEnv.audit.pipe(
   Effect.mapError((cause) => new Migrator.MigrationError({ kind: "BadState", message: `ENABLE_AUDIT: ${cause.message}`, cause }))
 )
 
@@ -265,13 +178,15 @@ export const auditEnabled: Effect.Effect<boolean, Migrator.MigrationError> = Con
 export const run = Effect.flatMap(auditEnabled, (audit) => runWith({ audit }))
 
 /**
- * `run` for the outbox table `table` (see `loaderFor`): what the store runs
- * at start for its configured table (`OUTBOX_TABLE`).
+ * `run` for the outbox table `table` (a name or its `OutboxTables`, see
+ * `loaderFor`): what the store runs at start for its configured table
+ * (`OUTBOX_TABLE`).
  *
  * @category migrations
  * @since 0.1.0
  */
-export const runFor = (table: string) => Effect.flatMap(auditEnabled, (audit) => runWith({ audit, table }))
+export const runFor = (table: string | OutboxTables.OutboxTables) =>
+  Effect.flatMap(auditEnabled, (audit) => runWith(typeof table === "string" ? { audit, table } : { audit, tables: table }))
 
 /**
  * A layer that runs the migrations when built.

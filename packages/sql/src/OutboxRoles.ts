@@ -36,6 +36,7 @@ import * as Schema from "effect/Schema"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Identifier from "./Identifier.ts"
 import { mapSql } from "./internal/sqlError.ts"
+import * as OutboxTables from "./OutboxTables.ts"
 
 /**
  * Setting up roles failed: nothing was changed (one transaction).
@@ -76,8 +77,14 @@ export type Kind = keyof RoleSet
  */
 export interface Options {
   readonly roles: RoleSet
-  /** The outbox table (default `outbox`). */
+  /** The outbox table (default `outbox`); ignored when `tables` is given. */
   readonly table?: string | undefined
+  /**
+   * The names of the outbox objects (`OutboxTables`): the outbox, the inbox,
+   * the redrive log, the fencing-token sequence, the audit trail's tables.
+   * Default: those of `table`.
+   */
+  readonly tables?: OutboxTables.OutboxTables | undefined
   /** The schema of the outbox objects (default `public`). */
   readonly schema?: string | undefined
   /** Let the producer read back `id`, `tracking_id`, `created_at` (`INSERT ... RETURNING`). */
@@ -154,14 +161,15 @@ interface Objects {
   readonly healthViews: ReadonlyArray<string>
 }
 
-const auditTableNames = ["outbox_audit_log", "outbox_audit_head", "outbox_audit_checkpoint"]
+const auditTableNames = (tables: OutboxTables.OutboxTables) => [tables.auditLog, tables.auditHead, tables.auditCheckpoint]
 const auditFunctionSignatures = [
   ["outbox_audit_seal", "integer"],
   ["outbox_audit_checkpoint", "timestamptz, interval"]
 ] as const
 
-const discover = Effect.fnUntraced(function*(schema: string, table: string) {
+const discover = Effect.fnUntraced(function*(schema: string, tables: OutboxTables.OutboxTables) {
   const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+  const table = tables.outbox
   const qualified = `${Identifier.quote(schema)}.${Identifier.quote(table)}`
   const qualify = (name: string) => `${Identifier.quote(schema)}.${Identifier.quote(name)}`
   // the sequence behind `id`: owned (bigserial) or named in the column default
@@ -183,11 +191,11 @@ const discover = Effect.fnUntraced(function*(schema: string, table: string) {
     )
   const [found] = yield* sql<{ outbox: boolean; inbox: boolean; redrive: boolean; token: boolean }>`
     SELECT to_regclass(${qualified}) IS NOT NULL AS outbox,
-           to_regclass(${qualify("outbox_inbox")}) IS NOT NULL AS inbox,
-           to_regclass(${qualify("outbox_redrive_log")}) IS NOT NULL AS redrive,
-           to_regclass(${qualify("outbox_lock_token_seq")}) IS NOT NULL AS token`
+           to_regclass(${qualify(tables.inbox)}) IS NOT NULL AS inbox,
+           to_regclass(${qualify(tables.redriveLog)}) IS NOT NULL AS redrive,
+           to_regclass(${qualify(tables.lockTokenSequence)}) IS NOT NULL AS token`
   const auditTables: Array<string> = []
-  for (const name of auditTableNames) {
+  for (const name of auditTableNames(tables)) {
     const [row] = yield* sql<{ ok: boolean }>`SELECT to_regclass(${qualify(name)}) IS NOT NULL AS ok`
     if (row?.ok === true) auditTables.push(qualify(name))
   }
@@ -202,7 +210,7 @@ const discover = Effect.fnUntraced(function*(schema: string, table: string) {
   if (found === undefined || !found.outbox || !found.token) {
     return yield* new RolesError({
       reason: "MissingObject",
-      message: `${schema}.${table} (or outbox_lock_token_seq) does not exist: run the migrations first`
+      message: `${schema}.${table} (or ${tables.lockTokenSequence}) does not exist: run the migrations first`
     })
   }
   const views = yield* sql<{ name: string }>`
@@ -218,7 +226,7 @@ const discover = Effect.fnUntraced(function*(schema: string, table: string) {
     idSequence: yield* sequenceOf(qualified),
     inbox: found.inbox,
     redriveLog: found.redrive,
-    redriveLogSequence: found.redrive ? yield* sequenceOf(qualify("outbox_redrive_log")) : null,
+    redriveLogSequence: found.redrive ? yield* sequenceOf(qualify(tables.redriveLog)) : null,
     auditTables,
     auditFunctions,
     meterFunction: meter?.ok === true ? meterSignature : null,
@@ -241,14 +249,14 @@ export const plan = (
   Effect.gen(function*() {
     const roles = yield* validateRoles(options.roles)
     const schemaName = yield* Identifier.validate(options.schema ?? "public", "schema")
-    const tableName = yield* Identifier.validate(options.table ?? "outbox", "outbox table")
-    const objects = yield* discover(schemaName, tableName).pipe(database("reading the catalog"))
+    const names = options.tables ?? (yield* OutboxTables.make(options.table ?? "outbox"))
+    const objects = yield* discover(schemaName, names).pipe(database("reading the catalog"))
     const q = (name: string) => `${Identifier.quote(schemaName)}.${Identifier.quote(name)}`
     const schema = Identifier.quote(schemaName)
-    const outbox = q(tableName)
-    const tokenSequence = q("outbox_lock_token_seq")
-    const inbox = q("outbox_inbox")
-    const redriveLog = q("outbox_redrive_log")
+    const outbox = q(names.outbox)
+    const tokenSequence = q(names.lockTokenSequence)
+    const inbox = q(names.inbox)
+    const redriveLog = q(names.redriveLog)
     const state = stateColumns.join(", ")
 
     const statements: Array<string> = []

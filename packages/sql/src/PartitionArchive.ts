@@ -14,10 +14,12 @@
  * Rows are serialised server-side with `row_to_json`, which uses each type's
  * own text output (timestamps with microseconds and offset, exact
  * `numeric`, shortest round-trip `float8`, `json` text kept verbatim,
- * `bytea` as hex), and are read through a cursor in batches within one
- * snapshot. {@link restore} turns them back into rows with
- * `json_populate_recordset`, so the values round-trip exactly into a table of
- * the same shape. The row text is never parsed in JavaScript.
+ * `bytea` as hex; a raw newline, which only a `json` value's whitespace can
+ * hold, becomes a space so that a row is always one line), and are read
+ * through a cursor in batches within one snapshot. {@link restore} turns them
+ * back into rows with `json_populate_recordset`, so the values round-trip
+ * exactly into a table of the same shape (a `json` value's line breaks come
+ * back as spaces). The row text is never parsed in JavaScript.
  *
  * **Gotchas**
  *
@@ -43,6 +45,7 @@ import * as SqlClient from "effect/sql/SqlClient"
 import { createHash } from "node:crypto"
 import * as Zlib from "node:zlib"
 import * as Identifier from "./Identifier.ts"
+import { digestOfLines, lineOf } from "./internal/archiveRows.ts"
 
 /**
  * What to archive: the parent table and the partition (plain names,
@@ -76,6 +79,12 @@ export interface Verified {
   readonly compressedBytes: number
   /** Size of the decompressed JSON lines. */
   readonly uncompressedBytes: number
+  /**
+   * An order-independent digest of the rows (`<count>:<sum of row hashes>`),
+   * which archive retention compares with the detached partition's before
+   * it drops it.
+   */
+  readonly digest: string
 }
 
 /**
@@ -168,7 +177,7 @@ export const archive = Effect.fn("PartitionArchive.archive")(function*(request: 
 
   const { members, rowCount } = yield* sql.withTransaction(Effect.gen(function*() {
     yield* sql.unsafe(
-      `DECLARE ${CURSOR} NO SCROLL CURSOR FOR SELECT row_to_json(t)::text AS line FROM ${
+      `DECLARE ${CURSOR} NO SCROLL CURSOR FOR SELECT ${lineOf("t")} AS line FROM ${
         Identifier.quoteQualified(partition)
       } AS t`
     )
@@ -262,7 +271,8 @@ export const verify = Effect.fn("PartitionArchive.verify")(function*(manifestKey
     manifest: loaded.manifest,
     rowCount: loaded.manifest.rowCount,
     compressedBytes: loaded.compressedBytes,
-    uncompressedBytes: loaded.data.length
+    uncompressedBytes: loaded.data.length,
+    digest: digestOfLines(loaded.data)
   }
   return verified
 })

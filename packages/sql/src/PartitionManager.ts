@@ -23,6 +23,13 @@
  *    outbox: not COMPLETED nor DEAD_LETTER) is never dropped: it is reported
  *    in `blocked`, checked again after the detach, and re-attached if a row
  *    appeared in between.
+ * 4. **Archive** (retention mode `archive`, which needs an `ArchiveStorage`
+ *    in the context of `maintain`): the partition is written to the storage
+ *    (`PartitionArchive.archive`), read back and verified, detached, and
+ *    dropped only if the detached table still holds exactly the archived
+ *    rows (an order-free digest of them). A failed write or verification, or
+ *    rows changed meanwhile, drops nothing: the partition stays attached and
+ *    the step is reported in `failed`.
  *
  * "Now" is Effect's `Clock`, so a `TestClock` drives the calendar. DDL never
  * runs on the publish path: only here.
@@ -39,6 +46,7 @@ import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Identifier from "./Identifier.ts"
+import { digestQuery } from "./internal/archiveRows.ts"
 import { fromSql } from "./internal/sqlError.ts"
 import * as PartitionArchive from "./PartitionArchive.ts"
 
@@ -215,6 +223,13 @@ const databaseError = (table: string, step: string) =>
 const messageOf = (error: unknown): string =>
   typeof error === "object" && error !== null && "message" in error ? String(error.message) : String(error)
 
+/** What retiring one partition came to (`Skipped`: another maintainer retired it first). */
+type RetireOutcome =
+  | { readonly _tag: "Retired"; readonly action: "dropped" | "detached" | "archived"; readonly detach: "concurrently" | "locking" }
+  | { readonly _tag: "Blocked"; readonly unfinished: number }
+  | { readonly _tag: "Failed"; readonly message: string }
+  | { readonly _tag: "Skipped" }
+
 /** Rows in DEFAULT of a range, raised to fail (and roll back) a step. */
 class Unfinished {
   readonly _tag = "Unfinished"
@@ -351,25 +366,7 @@ export const make = Effect.gen(function*() {
       if (policy.protect !== undefined) yield* Identifier.validate(policy.protect.column, "column")
       const before = yield* unfinishedIn(partition, policy.protect)
       if (before > 0) return { _tag: "Blocked" as const, unfinished: before }
-      if (policy.retentionMode === "archive") {
-        const storage = yield* Effect.serviceOption(ArchiveStorageModule.ArchiveStorage)
-        if (Option.isNone(storage)) {
-          return yield* new PartitionError({
-            reason: "NoArchiveStorage",
-            table: t.label,
-            message: `retention mode "archive" needs an ArchiveStorage layer`
-          })
-        }
-        yield* PartitionArchive.archive({
-          parent: `${t.schema}.${t.name}`,
-          partition: `${leaf.schema}.${leaf.name}`,
-          from: leaf.from!,
-          to: leaf.to!
-        }).pipe(Effect.provideService(ArchiveStorageModule.ArchiveStorage, storage.value))
-      }
-      const action = policy.retentionMode === "archive" ? "archived" as const : policy.retentionMode === "detach"
-        ? "detached" as const
-        : "dropped" as const
+      const action = policy.retentionMode === "detach" ? "detached" as const : "dropped" as const
       if (hasDefault) {
         // PostgreSQL refuses DETACH CONCURRENTLY while a DEFAULT partition exists
         const outcome = yield* sql.withTransaction(Effect.gen(function*() {
@@ -393,6 +390,89 @@ export const make = Effect.gen(function*() {
       }
       if (action !== "detached") yield* sql.unsafe(`DROP TABLE ${partition}`)
       return { _tag: "Retired" as const, action, detach: "concurrently" as const }
+    })
+
+  /**
+   * Retention mode "archive": a partition is dropped only once its archive
+   * has been written, read back and verified, and the detached partition
+   * still holds exactly the archived rows.
+   *
+   * 1. Under the parent's advisory lock (so that two maintainers never
+   *    archive the same partition at once), in one transaction: skip a
+   *    partition another maintainer already retired, report one holding
+   *    protected rows, archive it, verify the archive (checksum, row count,
+   *    digest of the rows), then, with a DEFAULT partition, detach it.
+   * 2. Without DEFAULT: `DETACH ... CONCURRENTLY`.
+   * 3. Detached, it can no longer be written through the parent: unless it
+   *    holds no protected row and the same rows as the archive (order-free
+   *    digest), it is re-attached and kept. Then it is dropped.
+   *
+   * Any failure (storage, verification, SQL) drops nothing: before the
+   * detach it rolls back, after it the partition is re-attached.
+   */
+  const retireArchived = (
+    t: ResolvedTable,
+    policy: PartitionPolicy.PartitionPolicy,
+    leaf: Leaf,
+    hasDefault: boolean
+  ) =>
+    Effect.gen(function*() {
+      const storage = yield* Effect.serviceOption(ArchiveStorageModule.ArchiveStorage)
+      if (Option.isNone(storage)) {
+        return yield* new PartitionError({
+          reason: "NoArchiveStorage",
+          table: t.label,
+          message: `retention mode "archive" needs an ArchiveStorage layer`
+        })
+      }
+      const partition = qualifiedName(leaf)
+      const bounds = `FROM (${boundLiteral(leaf.from!)}) TO (${boundLiteral(leaf.to!)})`
+      if (policy.protect !== undefined) yield* Identifier.validate(policy.protect.column, "column")
+      const archiveAndVerify = Effect.gen(function*() {
+        const manifest = yield* PartitionArchive.archive({
+          parent: `${t.schema}.${t.name}`,
+          partition: `${leaf.schema}.${leaf.name}`,
+          from: leaf.from!,
+          to: leaf.to!
+        })
+        return yield* PartitionArchive.verify(PartitionArchive.manifestKey(manifest.table, manifest.partition))
+      }).pipe(Effect.provideService(ArchiveStorageModule.ArchiveStorage, storage.value))
+
+      const archived = yield* sql.withTransaction(Effect.gen(function*() {
+        yield* lockParent(t)
+        const current = yield* leavesOf(t)
+        if (!current.some((l) => l.schema === leaf.schema && l.name === leaf.name)) return { _tag: "Skipped" as const }
+        const before = yield* unfinishedIn(partition, policy.protect)
+        if (before > 0) return { _tag: "Blocked" as const, unfinished: before }
+        const verified = yield* archiveAndVerify
+        if (hasDefault) {
+          // PostgreSQL refuses DETACH CONCURRENTLY while a DEFAULT partition exists
+          yield* sql`SET LOCAL lock_timeout = '5s'`
+          yield* sql.unsafe(`ALTER TABLE ${t.qualified} DETACH PARTITION ${partition}`)
+        }
+        return { _tag: "Archived" as const, digest: verified.digest }
+      }))
+      if (archived._tag !== "Archived") return archived
+      if (!hasDefault) yield* sql.unsafe(`ALTER TABLE ${t.qualified} DETACH PARTITION ${partition} CONCURRENTLY`)
+
+      const reattach = sql.unsafe(`ALTER TABLE ${t.qualified} ATTACH PARTITION ${partition} FOR VALUES ${bounds}`)
+      return yield* Effect.gen(function*() {
+        const after = yield* unfinishedIn(partition, policy.protect)
+        if (after > 0) {
+          yield* reattach
+          return { _tag: "Blocked" as const, unfinished: after }
+        }
+        const [row] = yield* sql.unsafe<{ readonly digest: string }>(digestQuery(partition))
+        if (row?.digest !== archived.digest) {
+          yield* reattach
+          return {
+            _tag: "Failed" as const,
+            message: `${leaf.name} changed while it was archived (rows:digest ${row?.digest} in the table, ${archived.digest} in the archive): kept, the next run archives it again`
+          }
+        }
+        yield* sql.unsafe(`DROP TABLE ${partition}`)
+        return { _tag: "Retired" as const, action: "archived" as const, detach: hasDefault ? "locking" as const : "concurrently" as const }
+      }).pipe(Effect.onError(() => Effect.ignore(reattach)))
     })
 
   const maintain = Effect.fn("PartitionManager.maintain")(function*(
@@ -455,9 +535,14 @@ export const make = Effect.gen(function*() {
       const hasDefault = leaves.some((l) => l.isDefault)
       for (const leaf of leaves) {
         if (leaf.isDefault || leaf.from === null || leaf.to === null || leaf.to.getTime() > cutoff.getTime()) continue
-        const outcome = yield* retire(t, policy, leaf, hasDefault).pipe(
-          Effect.catch((e) => Effect.succeed({ _tag: "Failed" as const, message: messageOf(e) }))
+        const attempt: Effect.Effect<RetireOutcome, unknown, SqlClient.SqlClient> = policy.retentionMode === "archive"
+          ? retireArchived(t, policy, leaf, hasDefault)
+          : retire(t, policy, leaf, hasDefault)
+        const outcome = yield* attempt.pipe(
+          Effect.catch((e) => Effect.succeed<RetireOutcome>({ _tag: "Failed", message: messageOf(e) }))
         )
+        // another maintainer retired it meanwhile: its report has it
+        if (outcome._tag === "Skipped") continue
         if (outcome._tag === "Retired") retired.push({ partition: leaf.name, action: outcome.action, detach: outcome.detach })
         else if (outcome._tag === "Blocked") blocked.push({ partition: leaf.name, unfinished: outcome.unfinished })
         else failed.push({ partition: leaf.name, step: "retire", message: outcome.message })

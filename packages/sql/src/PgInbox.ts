@@ -22,7 +22,9 @@ import * as Option from "effect/Option"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
+import * as Identifier from "./Identifier.ts"
 import { fromSqlError, mapSqlError } from "./internal/storeError.ts"
+import * as OutboxTables from "./OutboxTables.ts"
 
 class BodyFailure<E> {
   readonly error: E
@@ -32,57 +34,76 @@ class BodyFailure<E> {
 }
 
 /**
- * Builds the inbox over the current `SqlClient`. The table is created by
- * the outbox migrations.
+ * Builds the inbox over the current `SqlClient`, on the inbox table of
+ * `tables` (`tables.inbox`, created by the outbox migrations).
  *
  * @category constructors
  * @since 0.1.0
  */
-export const make = Effect.gen(function*() {
-  const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+export const makeWith = (tables: OutboxTables.OutboxTables) =>
+  Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const inbox = sql.literal(Identifier.quote(tables.inbox))
 
-  const insertKey = (consumer: string, trackingId: string) =>
-    sql<{ inserted: number }>`
-      INSERT INTO outbox_inbox (consumer, tracking_id) VALUES (${consumer}, ${trackingId})
-      ON CONFLICT (consumer, tracking_id) DO NOTHING
-      RETURNING 1 AS inserted`.pipe(Effect.map((rows) => rows.length > 0))
+    const insertKey = (consumer: string, trackingId: string) =>
+      sql<{ inserted: number }>`
+        INSERT INTO ${inbox} (consumer, tracking_id) VALUES (${consumer}, ${trackingId})
+        ON CONFLICT (consumer, tracking_id) DO NOTHING
+        RETURNING 1 AS inserted`.pipe(Effect.map((rows) => rows.length > 0))
 
-  const isProcessed = (consumer: string, trackingId: string) =>
-    sql`SELECT 1 FROM outbox_inbox WHERE consumer = ${consumer} AND tracking_id = ${trackingId}`.pipe(
-      Effect.map((rows) => rows.length > 0),
-      mapSqlError("inbox.isProcessed")
-    )
-
-  const markProcessed = (consumer: string, trackingId: string) =>
-    insertKey(consumer, trackingId).pipe(mapSqlError("inbox.markProcessed"))
-
-  const process = <A, E, R>(
-    consumer: string,
-    trackingId: string,
-    effect: Effect.Effect<A, E, R>
-  ): Effect.Effect<ProcessResult<A>, E | StoreError, R> =>
-    sql.withTransaction(
-      Effect.flatMap(
-        insertKey(consumer, trackingId),
-        (fresh): Effect.Effect<ProcessResult<A>, BodyFailure<E>, R> =>
-          fresh
-            ? Effect.map(Effect.mapError(effect, (e) => new BodyFailure(e)), (value) => ({ _tag: "Processed", value }))
-            : Effect.succeed({ _tag: "Duplicate" })
+    const isProcessed = (consumer: string, trackingId: string) =>
+      sql`SELECT 1 FROM ${inbox} WHERE consumer = ${consumer} AND tracking_id = ${trackingId}`.pipe(
+        Effect.map((rows) => rows.length > 0),
+        mapSqlError("inbox.isProcessed")
       )
-    ).pipe(
-      Effect.catch((e: BodyFailure<E> | SqlError.SqlError) =>
-        Effect.fail(e instanceof BodyFailure ? e.error : fromSqlError("inbox.process")(e))
-      )
-    )
 
-  return Inbox.of({ isProcessed, markProcessed, process })
-})
+    const markProcessed = (consumer: string, trackingId: string) =>
+      insertKey(consumer, trackingId).pipe(mapSqlError("inbox.markProcessed"))
+
+    const process = <A, E, R>(
+      consumer: string,
+      trackingId: string,
+      effect: Effect.Effect<A, E, R>
+    ): Effect.Effect<ProcessResult<A>, E | StoreError, R> =>
+      sql.withTransaction(
+        Effect.flatMap(
+          insertKey(consumer, trackingId),
+          (fresh): Effect.Effect<ProcessResult<A>, BodyFailure<E>, R> =>
+            fresh
+              ? Effect.map(Effect.mapError(effect, (e) => new BodyFailure(e)), (value) => ({ _tag: "Processed", value }))
+              : Effect.succeed({ _tag: "Duplicate" })
+        )
+      ).pipe(
+        Effect.catch((e: BodyFailure<E> | SqlError.SqlError) =>
+          Effect.fail(e instanceof BodyFailure ? e.error : fromSqlError("inbox.process")(e))
+        )
+      )
+
+    return Inbox.of({ isProcessed, markProcessed, process })
+  })
+
+/**
+ * Builds the inbox on `outbox_inbox` (`makeWith` of `OutboxTables.defaults`).
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const make = makeWith(OutboxTables.defaults)
 
 /**
  * @category layers
  * @since 0.1.0
  */
 export const layer: Layer.Layer<Inbox, never, SqlClient.SqlClient> = Layer.effect(Inbox, make)
+
+/**
+ * The inbox on `tables.inbox`, as a layer.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerWith = (tables: OutboxTables.OutboxTables): Layer.Layer<Inbox, never, SqlClient.SqlClient> =>
+  Layer.effect(Inbox, makeWith(tables))
 
 /**
  * What `processEvent` reads from a received event (the webhook body fits).

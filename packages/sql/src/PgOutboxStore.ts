@@ -52,8 +52,10 @@ import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
 import type { Fragment } from "effect/sql/Statement"
 import * as Identifier from "./Identifier.ts"
-import * as PublishStatement from "./PublishStatement.ts"
 import * as OutboxMigrations from "./OutboxMigrations.ts"
+import * as OutboxTables from "./OutboxTables.ts"
+import * as PublishStatement from "./PublishStatement.ts"
+import * as SqlEnv from "./SqlEnv.ts"
 import { fromSqlError, mapSqlError } from "./internal/storeError.ts"
 
 /**
@@ -71,8 +73,14 @@ export type TimeSource = "database" | "clock"
  */
 export interface Options {
   readonly timeSource?: TimeSource | undefined
-  /** The partitioned outbox table (default `outbox`). */
+  /** The partitioned outbox table (default `outbox`); ignored when `tables` is given. */
   readonly table?: string | undefined
+  /**
+   * The names of the outbox objects (`OutboxTables`): the partitioned table
+   * and the fencing-token sequence; also what `layer` migrates. Default:
+   * those of `table`.
+   */
+  readonly tables?: OutboxTables.OutboxTables | undefined
   /**
    * A plain outbox being migrated into `table` online (see the module
    * documentation and `OnlineMigration`). `dualWrite` is the migration flag.
@@ -87,24 +95,15 @@ export interface Options {
 }
 
 /**
- * `Options` from the environment: `OUTBOX_TABLE` (default `outbox`),
- * `OUTBOX_MIGRATION_LEGACY_TABLE` (unset: no online migration),
+ * `Options` from the environment (`SqlEnv.store`): `OUTBOX_TABLE` (default
+ * `outbox`), `OUTBOX_MIGRATION_LEGACY_TABLE` (unset: no online migration),
  * `OUTBOX_MIGRATION_DUAL_WRITE` (the flag, default `false`) and
  * `OUTBOX_RUN_MIGRATIONS` (default `true`).
  *
  * @category config
  * @since 0.1.0
  */
-export const optionsConfig: Config.Config<Options> = Config.all({
-  table: Config.String("OUTBOX_TABLE").pipe(Config.withDefault("outbox")),
-  legacyTable: Config.String("OUTBOX_MIGRATION_LEGACY_TABLE").pipe(Config.option),
-  dualWrite: Config.Boolean("OUTBOX_MIGRATION_DUAL_WRITE").pipe(Config.withDefault(false)),
-  runMigrations: Config.Boolean("OUTBOX_RUN_MIGRATIONS").pipe(Config.withDefault(true))
-}).pipe(Config.map(({ dualWrite, legacyTable, runMigrations, table }) => ({
-  table,
-  legacy: Option.isSome(legacyTable) ? { table: legacyTable.value, dualWrite } : undefined,
-  runMigrations
-})))
+export const optionsConfig: Config.Config<Options> = SqlEnv.store
 
 /** The legacy table's marker column: set when the row has a copy in the partitioned table. */
 const migratedColumn = "outbox_migrated_at"
@@ -221,7 +220,9 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const timeSource = options.timeSource ?? "database"
   const configError = (e: { readonly message: string }) =>
     new StoreError({ operation: "configure", message: e.message, retryable: false, cause: e })
-  const tableName = yield* Identifier.validate(options.table ?? "outbox", "outbox table").pipe(Effect.mapError(configError))
+  const tables = options.tables ?? (yield* OutboxTables.make(options.table ?? "outbox").pipe(Effect.mapError(configError)))
+  const tableName = tables.outbox
+  const nextToken = sql.literal(`nextval('${Identifier.quote(tables.lockTokenSequence)}')`)
   const legacyName = options.legacy === undefined
     ? undefined
     : yield* Identifier.validate(options.legacy.table, "legacy outbox table").pipe(Effect.mapError(configError))
@@ -329,7 +330,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     // the uncorrelated sub-select is an InitPlan: one token for the whole claim
     sql`
       UPDATE ${table} o
-      SET status = 'PROCESSING', lock_token = (SELECT nextval('outbox_lock_token_seq')),
+      SET status = 'PROCESSING', lock_token = (SELECT ${nextToken}),
           locked_until = ${plus(ts, options.leaseDuration)}${claimStamp(stamp, ts)}
       FROM (
         SELECT id, created_at FROM ${table}
@@ -364,7 +365,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
           SELECT id, created_at FROM ${L} WHERE ${claimable(ts)} AND ${migrated} IS NULL
           ORDER BY id LIMIT ${limitLiteral(options.limit)} FOR UPDATE SKIP LOCKED
         ), token AS (
-          SELECT nextval('outbox_lock_token_seq') AS t
+          SELECT ${nextToken} AS t
         ), pick AS (
           SELECT id, created_at, true AS partitioned FROM pc
           UNION ALL
@@ -573,7 +574,7 @@ export const layer = (options: Options = {}): Layer.Layer<OutboxStore, StoreErro
   Layer.effect(
     OutboxStore,
     Effect.andThen(
-      options.legacy !== undefined || options.runMigrations === false ? Effect.void : OutboxMigrations.runFor(options.table ?? "outbox").pipe(
+      options.legacy !== undefined || options.runMigrations === false ? Effect.void : OutboxMigrations.runFor(options.tables ?? options.table ?? "outbox").pipe(
         Effect.mapError((e) => new StoreError({ operation: "migrate", message: `migration failed: ${e.message}`, retryable: false, cause: e }))
       ),
       make(options)

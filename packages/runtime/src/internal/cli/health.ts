@@ -1,5 +1,9 @@
 /**
- * `npx outbox stats [--json]` and `npx outbox health [--json]`.
+ * `npx outbox stats [--json]` and `npx outbox health [--json] [--checks]`.
+ *
+ * `health` prints what the service's list of checks (`OutboxHealth.checks`)
+ * found, and with `--checks` the whole list as it ran (`HealthReport.checks`):
+ * a new check shows up here without an edit to this file.
  *
  * `health` exits with 0 / 1 / 2 for OK / WARN / CRITICAL (a database it
  * cannot read is CRITICAL), so it can serve as a Kubernetes exec probe. With
@@ -94,7 +98,35 @@ const formatStats = (s: OutboxHealth.Stats): string => {
   return lines.join("\n")
 }
 
-const formatHealth = (r: OutboxHealth.HealthReport): string => {
+/** A threshold as in force: `warn 60, critical 300` for a band, the number otherwise. */
+const formatThreshold = (value: OutboxHealth.CheckResult["thresholds"][string]): string =>
+  typeof value === "number"
+    ? String(value)
+    : [value.warn === undefined ? "" : `warn ${value.warn}`, value.critical === undefined ? "" : `critical ${value.critical}`]
+      .filter((s) => s !== "").join(", ") || "off"
+
+/**
+ * The checks that ran, one line each (from the report, so a custom list
+ * prints as the built-in one does): the `--checks` section.
+ */
+const formatChecks = (checks: ReadonlyArray<OutboxHealth.CheckResult>): string =>
+  formatTable(
+    ["check", "level", "thresholds", "gauge"],
+    checks.map((c) => [
+      c.name,
+      c.level,
+      Object.entries(c.thresholds).map(([name, value]) => `${name} ${formatThreshold(value)}`).join("; "),
+      c.gauge ?? ""
+    ])
+  )
+
+/**
+ * The text form of a health report; with `checks`, every check of the list
+ * with its level and thresholds.
+ *
+ * @internal
+ */
+export const formatHealth = (r: OutboxHealth.HealthReport, options: { readonly checks?: boolean } = {}): string => {
   const lines: Array<string> = [`health: ${r.level}`]
   if (r.findings.length > 0) {
     lines.push("")
@@ -102,6 +134,10 @@ const formatHealth = (r: OutboxHealth.HealthReport): string => {
       ["level", "finding", "subject", "message"],
       r.findings.map((f) => [f.level, f.name, f.subject, f.message])
     ))
+  }
+  if (options.checks === true) {
+    lines.push("")
+    lines.push(formatChecks(r.checks))
   }
   lines.push("")
   lines.push(
@@ -169,7 +205,7 @@ export const stats = Command.make("stats", {
   )
 
 /**
- * `outbox health [--json] [--premake N] [--table T]...`.
+ * `outbox health [--json] [--checks] [--premake N] [--table T]...`.
  *
  * @internal
  */
@@ -186,12 +222,16 @@ export const health = Command.make("health", {
     Flag.optional,
     Flag.withDescription("seconds the oldest pending event may wait before WARN (CRITICAL at 6x)")
   ),
+  checks: Flag.Boolean("checks").pipe(
+    Flag.withDefault(false),
+    Flag.withDescription("also list every check run, its level, its thresholds and its gauge (JSON always has them)")
+  ),
   json
 }, (options) =>
   Effect.gen(function*() {
     const service = yield* OutboxHealth.OutboxHealth
     const report = yield* service.health
-    yield* options.json ? print(report) : Console.log(formatHealth(report))
+    yield* options.json ? print(report) : Console.log(formatHealth(report, { checks: options.checks }))
     if (report.level !== "OK") {
       return yield* new HealthCheckFailed({
         level: report.level,

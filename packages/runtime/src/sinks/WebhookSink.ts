@@ -37,6 +37,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as HttpClient from "effect/http/HttpClient"
 import * as HttpClientRequest from "effect/http/HttpClientRequest"
+import * as OutboxEnv from "../OutboxEnv.ts"
 
 /**
  * Options of `make` and `layer`.
@@ -178,17 +179,17 @@ export const layer = (options: Options): Layer.Layer<OutboxSink> =>
   Layer.effect(OutboxSink, make(options)).pipe(Layer.provide(NodeHttpClient.layerUndici))
 
 /**
- * The webhook sink for `OUTBOX_SINK_URL` (and `OUTBOX_SINK_TIMEOUT`, a
- * duration such as `5 seconds`, default 10 seconds). Fails with a
- * `ConfigError` when the URL is missing or malformed.
+ * The webhook sink from configuration (`OutboxEnv.webhook` by default:
+ * `OUTBOX_SINK_URL`, and `OUTBOX_SINK_TIMEOUT`, a duration such as
+ * `5 seconds`, default 10 seconds). Fails with a `ConfigError` when the URL
+ * is missing or malformed.
  *
  * @category layers
  * @since 0.1.0
  */
-export const layerConfig: Layer.Layer<OutboxSink, Config.ConfigError> = Layer.unwrap(
-  Effect.gen(function*() {
-    const url = yield* Config.URL("OUTBOX_SINK_URL")
-    const timeout = yield* Config.Duration("OUTBOX_SINK_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
-    return layer({ url: url.toString(), timeout })
-  })
-)
+export const layerConfig = (
+  config: Config.Config<Options> = OutboxEnv.webhook
+): Layer.Layer<OutboxSink, Config.ConfigError> =>
+  Layer.unwrap(Effect.gen(function*() {
+    return layer(yield* config)
+  }))

@@ -1,7 +1,8 @@
 /**
- * The audit trail's schema (`ENABLE_AUDIT=true`), tracked in its own
- * migrations table (`outbox_audit_migrations`) so that enabling it later,
- * or never, does not interfere with the outbox's numbering.
+ * Audit migration `0001_create_audit_log`: the audit trail's schema
+ * (`ENABLE_AUDIT=true`), tracked in its own ledger
+ * (`outbox_audit_migrations`) so that enabling it later, or never, does not
+ * interfere with the outbox's numbering.
  *
  * Objects (all in the schema the migrations run in):
  * - `outbox_audit_log`: one row per changed outbox row, `RANGE (recorded_at)`
@@ -25,13 +26,14 @@
  * - `outbox_audit_history(event_id, tracking_id)`, `v_outbox_sox_audit`,
  *   `v_outbox_dead_letter_activity`: the compliance views.
  *
- * @since 0.1.0
+ * @internal
  */
 import * as Effect from "effect/Effect"
-import * as Migrator from "effect/sql/Migrator"
 import * as SqlClient from "effect/sql/SqlClient"
-import * as Identifier from "../Identifier.ts"
-import { pinnedSearchPath } from "./searchPath.ts"
+import type * as SqlError from "effect/sql/SqlError"
+import * as Identifier from "../../Identifier.ts"
+import { pinnedSearchPath } from "../../internal/searchPath.ts"
+import type * as OutboxTables from "../../OutboxTables.ts"
 
 /**
  * The canonical content of an audit row (alias `alias`) as an SQL
@@ -65,14 +67,14 @@ const contentColumns = [
 ] as const
 
 /** The capture triggers on the outbox (statement-level, with transition tables). */
-const captureTriggers = [
-  `CREATE OR REPLACE TRIGGER outbox_audit_insert AFTER INSERT ON outbox
+const captureTriggers = (t: OutboxTables.OutboxTables): ReadonlyArray<string> => [
+  `CREATE OR REPLACE TRIGGER outbox_audit_insert AFTER INSERT ON ${Identifier.quote(t.outbox)}
     REFERENCING NEW TABLE AS outbox_audit_new FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
-  `CREATE OR REPLACE TRIGGER outbox_audit_update AFTER UPDATE ON outbox
+  `CREATE OR REPLACE TRIGGER outbox_audit_update AFTER UPDATE ON ${Identifier.quote(t.outbox)}
     REFERENCING OLD TABLE AS outbox_audit_old NEW TABLE AS outbox_audit_new FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
-  `CREATE OR REPLACE TRIGGER outbox_audit_delete AFTER DELETE ON outbox
+  `CREATE OR REPLACE TRIGGER outbox_audit_delete AFTER DELETE ON ${Identifier.quote(t.outbox)}
     REFERENCING OLD TABLE AS outbox_audit_old FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
-  `CREATE OR REPLACE TRIGGER outbox_audit_truncate AFTER TRUNCATE ON outbox
+  `CREATE OR REPLACE TRIGGER outbox_audit_truncate AFTER TRUNCATE ON ${Identifier.quote(t.outbox)}
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_capture()`,
 ]
 
@@ -83,7 +85,7 @@ const captureTriggers = [
  * in the function's comment, so a column added to the outbox later is
  * noticed by `ensureTriggers` and the function regenerated.
  */
-const captureFunction = (pinned: string, columns: ReadonlyArray<string>) => {
+const captureFunction = (t: OutboxTables.OutboxTables, pinned: string, columns: ReadonlyArray<string>) => {
   const changed = columns.length === 0 ? "'{}'::text[]" : `array_remove(ARRAY[${
     columns.map((c) => `CASE WHEN o.${Identifier.quote(c)} IS DISTINCT FROM n.${Identifier.quote(c)} THEN ${sqlString(c)} END`).join(",\n                   ")
   }]::text[], NULL)`
@@ -97,13 +99,13 @@ const captureFunction = (pinned: string, columns: ReadonlyArray<string>) => {
       v_txid   bigint := pg_current_xact_id()::text::bigint;
     BEGIN
       IF TG_OP = 'INSERT' THEN
-        INSERT INTO outbox_audit_log (operation, event_id, event_created_at, tracking_id, new_status,
+        INSERT INTO ${t.auditLog} (operation, event_id, event_created_at, tracking_id, new_status,
                                       db_user, application_name, txid, actor, reason, last_error)
         SELECT 'INSERT', n.id, n.created_at, n.tracking_id, n.status,
                session_user, v_app, v_txid, v_actor, v_reason, n.last_error
         FROM outbox_audit_new n ORDER BY n.id;
       ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO outbox_audit_log (operation, event_id, event_created_at, tracking_id, old_status, new_status,
+        INSERT INTO ${t.auditLog} (operation, event_id, event_created_at, tracking_id, old_status, new_status,
                                       changed_columns, db_user, application_name, txid, actor, reason, last_error)
         SELECT 'UPDATE', n.id, n.created_at, n.tracking_id, o.status, n.status,
                ${changed},
@@ -113,13 +115,13 @@ const captureFunction = (pinned: string, columns: ReadonlyArray<string>) => {
         FROM outbox_audit_old o JOIN outbox_audit_new n ON n.id = o.id
         ORDER BY n.id;
       ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO outbox_audit_log (operation, event_id, event_created_at, tracking_id, old_status,
+        INSERT INTO ${t.auditLog} (operation, event_id, event_created_at, tracking_id, old_status,
                                       db_user, application_name, txid, actor, reason, last_error)
         SELECT 'DELETE', o.id, o.created_at, o.tracking_id, o.status,
                session_user, v_app, v_txid, v_actor, v_reason, o.last_error
         FROM outbox_audit_old o ORDER BY o.id;
       ELSE
-        INSERT INTO outbox_audit_log (operation, db_user, application_name, txid, actor, reason)
+        INSERT INTO ${t.auditLog} (operation, db_user, application_name, txid, actor, reason)
         VALUES ('TRUNCATE', session_user, v_app, v_txid, v_actor, v_reason);
       END IF;
       RETURN NULL;
@@ -132,24 +134,35 @@ const captureFunction = (pinned: string, columns: ReadonlyArray<string>) => {
 const captureComment = (columns: ReadonlyArray<string>) => `outbox audit capture; columns: ${columns.join(",")}`
 
 /** The outbox's columns, sorted by name. */
-const outboxColumns = Effect.flatMap(SqlClient.SqlClient, (sql) =>
-  Effect.map(
-    sql<{ name: string }>`
-      SELECT attname::text AS name FROM pg_attribute
-      WHERE attrelid = to_regclass('outbox') AND attnum > 0 AND NOT attisdropped
-      ORDER BY attname COLLATE "C"`,
-    (rows) => rows.map((r) => r.name)
-  ))
+const outboxColumns = (t: OutboxTables.OutboxTables) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.map(
+      sql<{ name: string }>`
+        SELECT attname::text AS name FROM pg_attribute
+        WHERE attrelid = to_regclass(${Identifier.quote(t.outbox)}) AND attnum > 0 AND NOT attisdropped
+        ORDER BY attname COLLATE "C"`,
+      (rows) => rows.map((r) => r.name)
+    ))
 
 /** How many months ahead of the current one the migration creates. */
 const initialMonthsAhead = 2
 
-const createAuditLog = Effect.gen(function*() {
+/**
+ * The migration for `tables`: the capture triggers go on `tables.outbox`;
+ * the audit objects' names (`tables.auditLog`, `auditHead`,
+ * `auditCheckpoint` and the names derived from them) are written bare, as
+ * release 0.1.0 wrote them into the functions' bodies (stored as text):
+ * they are validated identifiers.
+ *
+ * @internal
+ */
+export const migration = (t: OutboxTables.OutboxTables): Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> =>
+Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const { pinned, schema } = yield* pinnedSearchPath
-  const parent = `${schema}.outbox_audit_log`
+  const parent = `${schema}.${t.auditLog}`
   const statements = [
-    `CREATE TABLE outbox_audit_log (
+    `CREATE TABLE ${t.auditLog} (
         audit_id         bigserial    NOT NULL,
         recorded_at      timestamptz  NOT NULL DEFAULT now(),
         operation        text         NOT NULL CHECK (operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
@@ -171,47 +184,47 @@ const createAuditLog = Effect.gen(function*() {
         sealed_at        timestamptz,
         PRIMARY KEY (recorded_at, audit_id)
       ) PARTITION BY RANGE (recorded_at)`,
-    `COMMENT ON TABLE outbox_audit_log IS
+    `COMMENT ON TABLE ${t.auditLog} IS
       'Append-only audit trail of the outbox, SHA-256 hash-chained by outbox_audit_seal (verify with npx outbox audit verify)'`,
-    `COMMENT ON COLUMN outbox_audit_log.db_user IS 'session_user: the authenticated role of the session that changed the outbox'`,
-    `COMMENT ON COLUMN outbox_audit_log.chain_pos IS 'position in the hash chain, assigned by the sealer in commit-visibility order'`,
-    `CREATE TABLE outbox_audit_log_default PARTITION OF outbox_audit_log DEFAULT`,
-    `CREATE INDEX outbox_audit_log_chain_idx ON outbox_audit_log (chain_pos, audit_id) WHERE chain_pos IS NOT NULL`,
-    `CREATE INDEX outbox_audit_log_unsealed_idx ON outbox_audit_log (audit_id) WHERE hash IS NULL`,
-    `CREATE INDEX outbox_audit_log_event_idx ON outbox_audit_log (event_id)`,
+    `COMMENT ON COLUMN ${t.auditLog}.db_user IS 'session_user: the authenticated role of the session that changed the outbox'`,
+    `COMMENT ON COLUMN ${t.auditLog}.chain_pos IS 'position in the hash chain, assigned by the sealer in commit-visibility order'`,
+    `CREATE TABLE ${t.auditLog}_default PARTITION OF ${t.auditLog} DEFAULT`,
+    `CREATE INDEX ${t.auditLog}_chain_idx ON ${t.auditLog} (chain_pos, audit_id) WHERE chain_pos IS NOT NULL`,
+    `CREATE INDEX ${t.auditLog}_unsealed_idx ON ${t.auditLog} (audit_id) WHERE hash IS NULL`,
+    `CREATE INDEX ${t.auditLog}_event_idx ON ${t.auditLog} (event_id)`,
     // tracking ids are random: indexing every row's cost the writers most of
     // the audit's index time (measured); the INSERT rows name the event id
-    `CREATE INDEX outbox_audit_log_tracking_idx ON outbox_audit_log (tracking_id) WHERE operation = 'INSERT'`,
-    `CREATE TABLE outbox_audit_head (
+    `CREATE INDEX ${t.auditLog}_tracking_idx ON ${t.auditLog} (tracking_id) WHERE operation = 'INSERT'`,
+    `CREATE TABLE ${t.auditHead} (
         singleton boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
         chain_pos bigint      NOT NULL,
         hash      bytea       NOT NULL,
         sealed_at timestamptz
       )`,
-    `INSERT INTO outbox_audit_head (chain_pos, hash) VALUES (0, decode(repeat('00', 32), 'hex'))`,
-    `CREATE TABLE outbox_audit_checkpoint (
+    `INSERT INTO ${t.auditHead} (chain_pos, hash) VALUES (0, decode(repeat('00', 32), 'hex'))`,
+    `CREATE TABLE ${t.auditCheckpoint} (
         boundary   timestamptz PRIMARY KEY,
         first_pos  bigint      NOT NULL,
         positions  bigint[]    NOT NULL,
         hashes     bytea[]     NOT NULL,
         created_at timestamptz NOT NULL DEFAULT now()
       )`,
-    `COMMENT ON TABLE outbox_audit_checkpoint IS
+    `COMMENT ON TABLE ${t.auditCheckpoint} IS
       'Per month boundary B: the chain position of the first row recorded at or after B (first_pos) and the hashes of the rows recorded before B at positions >= first_pos - 1, so verification can start at B once older partitions are dropped'`,
     // The canonical content of a row: a JSON array, times as epoch microseconds
     // (independent of the session's TimeZone and DateStyle). No SET clause:
     // PostgreSQL inlines it (85 µs per row when it is called, measured); the
     // SECURITY DEFINER callers pin the search path.
-    `CREATE FUNCTION outbox_audit_canonical(l outbox_audit_log) RETURNS text
+    `CREATE FUNCTION outbox_audit_canonical(l ${t.auditLog}) RETURNS text
       LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
         SELECT ${canonicalExpression("l")}
       $fn$`,
-    `CREATE FUNCTION outbox_audit_link(prev bytea, l outbox_audit_log) RETURNS bytea
+    `CREATE FUNCTION outbox_audit_link(prev bytea, l ${t.auditLog}) RETURNS bytea
       LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
         SELECT sha256(prev || sha256(convert_to(outbox_audit_canonical(l), 'UTF8')))
       $fn$`,
-    ...captureFunction(pinned, yield* outboxColumns),
-    ...captureTriggers,
+    ...captureFunction(t, pinned, yield* outboxColumns(t)),
+    ...captureTriggers(t),
     `CREATE FUNCTION outbox_audit_guard() RETURNS trigger
       LANGUAGE plpgsql ${pinned} AS $fn$
       BEGIN
@@ -225,24 +238,24 @@ const createAuditLog = Effect.gen(function*() {
         END IF;
         -- the partition manager moves rows out of DEFAULT into a new partition
         -- in one transaction holding its advisory lock on this table
-        IF TG_LEVEL = 'ROW' AND TG_OP = 'DELETE' AND TG_TABLE_NAME = 'outbox_audit_log_default' AND EXISTS (
+        IF TG_LEVEL = 'ROW' AND TG_OP = 'DELETE' AND TG_TABLE_NAME = '${t.auditLog}_default' AND EXISTS (
              SELECT 1 FROM pg_locks
              WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 2
                AND classid = hashtext('outbox.partitions')::oid AND objid = hashtext(${sqlString(parent)})::oid) THEN
           RETURN OLD;
         END IF;
-        RAISE EXCEPTION 'outbox_audit_log is append-only: % refused', TG_OP
+        RAISE EXCEPTION '${t.auditLog} is append-only: % refused', TG_OP
           USING ERRCODE = 'insufficient_privilege',
                 HINT = 'audit rows are only appended, sealed once, and removed by partition retention';
       END
       $fn$`,
-    `CREATE TRIGGER outbox_audit_log_append_only BEFORE UPDATE OR DELETE ON outbox_audit_log
+    `CREATE TRIGGER ${t.auditLog}_append_only BEFORE UPDATE OR DELETE ON ${t.auditLog}
       FOR EACH ROW EXECUTE FUNCTION outbox_audit_guard()`,
-    `CREATE TRIGGER outbox_audit_log_no_truncate BEFORE TRUNCATE ON outbox_audit_log
+    `CREATE TRIGGER ${t.auditLog}_no_truncate BEFORE TRUNCATE ON ${t.auditLog}
       FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_guard()`,
-    `CREATE TRIGGER outbox_audit_head_append_only BEFORE DELETE OR TRUNCATE ON outbox_audit_head
+    `CREATE TRIGGER ${t.auditHead}_append_only BEFORE DELETE OR TRUNCATE ON ${t.auditHead}
       FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_guard()`,
-    `CREATE TRIGGER outbox_audit_checkpoint_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON outbox_audit_checkpoint
+    `CREATE TRIGGER ${t.auditCheckpoint}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ${t.auditCheckpoint}
       FOR EACH STATEMENT EXECUTE FUNCTION outbox_audit_guard()`,
     // Seals up to max_rows committed rows: consecutive positions after the
     // head, in audit_id order among the rows visible now (commit-visibility
@@ -270,12 +283,12 @@ const createAuditLog = Effect.gen(function*() {
             USING ERRCODE = 'invalid_transaction_state';
         END IF;
         PERFORM pg_advisory_xact_lock(hashtext('outbox.audit'), hashtext('seal'));
-        SELECT chain_pos, hash INTO head_pos, head_hash FROM outbox_audit_head;
+        SELECT chain_pos, hash INTO head_pos, head_hash FROM ${t.auditHead};
         SELECT array_agg(l.audit_id ORDER BY l.audit_id),
                array_agg(l.recorded_at ORDER BY l.audit_id),
                array_agg(sha256(convert_to(outbox_audit_canonical(l), 'UTF8')) ORDER BY l.audit_id)
           INTO ids, ats, digests
-          FROM (SELECT * FROM outbox_audit_log WHERE hash IS NULL ORDER BY audit_id LIMIT max_rows) l;
+          FROM (SELECT * FROM ${t.auditLog} WHERE hash IS NULL ORDER BY audit_id LIMIT max_rows) l;
         n := coalesce(array_length(ids, 1), 0);
         IF n = 0 THEN
           RETURN 0;
@@ -290,7 +303,7 @@ const createAuditLog = Effect.gen(function*() {
           hashes[i] := h;
           positions[i] := head_pos + i;
         END LOOP;
-        UPDATE outbox_audit_log l
+        UPDATE ${t.auditLog} l
            SET chain_pos = u.pos, prev_hash = u.prev, hash = u.hash, sealed_at = clock_timestamp()
           FROM unnest(ids, ats, positions, prevs, hashes) AS u(id, at, pos, prev, hash)
          WHERE l.recorded_at = u.at AND l.audit_id = u.id AND l.hash IS NULL;
@@ -300,7 +313,7 @@ const createAuditLog = Effect.gen(function*() {
           RAISE EXCEPTION 'outbox_audit_seal: % of % rows could be sealed; nothing sealed, retry', updated, n
             USING ERRCODE = 'serialization_failure';
         END IF;
-        UPDATE outbox_audit_head SET chain_pos = head_pos + n, hash = h, sealed_at = clock_timestamp();
+        UPDATE ${t.auditHead} SET chain_pos = head_pos + n, hash = h, sealed_at = clock_timestamp();
         RETURN n;
       END
       $fn$`,
@@ -317,59 +330,59 @@ const createAuditLog = Effect.gen(function*() {
         made     integer := 0;
       BEGIN
         PERFORM pg_advisory_xact_lock(hashtext('outbox.audit'), hashtext('seal'));
-        SELECT chain_pos INTO head_pos FROM outbox_audit_head;
-        SELECT max(boundary) INTO last_b FROM outbox_audit_checkpoint;
+        SELECT chain_pos INTO head_pos FROM ${t.auditHead};
+        SELECT max(boundary) INTO last_b FROM ${t.auditCheckpoint};
         IF last_b IS NULL THEN
           SELECT date_trunc('month', recorded_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' INTO last_b
-            FROM outbox_audit_log WHERE chain_pos = 1;
+            FROM ${t.auditLog} WHERE chain_pos = 1;
           IF last_b IS NULL THEN
             RETURN 0;
           END IF;
         END IF;
         b := ((last_b AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
         WHILE b <= at - grace LOOP
-          EXIT WHEN EXISTS (SELECT 1 FROM outbox_audit_log WHERE hash IS NULL AND recorded_at < b);
+          EXIT WHEN EXISTS (SELECT 1 FROM ${t.auditLog} WHERE hash IS NULL AND recorded_at < b);
           SELECT coalesce(min(chain_pos), head_pos + 1) INTO first
-            FROM outbox_audit_log WHERE recorded_at >= b AND chain_pos IS NOT NULL;
-          INSERT INTO outbox_audit_checkpoint (boundary, first_pos, positions, hashes)
+            FROM ${t.auditLog} WHERE recorded_at >= b AND chain_pos IS NOT NULL;
+          INSERT INTO ${t.auditCheckpoint} (boundary, first_pos, positions, hashes)
           SELECT b, first, coalesce(array_agg(chain_pos ORDER BY chain_pos), '{}'), coalesce(array_agg(hash ORDER BY chain_pos), '{}')
-            FROM outbox_audit_log WHERE recorded_at < b AND chain_pos >= first - 1;
+            FROM ${t.auditLog} WHERE recorded_at < b AND chain_pos >= first - 1;
           made := made + 1;
           b := ((b AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
         END LOOP;
         RETURN made;
       END
       $fn$`,
-    `REVOKE ALL ON outbox_audit_log, outbox_audit_head, outbox_audit_checkpoint FROM PUBLIC`,
-    `REVOKE ALL ON SEQUENCE outbox_audit_log_audit_id_seq FROM PUBLIC`,
+    `REVOKE ALL ON ${t.auditLog}, ${t.auditHead}, ${t.auditCheckpoint} FROM PUBLIC`,
+    `REVOKE ALL ON SEQUENCE ${t.auditLog}_audit_id_seq FROM PUBLIC`,
     `REVOKE ALL ON FUNCTION outbox_audit_capture(), outbox_audit_guard(), outbox_audit_seal(integer),
       outbox_audit_checkpoint(timestamptz, interval) FROM PUBLIC`,
     // "who changed event X": every audit row of an event, in order
     `CREATE FUNCTION outbox_audit_history(p_event_id bigint DEFAULT NULL, p_tracking_id uuid DEFAULT NULL)
-      RETURNS SETOF outbox_audit_log LANGUAGE plpgsql STABLE AS $fn$
+      RETURNS SETOF ${t.auditLog} LANGUAGE plpgsql STABLE AS $fn$
       DECLARE
         ids bigint[];
       BEGIN
         IF p_tracking_id IS NULL THEN
-          RETURN QUERY SELECT * FROM outbox_audit_log WHERE event_id = p_event_id ORDER BY audit_id;
+          RETURN QUERY SELECT * FROM ${t.auditLog} WHERE event_id = p_event_id ORDER BY audit_id;
           RETURN;
         END IF;
         -- the event ids of a tracking id, from its audited INSERT (indexed)
-        ids := ARRAY(SELECT event_id FROM outbox_audit_log WHERE tracking_id = p_tracking_id AND operation = 'INSERT');
+        ids := ARRAY(SELECT event_id FROM ${t.auditLog} WHERE tracking_id = p_tracking_id AND operation = 'INSERT');
         IF cardinality(ids) > 0 THEN
-          RETURN QUERY SELECT * FROM outbox_audit_log
+          RETURN QUERY SELECT * FROM ${t.auditLog}
             WHERE event_id = ANY (ids) AND tracking_id = p_tracking_id AND (p_event_id IS NULL OR event_id = p_event_id)
             ORDER BY audit_id;
         ELSE
           -- an event published before the audit trail was enabled: a scan
-          RETURN QUERY SELECT * FROM outbox_audit_log
+          RETURN QUERY SELECT * FROM ${t.auditLog}
             WHERE tracking_id = p_tracking_id AND (p_event_id IS NULL OR event_id = p_event_id)
             ORDER BY audit_id;
         END IF;
       END
       $fn$`,
     `COMMENT ON FUNCTION outbox_audit_history(bigint, uuid) IS
-      'Every audit row of one event (by event id or tracking id), in order; needs SELECT on outbox_audit_log only'`,
+      'Every audit row of one event (by event id or tracking id), in order; needs SELECT on ${t.auditLog} only'`,
     `CREATE VIEW v_outbox_sox_audit AS
       SELECT (recorded_at AT TIME ZONE 'UTC')::date AS day,
              operation,
@@ -382,7 +395,7 @@ const createAuditLog = Effect.gen(function*() {
              min(recorded_at) AS first_at,
              max(recorded_at) AS last_at,
              count(*) FILTER (WHERE hash IS NULL) AS unsealed
-      FROM outbox_audit_log
+      FROM ${t.auditLog}
       GROUP BY 1, 2, 3`,
     `COMMENT ON VIEW v_outbox_sox_audit IS 'Daily (UTC) summary of outbox changes by operation and database user'`,
     `CREATE VIEW v_outbox_dead_letter_activity AS
@@ -399,7 +412,7 @@ const createAuditLog = Effect.gen(function*() {
              db_user,
              application_name,
              chain_pos
-      FROM outbox_audit_log
+      FROM ${t.auditLog}
       WHERE (new_status = 'DEAD_LETTER' AND old_status IS DISTINCT FROM 'DEAD_LETTER')
          OR (operation = 'UPDATE' AND old_status = 'DEAD_LETTER' AND new_status IS DISTINCT FROM 'DEAD_LETTER')`,
     `COMMENT ON VIEW v_outbox_dead_letter_activity IS
@@ -410,8 +423,8 @@ const createAuditLog = Effect.gen(function*() {
     DECLARE m date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
     BEGIN
       FOR i IN 0..${initialMonthsAhead} LOOP
-        EXECUTE format('CREATE TABLE %I PARTITION OF outbox_audit_log FOR VALUES FROM (%L) TO (%L)',
-          'outbox_audit_log_p' || to_char(m + make_interval(months => i), 'YYYYMMDD'),
+        EXECUTE format('CREATE TABLE %I PARTITION OF ${t.auditLog} FOR VALUES FROM (%L) TO (%L)',
+          '${t.auditLog}_p' || to_char(m + make_interval(months => i), 'YYYYMMDD'),
           (m + make_interval(months => i))::timestamp AT TIME ZONE 'UTC',
           (m + make_interval(months => i + 1))::timestamp AT TIME ZONE 'UTC');
       END LOOP;
@@ -423,41 +436,28 @@ const createAuditLog = Effect.gen(function*() {
 const sqlString = (value: string): string => `'${value.replaceAll("'", "''")}'`
 
 /**
- * The audit migrations, by name.
+ * Re-creates the capture triggers when `tables.outbox` lacks them (it was
+ * swapped for another one, e.g. by the online migration's finish), and the
+ * capture function when the outbox's columns changed since it was
+ * generated. Reads the catalog only when they are all there; returns
+ * whether it changed anything. Run after every audit migration run.
  *
- * @since 0.1.0
+ * @internal
  */
-export const loader = Migrator.fromRecord({
-  "0001_create_audit_log": createAuditLog
-})
-
-/**
- * Re-creates the capture triggers when the table named `outbox` lacks them
- * (it was swapped for another one, e.g. by the online migration's finish).
- * Reads the catalog only when they are all there.
- *
- * @since 0.1.0
- */
-export const ensureTriggers = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  const [row] = yield* sql<{ n: number }>`
-    SELECT count(*)::int AS n FROM pg_trigger
-    WHERE tgrelid = to_regclass('outbox') AND NOT tgisinternal
-      AND tgname IN ('outbox_audit_insert', 'outbox_audit_update', 'outbox_audit_delete', 'outbox_audit_truncate')`
-  const columns = yield* outboxColumns
-  const [fn] = yield* sql<{ comment: string | null }>`
-    SELECT obj_description(to_regprocedure('outbox_audit_capture()'), 'pg_proc') AS comment`
-  const stale = fn?.comment !== captureComment(columns)
-  if (row!.n === captureTriggers.length && !stale) return false
-  if (stale) for (const statement of captureFunction((yield* pinnedSearchPath).pinned, columns)) yield* sql.unsafe(statement)
-  for (const statement of captureTriggers) yield* sql.unsafe(statement)
-  return true
-})
-
-/**
- * Runs the audit migrations (needs the outbox's migrations first), then
- * makes sure the outbox carries the capture triggers.
- *
- * @since 0.1.0
- */
-export const run = Effect.tap(Migrator.make({})({ loader, table: "outbox_audit_migrations" }), () => ensureTriggers)
+export const ensureTriggers = (t: OutboxTables.OutboxTables): Effect.Effect<boolean, SqlError.SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const [row] = yield* sql<{ n: number }>`
+      SELECT count(*)::int AS n FROM pg_trigger
+      WHERE tgrelid = to_regclass(${Identifier.quote(t.outbox)}) AND NOT tgisinternal
+        AND tgname IN ('outbox_audit_insert', 'outbox_audit_update', 'outbox_audit_delete', 'outbox_audit_truncate')`
+    const columns = yield* outboxColumns(t)
+    const [fn] = yield* sql<{ comment: string | null }>`
+      SELECT obj_description(to_regprocedure('outbox_audit_capture()'), 'pg_proc') AS comment`
+    const stale = fn?.comment !== captureComment(columns)
+    const triggers = captureTriggers(t)
+    if (row!.n === triggers.length && !stale) return false
+    if (stale) for (const statement of captureFunction(t, (yield* pinnedSearchPath).pinned, columns)) yield* sql.unsafe(statement)
+    for (const statement of triggers) yield* sql.unsafe(statement)
+    return true
+  })

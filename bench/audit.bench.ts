@@ -27,8 +27,7 @@ import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
-import * as Fs from "node:fs"
-import { drainWithRelay, fmt, openDatabase, preload, runMain, timed } from "./shared.ts"
+import { drainWithRelay, fmt, openDatabase, preload, runMain, timed, writeResults } from "./shared.ts"
 
 const EVENTS = Number(process.env.BENCH_AUDIT_EVENTS ?? 100_000)
 const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? "1,2").split(",").map(Number)
@@ -175,11 +174,7 @@ const main = Effect.gen(function*() {
   )
   console.log(`Audit log: ${fmt(audit.bytesPerRow)} bytes per audit row (heap + indexes); 3 audit rows per delivered event`)
 
-  Fs.mkdirSync(new URL("./results/", import.meta.url), { recursive: true })
-  Fs.writeFileSync(
-    new URL("./results/audit.json", import.meta.url),
-    JSON.stringify({ at: new Date().toISOString(), node: process.version, events: EVENTS, publish, drains, audit }, null, 2)
-  )
+  writeResults("audit", { events: EVENTS, publish, drains, audit })
 })
 
 runMain(main)

@@ -40,10 +40,9 @@ import * as Otel from "@opentelemetry/api"
 import { BasicTracerProvider, BatchSpanProcessor, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-base"
 import * as Effect from "effect/Effect"
 import * as ChildProcess from "node:child_process"
-import * as Fs from "node:fs"
 import { fileURLToPath } from "node:url"
 import pg from "pg"
-import { fmt, openDatabase, runMain } from "./shared.ts"
+import { fmt, openDatabase, runMain, writeResults } from "./shared.ts"
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3)
@@ -210,33 +209,23 @@ const main = Effect.gen(function*() {
     )
   }
 
-  Fs.mkdirSync(new URL("./results/", import.meta.url), { recursive: true })
-  Fs.writeFileSync(
-    new URL("./results/client.json", import.meta.url),
-    JSON.stringify(
-      {
-        at: new Date().toISOString(),
-        node: process.version,
-        clients: CLIENTS,
-        rounds: ROUNDS,
-        secondsPerRound: SECONDS,
-        statement: outboxInsert,
-        publish: {
-          variants: totals,
-          perRound: runs,
-          addedCpuUsPerTx: added,
-          addedCpuPct: addedPct,
-          addedCpuPctPairedMedian: pairedCpuPct("publish"),
-          txPerSecPctPairedMedian: pairedTxPct("publish"),
-          outboxRowCpuUsPerTx: rowCost,
-          ...(WITH_OTEL ? { otelAddedCpuPct: ((totals.publishOtel!.cpuUsPerTx - hand) / hand) * 100, exportedSpans } : {})
-        },
-        relayIdle: { ...idle, rssMb: idleRssMb, targetMb: 100 }
-      },
-      null,
-      2
-    )
-  )
+  writeResults("client", {
+    clients: CLIENTS,
+    rounds: ROUNDS,
+    secondsPerRound: SECONDS,
+    statement: outboxInsert,
+    publish: {
+      variants: totals,
+      perRound: runs,
+      addedCpuUsPerTx: added,
+      addedCpuPct: addedPct,
+      addedCpuPctPairedMedian: pairedCpuPct("publish"),
+      txPerSecPctPairedMedian: pairedTxPct("publish"),
+      outboxRowCpuUsPerTx: rowCost,
+      ...(WITH_OTEL ? { otelAddedCpuPct: ((totals.publishOtel!.cpuUsPerTx - hand) / hand) * 100, exportedSpans } : {})
+    },
+    relayIdle: { ...idle, rssMb: idleRssMb, targetMb: 100 }
+  })
 })
 
 runMain(main)

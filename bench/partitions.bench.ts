@@ -32,8 +32,7 @@ import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import * as PartitionManager from "@outbox/sql/PartitionManager"
 import * as Effect from "effect/Effect"
 import * as SqlClient from "effect/sql/SqlClient"
-import * as Fs from "node:fs"
-import { openDatabase, runMain } from "./shared.ts"
+import { openDatabase, runMain, writeResults } from "./shared.ts"
 
 const envInt = (name: string, fallback: number) => {
   const value = Number(process.env[name] ?? fallback)
@@ -354,23 +353,13 @@ const main = Effect.gen(function*() {
   const seconds = (now() - started) / 1000
   console.log(`\nDone in ${fmt(seconds, 0)} s.`)
 
-  Fs.mkdirSync(new URL("./results/", import.meta.url), { recursive: true })
-  Fs.writeFileSync(
-    new URL("./results/partitions.json", import.meta.url),
-    JSON.stringify(
-      {
-        at: new Date().toISOString(),
-        node: process.version,
-        postgres: server_?.version,
-        settings: { PUBLISH_TX, PUBLISH_CLIENTS, BATCHES, BATCH_SIZE, BATCH_CLIENTS, ROUNDS, RETIRE_ROWS, RETIRE_AGE_DAYS, RETENTION_DAYS },
-        publish,
-        retire,
-        seconds
-      },
-      null,
-      2
-    )
-  )
+  writeResults("partitions", {
+    postgres: server_?.version,
+    settings: { PUBLISH_TX, PUBLISH_CLIENTS, BATCHES, BATCH_SIZE, BATCH_CLIENTS, ROUNDS, RETIRE_ROWS, RETIRE_AGE_DAYS, RETENTION_DAYS },
+    publish,
+    retire,
+    seconds
+  })
 })
 
 runMain(main)

@@ -16,8 +16,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
-import * as Fs from "node:fs"
-import { drainWithRelay, fmt, now, openDatabase, preload, reset, runMain, timed, withPeakRss } from "./shared.ts"
+import { drainWithRelay, fmt, now, openDatabase, preload, reset, runMain, timed, withPeakRss, writeResults } from "./shared.ts"
 
 const EVENTS = Number(process.env.BENCH_EVENTS ?? 200_000)
 const MEMORY_EVENTS = Number(process.env.BENCH_MEMORY_EVENTS ?? 500_000)
@@ -239,11 +238,7 @@ const main = Effect.gen(function*() {
     )
   }
 
-  Fs.mkdirSync(new URL("./results/", import.meta.url), { recursive: true })
-  Fs.writeFileSync(
-    new URL("./results/latest.json", import.meta.url),
-    JSON.stringify({ at: new Date().toISOString(), node: process.version, events: EVENTS, publish, drains, steady, memory }, null, 2)
-  )
+  writeResults("latest", { events: EVENTS, publish, drains, steady, memory })
 })
 
 runMain(main)

@@ -18,6 +18,7 @@ import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
 import * as Redacted from "effect/Redacted"
 import * as SqlClient from "effect/sql/SqlClient"
+import * as Fs from "node:fs"
 
 export const now = () => performance.now()
 export const rssMb = () => process.memoryUsage().rss / 1024 / 1024
@@ -112,6 +113,18 @@ export const droppingTracer = (): Layer.Layer<never> =>
   }) as Layer.Layer<never>
 
 /**
+ * Writes `bench/results/<name>.json`: `results` stamped with when and on which Node version they were
+ * measured, so that runs on different days or machines can be told apart.
+ */
+export const writeResults = (name: string, results: Record<string, unknown>): void => {
+  Fs.mkdirSync(new URL("./results/", import.meta.url), { recursive: true })
+  Fs.writeFileSync(
+    new URL(`./results/${name}.json`, import.meta.url),
+    JSON.stringify({ at: new Date().toISOString(), node: process.version, ...results }, null, 2)
+  )
+}
+
+/**
  * Runs a bench's `main` in a scope and exits: 0 when it finished, 1 with the error printed (the database
  * pools it opened would otherwise keep the process alive).
  */
@@ -124,3 +137,23 @@ export const runMain = <E>(main: Effect.Effect<void, E, Scope.Scope>): void => {
     }
   )
 }
+
+/** Milliseconds since the epoch with sub-millisecond resolution (one clock for every timestamp of a process). */
+export const epochMs = () => performance.timeOrigin + performance.now()
+
+/** The machine's CPU time so far, from `/proc/stat` (all cores, jiffies): `total` and `idle` (idle + iowait). */
+export const machineCpu = (): { readonly total: number; readonly idle: number } => {
+  const fields = Fs.readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!.trim().split(/\s+/).slice(1, 9).map(Number)
+  // user nice system idle iowait irq softirq steal (guest time is already counted in user)
+  return { total: fields.reduce((a, b) => a + b, 0), idle: fields[3]! + fields[4]! }
+}
+
+/** Busy share of the whole machine (every core, PostgreSQL included) between two `machineCpu` samples, in %. */
+export const machineCpuPercent = (from: ReturnType<typeof machineCpu>, to: ReturnType<typeof machineCpu>): number => {
+  const total = to.total - from.total
+  return total <= 0 ? 0 : (1 - (to.idle - from.idle) / total) * 100
+}
+
+/** The `p`-th percentile (0–100, nearest rank) of `sorted`, which must be sorted ascending. */
+export const percentile = (sorted: ArrayLike<number>, p: number): number =>
+  sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!

@@ -18,47 +18,49 @@ const abort = (e) => {
   if (e.message !== "abort") throw e
 }
 
+// The same two transactions through each adapter: a business row and two events that commit together,
+// then an event whose transaction rolls back. `transaction(body)` is the ORM's own; `insert` and
+// `publish` run on the transaction handle it passes to `body`.
+const check = async (name, { transaction, insert, publish }) => {
+  const [id, second, rolled] = [`${run}-${name}`, `${run}-${name}-2`, `${run}-${name}-rb`]
+  await transaction(async (tx) => {
+    await insert(tx, id)
+    await publish(tx, [order(id), order(second)])
+  })
+  await transaction(async (tx) => {
+    await publish(tx, order(rolled))
+    throw new Error("abort")
+  }).catch(abort)
+  committed.push(id, second)
+  rolledBack.push(rolled)
+}
+
 // Knex
 const knex = knexFactory({ client: "pg", connection: url })
 await knex.raw("CREATE TABLE IF NOT EXISTS pack_orders (id text PRIMARY KEY)")
-await knex.transaction(async (trx) => {
-  await trx("pack_orders").insert({ id: `${run}-knex` })
-  await OutboxKnex.publish(trx, [order(`${run}-knex`), order(`${run}-knex-2`)])
+await check("knex", {
+  transaction: (body) => knex.transaction(body),
+  insert: (trx, id) => trx("pack_orders").insert({ id }),
+  publish: (trx, events) => OutboxKnex.publish(trx, events)
 })
-await knex.transaction(async (trx) => {
-  await OutboxKnex.publish(trx, order(`${run}-knex-rb`))
-  throw new Error("abort")
-}).catch(abort)
-committed.push(`${run}-knex`, `${run}-knex-2`)
-rolledBack.push(`${run}-knex-rb`)
 await knex.destroy()
 
 // Drizzle (node-postgres)
 const pool = new pg.Pool({ connectionString: url })
 const db = drizzle(pool)
-await db.transaction(async (tx) => {
-  await tx.execute(sql`INSERT INTO pack_orders (id) VALUES (${`${run}-drizzle`})`)
-  await OutboxDrizzle.publish(tx, [order(`${run}-drizzle`), order(`${run}-drizzle-2`)])
+await check("drizzle", {
+  transaction: (body) => db.transaction(body),
+  insert: (tx, id) => tx.execute(sql`INSERT INTO pack_orders (id) VALUES (${id})`),
+  publish: (tx, events) => OutboxDrizzle.publish(tx, events)
 })
-await db.transaction(async (tx) => {
-  await OutboxDrizzle.publish(tx, order(`${run}-drizzle-rb`))
-  throw new Error("abort")
-}).catch(abort)
-committed.push(`${run}-drizzle`, `${run}-drizzle-2`)
-rolledBack.push(`${run}-drizzle-rb`)
 
 // Kysely
 const kysely = new Kysely({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url }) }) })
-await kysely.transaction().execute(async (trx) => {
-  await trx.insertInto("pack_orders").values({ id: `${run}-kysely` }).execute()
-  await OutboxKysely.publish(trx, [order(`${run}-kysely`), order(`${run}-kysely-2`)])
+await check("kysely", {
+  transaction: (body) => kysely.transaction().execute(body),
+  insert: (trx, id) => trx.insertInto("pack_orders").values({ id }).execute(),
+  publish: (trx, events) => OutboxKysely.publish(trx, events)
 })
-await kysely.transaction().execute(async (trx) => {
-  await OutboxKysely.publish(trx, order(`${run}-kysely-rb`))
-  throw new Error("abort")
-}).catch(abort)
-committed.push(`${run}-kysely`, `${run}-kysely-2`)
-rolledBack.push(`${run}-kysely-rb`)
 await kysely.destroy()
 await pool.end()
 

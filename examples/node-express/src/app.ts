@@ -183,16 +183,21 @@ export const parseOrder = (body: unknown): CreateOrder | ClientError => {
 // ---------------------------------------------------------------------------
 // database
 
-/** Creates the example's own table (idempotent; the same table as `examples/orders`). The relay migrates the outbox. */
+/**
+ * Creates the example's own table with Knex's schema builder (idempotent; the
+ * same table as `examples/orders`, whose DDL is plain SQL). The relay
+ * migrates the outbox.
+ */
 export const migrate = async (db: Knex): Promise<void> => {
-  await db.raw(`
-    CREATE TABLE IF NOT EXISTS orders (
-      id          uuid        PRIMARY KEY,
-      customer_id text        NOT NULL,
-      items       jsonb       NOT NULL,
-      total       numeric     NOT NULL,
-      created_at  timestamptz NOT NULL DEFAULT now()
-    )`)
+  if (!(await db.schema.hasTable("orders"))) {
+    await db.schema.createTable("orders", (table) => {
+      table.uuid("id").primary()
+      table.text("customer_id").notNullable()
+      table.jsonb("items").notNullable()
+      table.decimal("total", null).notNullable() // null precision: plain `numeric`
+      table.timestamp("created_at", { useTz: true }).notNullable().defaultTo(db.fn.now())
+    })
+  }
   await db.raw("CREATE INDEX IF NOT EXISTS orders_customer_created_idx ON orders (customer_id, created_at)")
 }
 

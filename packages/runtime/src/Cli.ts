@@ -89,17 +89,16 @@ const migrate = Command.make("migrate", {
     }
   })).pipe(Command.withDescription("apply the outbox schema (and optionally hand it to pg_partman)"))
 
-const table = Flag.String("table").pipe(Flag.withDefault("outbox"), Flag.withDescription("partitioned parent table"))
-const column = Flag.String("column").pipe(Flag.withDefault("created_at"), Flag.withDescription("the timestamptz partition key"))
-const interval = Flag.Literals("interval", ["daily", "weekly", "monthly", "quarterly"]).pipe(Flag.withDefault("daily" as const))
+/** The flags of `partitions status` and `partitions maintain` that `policyFor` reads. */
+const policyFlags = {
+  table: Flag.String("table").pipe(Flag.withDefault("outbox"), Flag.withDescription("partitioned parent table")),
+  column: Flag.String("column").pipe(Flag.withDefault("created_at"), Flag.withDescription("the timestamptz partition key")),
+  interval: Flag.Literals("interval", ["daily", "weekly", "monthly", "quarterly"]).pipe(Flag.withDefault("daily" as const)),
+  premake: Flag.Int("premake").pipe(Flag.withDefault(3)),
+  retentionDays: Flag.Int("retention-days").pipe(Flag.optional)
+}
 
-const policyFor = (options: {
-  readonly table: string
-  readonly column: string
-  readonly interval: PartitionPolicy.Interval
-  readonly premake: number
-  readonly retentionDays: Option.Option<number>
-}): PartitionPolicy.PartitionPolicy =>
+const policyFor = (options: Command.Command.Config.Infer<typeof policyFlags>): PartitionPolicy.PartitionPolicy =>
   options.table === "outbox"
     ? PartitionPolicy.outbox({
       premake: options.premake,
@@ -114,11 +113,7 @@ const policyFor = (options: {
     })
 
 const status = Command.make("status", {
-  table,
-  column,
-  interval,
-  premake: Flag.Int("premake").pipe(Flag.withDefault(3)),
-  retentionDays: Flag.Int("retention-days").pipe(Flag.optional),
+  ...policyFlags,
   json
 }, (options) =>
   Effect.gen(function*() {
@@ -189,11 +184,7 @@ const tenantMaintain = (options: {
   })
 
 const maintain = Command.make("maintain", {
-  table,
-  column,
-  interval,
-  premake: Flag.Int("premake").pipe(Flag.withDefault(3)),
-  retentionDays: Flag.Int("retention-days").pipe(Flag.optional),
+  ...policyFlags,
   tenantTable: Flag.String("tenant-table").pipe(
     Flag.optional,
     Flag.withDescription("a tenant x month table (LIST by tenant, RANGE by month): maintain it instead")

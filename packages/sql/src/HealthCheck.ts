@@ -281,19 +281,16 @@ export type Any = HealthCheck<string, any, any>
 
 /**
  * Builds a check (the identity, for inference: the name stays a literal, and
- * `evaluate`'s row and thresholds are typed from `measure` and `thresholds`).
+ * `evaluate`'s row and thresholds are typed from `measure` and `thresholds`;
+ * `measure` is restated as a `Measure<A, Row>` because `Row` is not inferred
+ * through the interface's `Measure<any, Row>`).
  *
  * @category constructors
  * @since 0.1.0
  */
-export const make = <const Name extends string, A extends object, Row, T extends ThresholdRecord>(self: {
-  readonly name: Name
-  readonly thresholds: T
-  readonly measure: Measure<A, Row>
-  readonly evaluate: (row: Row, thresholds: T) => Verdict | undefined
-  readonly unless?: string | undefined
-  readonly gauge?: string | undefined
-}): HealthCheck<Name, Row, T> => self
+export const make = <const Name extends string, A extends object, Row, T extends ThresholdRecord>(
+  self: HealthCheck<Name, Row, T> & { readonly measure: Measure<A, Row> }
+): HealthCheck<Name, Row, T> => self
 
 /**
  * The measures of some checks, each once, in the order the list first names

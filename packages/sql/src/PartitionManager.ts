@@ -230,6 +230,15 @@ type RetireOutcome =
   | { readonly _tag: "Failed"; readonly message: string }
   | { readonly _tag: "Skipped" }
 
+/** A leaf past retention, with what `maintain` knows of its table. */
+interface RetireTarget {
+  readonly t: ResolvedTable
+  readonly policy: PartitionPolicy.PartitionPolicy
+  readonly leaf: Leaf
+  /** PostgreSQL refuses DETACH CONCURRENTLY while a DEFAULT partition exists. */
+  readonly hasDefault: boolean
+}
+
 /** Rows in DEFAULT of a range, raised to fail (and roll back) a step. */
 class Unfinished {
   readonly _tag = "Unfinished"
@@ -354,16 +363,25 @@ export const make = Effect.gen(function*() {
       Effect.map((rows) => rows[0]?.n ?? 0)
     )
 
-  const retire = (
-    t: ResolvedTable,
-    policy: PartitionPolicy.PartitionPolicy,
-    leaf: Leaf,
-    hasDefault: boolean
-  ) =>
+  /**
+   * What both retention paths (`retire`, `retireArchived`) start from: the
+   * protect column validated (it is spliced into SQL), the leaf's quoted
+   * name, and the statement that re-attaches it once detached.
+   */
+  const retiring = ({ leaf, policy, t }: RetireTarget) => {
+    const partition = qualifiedName(leaf)
+    return Effect.as(policy.protect === undefined ? Effect.void : Identifier.validate(policy.protect.column, "column"), {
+      partition,
+      reattach: sql.unsafe(
+        `ALTER TABLE ${t.qualified} ATTACH PARTITION ${partition} FOR VALUES FROM (${boundLiteral(leaf.from!)}) TO (${boundLiteral(leaf.to!)})`
+      )
+    })
+  }
+
+  const retire = (target: RetireTarget) =>
     Effect.gen(function*() {
-      const partition = qualifiedName(leaf)
-      const bounds = `FROM (${boundLiteral(leaf.from!)}) TO (${boundLiteral(leaf.to!)})`
-      if (policy.protect !== undefined) yield* Identifier.validate(policy.protect.column, "column")
+      const { hasDefault, policy, t } = target
+      const { partition, reattach } = yield* retiring(target)
       const before = yield* unfinishedIn(partition, policy.protect)
       if (before > 0) return { _tag: "Blocked" as const, unfinished: before }
       const action = policy.retentionMode === "detach" ? "detached" as const : "dropped" as const
@@ -385,7 +403,7 @@ export const make = Effect.gen(function*() {
       yield* sql.unsafe(`ALTER TABLE ${t.qualified} DETACH PARTITION ${partition} CONCURRENTLY`)
       const after = yield* unfinishedIn(partition, policy.protect)
       if (after > 0) {
-        yield* sql.unsafe(`ALTER TABLE ${t.qualified} ATTACH PARTITION ${partition} FOR VALUES ${bounds}`)
+        yield* reattach
         return { _tag: "Blocked" as const, unfinished: after }
       }
       if (action !== "detached") yield* sql.unsafe(`DROP TABLE ${partition}`)
@@ -410,13 +428,9 @@ export const make = Effect.gen(function*() {
    * Any failure (storage, verification, SQL) drops nothing: before the
    * detach it rolls back, after it the partition is re-attached.
    */
-  const retireArchived = (
-    t: ResolvedTable,
-    policy: PartitionPolicy.PartitionPolicy,
-    leaf: Leaf,
-    hasDefault: boolean
-  ) =>
+  const retireArchived = (target: RetireTarget) =>
     Effect.gen(function*() {
+      const { hasDefault, leaf, policy, t } = target
       const storage = yield* Effect.serviceOption(ArchiveStorageModule.ArchiveStorage)
       if (Option.isNone(storage)) {
         return yield* new PartitionError({
@@ -425,9 +439,7 @@ export const make = Effect.gen(function*() {
           message: `retention mode "archive" needs an ArchiveStorage layer`
         })
       }
-      const partition = qualifiedName(leaf)
-      const bounds = `FROM (${boundLiteral(leaf.from!)}) TO (${boundLiteral(leaf.to!)})`
-      if (policy.protect !== undefined) yield* Identifier.validate(policy.protect.column, "column")
+      const { partition, reattach } = yield* retiring(target)
       const archiveAndVerify = Effect.gen(function*() {
         const manifest = yield* PartitionArchive.archive({
           parent: `${t.schema}.${t.name}`,
@@ -455,7 +467,6 @@ export const make = Effect.gen(function*() {
       if (archived._tag !== "Archived") return archived
       if (!hasDefault) yield* sql.unsafe(`ALTER TABLE ${t.qualified} DETACH PARTITION ${partition} CONCURRENTLY`)
 
-      const reattach = sql.unsafe(`ALTER TABLE ${t.qualified} ATTACH PARTITION ${partition} FOR VALUES ${bounds}`)
       return yield* Effect.gen(function*() {
         const after = yield* unfinishedIn(partition, policy.protect)
         if (after > 0) {
@@ -535,9 +546,10 @@ export const make = Effect.gen(function*() {
       const hasDefault = leaves.some((l) => l.isDefault)
       for (const leaf of leaves) {
         if (leaf.isDefault || leaf.from === null || leaf.to === null || leaf.to.getTime() > cutoff.getTime()) continue
+        const target: RetireTarget = { t, policy, leaf, hasDefault }
         const attempt: Effect.Effect<RetireOutcome, unknown, SqlClient.SqlClient> = policy.retentionMode === "archive"
-          ? retireArchived(t, policy, leaf, hasDefault)
-          : retire(t, policy, leaf, hasDefault)
+          ? retireArchived(target)
+          : retire(target)
         const outcome = yield* attempt.pipe(
           Effect.catch((e) => Effect.succeed<RetireOutcome>({ _tag: "Failed", message: messageOf(e) }))
         )

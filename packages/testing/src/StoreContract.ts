@@ -87,6 +87,12 @@ const row = (id: bigint): Effect.Effect<EventRecord, unknown, OutboxStore> =>
   )
 
 const ids = (events: ReadonlyArray<{ readonly id: bigint }>) => events.map((e) => e.id)
+
+/** No one holds `record`: no fencing token, no lease end (never claimed, or settled, released, reaped). */
+const assertUnleased = (record: EventRecord) => {
+  assert.isNull(record.lockToken)
+  assert.isNull(record.lockedUntil)
+}
 const sorted = (values: ReadonlyArray<bigint>) => [...values].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
 const at = (offsetMs: number) => new Date(start + offsetMs)
 
@@ -216,8 +222,7 @@ export const suite: {
             assert.strictEqual(r.trackingId, published[i]!.trackingId)
             assert.strictEqual(r.retryCount, 0)
             assert.strictEqual(r.maxRetries, 5)
-            assert.isNull(r.lockToken)
-            assert.isNull(r.lockedUntil)
+            assertUnleased(r)
             assert.isNull(r.availableAt)
             assert.isNull(r.processedAt)
           }
@@ -383,8 +388,7 @@ export const suite: {
           const record = yield* row(event!.id)
           assert.strictEqual(record.status, "COMPLETED")
           assert.strictEqual(record.processedAt!.getTime(), start + 1_000)
-          assert.isNull(record.lockToken)
-          assert.isNull(record.lockedUntil)
+          assertUnleased(record)
           assert.strictEqual(record.retryCount, 0)
           assert.deepStrictEqual(yield* claim(), [])
           yield* TestClock.adjust("1 hour")
@@ -442,8 +446,7 @@ export const suite: {
           assert.strictEqual(failed.retryCount, 1)
           assert.strictEqual(failed.lastError, "broker unavailable")
           assert.strictEqual(failed.availableAt!.getTime(), start + 10_000)
-          assert.isNull(failed.lockToken)
-          assert.isNull(failed.lockedUntil)
+          assertUnleased(failed)
           assert.isNull(failed.processedAt)
 
           assert.deepStrictEqual(yield* claim(), [])
@@ -490,8 +493,7 @@ export const suite: {
           assert.strictEqual(dead.retryCount, 1)
           assert.strictEqual(dead.lastError, "cannot parse")
           assert.strictEqual(dead.processedAt!.getTime(), start + 2_000)
-          assert.isNull(dead.lockToken)
-          assert.isNull(dead.lockedUntil)
+          assertUnleased(dead)
 
           assert.deepStrictEqual(ids(yield* claim()), [published[1]!])
           yield* TestClock.adjust("1 day")
@@ -513,10 +515,7 @@ export const suite: {
           const records = yield* Effect.forEach(published, row)
           assert.deepStrictEqual(records.map((r) => r.status), ["PENDING", "PENDING"])
           assert.deepStrictEqual(records.map((r) => r.retryCount), [1, 0])
-          for (const r of records) {
-            assert.isNull(r.lockToken)
-            assert.isNull(r.lockedUntil)
-          }
+          records.forEach(assertUnleased)
           const again = yield* claim()
           assert.deepStrictEqual(ids(again), published)
           assert.deepStrictEqual(again.map((e) => e.retryCount), [1, 0])
@@ -629,8 +628,7 @@ export const suite: {
 
           const reaped = yield* row(short!.id)
           assert.strictEqual(reaped.status, "PENDING")
-          assert.isNull(reaped.lockToken)
-          assert.isNull(reaped.lockedUntil)
+          assertUnleased(reaped)
           assert.strictEqual(reaped.retryCount, 1, "a reaped lease counts as an attempt")
           assert.strictEqual(reaped.lastError, `lease expired at ${at(10_000).toISOString()} and was reaped`)
           const kept = yield* row(long!.id)
@@ -663,8 +661,7 @@ export const suite: {
           const dead = yield* row(poison!.id)
           assert.strictEqual(dead.status, "DEAD_LETTER")
           assert.strictEqual(dead.retryCount, 2)
-          assert.isNull(dead.lockToken)
-          assert.isNull(dead.lockedUntil)
+          assertUnleased(dead)
           assert.isNotNull(dead.processedAt)
           assert.strictEqual(dead.lastError, `lease expired at ${lockedUntil.toISOString()} and was reaped: dead-lettered after 2 attempts`)
           // the other event is claimable, the dead letter is not

@@ -315,19 +315,24 @@ const outputTail = () => {
   }
 }
 
-type ServerSpawnOptions = ChildProcess.SpawnOptions & { readonly stdio: ["ignore", "pipe", "pipe"] }
+/** How the server's binaries run: as its user, in a directory it can enter, their output kept by `remember`. */
+interface ServerSpawn {
+  readonly options: ChildProcess.SpawnOptions & { readonly stdio: ["ignore", "pipe", "pipe"] }
+  readonly remember: (chunk: unknown) => void
+}
+
+/** Spawns a server binary, everything it prints kept for the error message when it fails. */
+const spawnServer = (server: ServerSpawn, command: string, args: ReadonlyArray<string>) => {
+  const child = ChildProcess.spawn(command, args, server.options)
+  child.stdout.on("data", server.remember)
+  child.stderr.on("data", server.remember)
+  return child
+}
 
 /** Runs initdb (or any command) to completion; fails unless it exits with 0. */
-const runToCompletion = (
-  command: string,
-  args: ReadonlyArray<string>,
-  options: ServerSpawnOptions,
-  remember: (chunk: unknown) => void
-) =>
+const runToCompletion = (server: ServerSpawn, command: string, args: ReadonlyArray<string>) =>
   Effect.callback<void, Error>((resume) => {
-    const child = ChildProcess.spawn(command, args, options)
-    child.stdout.on("data", remember)
-    child.stderr.on("data", remember)
+    const child = spawnServer(server, command, args)
     child.once("error", (cause) => resume(Effect.fail(cause)))
     child.once("close", (code, signal) =>
       resume(
@@ -341,18 +346,11 @@ const runToCompletion = (
  * messages are in English: `LC_MESSAGES=C`). Its stderr keeps being read
  * while it runs, or a full pipe would block its logging.
  */
-const startPostmaster = (
-  command: string,
-  args: ReadonlyArray<string>,
-  options: ServerSpawnOptions,
-  remember: (chunk: unknown) => void
-) =>
+const startPostmaster = (server: ServerSpawn, command: string, args: ReadonlyArray<string>) =>
   Effect.callback<ChildProcess.ChildProcess, Error>((resume) => {
-    const child = ChildProcess.spawn(command, args, options)
+    const child = spawnServer(server, command, args)
     let recent = ""
-    child.stdout.on("data", remember)
     child.stderr.on("data", (chunk) => {
-      remember(chunk)
       recent = (recent + String(chunk)).slice(-500)
       if (recent.includes("database system is ready to accept connections")) resume(Effect.succeed(child))
     })
@@ -431,12 +429,15 @@ export const embedded: Effect.Effect<string, TestDatabaseError, Scope.Scope> = E
   })
   const port = yield* freePort
   const output = outputTail()
-  const options: ServerSpawnOptions = {
-    ...user,
-    // a directory the server's user can enter (the checkout's may be root-only)
-    cwd: scratch,
-    env: { ...process.env, LC_MESSAGES: "C" },
-    stdio: ["ignore", "pipe", "pipe"]
+  const server: ServerSpawn = {
+    options: {
+      ...user,
+      // a directory the server's user can enter (the checkout's may be root-only)
+      cwd: scratch,
+      env: { ...process.env, LC_MESSAGES: "C" },
+      stdio: ["ignore", "pipe", "pipe"]
+    },
+    remember: output.remember
   }
   const asPostgres = user.uid === undefined
     ? ""
@@ -450,17 +451,15 @@ export const embedded: Effect.Effect<string, TestDatabaseError, Scope.Scope> = E
       cause
     })
   yield* runToCompletion(
+    server,
     Path.join(binaries, "bin", "initdb"),
-    [`--pgdata=${dataDirectory}`, "--auth=trust", "--username=postgres", "--lc-messages=C"],
-    options,
-    output.remember
+    [`--pgdata=${dataDirectory}`, "--auth=trust", "--username=postgres", "--lc-messages=C"]
   ).pipe(Effect.mapError(failed("initdb")))
   const postmaster = yield* Effect.acquireRelease(
     startPostmaster(
+      server,
       Path.join(binaries, "bin", "postgres"),
-      ["-D", dataDirectory, "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
-      options,
-      output.remember
+      ["-D", dataDirectory, "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]
     ).pipe(Effect.mapError(failed("start"))),
     stopPostmaster
   )

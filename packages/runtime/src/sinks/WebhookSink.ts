@@ -55,18 +55,16 @@ export interface Options {
 }
 
 /**
- * The JSON body the webhook receives for an event.
+ * The JSON body the webhook receives for an event: the event's own fields
+ * (taken from `OutboxEvent`, so the two cannot drift apart) without the
+ * store's bookkeeping (id, lease, retries), and `createdAt` as a string.
  *
  * @category models
  * @since 0.1.0
  */
-export interface WebhookBody {
-  readonly trackingId: string
-  readonly aggregateType: string
-  readonly aggregateId: string
-  readonly eventType: string
-  readonly payload: unknown
-  readonly metadata: Readonly<Record<string, unknown>>
+export interface WebhookBody
+  extends Pick<OutboxEvent, "trackingId" | "aggregateType" | "aggregateId" | "eventType" | "payload" | "metadata">
+{
   /** ISO-8601. */
   readonly createdAt: string
 }

@@ -253,10 +253,21 @@ export const measures = {
 
 const seconds = (s: number) => (s >= 120 ? `${Math.round(s / 60)} min` : `${Math.round(s)} s`)
 
-/** `pid N (user, application)` of a session holding the horizon. */
-const sessionOf = (h: XminHolder) => {
+/**
+ * The verdict on a session of `kind` holding the horizon (LongTransaction,
+ * IdleInTransaction): its age against `bounds`, about `pid N`, its message
+ * told who it is (`pid N (user, application)`) and for how long.
+ */
+const judgeSession = (
+  h: XminHolder,
+  kind: XminHolder["kind"],
+  bounds: HealthCheck.Band,
+  message: (described: string, age: string) => string
+): HealthCheck.Verdict | undefined => {
+  if (h.kind !== kind) return undefined
   const who = h.pid === null ? h.name : `pid ${h.pid}`
-  return { who, described: `${who} (${h.name}${h.applicationName ? `, ${h.applicationName}` : ""})` }
+  const described = `${who} (${h.name}${h.applicationName ? `, ${h.applicationName}` : ""})`
+  return HealthCheck.judge(bounds, h.ageSeconds ?? 0, who, (v) => message(described, seconds(v)))
 }
 
 /**
@@ -412,12 +423,9 @@ export const checks = [
       transactionAgeSeconds: HealthCheck.band({ warn: 300, critical: 1800 })
     },
     gauge: "outbox_xmin_horizon_age_seconds",
-    evaluate: (h, t) => {
-      if (h.kind !== "transaction") return undefined
-      const { described, who } = sessionOf(h)
-      return HealthCheck.judge(t.transactionAgeSeconds, h.ageSeconds ?? 0, who, (v) =>
-        `${described} holds the xmin horizon with a ${seconds(v)} transaction: ${h.detail ?? ""}`)
-    }
+    evaluate: (h, t) =>
+      judgeSession(h, "transaction", t.transactionAgeSeconds, (described, age) =>
+        `${described} holds the xmin horizon with a ${age} transaction: ${h.detail ?? ""}`)
   }),
   HealthCheck.make({
     name: "IdleInTransaction",
@@ -427,12 +435,9 @@ export const checks = [
       idleInTransactionSeconds: HealthCheck.band({ warn: 60, critical: 600 })
     },
     gauge: "outbox_xmin_horizon_age_seconds",
-    evaluate: (h, t) => {
-      if (h.kind !== "idle_in_transaction") return undefined
-      const { described, who } = sessionOf(h)
-      return HealthCheck.judge(t.idleInTransactionSeconds, h.ageSeconds ?? 0, who, (v) =>
-        `${described} is idle in a ${seconds(v)} transaction and holds the xmin horizon; last query: ${h.detail ?? ""}`)
-    }
+    evaluate: (h, t) =>
+      judgeSession(h, "idle_in_transaction", t.idleInTransactionSeconds, (described, age) =>
+        `${described} is idle in a ${age} transaction and holds the xmin horizon; last query: ${h.detail ?? ""}`)
   }),
   HealthCheck.make({
     name: "PreparedTransaction",

@@ -106,139 +106,144 @@ const resolve = (directory: string, partition: string, tableName: Option.Option<
     })
   })
 
+/** The options every subcommand takes besides its own: `--dir`, `--table`. */
+const located = { dir, table }
+
+/**
+ * A subcommand over the archives of `--dir`: `config` plus `--dir`, `--table`
+ * and `--json` (printing JSON instead of `output`), its handler run with the
+ * storage over `--dir` (`withStorage`).
+ */
+const archiveCommand = <Name extends string, const Config extends Command.Command.Config, E, R>(
+  name: Name,
+  config: Config,
+  output: "a table" | "text",
+  run: (
+    options: Command.Command.Config.Infer<Config & typeof located & { readonly json: Flag.Flag<boolean> }>
+  ) => Effect.Effect<void, E, R>
+) =>
+  Command.make(name, { ...config, ...located, json: jsonFlag(output) }, (options) =>
+    // `options.dir` is the `--dir` of `located`: a generic `Config` hides it from the checker
+    withStorage((options as { readonly dir: string }).dir, run(options)))
+
 const day = (iso: string) => iso.replace(/T00:00:00(\.000)?Z$/, "")
 
-const list = Command.make("list", { dir, table, json: jsonFlag("a table") }, (options) =>
-  withStorage(
-    options.dir,
-    Effect.gen(function*() {
-      const storage = yield* ArchiveStorage
-      const keys = yield* manifests(options.table)
-      // an unreadable manifest is listed as such: `verify` says more
-      const entries = yield* Effect.forEach(keys, (key) =>
-        Effect.flatMap(storage.get(key), (bytes) => decodeManifest(key, bytes)).pipe(
-          Effect.map((manifest) => ({ key, manifest, problem: undefined })),
-          Effect.catch((error) => Effect.succeed({ key, manifest: undefined, problem: error.message }))
-        ))
-      if (options.json) return yield* print(entries)
-      if (entries.length === 0) return yield* Console.log(`no archives in ${options.dir}`)
-      yield* Console.log(formatTable(
-        ["partition", "table", "from", "to", "rows", "archived at"],
-        entries.map((e) =>
-          e.manifest === undefined
-            ? [parse(e.key).partition, parse(e.key).parent, "", "", "", `unreadable: ${e.problem}`]
-            : [e.manifest.partition, e.manifest.table, day(e.manifest.from), day(e.manifest.to), String(e.manifest.rowCount), e.manifest.createdAt]
-        ),
-        [4]
+const list = archiveCommand("list", {}, "a table", (options) =>
+  Effect.gen(function*() {
+    const storage = yield* ArchiveStorage
+    const keys = yield* manifests(options.table)
+    // an unreadable manifest is listed as such: `verify` says more
+    const entries = yield* Effect.forEach(keys, (key) =>
+      Effect.flatMap(storage.get(key), (bytes) => decodeManifest(key, bytes)).pipe(
+        Effect.map((manifest) => ({ key, manifest, problem: undefined })),
+        Effect.catch((error) => Effect.succeed({ key, manifest: undefined, problem: error.message }))
       ))
-      yield* Console.log(`\n${entries.length} archive(s) in ${options.dir}`)
-    })
-  )).pipe(Command.withDescription("list the archived partitions (from their manifests)"))
+    if (options.json) return yield* print(entries)
+    if (entries.length === 0) return yield* Console.log(`no archives in ${options.dir}`)
+    yield* Console.log(formatTable(
+      ["partition", "table", "from", "to", "rows", "archived at"],
+      entries.map((e) =>
+        e.manifest === undefined
+          ? [parse(e.key).partition, parse(e.key).parent, "", "", "", `unreadable: ${e.problem}`]
+          : [e.manifest.partition, e.manifest.table, day(e.manifest.from), day(e.manifest.to), String(e.manifest.rowCount), e.manifest.createdAt]
+      ),
+      [4]
+    ))
+    yield* Console.log(`\n${entries.length} archive(s) in ${options.dir}`)
+  })).pipe(Command.withDescription("list the archived partitions (from their manifests)"))
 
 const okLine = (v: PartitionArchive.Verified) =>
   `ok    ${v.manifestKey}: ${v.rowCount} row(s), ${formatBytes(v.compressedBytes)} (${formatBytes(v.uncompressedBytes)} uncompressed), sha256 ${v.manifest.sha256}`
 
-const verify = Command.make("verify", {
+const verify = archiveCommand("verify", {
   partition: Argument.String("partition").pipe(
     Argument.optional,
     Argument.withDescription("the archived partition (name, schema.name, or manifest key)")
   ),
-  all: Flag.Boolean("all").pipe(Flag.withDefault(false), Flag.withDescription("verify every archive in --dir")),
-  dir,
-  table,
-  json: jsonFlag("text")
-}, (options) =>
-  withStorage(
-    options.dir,
-    Effect.gen(function*() {
-      if (options.all === Option.isSome(options.partition)) {
-        return yield* new ArchiveCommandError({ message: "give one partition to verify, or --all" })
+  all: Flag.Boolean("all").pipe(Flag.withDefault(false), Flag.withDescription("verify every archive in --dir"))
+}, "text", (options) =>
+  Effect.gen(function*() {
+    if (options.all === Option.isSome(options.partition)) {
+      return yield* new ArchiveCommandError({ message: "give one partition to verify, or --all" })
+    }
+    if (Option.isSome(options.partition)) {
+      const key = yield* resolve(options.dir, options.partition.value, options.table)
+      const verified = yield* PartitionArchive.verify(key)
+      return yield* options.json ? print(verified) : Console.log(okLine(verified))
+    }
+    const keys = yield* manifests(options.table)
+    if (keys.length === 0) {
+      return yield* new ArchiveCommandError({ message: `no archives to verify in ${options.dir}` })
+    }
+    const results = yield* Effect.forEach(keys, (key) => Effect.result(PartitionArchive.verify(key)))
+    const failed = results.flatMap((r, i) =>
+      r._tag === "Failure" ? [{ key: keys[i]!, reason: r.failure.reason, message: r.failure.message }] : []
+    )
+    if (options.json) {
+      yield* print(results.map((r, i) =>
+        r._tag === "Success"
+          ? { key: keys[i]!, ok: true, rowCount: r.success.rowCount, sha256: r.success.manifest.sha256 }
+          : { key: keys[i]!, ok: false, reason: r.failure.reason, message: r.failure.message }
+      ))
+    } else {
+      for (const [i, r] of results.entries()) {
+        yield* Console.log(r._tag === "Success" ? okLine(r.success) : `FAIL  ${keys[i]}: ${r.failure.reason}: ${r.failure.message}`)
       }
-      if (Option.isSome(options.partition)) {
-        const key = yield* resolve(options.dir, options.partition.value, options.table)
-        const verified = yield* PartitionArchive.verify(key)
-        return yield* options.json ? print(verified) : Console.log(okLine(verified))
-      }
-      const keys = yield* manifests(options.table)
-      if (keys.length === 0) {
-        return yield* new ArchiveCommandError({ message: `no archives to verify in ${options.dir}` })
-      }
-      const results = yield* Effect.forEach(keys, (key) => Effect.result(PartitionArchive.verify(key)))
-      const failed = results.flatMap((r, i) =>
-        r._tag === "Failure" ? [{ key: keys[i]!, reason: r.failure.reason, message: r.failure.message }] : []
-      )
-      if (options.json) {
-        yield* print(results.map((r, i) =>
-          r._tag === "Success"
-            ? { key: keys[i]!, ok: true, rowCount: r.success.rowCount, sha256: r.success.manifest.sha256 }
-            : { key: keys[i]!, ok: false, reason: r.failure.reason, message: r.failure.message }
-        ))
-      } else {
-        for (const [i, r] of results.entries()) {
-          yield* Console.log(r._tag === "Success" ? okLine(r.success) : `FAIL  ${keys[i]}: ${r.failure.reason}: ${r.failure.message}`)
-        }
-      }
-      if (failed.length > 0) {
-        return yield* new ArchiveCommandError({
-          message: `${failed.length} of ${keys.length} archive(s) failed verification: ${failed.map((f) => `${f.key} (${f.reason})`).join(", ")}`
-        })
-      }
-    })
-  )).pipe(Command.withDescription("check archives against their manifests (checksum, gzip, row count); exits 1 on a bad one"))
+    }
+    if (failed.length > 0) {
+      return yield* new ArchiveCommandError({
+        message: `${failed.length} of ${keys.length} archive(s) failed verification: ${failed.map((f) => `${f.key} (${f.reason})`).join(", ")}`
+      })
+    }
+  })).pipe(Command.withDescription("check archives against their manifests (checksum, gzip, row count); exits 1 on a bad one"))
 
-const restore = Command.make("restore", {
+const restore = archiveCommand("restore", {
   partition: Argument.String("partition").pipe(
     Argument.withDescription("the archived partition (name, schema.name, or manifest key)")
   ),
   into: Flag.String("into").pipe(
     Flag.optional,
     Flag.withDescription("the table to restore into (default: the partition's name); created LIKE the archived table if missing, refused if it holds rows")
-  ),
-  dir,
-  table,
-  json: jsonFlag("text")
-}, (options) =>
-  withStorage(
-    options.dir,
-    Effect.gen(function*() {
-      const sql = yield* SqlClient.SqlClient
-      const storage = yield* ArchiveStorage
-      const key = yield* resolve(options.dir, options.partition, options.table)
-      const manifest = yield* decodeManifest(key, yield* storage.get(key))
-      const into = Option.getOrElse(options.into, () => manifest.partition)
-      const target = Identifier.quoteQualified(yield* Identifier.validateQualified(into, "table"))
-      const parentTable = Identifier.quoteQualified(yield* Identifier.validateQualified(manifest.table, "table"))
-      // one transaction: a bad archive (restore verifies it first) or a refusal leaves no table behind
-      const result = yield* sql.withTransaction(Effect.gen(function*() {
-        const [found] = yield* sql<{ readonly exists: boolean }>`SELECT to_regclass(${target}) IS NOT NULL AS exists`
-        const created = found?.exists !== true
-        if (created) {
-          const [parent] = yield* sql<{ readonly exists: boolean }>`SELECT to_regclass(${parentTable}) IS NOT NULL AS exists`
-          if (parent?.exists !== true) {
-            return yield* new ArchiveCommandError({
-              message: `${into} does not exist and neither does ${manifest.table} to copy its columns from: create ${into} with the archived table's columns, then restore --into it`
-            })
-          }
-          yield* sql.unsafe(`CREATE TABLE ${target} (LIKE ${parentTable} INCLUDING DEFAULTS)`)
-        } else {
-          // no writer may add rows between this check and the insert
-          yield* sql.unsafe(`LOCK TABLE ${target} IN SHARE ROW EXCLUSIVE MODE`)
-          const [rows] = yield* sql<{ readonly n: number }>`SELECT count(*)::int AS n FROM ${sql.literal(target)}`
-          if ((rows?.n ?? 0) > 0) {
-            return yield* new ArchiveCommandError({
-              message: `${into} already holds ${rows!.n} row(s): restore refuses to add archived rows to it (restore --into a new or empty table)`
-            })
-          }
+  )
+}, "text", (options) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const storage = yield* ArchiveStorage
+    const key = yield* resolve(options.dir, options.partition, options.table)
+    const manifest = yield* decodeManifest(key, yield* storage.get(key))
+    const into = Option.getOrElse(options.into, () => manifest.partition)
+    const target = Identifier.quoteQualified(yield* Identifier.validateQualified(into, "table"))
+    const parentTable = Identifier.quoteQualified(yield* Identifier.validateQualified(manifest.table, "table"))
+    // one transaction: a bad archive (restore verifies it first) or a refusal leaves no table behind
+    const result = yield* sql.withTransaction(Effect.gen(function*() {
+      const [found] = yield* sql<{ readonly exists: boolean }>`SELECT to_regclass(${target}) IS NOT NULL AS exists`
+      const created = found?.exists !== true
+      if (created) {
+        const [parent] = yield* sql<{ readonly exists: boolean }>`SELECT to_regclass(${parentTable}) IS NOT NULL AS exists`
+        if (parent?.exists !== true) {
+          return yield* new ArchiveCommandError({
+            message: `${into} does not exist and neither does ${manifest.table} to copy its columns from: create ${into} with the archived table's columns, then restore --into it`
+          })
         }
-        const restored = yield* PartitionArchive.restore(key, { into })
-        return { key, into, created, rows: restored }
-      }))
-      if (options.json) return yield* print(result)
-      yield* Console.log(
-        `restored ${result.rows} row(s) from ${key} into ${into}${result.created ? ` (created LIKE ${manifest.table})` : ""}`
-      )
-    })
-  )).pipe(Command.withDescription("verify an archive and insert its rows into a new or empty table"))
+        yield* sql.unsafe(`CREATE TABLE ${target} (LIKE ${parentTable} INCLUDING DEFAULTS)`)
+      } else {
+        // no writer may add rows between this check and the insert
+        yield* sql.unsafe(`LOCK TABLE ${target} IN SHARE ROW EXCLUSIVE MODE`)
+        const [rows] = yield* sql<{ readonly n: number }>`SELECT count(*)::int AS n FROM ${sql.literal(target)}`
+        if ((rows?.n ?? 0) > 0) {
+          return yield* new ArchiveCommandError({
+            message: `${into} already holds ${rows!.n} row(s): restore refuses to add archived rows to it (restore --into a new or empty table)`
+          })
+        }
+      }
+      const restored = yield* PartitionArchive.restore(key, { into })
+      return { key, into, created, rows: restored }
+    }))
+    if (options.json) return yield* print(result)
+    yield* Console.log(
+      `restored ${result.rows} row(s) from ${key} into ${into}${result.created ? ` (created LIKE ${manifest.table})` : ""}`
+    )
+  })).pipe(Command.withDescription("verify an archive and insert its rows into a new or empty table"))
 
 /**
  * The `archive` command.

@@ -4,7 +4,9 @@
  *
  * Environment: BENCH_EVENTS (default 200000) events per drain,
  * BENCH_MEMORY_EVENTS (default 500000) for the memory phase (0 skips it),
- * BENCH_CONCURRENCY (default "1,2,4"), BENCH_ROUNDS (default 2: best of), DATABASE_URL (else testcontainers or
+ * BENCH_CONCURRENCY (default "1,2,4"), BENCH_ROUNDS (default 2: best of), BENCH_BATCH (default 100: the raw
+ * loop's batch and the relay's largest claim, `batchSize`), BENCH_MIN_BATCH (the relay's `minBatchSize`,
+ * default the library's 10; BENCH_BATCH too: fixed batches), DATABASE_URL (else testcontainers or
  * embedded PostgreSQL, as in the tests).
  */
 import * as Outbox from "@outbox/core/Outbox"
@@ -21,7 +23,8 @@ import { drainWithRelay, fmt, now, openDatabase, preload, reset, runMain, timed,
 const EVENTS = Number(process.env.BENCH_EVENTS ?? 200_000)
 const MEMORY_EVENTS = Number(process.env.BENCH_MEMORY_EVENTS ?? 500_000)
 const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? "1,2,4").split(",").map(Number)
-const BATCH = 100
+const BATCH = Number(process.env.BENCH_BATCH ?? 100)
+const MIN_BATCH = process.env.BENCH_MIN_BATCH === undefined ? undefined : Number(process.env.BENCH_MIN_BATCH)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
 const PUBLISH_TX = 4000
 const PUBLISH_CLIENTS = 4
@@ -143,7 +146,12 @@ const steadyLatency = Effect.scoped(Effect.gen(function*() {
   yield* Layer.build(
     Relay.layer.pipe(
       Layer.provide(OutboxSink.layerHandler(() => Effect.void)),
-      Layer.provide(OutboxConfig.layer({ batchSize: BATCH, concurrency: 1, pollInterval: Duration.millis(10) }))
+      Layer.provide(OutboxConfig.layer({
+        batchSize: BATCH,
+        ...(MIN_BATCH === undefined ? {} : { minBatchSize: MIN_BATCH }),
+        concurrency: 1,
+        pollInterval: Duration.millis(10)
+      }))
     )
   )
   // 2000 events/s for 10 s: 20 events every 10 ms
@@ -167,7 +175,11 @@ const main = Effect.gen(function*() {
   const { run, services } = yield* openDatabase(16)
 
   yield* OutboxMigrations.run.pipe(Effect.provide(services))
-  console.log(`Outbox bench — ${EVENTS.toLocaleString()} events per drain, batch ${BATCH}, node ${process.version}`)
+  console.log(
+    `Outbox bench — ${EVENTS.toLocaleString()} events per drain, batch ${BATCH} (relay: claims of ${
+      MIN_BATCH ?? OutboxConfig.defaults.minBatchSize
+    } up to ${BATCH}), node ${process.version}`
+  )
 
   const publish = yield* run(publishPhase)
   const pct = (n: number) => `${n >= 0 ? "+" : ""}${fmt(n, 1)} %`.padStart(9)
@@ -197,7 +209,7 @@ const main = Effect.gen(function*() {
       const rawAttempt = yield* run(timed(drainRaw(concurrency)))
       if (rawAttempt.seconds < raw.seconds) raw = rawAttempt
       yield* run(preload(EVENTS))
-      const attempt = yield* run(withPeakRss(timed(drainWithRelay(EVENTS, concurrency))))
+      const attempt = yield* run(withPeakRss(timed(drainWithRelay(EVENTS, concurrency, BATCH, MIN_BATCH))))
       if (attempt.result.seconds < relay.result.seconds) relay = attempt
     }
     const lat = yield* run(latency)
@@ -229,7 +241,7 @@ const main = Effect.gen(function*() {
   let memory: Record<string, number> | undefined
   if (MEMORY_EVENTS > 0) {
     yield* run(preload(MEMORY_EVENTS))
-    const drained = yield* run(withPeakRss(timed(drainWithRelay(MEMORY_EVENTS, 2))))
+    const drained = yield* run(withPeakRss(timed(drainWithRelay(MEMORY_EVENTS, 2, BATCH, MIN_BATCH))))
     memory = { events: MEMORY_EVENTS, startMb: drained.start, peakMb: drained.peak, endMb: drained.end, seconds: drained.result.seconds }
     console.log(
       `\nMemory while draining ${MEMORY_EVENTS.toLocaleString()} events (2 workers): RSS start ${fmt(drained.start)} MB, peak ${fmt(drained.peak)} MB, end ${
@@ -238,7 +250,7 @@ const main = Effect.gen(function*() {
     )
   }
 
-  writeResults("latest", { events: EVENTS, publish, drains, steady, memory })
+  writeResults("latest", { events: EVENTS, batch: BATCH, minBatch: MIN_BATCH ?? OutboxConfig.defaults.minBatchSize, publish, drains, steady, memory })
 })
 
 runMain(main)

@@ -60,13 +60,21 @@ export const preload = (n: number) =>
     yield* sql`VACUUM ANALYZE outbox`.pipe(Effect.catch(() => sql`ANALYZE outbox`))
   })
 
-/** Runs the real relay (no-op sink, batch `batch`) until `n` events completed. */
-export const drainWithRelay = (n: number, concurrency: number, batch = 100) =>
+/**
+ * Runs the real relay (no-op sink, claims of at most `batch`, starting at `minBatch`, by default the
+ * library's) until `n` events completed.
+ */
+export const drainWithRelay = (n: number, concurrency: number, batch = 100, minBatch?: number) =>
   Effect.scoped(Effect.gen(function*() {
     const context = yield* Layer.build(
       Relay.layer.pipe(
         Layer.provide(OutboxSink.layerHandler(() => Effect.void)),
-        Layer.provide(OutboxConfig.layer({ batchSize: batch, concurrency, pollInterval: Duration.millis(10) }))
+        Layer.provide(OutboxConfig.layer({
+          batchSize: batch,
+          ...(minBatch === undefined ? {} : { minBatchSize: minBatch }),
+          concurrency,
+          pollInterval: Duration.millis(10)
+        }))
       )
     )
     const relay = Context.get(context, Relay.Relay)
@@ -157,3 +165,30 @@ export const machineCpuPercent = (from: ReturnType<typeof machineCpu>, to: Retur
 /** The `p`-th percentile (0–100, nearest rank) of `sorted`, which must be sorted ascending. */
 export const percentile = (sorted: ArrayLike<number>, p: number): number =>
   sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!
+
+/**
+ * CPU time (seconds, user + system) of the PostgreSQL backends connected to `database`, by pid, from
+ * `/proc/<pid>/stat` (Linux, same host): with two samples, what one system cost the server, apart from
+ * whatever else runs on the machine. `pids` come from `pg_stat_activity`; the caller leaves out its own.
+ */
+export const backendCpu = (pids: ReadonlyArray<number>): Map<number, number> => {
+  const cpu = new Map<number, number>()
+  for (const pid of pids) {
+    try {
+      // the command may hold spaces or parentheses: the fields start after the last ")"
+      const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+      cpu.set(pid, (Number(fields[11]) + Number(fields[12])) / 100) // utime, stime (fields 14, 15) in USER_HZ (100)
+    } catch {
+      // the backend exited meanwhile
+    }
+  }
+  return cpu
+}
+
+/** Seconds of backend CPU between two `backendCpu` samples (a backend new in `to` counts from zero). */
+export const backendCpuSeconds = (from: ReadonlyMap<number, number>, to: ReadonlyMap<number, number>): number => {
+  let seconds = 0
+  for (const [pid, s] of to) seconds += s - (from.get(pid) ?? 0)
+  return seconds
+}

@@ -87,6 +87,7 @@ const stubStore = () =>
       deadLetter: () => Effect.void,
       release: () => Effect.void,
       reap: Effect.succeed({ requeued: [], deadLettered: [] }),
+      claimInTransaction: () => Effect.die("not in this bench"),
       get: () => Effect.succeed(Option.none())
     })
   })

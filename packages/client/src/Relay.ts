@@ -87,7 +87,10 @@ export interface RelayOptions {
   readonly sink?: Layer.Layer<OutboxSink.OutboxSink> | undefined
   /** The outbox table (default `outbox`, or `OUTBOX_TABLE`). */
   readonly table?: string | undefined
+  /** Most rows per claim (default 1000): claims grow toward it while a backlog remains. */
   readonly batchSize?: number | undefined
+  /** Rows per claim while the outbox is nearly empty (default 10); `batchSize` too: fixed batches. */
+  readonly minBatchSize?: number | undefined
   readonly concurrency?: number | undefined
   readonly maxRetries?: number | undefined
   readonly pollInterval?: Duration.Input | undefined
@@ -158,6 +161,7 @@ export const createRelay = (options: RelayOptions): Promise<OutboxRelay> => {
   }
   const config: Record<string, unknown> = {
     batchSize: options.batchSize,
+    minBatchSize: options.minBatchSize,
     concurrency: options.concurrency,
     maxRetries: options.maxRetries,
     pollInterval: duration(options.pollInterval),

@@ -72,6 +72,75 @@ export interface ClaimOptions {
 }
 
 /**
+ * The identity of a row in a transaction-scoped claim's outcome: its id, and
+ * `createdAt`, which prunes the settling statement to the right partitions.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export type EventKey = Pick<EventData, "id" | "createdAt">
+
+/**
+ * Options of one transaction-scoped claim (`claimInTransaction`).
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface TransactionClaimOptions {
+  /** Most rows to lock. */
+  readonly limit: number
+  /**
+   * The longest the transaction may stay open. `use` must return within it;
+   * if it does not, it is interrupted and the transaction rolled back. On
+   * PostgreSQL the server enforces it too (`statement_timeout`,
+   * `idle_in_transaction_session_timeout`, and `transaction_timeout` from
+   * PostgreSQL 17), so a stalled process cannot hold the rows, or pin the
+   * xmin horizon, for longer than about this (plus a second of margin).
+   */
+  readonly timeout: Duration.Duration
+}
+
+/**
+ * How the events of one transaction-scoped claim are settled, in the same
+ * transaction. Every event not listed stays as it was: claimable at once, no
+ * attempt counted. An event listed twice is settled by its first listing, in
+ * the order `completed`, `deadLettered`, `retried`; an event this claim did
+ * not lock is ignored.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface TransactionOutcome {
+  /** Delivered: COMPLETED (or deleted, with a store that deletes completed rows). */
+  readonly completed: ReadonlyArray<EventKey>
+  /** Failed attempts: FAILED, `retry_count + 1`, `last_error`, invisible for `delay` (as `retry`). */
+  readonly retried: ReadonlyArray<{ readonly event: EventKey; readonly error: string; readonly delay: Duration.Duration }>
+  /** Final failures: DEAD_LETTER, `retry_count + 1`, `last_error` (as `deadLetter`). */
+  readonly deadLettered: ReadonlyArray<{ readonly event: EventKey; readonly error: string }>
+}
+
+/**
+ * `outcome` as the stores apply it: only events of `claimed`, each once
+ * (first listing wins, in the order `completed`, `deadLettered`, `retried`).
+ * Shared by the stores so that they agree.
+ *
+ * @category combinators
+ * @since 0.1.0
+ */
+export const settleable = (
+  claimed: ReadonlyArray<{ readonly id: bigint }>,
+  outcome: TransactionOutcome
+): TransactionOutcome => {
+  const open = new Set<bigint>()
+  for (const event of claimed) open.add(event.id)
+  const take = (key: EventKey) => open.delete(key.id)
+  const completed = outcome.completed.filter(take)
+  const deadLettered = outcome.deadLettered.filter((f) => take(f.event))
+  const retried = outcome.retried.filter((f) => take(f.event))
+  return { completed, deadLettered, retried }
+}
+
+/**
  * The outbox storage port.
  *
  * @category services
@@ -114,6 +183,38 @@ export class OutboxStore extends Context.Service<OutboxStore, {
    * or DEAD_LETTER when `retry_count` had reached `max_retries`.
    */
   readonly reap: Effect.Effect<ReapResult, StoreError>
+  /**
+   * The transaction-scoped claim (`OUTBOX_CLAIM_MODE=transaction`): opens a
+   * transaction, locks up to `limit` claimable rows (the rows `claim` would
+   * take, oldest id first) with `FOR UPDATE SKIP LOCKED`, hands them to
+   * `use` and, in the same transaction, settles them as `use`'s outcome says
+   * (`TransactionOutcome`), then commits. Returns the locked events (none:
+   * `use` was not called).
+   *
+   * **Why**: the row lock is the lease. Nothing is written at claim time (no
+   * PROCESSING, no lock token, no heartbeat, no reaper), so a row costs one
+   * write instead of two (one UPDATE, or one DELETE with a store that deletes
+   * completed rows), and a crash releases the rows by itself: the
+   * transaction rolls back and they are claimable again at once (no attempt
+   * is counted for them).
+   *
+   * **Details**: the events carry `lockToken` 0 (no lease) and
+   * `lockedUntil` = claim time + `timeout`. Concurrent claims (of either
+   * kind) skip the locked rows; readers see them unchanged. If `use` fails,
+   * is interrupted or outlives `timeout`, the transaction rolls back: no row
+   * changes, `use`'s error surfaces unchanged, a timeout is a `StoreError`.
+   * `use` runs outside the store's transaction (a sink that writes to the
+   * same database uses a connection of its own).
+   *
+   * **Gotchas**: the transaction holds the xmin horizon back while it is
+   * open (vacuum cannot reclaim dead tuples younger than it), hence the
+   * bound. Not for slow sinks: `use` must finish within `timeout`. Not inside
+   * another transaction.
+   */
+  readonly claimInTransaction: <E, R>(
+    options: TransactionClaimOptions,
+    use: (events: ReadonlyArray<OutboxEvent>) => Effect.Effect<TransactionOutcome, E, R>
+  ) => Effect.Effect<ReadonlyArray<OutboxEvent>, E | StoreError, R>
   /** Reads one row. */
   readonly get: (id: bigint) => Effect.Effect<Option.Option<EventRecord>, StoreError>
 }>()("@outbox/core/OutboxStore") {}

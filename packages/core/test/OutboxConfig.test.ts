@@ -18,7 +18,8 @@ describe("OutboxConfig", () => {
   it.effect("defaults", () =>
     Effect.gen(function*() {
       const config = yield* load({})
-      assert.strictEqual(config.batchSize, 100)
+      assert.strictEqual(config.batchSize, 1000)
+      assert.strictEqual(config.minBatchSize, 10)
       assert.strictEqual(Duration.toMillis(config.leaseDuration), 30_000)
       assert.strictEqual(Duration.toMillis(config.pollInterval), 1000)
       assert.strictEqual(config.maxRetries, 5)
@@ -29,12 +30,14 @@ describe("OutboxConfig", () => {
     Effect.gen(function*() {
       const config = yield* load({
         OUTBOX_BATCH_SIZE: "250",
+        OUTBOX_MIN_BATCH_SIZE: "25",
         OUTBOX_LEASE_SECONDS: "12",
         OUTBOX_POLL_INTERVAL_MS: "40",
         OUTBOX_MAX_RETRIES: "0",
         OUTBOX_CONCURRENCY: "3"
       })
       assert.strictEqual(config.batchSize, 250)
+      assert.strictEqual(config.minBatchSize, 25)
       assert.strictEqual(Duration.toMillis(config.leaseDuration), 12_000)
       assert.strictEqual(Duration.toMillis(config.pollInterval), 40)
       assert.strictEqual(config.maxRetries, 0)
@@ -45,6 +48,7 @@ describe("OutboxConfig", () => {
     const [name, value] of [
       ["OUTBOX_BATCH_SIZE", "lots"],
       ["OUTBOX_BATCH_SIZE", "0"],
+      ["OUTBOX_MIN_BATCH_SIZE", "0"],
       ["OUTBOX_LEASE_SECONDS", "-5"],
       ["OUTBOX_POLL_INTERVAL_MS", "1.5"],
       ["OUTBOX_MAX_RETRIES", "-1"],

@@ -82,6 +82,16 @@ export const pg: Config.Config<{ readonly url: Redacted.Redacted; readonly maxCo
 })
 
 /**
+ * `OUTBOX_NOTIFY` (default `true`): whether idle relays are woken by
+ * LISTEN/NOTIFY (`WakeupListener`). `false` behind a pooler that cannot
+ * LISTEN (PgBouncer in transaction mode): the relay then only polls.
+ *
+ * @category config
+ * @since 0.1.0
+ */
+export const notify: Config.Config<boolean> = Config.Boolean("OUTBOX_NOTIFY").pipe(Config.withDefault(true))
+
+/**
  * Partition maintenance (`PartitionMaintenance.layerConfig`).
  *
  * @category config
@@ -193,6 +203,12 @@ export const runtimeVariables: ReadonlyArray<Variable> = [
     description: "PostgreSQL URL (`OutboxLive.layerPg`); the example and the tests fall back to embedded PostgreSQL"
   },
   { name: "OUTBOX_PG_POOL_MAX", default: "10", description: "connections of `OutboxLive.layerPg`" },
+  {
+    name: "OUTBOX_NOTIFY",
+    default: "`true`",
+    description:
+      "wake idle relays by LISTEN/NOTIFY within milliseconds (one session per relay process, outside the pool; producers notify only while a relay asks); `false` behind PgBouncer in transaction mode: poll only"
+  },
   {
     name: "OUTBOX_PARTITION_MODE",
     default: "`native`",

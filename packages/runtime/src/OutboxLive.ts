@@ -1,7 +1,9 @@
 /**
  * The whole outbox in one layer: configuration from the environment, the
  * PostgreSQL store (migrations applied at start), the relay's workers and
- * its background duties (`duties`: the gauge sampler, the reaper, the
+ * its background duties (`duties`: the wake-up listener that gets idle
+ * workers to claim within milliseconds of a commit (`WakeupListener`,
+ * `OUTBOX_NOTIFY`), the gauge sampler, the reaper, the
  * partition-maintenance schedule with the outbox policy from the
  * environment, see `PartitionMaintenance.layerConfig`, plus application
  * tables from `partitions`, archiving before it drops with `archive`, and
@@ -11,7 +13,11 @@
  * export).
  *
  * Provide it with a `SqlClient` (e.g. `PgClient.layerConfig`, or
- * `OutboxLive.layerPg` which reads `DATABASE_URL`) and an `OutboxSink`:
+ * `OutboxLive.layerPg` which reads `DATABASE_URL`) and an `OutboxSink`.
+ * The wake-up needs the client to be a `PgClient` (both of those are; it
+ * opens one session of its own with the client's settings); it is not
+ * required: with a `SqlClient` of another kind the relay only polls, and
+ * says so once at start.
  *
  * ```ts
  * const AppLive = OutboxLive.layer().pipe(
@@ -24,12 +30,13 @@
  */
 import { ArchiveStorage } from "@outbox/core/ArchiveStorage"
 import * as OutboxConfig from "@outbox/core/OutboxConfig"
-import type { StoreError } from "@outbox/core/OutboxError"
+import { StoreError } from "@outbox/core/OutboxError"
 import type { OutboxSink } from "@outbox/core/OutboxSink"
 import type { OutboxStore } from "@outbox/core/OutboxStore"
 import type * as PartitionPolicy from "@outbox/core/PartitionPolicy"
 import * as FileArchiveStorage from "@outbox/sql/FileArchiveStorage"
 import * as OutboxHealth from "@outbox/sql/OutboxHealth"
+import * as OutboxTables from "@outbox/sql/OutboxTables"
 import * as PartitionManager from "@outbox/sql/PartitionManager"
 import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
@@ -49,6 +56,8 @@ import * as OutboxTelemetry from "./OutboxTelemetry.ts"
 import * as PartitionMaintenance from "./PartitionMaintenance.ts"
 import * as Reaper from "./Reaper.ts"
 import * as Relay from "./Relay.ts"
+import * as Wakeup from "./Wakeup.ts"
+import * as WakeupListener from "./WakeupListener.ts"
 
 /**
  * Options of `layer`. `AE` and `AR` are the error and requirements of an
@@ -84,6 +93,11 @@ export interface Options<AE = never, AR = never> {
    * dropped.
    */
   readonly archive?: ArchiveStorage["Service"] | Layer.Layer<ArchiveStorage, AE, AR> | undefined
+  /**
+   * The wake-up listener's options (`WakeupListener`; its channel follows
+   * the store's table). `enabled` defaults to `OUTBOX_NOTIFY`.
+   */
+  readonly wakeup?: Omit<WakeupListener.Options, "tables"> | undefined
 }
 
 /** The maintenance duty, handed the `archive` storage (built first when it is a layer). */
@@ -116,6 +130,19 @@ const maintenance = <AE, AR>(
 }
 
 /**
+ * The wake-up listener (`OUTBOX_NOTIFY`) on the channel of the store's table
+ * (`OUTBOX_TABLE`, or `options.store`).
+ */
+const listener = (options: Pick<Options, "store" | "wakeup">) =>
+  Layer.unwrap(Effect.gen(function*() {
+    const store = options.store ?? (yield* OutboxEnv.store)
+    const tables = store.tables ?? (yield* OutboxTables.make(store.table ?? "outbox").pipe(
+      Effect.mapError((e) => new StoreError({ operation: "configure", message: e.message, retryable: false, cause: e }))
+    ))
+    return WakeupListener.layerConfig({ ...options.wakeup, tables })
+  }))
+
+/**
  * The background duties (`Duty`) beside the relay's workers, one line each:
  * a new duty is a module (its `run` and schedule) plus a line here. Their
  * first runs are staggered in this order, `dutyStagger` apart, so that they
@@ -124,13 +151,18 @@ const maintenance = <AE, AR>(
  * @category layers
  * @since 0.1.0
  */
-export const duties = <AE = never, AR = never>(options: Pick<Options<AE, AR>, "partitions" | "archive"> = {}) =>
-  Duty.staggered(
-    dutyStagger,
-    OutboxTelemetry.layerHealthGauges(), // gauges       every OUTBOX_METRICS_SAMPLE_INTERVAL: gauges from the database
-    Reaper.layer, // reaper       every lease/2: expired leases → PENDING (or DEAD_LETTER)
-    maintenance(options), // maintenance  every OUTBOX_MAINTENANCE_INTERVAL_MS: partitions (archived first with `archive`)
-    AuditSealer.layerConfig() // audit        every OUTBOX_AUDIT_SEAL_INTERVAL_MS (ENABLE_AUDIT): seals the audit chain
+export const duties = <AE = never, AR = never>(
+  options: Pick<Options<AE, AR>, "partitions" | "archive" | "store" | "wakeup"> = {}
+) =>
+  Layer.merge(
+    listener(options), // wakeup       from start, not staggered (it connects once): LISTEN, wake idle workers
+    Duty.staggered(
+      dutyStagger,
+      OutboxTelemetry.layerHealthGauges(), // gauges       every OUTBOX_METRICS_SAMPLE_INTERVAL: gauges from the database
+      Reaper.layer, // reaper       every lease/2: expired leases → PENDING (or DEAD_LETTER)
+      maintenance(options), // maintenance  every OUTBOX_MAINTENANCE_INTERVAL_MS: partitions (archived first with `archive`)
+      AuditSealer.layerConfig() // audit        every OUTBOX_AUDIT_SEAL_INTERVAL_MS (ENABLE_AUDIT): seals the audit chain
+    )
   )
 
 /**
@@ -146,8 +178,8 @@ export const dutyStagger: Duration.Duration = Duration.millis(250)
  *
  * ```
  * OutboxLive
- * ├── Relay workers 1..N      (Relay.layerWorkers)
- * └── duties                  (duties: gauges, reaper, maintenance, audit)
+ * ├── Relay workers 1..N      (Relay.layerWorkers), woken by the Wakeup signal
+ * └── duties                  (duties: wake-up listener, gauges, reaper, maintenance, audit)
  * ```
  *
  * @category layers
@@ -163,12 +195,15 @@ export const layer = <AE = never, AR = never>(
   | PartitionMaintenance.PartitionMaintenance
   | AuditSealer.AuditSealer
   | PartitionManager.PartitionManager
-  | OutboxHealth.OutboxHealth,
+  | OutboxHealth.OutboxHealth
+  | WakeupListener.WakeupListener,
   StoreError | Config.ConfigError | OutboxHealth.InvalidHealthOptions | ServeError | AE,
   SqlClient.SqlClient | OutboxSink | AR
 > =>
   Relay.layerWorkers.pipe(
     Layer.provideMerge(duties(options)),
+    // one signal for the workers and the listener
+    Layer.provideMerge(Wakeup.layer),
     Layer.provideMerge(PartitionManager.layer),
     // the health queries and gauges follow the store's tables (OUTBOX_TABLE, or options.store)
     Layer.provideMerge(Layer.unwrap(Effect.gen(function*() {

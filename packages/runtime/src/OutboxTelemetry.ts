@@ -298,7 +298,7 @@ export const catalog = {
 export const labelValues = {
   leaseLostOperation: ["renew", "complete", "retry", "dead_letter", "release"],
   reapOutcome: ["requeued", "dead_lettered"],
-  loop: ["claim", "heartbeat", "reaper", "maintenance", "audit", "gauges"]
+  loop: ["claim", "heartbeat", "reaper", "maintenance", "audit", "gauges", "wakeup"]
 } as const
 
 /**

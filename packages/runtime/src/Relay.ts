@@ -4,7 +4,8 @@
  *
  * ```
  * Relay (layer scope)
- * ├── worker 1..N   claim a batch (SKIP LOCKED, lease, fresh lock token)
+ * ├── worker 1..N   claim a batch (SKIP LOCKED, lease, fresh lock token),
+ * │   │             small when the outbox is nearly empty, growing under a backlog
  * │   │             → deliver each event to the sink, in id order
  * │   │             → complete the delivered ones in one statement, while
  * │   │               the worker claims its next batch (one completion in flight)
@@ -12,6 +13,28 @@
  * │   └── heartbeat renews the batch's leases every lease/3 while it runs
  * └── reaper        every lease/2: expired leases → PENDING (`Reaper`, a duty)
  * ```
+ *
+ * **`OUTBOX_CLAIM_MODE=transaction`** (`internal/transactionWorker.ts`): a
+ * worker's iteration locks its batch (`FOR UPDATE SKIP LOCKED`), delivers
+ * it and settles it in one store transaction bounded by
+ * `OUTBOX_TX_TIMEOUT_MS` (`OutboxStore.claimInTransaction`): no lease, no
+ * heartbeat, one write per event; for sinks that acknowledge fast. The
+ * worker loop, batch limits, waiting and shutdown are the same.
+ *
+ * **Adaptive batches** (`internal/batchLimit.ts`): each worker claims
+ * `minBatchSize` rows (10) at first, doubles its limit while claims come
+ * back full, up to `batchSize` (1,000), and fits it back to what a claim
+ * found once one comes back short; and never above what the last batch's
+ * pace delivers in one heartbeat period (lease/3), so a slow handler keeps
+ * small batches. Under a backlog a claim's round trip is shared by up to
+ * 1,000 events; when the outbox is nearly empty a batch stays small, so it is
+ * completed soon and a burst is shared among workers. `minBatchSize =
+ * batchSize` gives fixed batches.
+ *
+ * **Waiting.** A worker whose claim found nothing waits `pollInterval`,
+ * or less when a `Wakeup` is in context and wakes it: `OutboxLive` provides
+ * one, fed by LISTEN/NOTIFY (`WakeupListener`), so a committed event is
+ * claimed within milliseconds while the poll stays the upper bound.
  *
  * **Telemetry** (see `OutboxTelemetry` for the metric catalog):
  *
@@ -40,7 +63,8 @@
  * stops claiming, lets in-flight batches finish within `shutdownTimeout`,
  * then interrupts what is left: delivered events are completed and the
  * leases of undelivered ones are released (PENDING again, no attempt
- * counted).
+ * counted). In transaction mode an interrupted batch's transaction rolls
+ * back: its events are claimable again, delivered ones included.
  *
  * @since 0.1.0
  */
@@ -51,6 +75,7 @@ import { OutboxSink } from "@outbox/core/OutboxSink"
 import { OutboxStore } from "@outbox/core/OutboxStore"
 import * as RetryPolicy from "@outbox/core/RetryPolicy"
 import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -63,8 +88,12 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Tracer from "effect/Tracer"
+import * as BatchLimit from "./internal/batchLimit.ts"
+import * as Failure from "./internal/failure.ts"
 import * as RelayInstruments from "./internal/relayInstruments.ts"
+import * as TransactionWorker from "./internal/transactionWorker.ts"
 import * as Reaper from "./Reaper.ts"
+import * as Wakeup from "./Wakeup.ts"
 
 /**
  * Counters since the relay started.
@@ -102,11 +131,6 @@ export class Relay extends Context.Service<Relay, {
   readonly stats: Effect.Effect<RelayStats>
 }>()("@outbox/runtime/Relay") {}
 
-const errorText = (error: unknown): string => {
-  if (error instanceof Error) return error.message
-  if (typeof error === "string") return error
-  return Cause.pretty(Cause.fail(error))
-}
 
 /**
  * Starts the fiber tree in the current scope.
@@ -145,10 +169,20 @@ export const make = Effect.gen(function*() {
 
   // --- claim -----------------------------------------------------------------
 
-  /** Claims a batch (SKIP LOCKED, lease, fresh lock token). */
-  const claim = Effect.suspend(() =>
-    instruments.claim(store.claim({ limit: config.batchSize, leaseDuration: config.leaseDuration }))
-  )
+  /**
+   * Each worker's claim limit moves between these (`internal/batchLimit.ts`: small when nearly empty, growing
+   * under a backlog), and a batch should take at most one heartbeat period at the last batch's pace.
+   */
+  const batchBounds = BatchLimit.bounds({
+    ...config,
+    // transaction mode: a batch must be delivered within its transaction's deadline
+    budgetMillis: Duration.toMillis(config.claimMode === "transaction" ? TransactionWorker.deliveryBudget(config) : heartbeatEvery)
+  })
+  const clock = yield* Clock.Clock
+
+  /** Claims a batch of at most `limit` (SKIP LOCKED, lease, fresh lock token). */
+  const claim = (limit: number) =>
+    Effect.suspend(() => instruments.claim(store.claim({ limit, leaseDuration: config.leaseDuration })))
 
   // --- deliver ---------------------------------------------------------------
 
@@ -184,9 +218,11 @@ export const make = Effect.gen(function*() {
         }),
         Effect.catchCause((cause) => Effect.andThen(instruments.failed("heartbeat"), Effect.logWarning("heartbeat failed", cause)))
       )
+      // every lease/3 from the claim on: the delay comes once, outside the repeat (inside it, each round
+      // would wait twice, renewing every 2·lease/3)
       const heartbeat = yield* renew.pipe(
-        Effect.delay(heartbeatEvery),
         Effect.repeat(Schedule.spaced(heartbeatEvery)),
+        Effect.delay(heartbeatEvery),
         Effect.forkChild({ startImmediately: true })
       )
       /** Takes the delivered events out of this batch's hands. */
@@ -287,9 +323,7 @@ export const make = Effect.gen(function*() {
   /** Records a failed delivery: a retry with backoff, or a dead letter. `undefined` when the lease was lost meanwhile. */
   const handleFailure = (event: OutboxEvent, error: unknown) =>
     Effect.gen(function*() {
-      const attempt: RetryPolicy.FailedAttempt = { event, error, retryable: RetryPolicy.isRetryable(error) }
-      const decision = yield* RetryPolicy.decide(policy, attempt)
-      const text = errorText(error)
+      const { decision, text } = yield* Failure.decide(policy, event, error)
       if (decision._tag === "Retry") {
         const lost = yield* fenced("retry", store.retry(event, { error: text, delay: decision.delay }))
         if (lost.length > 0) return undefined
@@ -308,28 +342,64 @@ export const make = Effect.gen(function*() {
 
   // --- the workers -----------------------------------------------------------
 
-  const iteration = (pending: { fiber: Fiber.Fiber<void> | undefined }) =>
+  /** `OUTBOX_CLAIM_MODE=transaction`: the iteration that claims, delivers and settles in one transaction. */
+  const inTransaction = config.claimMode === "transaction"
+    ? yield* TransactionWorker.make({ store, sink, config, instruments, policy, count })
+    : undefined
+
+  const iteration = (pending: { fiber: Fiber.Fiber<void> | undefined }, limit: number) =>
     Effect.gen(function*() {
-      const { events, span } = yield* claim
+      const { events, span } = yield* claim(limit)
       if (events.length === 0) return 0
       yield* count("claimed", events.length)
       yield* processBatch(events, span, pending)
       return events.length
     })
 
-  const idle = Effect.raceFirst(Effect.sleep(config.pollInterval), Deferred.await(stop))
+  // --- waiting ---------------------------------------------------------------
+
+  /** Wake-ups (LISTEN/NOTIFY: `WakeupListener`) when the composition provides them; the poll alone otherwise. */
+  const wakeup = Option.getOrUndefined(yield* Effect.serviceOption(Wakeup.Wakeup))
+  const poll = Effect.raceFirst(Effect.sleep(config.pollInterval), Deferred.await(stop))
+
+  /**
+   * A worker's wait after a claim that found nothing (one per worker): the
+   * poll interval or a wake-up, whichever comes first. A wake-up that came
+   * since the worker last waited (one during its claim, say) sends it to
+   * claim again at once, so none is lost, and any number of them count as
+   * one. While it waits it counts as idle in `Wakeup`: the listener asks
+   * producers to notify only while some worker waits.
+   */
+  const idleWait = (): Effect.Effect<void> => {
+    if (wakeup === undefined) return poll
+    let seen = 0
+    return Effect.gen(function*() {
+      const now = yield* wakeup.generation
+      if (now > seen) {
+        seen = now
+        return
+      }
+      yield* wakeup.setIdle(true)
+      yield* Effect.raceFirst(poll, wakeup.await(seen)).pipe(Effect.ensuring(wakeup.setIdle(false)))
+      seen = yield* wakeup.generation
+    })
+  }
 
   const worker = (index: number) =>
     Effect.gen(function*() {
       const pending: { fiber: Fiber.Fiber<void> | undefined } = { fiber: undefined }
+      const idle = idleWait()
+      let limit = batchBounds.min
       while (!(yield* Deferred.isDone(stop))) {
-        const claimed = yield* iteration(pending).pipe(
+        const started = clock.currentTimeMillisUnsafe()
+        const claimed = yield* (inTransaction === undefined ? iteration(pending, limit) : inTransaction(limit)).pipe(
           Effect.catchCause((cause) =>
             Cause.hasInterruptsOnly(cause)
               ? Effect.failCause(cause)
               : Effect.as(Effect.andThen(instruments.failed("claim"), Effect.logWarning("relay iteration failed", cause)), 0)
           )
         )
+        limit = BatchLimit.next(batchBounds, limit, claimed, clock.currentTimeMillisUnsafe() - started)
         if (claimed === 0) yield* idle
       }
     }).pipe(Effect.annotateLogs({ module: "Relay", fiber: `worker-${index}` }))
@@ -359,7 +429,9 @@ export const make = Effect.gen(function*() {
       )
       if (!(Exit.isSuccess(finished) && finished.value._tag === "Some")) {
         yield* Effect.logWarning(
-          `in-flight handlers did not finish within ${Duration.format(config.shutdownTimeout)}; releasing their leases`
+          `in-flight handlers did not finish within ${Duration.format(config.shutdownTimeout)}; ${
+            inTransaction === undefined ? "releasing their leases" : "rolling their transactions back"
+          }`
         )
         yield* Fiber.interruptAll(workers)
       }

@@ -87,12 +87,15 @@ describe("OutboxEnv", () => {
       const documented = (name: string) => OutboxEnv.variables.find((v) => v.name === name)?.default?.replaceAll("`", "")
       const relay = yield* OutboxEnv.relay
       assert.strictEqual(String(relay.batchSize), documented("OUTBOX_BATCH_SIZE"))
+      assert.strictEqual(String(relay.minBatchSize), documented("OUTBOX_MIN_BATCH_SIZE"))
       assert.strictEqual(String(Duration.toSeconds(relay.leaseDuration)), documented("OUTBOX_LEASE_SECONDS"))
       assert.strictEqual(String(Duration.toMillis(relay.pollInterval)), documented("OUTBOX_POLL_INTERVAL_MS"))
       assert.strictEqual(String(relay.concurrency), documented("OUTBOX_CONCURRENCY"))
       assert.strictEqual(String(relay.maxRetries), documented("OUTBOX_MAX_RETRIES"))
       assert.strictEqual(String(relay.maxPayloadBytes), documented("OUTBOX_MAX_PAYLOAD_BYTES"))
       assert.strictEqual(String(Duration.toMillis(relay.shutdownTimeout)), documented("OUTBOX_SHUTDOWN_TIMEOUT_MS"))
+      assert.strictEqual(relay.claimMode, documented("OUTBOX_CLAIM_MODE"))
+      assert.strictEqual(String(Duration.toMillis(relay.transactionTimeout)), documented("OUTBOX_TX_TIMEOUT_MS"))
       const partitions = yield* OutboxEnv.partitions
       assert.strictEqual(partitions.mode, documented("OUTBOX_PARTITION_MODE"))
       assert.strictEqual(String(partitions.retentionDays), documented("OUTBOX_RETENTION_DAYS"))
@@ -109,6 +112,7 @@ describe("OutboxEnv", () => {
       assert.strictEqual(Duration.format(yield* OutboxEnv.sampleInterval), documented("OUTBOX_METRICS_SAMPLE_INTERVAL")?.replace(" seconds", "s"))
       const store = yield* OutboxEnv.store
       assert.strictEqual(String(store.runMigrations), documented("OUTBOX_RUN_MIGRATIONS"))
+      assert.strictEqual(store.completed, documented("OUTBOX_COMPLETED"))
     }).pipe(Effect.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: {} })))))
 
   it.effect("a bad value fails naming the variable", () =>

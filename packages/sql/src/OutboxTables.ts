@@ -41,6 +41,15 @@ export interface OutboxTables {
   readonly defaultPartition: string
   /** Prefix of the daily partitions (`<outbox>_p`, then `YYYYMMDD`). */
   readonly partitionPrefix: string
+  /**
+   * The LISTEN/NOTIFY channel that wakes idle relays (`<outbox>_wakeup`):
+   * one per outbox table, so that two outboxes in one database do not wake
+   * each other's relays. The trigger derives it from the table's current
+   * name (`TG_TABLE_NAME` + `wakeupChannelSuffix`), so it follows a rename.
+   */
+  readonly channel: string
+  /** The wake-up trigger function and the statement trigger calling it (migration 0007). */
+  readonly wakeup: string
   /** The consumers' idempotency store. */
   readonly inbox: string
   /** The append-only log of dead-letter redrives. */
@@ -73,8 +82,17 @@ export const shared = {
   auditMigrations: "outbox_audit_migrations",
   auditLog: "outbox_audit_log",
   auditHead: "outbox_audit_head",
-  auditCheckpoint: "outbox_audit_checkpoint"
+  auditCheckpoint: "outbox_audit_checkpoint",
+  wakeup: "outbox_wakeup"
 } as const
+
+/**
+ * What the wake-up channel adds to the outbox table's name (`channel`).
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const wakeupChannelSuffix = "_wakeup"
 
 const derived = (outbox: string): OutboxTables => ({
   outbox,
@@ -83,6 +101,7 @@ const derived = (outbox: string): OutboxTables => ({
   deadLetterIndex: `${outbox}_dead_letter_idx`,
   defaultPartition: `${outbox}_default`,
   partitionPrefix: `${outbox}_p`,
+  channel: `${outbox}${wakeupChannelSuffix}`,
   ...shared
 })
 
@@ -111,6 +130,7 @@ export const make = Effect.fnUntraced(function*(outbox: string = "outbox") {
   yield* Identifier.validate(tables.leasedIndex, "index name")
   yield* Identifier.validate(tables.deadLetterIndex, "index name")
   yield* Identifier.validate(`${tables.partitionPrefix}20000101`, "partition name")
+  yield* Identifier.validate(tables.channel, "channel name")
   return tables
 })
 

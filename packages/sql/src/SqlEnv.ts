@@ -17,6 +17,7 @@ import * as Config from "effect/Config"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
 import * as OutboxTables from "./OutboxTables.ts"
 import type { Options as StoreOptions } from "./PgOutboxStore.ts"
 
@@ -79,15 +80,40 @@ export const legacy: Config.Config<{ readonly table: string; readonly dualWrite:
 }).pipe(Config.map(({ dualWrite, legacyTable }) => Option.isSome(legacyTable) ? { table: legacyTable.value, dualWrite } : undefined))
 
 /**
- * `PgOutboxStore.Options` from the environment: `OUTBOX_TABLE`, the online
- * migration's variables and `OUTBOX_RUN_MIGRATIONS` (the time source stays
- * the default, the database clock).
+ * `OUTBOX_COMPLETED` (default `keep`): what completing an event does to its
+ * row, `keep` (status COMPLETED) or `delete` (see `PgOutboxStore.Options`).
  *
  * @category config
  * @since 0.1.0
  */
-export const store: Config.Config<StoreOptions> = Config.all({ tables, legacy, runMigrations }).pipe(
-  Config.map(({ legacy, runMigrations, tables }): StoreOptions => ({ table: tables.outbox, tables, legacy, runMigrations }))
+export const completed: Config.Config<"keep" | "delete"> = Config.schema(
+  Schema.Literals(["keep", "delete"]),
+  "OUTBOX_COMPLETED"
+).pipe(Config.withDefault("keep" as const))
+
+/**
+ * `PgOutboxStore.Options` from the environment: `OUTBOX_TABLE`, the online
+ * migration's variables, `OUTBOX_RUN_MIGRATIONS` and `OUTBOX_COMPLETED` (the
+ * time source stays the default, the database clock). `OUTBOX_COMPLETED=delete`
+ * with `ENABLE_AUDIT=true` fails here, naming both: the audit trail and
+ * inspection need completed rows kept.
+ *
+ * @category config
+ * @since 0.1.0
+ */
+export const store: Config.Config<StoreOptions> = Config.all({ tables, legacy, runMigrations, completed, audit }).pipe(
+  Config.mapEffect(({ audit, completed, legacy, runMigrations, tables }) =>
+    audit && completed === "delete"
+      ? Effect.fail(
+        new Config.ConfigError(
+          new ConfigProvider.SourceError({
+            message:
+              "OUTBOX_COMPLETED=delete with ENABLE_AUDIT=true: the audit trail needs completed rows kept (OUTBOX_COMPLETED=keep)"
+          })
+        )
+      )
+      : Effect.succeed<StoreOptions>({ table: tables.outbox, tables, legacy, runMigrations, completed })
+  )
 )
 
 /**
@@ -118,6 +144,12 @@ export const variables: ReadonlyArray<Variable> = [
     name: "OUTBOX_MIGRATION_DUAL_WRITE",
     default: "`false`",
     description: "during an online migration: write both tables and claim their union (the switch-over flag)"
+  },
+  {
+    name: "OUTBOX_COMPLETED",
+    default: "`keep`",
+    description:
+      "`keep` (completed rows stay, status COMPLETED: audit trail, inspection) or `delete` (completion deletes the row: less bloat; refused with `ENABLE_AUDIT`)"
   },
   {
     name: "ENABLE_AUDIT",

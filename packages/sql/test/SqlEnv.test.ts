@@ -32,22 +32,32 @@ describe("SqlEnv", () => {
         table: "outbox",
         tables: OutboxTables.defaults,
         legacy: undefined,
-        runMigrations: true
+        runMigrations: true,
+        completed: "keep"
       })
       assert.deepStrictEqual(
         yield* SqlEnv.store.parse(env({
           OUTBOX_TABLE: "outbox_partitioned",
           OUTBOX_MIGRATION_LEGACY_TABLE: "outbox",
           OUTBOX_MIGRATION_DUAL_WRITE: "true",
-          OUTBOX_RUN_MIGRATIONS: "false"
+          OUTBOX_RUN_MIGRATIONS: "false",
+          OUTBOX_COMPLETED: "delete"
         })),
         {
           table: "outbox_partitioned",
           tables: yield* OutboxTables.make("outbox_partitioned"),
           legacy: { table: "outbox", dualWrite: true },
-          runMigrations: false
+          runMigrations: false,
+          completed: "delete"
         }
       )
+      const badCompleted = yield* Effect.flip(SqlEnv.store.parse(env({ OUTBOX_COMPLETED: "archive" })))
+      assert.include(badCompleted.message, "OUTBOX_COMPLETED")
+      // the audit trail needs completed rows kept: refused at start, naming both
+      const audited = yield* Effect.flip(SqlEnv.store.parse(env({ OUTBOX_COMPLETED: "delete", ENABLE_AUDIT: "true" })))
+      assert.strictEqual(audited._tag, "ConfigError")
+      assert.include(audited.message, "OUTBOX_COMPLETED=delete")
+      assert.include(audited.message, "ENABLE_AUDIT=true")
       const bad = yield* Effect.flip(SqlEnv.audit.parse(env({ ENABLE_AUDIT: "maybe" })))
       assert.include(bad.message, "ENABLE_AUDIT")
     }))
@@ -56,6 +66,7 @@ describe("SqlEnv", () => {
     const names = SqlEnv.variables.map((v) => v.name)
     assert.deepStrictEqual([...names].sort(), [
       "ENABLE_AUDIT",
+      "OUTBOX_COMPLETED",
       "OUTBOX_MIGRATION_DUAL_WRITE",
       "OUTBOX_MIGRATION_LEGACY_TABLE",
       "OUTBOX_RUN_MIGRATIONS",

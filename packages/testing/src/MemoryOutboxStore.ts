@@ -18,6 +18,12 @@
  *   leases that do not match are reported in `LeaseLost` and left unchanged,
  *   and the other leases of the same call are applied.
  * - `reap` returns every expired lease to PENDING.
+ * - `claimInTransaction` locks rows (a set of ids, the row locks): both
+ *   claims skip them, readers see them unchanged; `use`'s outcome is applied
+ *   in one step when it succeeds, nothing when it fails, is interrupted or
+ *   outlives `timeout` (a `StoreError`, like the server's bound).
+ * - `completed: "delete"` (`makeWith`, `layerWith`): completing removes the
+ *   row, as `PgOutboxStore` with `OUTBOX_COMPLETED=delete`.
  *
  * **Time**: every "now" comes from Effect's `Clock`, so `TestClock` drives
  * leases, reaping and backoff.
@@ -30,7 +36,15 @@
  */
 import { LeaseLost, StoreError } from "@outbox/core/OutboxError"
 import type { EventData, EventStatus, Lease, OutboxEvent, PublishedEvent, ValidEvent } from "@outbox/core/OutboxEvent"
-import { type EventRecord, OutboxStore, type Publisher, type ReapResult } from "@outbox/core/OutboxStore"
+import {
+  type EventRecord,
+  OutboxStore,
+  type Publisher,
+  type ReapResult,
+  settleable,
+  type TransactionClaimOptions,
+  type TransactionOutcome
+} from "@outbox/core/OutboxStore"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -117,12 +131,24 @@ const groupByToken = (leases: ReadonlyArray<Lease>) => {
 }
 
 /**
- * Builds an empty store. Each call gives an independent store.
+ * Options of `makeWith` / `layerWith`.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Options {
+  /** What completing does to a row: `keep` (status COMPLETED, the default) or `delete` (the row goes). */
+  readonly completed?: "keep" | "delete" | undefined
+}
+
+/**
+ * Builds an empty store with `options`. Each call gives an independent store.
  *
  * @category constructors
  * @since 0.1.0
  */
-export const make: Effect.Effect<OutboxStore["Service"]> = Effect.sync(() => {
+export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Service"]> => Effect.sync(() => {
+  const deleteCompleted = options.completed === "delete"
   /** Visible rows; kept in id order (see `ordered`). */
   let rows = new Map<bigint, Row>()
   /** False once a row was made visible after a row with a higher id (a later commit of an earlier id). */
@@ -132,6 +158,12 @@ export const make: Effect.Effect<OutboxStore["Service"]> = Effect.sync(() => {
   let lastToken = 0n
   /** Identifies this store's transactions in `OpenTransactions`. */
   const storeKey = Symbol("MemoryOutboxStore")
+  /** Rows locked by an open `claimInTransaction` (PostgreSQL's row locks): both claims skip them. */
+  const locked = new Set<bigint>()
+  const claimable = (row: Row, now: number) =>
+    (row.status === "PENDING" || row.status === "FAILED") &&
+    (row.availableAt === null || row.availableAt <= now) &&
+    !locked.has(row.id)
 
   const makeVisible = (row: Row) => {
     rows.set(row.id, row)
@@ -223,10 +255,7 @@ export const make: Effect.Effect<OutboxStore["Service"]> = Effect.sync(() => {
         const claimed: Array<Row> = []
         for (const row of ordered()) {
           if (claimed.length >= limit) break
-          if (
-            (row.status === "PENDING" || row.status === "FAILED") &&
-            (row.availableAt === null || row.availableAt <= now)
-          ) claimed.push(row)
+          if (claimable(row, now)) claimed.push(row)
         }
         if (claimed.length === 0) return Effect.succeed([])
         const token = ++lastToken
@@ -291,12 +320,83 @@ export const make: Effect.Effect<OutboxStore["Service"]> = Effect.sync(() => {
       row.lockedUntil = now + Duration.toMillis(leaseDuration)
     })
 
-  const complete = (leases: ReadonlyArray<Lease>) =>
-    fenced("complete", leases, (row, now) => {
-      row.status = "COMPLETED"
+  const completeRow = (row: Row, now: number) => {
+    if (deleteCompleted) {
+      rows.delete(row.id)
+      return
+    }
+    row.status = "COMPLETED"
+    row.processedAt = now
+    clearLease(row)
+  }
+
+  const complete = (leases: ReadonlyArray<Lease>) => fenced("complete", leases, completeRow)
+
+  /** Applies a transaction-scoped claim's outcome, in one step (the commit). */
+  const settle = (outcome: TransactionOutcome, now: number) => {
+    for (const key of outcome.completed) completeRow(rows.get(key.id)!, now)
+    for (const { error, event } of outcome.deadLettered) {
+      const row = rows.get(event.id)!
+      row.status = "DEAD_LETTER"
+      row.retryCount += 1
+      row.lastError = error
       row.processedAt = now
-      clearLease(row)
-    })
+    }
+    for (const { delay, error, event } of outcome.retried) {
+      const row = rows.get(event.id)!
+      row.status = "FAILED"
+      row.retryCount += 1
+      row.lastError = error
+      row.availableAt = now + Duration.toMillis(delay)
+    }
+  }
+
+  const claimInTransaction = <E, R>(
+    options: TransactionClaimOptions,
+    use: (events: ReadonlyArray<OutboxEvent>) => Effect.Effect<TransactionOutcome, E, R>
+  ): Effect.Effect<ReadonlyArray<OutboxEvent>, E | StoreError, R> =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        const limit = Math.round(options.limit)
+        if (!(limit >= 0)) {
+          return Effect.fail(
+            new StoreError({ operation: "claimInTransaction", message: "claimInTransaction: LIMIT must not be negative", retryable: false })
+          )
+        }
+        const picked: Array<Row> = []
+        for (const row of ordered()) {
+          if (picked.length >= limit) break
+          if (claimable(row, now)) picked.push(row)
+        }
+        if (picked.length === 0) return Effect.succeed([])
+        for (const row of picked) locked.add(row.id)
+        const lockedUntil = new Date(now + Duration.toMillis(options.timeout))
+        const events = picked.map((row): OutboxEvent => ({ ...toData(row), lockedUntil, lockToken: 0n }))
+        return restore(use(events).pipe(
+          Effect.timeoutOrElse({
+            duration: options.timeout,
+            orElse: () =>
+              Effect.fail(
+                new StoreError({
+                  operation: "claimInTransaction",
+                  message: `claimInTransaction: the batch was not settled within ${Duration.format(options.timeout)}; rolled back`,
+                  retryable: true
+                })
+              )
+          })
+        )).pipe(
+          Effect.flatMap((outcome) =>
+            Effect.map(Clock.currentTimeMillis, (at) => {
+              settle(settleable(events, outcome), at)
+              return events
+            })
+          ),
+          Effect.ensuring(Effect.sync(() => {
+            for (const row of picked) locked.delete(row.id)
+          }))
+        )
+      })
+    )
 
   const retry = (lease: Lease, options: { readonly error: string; readonly delay: Duration.Duration }) =>
     fenced("retry", [lease], (row, now) => {
@@ -347,8 +447,16 @@ export const make: Effect.Effect<OutboxStore["Service"]> = Effect.sync(() => {
       return row === undefined ? Option.none() : Option.some(toRecord(row))
     })
 
-  return OutboxStore.of({ withTransaction, claim, renew, complete, retry, deadLetter, release, reap, get })
+  return OutboxStore.of({ withTransaction, claim, renew, complete, retry, deadLetter, release, reap, claimInTransaction, get })
 })
+
+/**
+ * Builds an empty store (completed rows kept). Each run gives an independent store.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const make: Effect.Effect<OutboxStore["Service"]> = makeWith()
 
 /**
  * A fresh, empty in-memory store per build of the layer.
@@ -357,3 +465,12 @@ export const make: Effect.Effect<OutboxStore["Service"]> = Effect.sync(() => {
  * @since 0.1.0
  */
 export const layer: Layer.Layer<OutboxStore> = Layer.effect(OutboxStore, make)
+
+/**
+ * A fresh, empty in-memory store with `options` per build of the layer
+ * (`{ completed: "delete" }`: the store of `OUTBOX_COMPLETED=delete`).
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerWith = (options: Options): Layer.Layer<OutboxStore> => Layer.effect(OutboxStore, makeWith(options))

@@ -36,7 +36,8 @@ import * as Outbox from "@outbox/core/Outbox"
 import { InvalidEvent, LeaseLost, StoreError } from "@outbox/core/OutboxError"
 import type { EventInput, OutboxEvent, PublishedEvent } from "@outbox/core/OutboxEvent"
 import { leaseOf } from "@outbox/core/OutboxEvent"
-import { type EventRecord, OutboxStore } from "@outbox/core/OutboxStore"
+import { type EventRecord, OutboxStore, type TransactionOutcome } from "@outbox/core/OutboxStore"
+import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -47,6 +48,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import type * as Scope from "effect/Scope"
 import { TestClock } from "effect/testing"
+import { settle } from "./RelayTestKit.ts"
 
 /**
  * The `TestClock` time every contract test starts at (2026-01-15T09:00:00Z).
@@ -120,20 +122,48 @@ const assertLeaseLost = (
 
 type Body = Effect.Effect<void, unknown, OutboxStore | Scope.Scope>
 
+/** The timeout of the contract's transaction-scoped claims. */
+const txTimeout = Duration.seconds(5)
+
+/** An outcome completing every event. */
+const settled = (events: ReadonlyArray<OutboxEvent>): TransactionOutcome => ({ completed: events, retried: [], deadLettered: [] })
+
+/**
+ * Options of `suite`.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface SuiteOptions {
+  /**
+   * `"supported"` (the default): the transaction-scoped claim's cases run.
+   * `"refused"`: the store refuses `claimInTransaction` (`PgOutboxStore`
+   * during an online migration), and the suite checks that it fails with a
+   * non-retryable `StoreError` and changes nothing.
+   */
+  readonly claimInTransaction?: "supported" | "refused" | undefined
+}
+
 /**
  * Registers the contract suite for one store.
  *
  * - `layer`: the store under test, built anew for every test; it must start
  *   empty and take "now" from Effect's `Clock`.
  * - `shared` (optional): what `layer` needs, built once for the suite.
+ * - `options` (optional): see `SuiteOptions`.
  *
  * @category suites
  * @since 0.1.0
  */
 export const suite: {
-  (name: string, layer: Layer.Layer<OutboxStore, unknown>): void
-  <R>(name: string, layer: Layer.Layer<OutboxStore, unknown, R>, shared: Layer.Layer<R, unknown>): void
-} = <R>(name: string, layer: Layer.Layer<OutboxStore, unknown, R>, shared?: Layer.Layer<R, unknown>): void =>
+  (name: string, layer: Layer.Layer<OutboxStore, unknown>, shared?: undefined, options?: SuiteOptions): void
+  <R>(name: string, layer: Layer.Layer<OutboxStore, unknown, R>, shared: Layer.Layer<R, unknown>, options?: SuiteOptions): void
+} = <R>(
+  name: string,
+  layer: Layer.Layer<OutboxStore, unknown, R>,
+  shared?: Layer.Layer<R, unknown>,
+  options: SuiteOptions = {}
+): void =>
   layerTest(shared ?? (Layer.empty as Layer.Layer<R>), {
     timeout: "60 seconds",
     concurrent: false,
@@ -670,6 +700,222 @@ export const suite: {
       )
     })
 
+    if (options.claimInTransaction === "refused") {
+      test(
+        "claimInTransaction is refused: a non-retryable StoreError, use not called, nothing changed",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const published = ids(yield* publishAll(2))
+          const error = yield* Effect.flip(
+            store.claimInTransaction({ limit: 10, timeout: txTimeout }, () => Effect.die("use must not be called"))
+          )
+          assert.instanceOf(error, StoreError)
+          assert.isFalse((error as StoreError).retryable)
+          assert.deepStrictEqual(ids(yield* claim()), published)
+        })
+      )
+    }
+
+    if (options.claimInTransaction !== "refused") describe("claiming in a transaction (OUTBOX_CLAIM_MODE=transaction)", () => {
+      test(
+        "use gets the claimable rows in id order, unleased and unchanged for readers; one commit settles completions, retries and dead letters; unlisted rows stay claimable, no attempt counted",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const published = ids(yield* publishAll(5))
+          yield* TestClock.adjust("5 seconds")
+          const seen: Array<OutboxEvent> = []
+          const claimed = yield* store.claimInTransaction({ limit: 4, timeout: txTimeout }, (events) =>
+            Effect.gen(function*() {
+              seen.push(...events)
+              for (const event of events) {
+                // nothing is written at claim time: the row lock is the lease
+                const record = yield* row(event.id)
+                assert.strictEqual(record.status, "PENDING")
+                assertUnleased(record)
+              }
+              yield* TestClock.adjust("1 second")
+              return {
+                completed: [events[0]!],
+                retried: [{ event: events[1]!, error: "broker unavailable", delay: Duration.seconds(10) }],
+                deadLettered: [{ event: events[2]!, error: "cannot parse" }]
+              }
+            }))
+          assert.deepStrictEqual(ids(claimed), published.slice(0, 4))
+          assert.deepStrictEqual(ids(seen), published.slice(0, 4))
+          for (const [i, event] of claimed.entries()) {
+            assert.strictEqual(event.lockToken, 0n, "no lease: lock token 0")
+            assert.strictEqual(event.lockedUntil.getTime(), start + 5_000 + Duration.toMillis(txTimeout))
+            assert.strictEqual(event.aggregateId, `order-${i + 1}`)
+            assert.deepStrictEqual(event.payload, { n: i + 1 })
+            assert.strictEqual(event.retryCount, 0)
+          }
+
+          const [done, retried, dead, untouched, unclaimed] = yield* Effect.forEach(published, row)
+          assert.strictEqual(done!.status, "COMPLETED")
+          assert.strictEqual(done!.processedAt!.getTime(), start + 6_000)
+          assert.strictEqual(done!.retryCount, 0)
+          assertUnleased(done!)
+          assert.strictEqual(retried!.status, "FAILED")
+          assert.strictEqual(retried!.retryCount, 1)
+          assert.strictEqual(retried!.lastError, "broker unavailable")
+          assert.strictEqual(retried!.availableAt!.getTime(), start + 16_000)
+          assert.isNull(retried!.processedAt)
+          assertUnleased(retried!)
+          assert.strictEqual(dead!.status, "DEAD_LETTER")
+          assert.strictEqual(dead!.retryCount, 1)
+          assert.strictEqual(dead!.lastError, "cannot parse")
+          assert.strictEqual(dead!.processedAt!.getTime(), start + 6_000)
+          for (const record of [untouched!, unclaimed!]) {
+            assert.strictEqual(record.status, "PENDING")
+            assert.strictEqual(record.retryCount, 0)
+            assert.isNull(record.lastError)
+            assertUnleased(record)
+          }
+          assert.deepStrictEqual(ids(yield* claim()), published.slice(3))
+          // the retry is claimable once its backoff passes, in a transaction too
+          yield* TestClock.adjust("10 seconds")
+          const again = yield* store.claimInTransaction({ limit: 10, timeout: txTimeout }, (events) => Effect.succeed(settled(events)))
+          assert.deepStrictEqual(ids(again), [published[1]!])
+          assert.strictEqual(again[0]!.retryCount, 1)
+          assert.strictEqual((yield* row(published[1]!)).status, "COMPLETED")
+        })
+      )
+
+      test(
+        "rows locked by an open transaction are skipped by both claims (SKIP LOCKED); leased rows are not claimed in a transaction",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const published = ids(yield* publishAll(5))
+          const [leased] = yield* claim(1)
+          assert.strictEqual(leased!.id, published[0]!)
+          const claimed = yield* store.claimInTransaction({ limit: 2, timeout: txTimeout }, (events) =>
+            Effect.gen(function*() {
+              assert.deepStrictEqual(ids(events), published.slice(1, 3))
+              // a second transaction and a lease claim, while this one holds its rows
+              const inner = yield* store.claimInTransaction(
+                { limit: 10, timeout: txTimeout },
+                (more) => Effect.succeed(settled(more))
+              )
+              assert.deepStrictEqual(ids(inner), published.slice(3))
+              assert.deepStrictEqual(yield* claim(), [])
+              return settled(events)
+            }))
+          assert.strictEqual(claimed.length, 2)
+          const records = yield* Effect.forEach(published, row)
+          assert.deepStrictEqual(records.map((r) => r.status), ["PROCESSING", "COMPLETED", "COMPLETED", "COMPLETED", "COMPLETED"])
+          assert.strictEqual(records[0]!.lockToken, leased!.lockToken)
+        })
+      )
+
+      test(
+        "concurrent transactions never lock the same row",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const published = ids(yield* publishAll(40))
+          const rounds = yield* Effect.all(
+            Array.from({ length: 6 }, () =>
+              store.claimInTransaction({ limit: 5, timeout: txTimeout }, (events) => Effect.succeed(settled(events)))),
+            { concurrency: "unbounded" }
+          )
+          const claimed = rounds.flatMap(ids)
+          assert.strictEqual(new Set(claimed).size, claimed.length, "a row was handed to two transactions")
+          for (const round of rounds) assert.deepStrictEqual(ids(round), sorted(ids(round)))
+          const rest = yield* claim(100)
+          assert.deepStrictEqual(sorted([...claimed, ...ids(rest)]), published)
+        })
+      )
+
+      test(
+        "a failing, dying or interrupted use rolls back: nothing changes, the error surfaces unchanged, the rows are claimable at once",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const published = ids(yield* publishAll(2))
+          const boom = new Boom()
+          const error = yield* Effect.flip(store.claimInTransaction({ limit: 10, timeout: txTimeout }, () => Effect.fail(boom)))
+          assert.strictEqual(error, boom)
+          const died = yield* Effect.exit(store.claimInTransaction({ limit: 10, timeout: txTimeout }, () => Effect.die("crash")))
+          assert.isTrue(Exit.isFailure(died))
+
+          const started = yield* Deferred.make<void>()
+          const fiber = yield* store.claimInTransaction(
+            { limit: 10, timeout: txTimeout },
+            () => Effect.andThen(Deferred.succeed(started, undefined), Effect.never)
+          ).pipe(Effect.forkChild({ startImmediately: true }))
+          yield* Deferred.await(started)
+          yield* Fiber.interrupt(fiber)
+
+          for (const record of yield* Effect.forEach(published, row)) {
+            assert.strictEqual(record.status, "PENDING")
+            assert.strictEqual(record.retryCount, 0)
+            assertUnleased(record)
+          }
+          assert.deepStrictEqual(ids(yield* claim()), published)
+        })
+      )
+
+      test(
+        "a use that outlives the timeout is interrupted and rolled back with a retryable StoreError",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const published = ids(yield* publishAll(2))
+          const started = yield* Deferred.make<void>()
+          const fiber = yield* store.claimInTransaction(
+            { limit: 10, timeout: Duration.seconds(2) },
+            () => Effect.andThen(Deferred.succeed(started, undefined), Effect.never)
+          ).pipe(Effect.forkChild({ startImmediately: true }))
+          yield* Deferred.await(started)
+          yield* settle
+          yield* TestClock.adjust(Duration.millis(1_999))
+          yield* settle
+          assert.strictEqual((yield* row(published[0]!)).status, "PENDING")
+          yield* TestClock.adjust(Duration.millis(1))
+          const exit = yield* Fiber.await(fiber)
+          assert.isTrue(Exit.isFailure(exit))
+          const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+          assert.instanceOf(error, StoreError)
+          assert.isTrue((error as StoreError).retryable)
+          assert.deepStrictEqual(ids(yield* claim()), published)
+        })
+      )
+
+      test(
+        "an outcome naming a row the transaction did not lock is ignored there; a row listed twice is settled once",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const published = ids(yield* publishAll(3))
+          const [leased] = yield* claim(1)
+          yield* store.claimInTransaction({ limit: 1, timeout: txTimeout }, (events) =>
+            Effect.succeed({
+              completed: [events[0]!, leased!],
+              retried: [{ event: events[0]!, error: "twice", delay: Duration.seconds(1) }],
+              deadLettered: []
+            }))
+          const [held, done, left] = yield* Effect.forEach(published, row)
+          assert.strictEqual(held!.status, "PROCESSING")
+          assert.strictEqual(held!.lockToken, leased!.lockToken)
+          assert.strictEqual(done!.status, "COMPLETED")
+          assert.strictEqual(done!.retryCount, 0)
+          assert.isNull(done!.lastError)
+          assert.strictEqual(left!.status, "PENDING")
+        })
+      )
+
+      test(
+        "nothing claimable: use is not called and nothing is returned; a negative limit fails with StoreError",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const calls = yield* Ref.make(0)
+          const use = (events: ReadonlyArray<OutboxEvent>) => Effect.as(Ref.update(calls, (n) => n + 1), settled(events))
+          assert.deepStrictEqual(yield* store.claimInTransaction({ limit: 10, timeout: txTimeout }, use), [])
+          const [event] = yield* publishAll(1)
+          assert.deepStrictEqual(yield* store.claimInTransaction({ limit: 0, timeout: txTimeout }, use), [])
+          assert.strictEqual(yield* Ref.get(calls), 0)
+          assert.instanceOf(yield* Effect.flip(store.claimInTransaction({ limit: -1, timeout: txTimeout }, use)), StoreError)
+          assert.strictEqual((yield* row(event!.id)).status, "PENDING")
+        })
+      )
+    })
+
     describe("validation", () => {
       const circular: Record<string, unknown> = { name: "loop" }
       circular.self = circular
@@ -726,4 +972,87 @@ export const suite: {
         })
       )
     })
+  })
+
+/**
+ * The contract of a store that deletes completed rows
+ * (`OUTBOX_COMPLETED=delete`: `PgOutboxStore` with `completed: "delete"`,
+ * `MemoryOutboxStore.layerWith({ completed: "delete" })`), in both claim
+ * modes: completing removes the row, failures keep it, and fencing still
+ * holds. Run it beside `suite` (which covers everything else with the rows
+ * kept); same `layer` / `shared` rules.
+ *
+ * @category suites
+ * @since 0.1.0
+ */
+export const deleteSuite: {
+  (name: string, layer: Layer.Layer<OutboxStore, unknown>): void
+  <R>(name: string, layer: Layer.Layer<OutboxStore, unknown, R>, shared: Layer.Layer<R, unknown>): void
+} = <R>(name: string, layer: Layer.Layer<OutboxStore, unknown, R>, shared?: Layer.Layer<R, unknown>): void =>
+  layerTest(shared ?? (Layer.empty as Layer.Layer<R>), {
+    timeout: "60 seconds",
+    concurrent: false,
+    excludeTestServices: true
+  })(`OutboxStore contract, completed rows deleted (${name})`, (it) => {
+    const test = (title: string, body: Body) =>
+      it.effect(
+        title,
+        () =>
+          Effect.andThen(TestClock.setTime(start), body).pipe(
+            Effect.provide(layer),
+            Effect.provide(TestClock.layer())
+          ),
+        30_000
+      )
+    const gone = (id: bigint) => Effect.map(OutboxStore.use((s) => s.get(id)), Option.isNone)
+
+    test(
+      "complete deletes the rows: get finds none, no claim or reap returns them",
+      Effect.gen(function*() {
+        const store = yield* OutboxStore
+        const published = ids(yield* publishAll(3))
+        const claimed = yield* claim(2)
+        yield* store.complete(claimed.map(leaseOf))
+        assert.deepStrictEqual(yield* Effect.forEach(published, gone), [true, true, false])
+        assert.deepStrictEqual(ids(yield* claim()), [published[2]!])
+        yield* TestClock.adjust("1 hour")
+        assert.deepStrictEqual(yield* reap, [published[2]!])
+        assert.deepStrictEqual(yield* Effect.forEach(published, gone), [true, true, false])
+      })
+    )
+
+    test(
+      "a fenced complete deletes nothing and reports LeaseLost; the current holder's complete deletes",
+      Effect.gen(function*() {
+        const store = yield* OutboxStore
+        const { fresh, stale } = yield* staleAndFresh
+        const error = yield* Effect.flip(store.complete([leaseOf(stale)]))
+        assertLeaseLost(error, { operation: "complete", eventIds: [stale.id], lockToken: stale.lockToken })
+        assert.strictEqual((yield* row(fresh.id)).status, "PROCESSING")
+        yield* store.complete([leaseOf(fresh)])
+        assert.isTrue(yield* gone(fresh.id))
+      })
+    )
+
+    test(
+      "claimInTransaction deletes the completed rows and keeps retried and dead-lettered ones",
+      Effect.gen(function*() {
+        const store = yield* OutboxStore
+        const published = ids(yield* publishAll(4))
+        yield* store.claimInTransaction({ limit: 3, timeout: txTimeout }, (events) =>
+          Effect.succeed({
+            completed: [events[0]!],
+            retried: [{ event: events[1]!, error: "later", delay: Duration.seconds(1) }],
+            deadLettered: [{ event: events[2]!, error: "never" }]
+          }))
+        assert.isTrue(yield* gone(published[0]!))
+        assert.strictEqual((yield* row(published[1]!)).status, "FAILED")
+        assert.strictEqual((yield* row(published[2]!)).status, "DEAD_LETTER")
+        assert.strictEqual((yield* row(published[3]!)).status, "PENDING")
+        yield* TestClock.adjust("1 second")
+        const rest = yield* store.claimInTransaction({ limit: 10, timeout: txTimeout }, (events) => Effect.succeed(settled(events)))
+        assert.deepStrictEqual(ids(rest), [published[1]!, published[3]!])
+        assert.deepStrictEqual(yield* Effect.forEach(published, gone), [true, true, false, true])
+      })
+    )
   })

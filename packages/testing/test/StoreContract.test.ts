@@ -1,4 +1,5 @@
 import { OutboxStore } from "@outbox/core/OutboxStore"
+import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -26,4 +27,20 @@ StoreContract.suite(
   "PostgreSQL",
   emptyOutbox,
   PgOutboxStore.layer({ timeSource: "clock" }).pipe(Layer.provideMerge(TestDatabase.layer))
+)
+
+// Completed rows deleted (OUTBOX_COMPLETED=delete), in both claim modes.
+StoreContract.deleteSuite("memory", MemoryOutboxStore.layerWith({ completed: "delete" }))
+
+StoreContract.deleteSuite(
+  "PostgreSQL",
+  Layer.effect(
+    OutboxStore,
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`TRUNCATE outbox`
+      return yield* PgOutboxStore.make({ timeSource: "clock", completed: "delete" })
+    })
+  ).pipe(Layer.orDie),
+  Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer)
 )

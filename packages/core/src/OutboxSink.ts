@@ -23,7 +23,63 @@ export class OutboxSink extends Context.Service<OutboxSink, {
   /** A short name for logs and spans (e.g. "webhook"). */
   readonly name: string
   readonly deliver: (event: OutboxEvent) => Effect.Effect<void, DeliveryError>
+  /**
+   * Optional: delivers several events at once (a broker sink publishes them
+   * all, then awaits their acks together) and says, per event and in the
+   * same order, whether it was delivered (`undefined`) or why not. The relay
+   * completes the delivered ones and retries or dead-letters the others, so
+   * a partly acked batch loses nothing and completes nothing unacked. It
+   * never fails as a whole: a connection lost mid-batch is a retryable
+   * `DeliveryError` for each event not acked. Interrupting it interrupts the
+   * whole batch (nothing counted). Without it the relay calls `deliver` per
+   * event, in order.
+   */
+  readonly deliverBatch?: ((events: ReadonlyArray<OutboxEvent>) => Effect.Effect<BatchOutcome>) | undefined
+  /**
+   * Optional: whether the sink can reach its far side now (a broker
+   * connection), for `/healthz` and `outbox health`. Sinks without a
+   * connection of their own (a handler, a webhook) leave it out.
+   */
+  readonly connection?: Effect.Effect<ConnectionStatus> | undefined
 }>()("@outbox/core/OutboxSink") {}
+
+/**
+ * A sink's connection to its far side: `connected`, or why not (`detail`:
+ * the last connection error, or "reconnecting").
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface ConnectionStatus {
+  readonly connected: boolean
+  readonly detail?: string | undefined
+}
+
+/**
+ * The outcome of `deliverBatch`: one entry per event, in order, `undefined`
+ * for an event the far side acknowledged.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export type BatchOutcome = ReadonlyArray<DeliveryError | undefined>
+
+/**
+ * Delivers `events` with the sink's `deliverBatch`, or one `deliver` after
+ * the other (in order) when it has none: the relay's and the tests' one way
+ * to hand a sink several events.
+ *
+ * @category combinators
+ * @since 0.1.0
+ */
+export const deliverAll = (
+  sink: OutboxSink["Service"],
+  events: ReadonlyArray<OutboxEvent>
+): Effect.Effect<BatchOutcome> =>
+  sink.deliverBatch !== undefined
+    ? sink.deliverBatch(events)
+    : Effect.forEach(events, (event) =>
+      Effect.match(sink.deliver(event), { onFailure: (error) => error, onSuccess: () => undefined }))
 
 /**
  * Turns any error into a `DeliveryError` (kept as is when it already is one).

@@ -69,7 +69,7 @@
  * @since 0.1.0
  */
 import { OutboxConfig } from "@outbox/core/OutboxConfig"
-import type { LeaseLost, StoreError } from "@outbox/core/OutboxError"
+import { DeliveryError, type LeaseLost, type StoreError } from "@outbox/core/OutboxError"
 import type { OutboxEvent } from "@outbox/core/OutboxEvent"
 import { OutboxSink } from "@outbox/core/OutboxSink"
 import { OutboxStore } from "@outbox/core/OutboxStore"
@@ -280,8 +280,41 @@ export const make = Effect.gen(function*() {
           ? Effect.flatMap(instruments.process(event, claimSpan, deliverTraced), deliverRest)
           : deliverOne(event, untracedAfter)
       }
+      /**
+       * A sink with `deliverBatch` (a broker: publish all, await the acks
+       * together) gets the whole batch at once. Each acked event is
+       * delivered, each other one retried or dead-lettered as after a failed
+       * `deliver`; interrupted, nothing of the batch counts as delivered (its
+       * leases are released, below). No `process` span per event: the sink
+       * propagates each event's producer context (its `traceparent`).
+       */
+      const deliverBatched = (deliverBatch: NonNullable<OutboxSink["Service"]["deliverBatch"]>) =>
+        Effect.suspend(() => {
+          const batch = undelivered()
+          if (batch.length === 0) return Effect.void
+          stopwatch.start()
+          return Effect.flatMap(deliverBatch(batch), (outcomes) => {
+            const seconds = stopwatch.seconds()
+            const failed: Array<readonly [OutboxEvent, DeliveryError]> = []
+            batch.forEach((event, i) => {
+              if (isLost(event)) return // renewed away meanwhile: someone else owns it
+              const error = i < outcomes.length
+                ? outcomes[i]
+                : DeliveryError.transient(`the ${sink.name} sink returned no outcome for this event`)
+              if (error === undefined) {
+                delivered.push(event)
+                instruments.delivered(event, "completed", seconds)
+              } else failed.push([event, error])
+            })
+            next = events.length
+            return Effect.forEach(failed, ([event, error]) =>
+              Effect.map(handleFailure(event, error), (outcome) => {
+                if (outcome !== undefined) instruments.delivered(event, outcome, seconds)
+              }), { discard: true })
+          })
+        })
       yield* Effect.gen(function*() {
-        yield* Effect.suspend(deliverRest)
+        yield* (sink.deliverBatch === undefined ? Effect.suspend(deliverRest) : deliverBatched(sink.deliverBatch))
         yield* Fiber.interrupt(heartbeat)
         if (pending.fiber !== undefined) yield* Fiber.await(pending.fiber)
         const taken = takeDelivered()

@@ -166,12 +166,37 @@ export const make = Effect.fnUntraced(function*(options: Options) {
           : deliverOne(event, untracedAfter)
       }
 
-      const finished = yield* Effect.suspend(deliverRest).pipe(
+      /** A batch sink (`deliverBatch`) gets the whole batch; past the budget, the batch is a failed attempt each. */
+      const deliverBatched = (deliverBatch: NonNullable<OutboxSink["Service"]["deliverBatch"]>) =>
+        Effect.suspend(() => {
+          stopwatch.start()
+          return Effect.flatMap(deliverBatch(events), (outcomes) => {
+            const seconds = stopwatch.seconds()
+            return Effect.forEach(events, (event, i) => {
+              const error = i < outcomes.length
+                ? outcomes[i]
+                : DeliveryError.transient(`the ${sink.name} sink returned no outcome for this event`)
+              if (error !== undefined) return Effect.asVoid(failed(error, seconds))
+              settlement.completed.push(event)
+              next++
+              instruments.delivered(event, "completed", seconds)
+              return Effect.void
+            }, { discard: true })
+          })
+        })
+
+      const finished = yield* (sink.deliverBatch === undefined ? Effect.suspend(deliverRest) : deliverBatched(sink.deliverBatch)).pipe(
         // the transaction runs with the tracer off (no spans for empty polls): deliveries as in lease mode
         Effect.withTracerEnabled(tracerEnabled),
         Effect.timeoutOption(budget)
       )
-      if (Option.isNone(finished) && next < events.length) {
+      if (Option.isNone(finished) && next < events.length && sink.deliverBatch !== undefined) {
+        // a batch in delivery when the deadline passed: each of its events a failed attempt (it may have been published)
+        const error = DeliveryError.transient(
+          `not acknowledged within the claiming transaction's deadline (${Duration.format(budget)} of OUTBOX_TX_TIMEOUT_MS)`
+        )
+        while (next < events.length) yield* failed(error, stopwatch.seconds())
+      } else if (Option.isNone(finished) && next < events.length) {
         // the event in delivery when the deadline passed: a failed attempt; the rest stay claimable
         yield* failed(
           DeliveryError.transient(

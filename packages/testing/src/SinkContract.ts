@@ -15,7 +15,10 @@
  * - interrupting a delivery in flight (shutdown, a lost lease) interrupts
  *   it: it never turns into a `DeliveryError`, which would count an attempt;
  * - a sink with a timeout fails a delivery that hangs past it with a
- *   retryable `DeliveryError`.
+ *   retryable `DeliveryError`;
+ * - several events handed over at once (`OutboxSink.deliverAll`: the sink's
+ *   `deliverBatch`, or `deliver` one after the other) each reach the far
+ *   side once, and each failed one has a `DeliveryError` of its own.
  *
  * The sink under test comes with a {@link SinkProbe}: a way to make its far
  * side succeed, fail transiently, fail permanently or hang, and to see what
@@ -46,7 +49,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { DeliveryError } from "@outbox/core/OutboxError"
 import type { OutboxEvent } from "@outbox/core/OutboxEvent"
-import { OutboxSink } from "@outbox/core/OutboxSink"
+import { deliverAll, OutboxSink } from "@outbox/core/OutboxSink"
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -326,6 +329,35 @@ export const suite = (title: string, subject: Subject): void => {
       )
     }
 
+    if (supports("succeed")) {
+      test(
+        "a batch (deliverBatch, or deliver one after the other) reaches the far side once per event, every outcome delivered",
+        Effect.gen(function*() {
+          const sink = yield* OutboxSink
+          const events = Array.from({ length: 6 }, (_, i) => eventAt(30 + i))
+          const outcomes = yield* deliverAll(sink, events)
+          assert.deepStrictEqual(outcomes, events.map(() => undefined))
+          assert.deepStrictEqual(
+            [...(yield* seen)].sort((a, b) => a.trackingId.localeCompare(b.trackingId)),
+            events.map(expected)
+          )
+        })
+      )
+    }
+
+    const assertBatchFailure = (retryable: boolean) =>
+      Effect.gen(function*() {
+        const sink = yield* OutboxSink
+        const events = [eventAt(40), eventAt(41)]
+        const outcomes = yield* deliverAll(sink, events)
+        assert.strictEqual(outcomes.length, events.length)
+        for (const outcome of outcomes) {
+          assert.instanceOf(outcome, DeliveryError, "a failed event of a batch is a DeliveryError")
+          assert.strictEqual(outcome!.retryable, retryable)
+          assert.isAbove(outcome!.message.length, 0)
+        }
+      })
+
     const assertFailure = (retryable: boolean) =>
       Effect.gen(function*() {
         const event = eventAt(3)
@@ -345,12 +377,20 @@ export const suite = (title: string, subject: Subject): void => {
         "a transient failure is a retryable DeliveryError with a message",
         Effect.andThen(behave("failTransiently"), assertFailure(true))
       )
+      test(
+        "in a batch, each transiently failing event is a retryable DeliveryError of its own",
+        Effect.andThen(behave("failTransiently"), assertBatchFailure(true))
+      )
     }
 
     if (supports("failPermanently")) {
       test(
         "a permanent failure is a non-retryable DeliveryError with a message (dead-lettered at once)",
         Effect.andThen(behave("failPermanently"), assertFailure(false))
+      )
+      test(
+        "in a batch, each permanently failing event is a non-retryable DeliveryError of its own",
+        Effect.andThen(behave("failPermanently"), assertBatchFailure(false))
       )
     }
 

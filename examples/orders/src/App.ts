@@ -25,7 +25,8 @@ import * as OutboxLive from "@outbox/runtime/OutboxLive"
 import * as OutboxTelemetry from "@outbox/runtime/OutboxTelemetry"
 import * as Relay from "@outbox/runtime/Relay"
 import { OutboxHealth } from "@outbox/sql/OutboxHealth"
-import * as WebhookSink from "@outbox/runtime/sinks/WebhookSink"
+import * as SinkSetupError from "@outbox/runtime/sinks/SinkSetupError"
+import * as SinkUrl from "@outbox/runtime/sinks/SinkUrl"
 import * as ByteSize from "effect/ByteSize"
 import * as Cause from "effect/Cause"
 import * as Config from "effect/Config"
@@ -340,16 +341,14 @@ const healthz = HttpRouter.add(
 /** The HTTP routes (with `/metrics` for Prometheus). */
 export const Routes = Layer.mergeAll(createOrder, getOrder, healthz, OutboxTelemetry.layerPrometheusRoute())
 
-/** The sink: a webhook when `OUTBOX_SINK_URL` is set, the log otherwise. */
-export const SinkLive: Layer.Layer<OutboxSink, Config.ConfigError> = Layer.unwrap(Effect.gen(function*() {
-  const url = yield* Config.option(Config.URL("OUTBOX_SINK_URL"))
-  if (Option.isNone(url)) {
-    yield* Effect.logInfo("OUTBOX_SINK_URL is unset: events are delivered to the log")
-    return LogSink.layer
-  }
-  yield* Effect.logInfo(`events are delivered to the webhook ${url.value}`)
-  return WebhookSink.layer({ url: url.value.toString() })
-}))
+/**
+ * The sink: the one `OUTBOX_SINK_URL` names (a webhook, NATS JetStream,
+ * RabbitMQ, Redis Streams or Kafka, by scheme: `SinkUrl`), the log when it
+ * is unset.
+ */
+export const SinkLive: Layer.Layer<OutboxSink, Config.ConfigError | SinkSetupError.SinkSetupError> = SinkUrl.layerConfig({
+  orElse: Layer.unwrap(Effect.as(Effect.logInfo("OUTBOX_SINK_URL is unset: events are delivered to the log"), LogSink.layer))
+})
 
 /** Logs one line of relay progress every `every` (default 3 seconds), only when it changed. */
 export const progressLayer = (every: Duration.Input = Duration.seconds(3)): Layer.Layer<never, never, Relay.Relay> =>
@@ -375,8 +374,8 @@ export interface Options {
   readonly port: number
   /** Default `127.0.0.1`. */
   readonly host?: string | undefined
-  /** Default `SinkLive` (webhook when `OUTBOX_SINK_URL` is set, log otherwise). */
-  readonly sink?: Layer.Layer<OutboxSink, Config.ConfigError> | undefined
+  /** Default `SinkLive` (the sink `OUTBOX_SINK_URL` names, the log when it is unset). */
+  readonly sink?: Layer.Layer<OutboxSink, Config.ConfigError | SinkSetupError.SinkSetupError> | undefined
   /** Overrides of the outbox configuration (e.g. a short poll interval in tests). */
   readonly config?: Partial<OutboxConfig.Options> | undefined
   /** How often to log relay progress (default 3 seconds). */

@@ -4,7 +4,7 @@
  * | variable | default | meaning |
  * | --- | --- | --- |
  * | `DATABASE_URL` | unset: an embedded PostgreSQL for the life of the process | the PostgreSQL to use |
- * | `OUTBOX_SINK_URL` | unset: events go to the log | webhook receiving each event |
+ * | `OUTBOX_SINK_URL` | unset: events go to the log | where events go, by scheme: `http(s)://` webhook, `nats://`, `amqp(s)://`, `redis(s)://`, `kafka://` |
  * | `PORT` | 3000 | HTTP port |
  * | `HOST` | 127.0.0.1 | HTTP interface |
  * | `MAX_BODY_SIZE` | `1 MiB` | largest request body (`512 KiB`, `2 MiB`, `1048576 B`: a unit is required); larger ones get 413 |

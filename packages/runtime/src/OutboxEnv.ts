@@ -167,6 +167,9 @@ export const sampleInterval: Config.Config<Duration.Duration> = Config.Duration(
   Config.withDefault(Duration.seconds(15))
 )
 
+/** The bound of each delivery, for every sink. */
+const sinkTimeout = Config.Duration("OUTBOX_SINK_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
+
 /**
  * The webhook sink (`WebhookSink.layerConfig`); the URL is required.
  *
@@ -175,7 +178,31 @@ export const sampleInterval: Config.Config<Duration.Duration> = Config.Duration(
  */
 export const webhook: Config.Config<{ readonly url: string; readonly timeout: Duration.Duration }> = Config.all({
   url: Config.URL("OUTBOX_SINK_URL").pipe(Config.map((url) => url.toString())),
-  timeout: Config.Duration("OUTBOX_SINK_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
+  timeout: sinkTimeout
+})
+
+/**
+ * The sink chosen by URL (`SinkUrl.layerConfig`): `OUTBOX_SINK_URL`, unset
+ * allowed, and `OUTBOX_SINK_TIMEOUT`.
+ *
+ * @category config
+ * @since 0.1.0
+ */
+export const sink: Config.Config<{ readonly url: Option.Option<string>; readonly timeout: Duration.Duration }> = Config
+  .all({
+    url: Config.option(Config.String("OUTBOX_SINK_URL")),
+    timeout: sinkTimeout
+  })
+
+/**
+ * `sink` with the URL required.
+ *
+ * @category config
+ * @since 0.1.0
+ */
+export const sinkRequired: Config.Config<{ readonly url: string; readonly timeout: Duration.Duration }> = Config.all({
+  url: Config.String("OUTBOX_SINK_URL"),
+  timeout: sinkTimeout
 })
 
 /**
@@ -251,9 +278,14 @@ export const runtimeVariables: ReadonlyArray<Variable> = [
   {
     name: "OUTBOX_SINK_URL",
     default: undefined,
-    description: "target of `WebhookSink.layerConfig` (the orders example logs events when unset)"
+    description:
+      "where the relay delivers, by scheme: `http(s)://` webhook, `nats://`, `amqp(s)://`, `redis(s)://`, `kafka://` (`SinkUrl.layerConfig`; see \"Sinks and brokers\"); the orders example logs events when unset"
   },
-  { name: "OUTBOX_SINK_TIMEOUT", default: "`10 seconds`", description: "webhook request timeout" }
+  {
+    name: "OUTBOX_SINK_TIMEOUT",
+    default: "`10 seconds`",
+    description: "bound of each delivery: the webhook's request, the broker's ack"
+  }
 ]
 
 /**

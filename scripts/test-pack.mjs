@@ -86,7 +86,11 @@ writeFileSync(join(app, "package.json"), JSON.stringify({
   dependencies: {
     ...overrides,
     ...Object.fromEntries(
-      ["effect", "pg", "knex", "drizzle-orm", "kysely", "prisma", "@prisma/client", "@prisma/adapter-pg"].map((n) => [n, locked(n)])
+      [
+        "effect", "pg", "knex", "drizzle-orm", "kysely", "prisma", "@prisma/client", "@prisma/adapter-pg",
+        // the broker clients a user adds for the broker sinks (optional peers of @outbox/runtime)
+        "ioredis", "@nats-io/transport-node", "@nats-io/jetstream"
+      ].map((n) => [n, locked(n)])
     )
   },
   overrides

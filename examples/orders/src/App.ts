@@ -3,8 +3,9 @@
  * event in one outbox transaction; `GET /orders/:id` reads it back. The
  * in-process relay delivers each event to `OUTBOX_SINK_URL` (webhook) or,
  * when that is unset, to the log. `GET /metrics` serves the outbox metrics
- * to Prometheus and `GET /healthz` the outbox health to a probe (200 for OK
- * or WARN, 503 for CRITICAL). Traces go to `OTEL_EXPORTER_OTLP_ENDPOINT`
+ * to Prometheus and `GET /healthz` the outbox health and the sink's
+ * connection to a probe (200 for OK or WARN, 503 for CRITICAL or a sink
+ * that cannot connect). Traces go to `OTEL_EXPORTER_OTLP_ENDPOINT`
  * when it is set (`OutboxTelemetry.layerConfig`).
  *
  * Bad client input is answered 4xx, never 500: 415 when the body is not
@@ -19,7 +20,7 @@ import { NodeHttpServer } from "@effect/platform-node"
 import * as Outbox from "@outbox/core/Outbox"
 import type * as OutboxConfig from "@outbox/core/OutboxConfig"
 import { InvalidEvent } from "@outbox/core/OutboxError"
-import type { OutboxSink } from "@outbox/core/OutboxSink"
+import { OutboxSink } from "@outbox/core/OutboxSink"
 import * as LogSink from "@outbox/runtime/sinks/LogSink"
 import * as OutboxLive from "@outbox/runtime/OutboxLive"
 import * as OutboxTelemetry from "@outbox/runtime/OutboxTelemetry"
@@ -322,19 +323,64 @@ const getOrder = HttpRouter.add(
 )
 
 /**
- * `GET /healthz`: the outbox health (`OutboxHealth.health`) for a probe:
- * 200 when OK or WARN, 503 when CRITICAL or when the database cannot be read;
- * the body is `{ level, findings }`.
+ * The sink's part of `/healthz`: its name, and for a sink with a connection
+ * of its own (a broker) whether it is connected and, when not, why.
+ */
+interface SinkHealth {
+  readonly name: string
+  readonly connected?: boolean
+  readonly detail?: string
+}
+
+/**
+ * The sink's connection, as `/healthz` shows it. A sink that does not
+ * answer within 2 seconds counts as not connected: a probe must get an
+ * answer, and such a sink delivers nothing either.
+ */
+const sinkHealth = Effect.gen(function*() {
+  const sink = yield* OutboxSink
+  if (sink.connection === undefined) return { name: sink.name } satisfies SinkHealth
+  const status = yield* sink.connection.pipe(
+    Effect.timeoutOrElse({
+      duration: Duration.seconds(2),
+      orElse: () => Effect.succeed({ connected: false, detail: "the sink did not report its connection within 2 seconds" })
+    })
+  )
+  return status.connected
+    ? { name: sink.name, connected: true } satisfies SinkHealth
+    : { name: sink.name, connected: false, detail: status.detail ?? "not connected" } satisfies SinkHealth
+})
+
+/**
+ * `GET /healthz`: the outbox health (`OutboxHealth.health`) and the sink's
+ * connection, for a probe. The body is `{ level, findings, sink }`, `sink`
+ * being `{ name, connected, detail? }` for a sink with a connection of its
+ * own (a broker) and `{ name }` otherwise (a webhook, the log). 200 when
+ * OK or WARN; 503 when CRITICAL, when the database cannot be read
+ * (`{ level, error, sink }`), or when the sink reports itself not connected:
+ * the relay then delivers nothing, however healthy the database, which the
+ * body says as the CRITICAL finding `sink`.
  */
 const healthz = HttpRouter.add(
   "GET",
   "/healthz",
   Effect.gen(function*() {
     const health = yield* OutboxHealth
-    const report = yield* Effect.result(health.health)
-    if (report._tag === "Failure") return json({ level: "CRITICAL", error: report.failure.message }, 503)
-    const { findings, level } = report.success
-    return json({ level, findings }, level === "CRITICAL" ? 503 : 200)
+    const [report, sink] = yield* Effect.all([Effect.result(health.health), sinkHealth], { concurrency: 2 })
+    const sinkDown = sink.connected === false
+    if (report._tag === "Failure") return json({ level: "CRITICAL", error: report.failure.message, sink }, 503)
+    const findings = sinkDown
+      ? [...report.success.findings, {
+        name: "sink",
+        level: "CRITICAL",
+        subject: sink.name,
+        value: 0,
+        threshold: 1,
+        message: `the ${sink.name} sink is not connected: ${sink.detail ?? "not connected"}`
+      }]
+      : report.success.findings
+    const level = sinkDown ? "CRITICAL" : report.success.level
+    return json({ level, findings, sink }, level === "CRITICAL" ? 503 : 200)
   }).pipe(answerFailures)
 )
 

@@ -1,9 +1,20 @@
 /**
- * `npx outbox stats [--json]` and `npx outbox health [--json] [--checks]`.
+ * `npx outbox stats [--json]` and `npx outbox health [--json] [--checks]
+ * [--sink-timeout S]`.
  *
  * `health` prints what the service's list of checks (`OutboxHealth.checks`)
  * found, and with `--checks` the whole list as it ran (`HealthReport.checks`):
  * a new check shows up here without an edit to this file.
+ *
+ * When `OUTBOX_SINK_URL` is set, `health` also checks the sink it names
+ * (`checkSink`): a relay whose broker is unreachable delivers nothing
+ * while the database looks healthy, so a probe that read only the database
+ * would call it OK. The sink is built as the relay builds it
+ * (`SinkUrl.layer`, with `OUTBOX_SINK_TIMEOUT`) and given up to
+ * `--sink-timeout` seconds (default 5) to report itself connected; one that
+ * cannot is the CRITICAL finding `sink`, naming the URL without its
+ * password. A sink with no connection of its own (a webhook) is reported as
+ * not checked. The database and the sink are checked at the same time.
  *
  * `health` exits with 0 / 1 / 2 for OK / WARN / CRITICAL (a database it
  * cannot read is CRITICAL), so it can serve as a Kubernetes exec probe. With
@@ -11,14 +22,22 @@
  *
  * @internal
  */
+import { type ConnectionStatus, OutboxSink } from "@outbox/core/OutboxSink"
 import * as OutboxHealth from "@outbox/sql/OutboxHealth"
 import * as Console from "effect/Console"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as References from "effect/References"
 import * as Runtime from "effect/Runtime"
+import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Command from "effect/cli/Command"
 import * as Flag from "effect/cli/Flag"
+import * as OutboxEnv from "../../OutboxEnv.ts"
+import * as SinkUrl from "../../sinks/SinkUrl.ts"
 import { formatTable, json as jsonFlag, print } from "./shared.ts"
 
 /**
@@ -120,13 +139,154 @@ const formatChecks = (checks: ReadonlyArray<OutboxHealth.CheckResult>): string =
     ])
   )
 
+// ---- the sink -------------------------------------------------------------------------------------
+
 /**
- * The text form of a health report; with `checks`, every check of the list
- * with its level and thresholds.
+ * What `health` found about the sink `OUTBOX_SINK_URL` names: in the JSON
+ * report as `sink`, in the table as the `sink` line (and the finding
+ * `sink` when it cannot connect).
  *
  * @internal
  */
-export const formatHealth = (r: OutboxHealth.HealthReport, options: { readonly checks?: boolean } = {}): string => {
+export interface SinkCheck {
+  /** The URL, its password replaced by `***` (`SinkUrl.redact`). */
+  readonly url: string
+  /** The sink's name (`redis`, `nats`, `webhook`…), or the failed set-up's (`url` for a malformed URL). */
+  readonly name: string
+  /** `false` for a sink with no connection of its own to report (a webhook): nothing was checked. */
+  readonly checked: boolean
+  /** `null` when not checked. */
+  readonly connected: boolean | null
+  /** Why not connected: the sink's last connection error, or why it could not be set up; `null` when connected. */
+  readonly detail: string | null
+  /** How long it was given to connect, in seconds. */
+  readonly waitSeconds: number
+}
+
+/** The URL's password (raw and percent-encoded) replaced by `***` wherever it appears in `text`. */
+const scrub = (text: string, password: string | undefined): string =>
+  password === undefined || password === ""
+    ? text
+    : text.replaceAll(password, "***").replaceAll(encodeURIComponent(password), "***")
+
+/**
+ * Builds the sink `url` names (`SinkUrl.layer`, each delivery bounded by
+ * `timeout`) and waits up to `wait` for its `connection` to say connected,
+ * polling it every 100 ms; the sink is closed before this returns. Never
+ * fails: a sink that cannot be set up (a malformed URL, a refused login, a
+ * missing client library) or that does not connect in time is reported
+ * not connected, with the reason. The sinks' own logs (reconnect warnings)
+ * are silenced: the reason is in `detail`, and `--json` output stays one
+ * document.
+ *
+ * @internal
+ */
+export const checkSink = (url: string, options: {
+  readonly timeout: Duration.Duration
+  readonly wait: Duration.Duration
+}): Effect.Effect<SinkCheck> =>
+  Effect.gen(function*() {
+    const password = yield* SinkUrl.parse(url).pipe(
+      Effect.match({ onFailure: () => undefined, onSuccess: (target) => target.password })
+    )
+    const waitSeconds = Duration.toSeconds(options.wait)
+    const result = (name: string, status: ConnectionStatus): SinkCheck => ({
+      url: SinkUrl.redact(url),
+      name,
+      checked: true,
+      connected: status.connected,
+      detail: status.connected ? null : scrub(status.detail ?? "not connected", password),
+      waitSeconds
+    })
+    // the last status seen, for the answer when the wait runs out
+    let last: { readonly name: string; readonly status: ConnectionStatus } | undefined
+    const probe = Effect.scoped(Effect.gen(function*() {
+      const sink = Context.get(yield* Layer.build(SinkUrl.layer(url, { timeout: options.timeout })), OutboxSink)
+      const connection = sink.connection
+      if (connection === undefined) {
+        return { url: SinkUrl.redact(url), name: sink.name, checked: false, connected: null, detail: null, waitSeconds }
+      }
+      const status = yield* connection.pipe(
+        Effect.tap((status) => Effect.sync(() => void (last = { name: sink.name, status }))),
+        Effect.repeat({ until: (status) => status.connected, schedule: Schedule.spaced("100 millis") })
+      )
+      return result(sink.name, status)
+    }))
+    const seconds = Duration.format(options.wait)
+    return yield* probe.pipe(
+      Effect.timeoutOrElse({
+        duration: options.wait,
+        orElse: () =>
+          Effect.sync(() =>
+            last === undefined
+              ? result("unknown", { connected: false, detail: `the sink was not set up within ${seconds}` })
+              : result(last.name, {
+                connected: false,
+                detail: `not connected within ${seconds}: ${last.status.detail ?? "not connected"}`
+              })
+          )
+      }),
+      Effect.catchTag("SinkSetupError", (error) =>
+        Effect.succeed(result(error.sink, { connected: false, detail: `the sink could not be set up: ${error.message}` })))
+    )
+  }).pipe(Effect.provideService(References.MinimumLogLevel, "None"))
+
+/**
+ * The health report with the sink's verdict folded in: a CRITICAL finding
+ * `sink` when it cannot connect (`value` 0, `threshold` 1: connected is
+ * required), the check `sink` in `checks` when it was checked, and the
+ * report's level raised accordingly.
+ *
+ * @internal
+ */
+export const withSink = (
+  report: OutboxHealth.HealthReport,
+  sink: SinkCheck
+): OutboxHealth.HealthReport & { readonly sink: SinkCheck } => {
+  if (!sink.checked) return { ...report, sink }
+  const findings: ReadonlyArray<OutboxHealth.Finding> = sink.connected === true ? report.findings : [
+    ...report.findings,
+    {
+      name: "sink",
+      level: "CRITICAL",
+      subject: sink.url,
+      value: 0,
+      threshold: 1,
+      message: `the ${sink.name} sink cannot connect to ${sink.url}: ${sink.detail ?? "not connected"}`
+    }
+  ]
+  return {
+    ...report,
+    level: OutboxHealth.levelOfFindings(findings),
+    findings,
+    checks: [...report.checks, {
+      name: "sink",
+      level: sink.connected === true ? "OK" : "CRITICAL",
+      thresholds: { waitSeconds: sink.waitSeconds },
+      gauge: null
+    }],
+    sink
+  }
+}
+
+/** The `sink` line of the text report. */
+const formatSink = (sink: SinkCheck): string =>
+  !sink.checked
+    ? `sink: ${sink.url} (${sink.name}): not checked (it has no connection of its own to report)`
+    : sink.connected === true
+    ? `sink: ${sink.url} (${sink.name}): connected`
+    : `sink: ${sink.url} (${sink.name}): NOT CONNECTED: ${sink.detail ?? "not connected"}`
+
+/**
+ * The text form of a health report; with `checks`, every check of the list
+ * with its level and thresholds; with `sink`, the sink's line.
+ *
+ * @internal
+ */
+export const formatHealth = (
+  r: OutboxHealth.HealthReport,
+  options: { readonly checks?: boolean; readonly sink?: SinkCheck | undefined } = {}
+): string => {
   const lines: Array<string> = [`health: ${r.level}`]
   if (r.findings.length > 0) {
     lines.push("")
@@ -138,6 +298,10 @@ export const formatHealth = (r: OutboxHealth.HealthReport, options: { readonly c
   if (options.checks === true) {
     lines.push("")
     lines.push(formatChecks(r.checks))
+  }
+  if (options.sink !== undefined) {
+    lines.push("")
+    lines.push(formatSink(options.sink))
   }
   lines.push("")
   lines.push(
@@ -205,7 +369,7 @@ export const stats = Command.make("stats", {
   )
 
 /**
- * `outbox health [--json] [--checks] [--premake N] [--table T]...`.
+ * `outbox health [--json] [--checks] [--premake N] [--table T]... [--sink-timeout S]`.
  *
  * @internal
  */
@@ -226,12 +390,23 @@ export const health = Command.make("health", {
     Flag.withDefault(false),
     Flag.withDescription("also list every check run, its level, its thresholds and its gauge (JSON always has them)")
   ),
+  sinkTimeout: Flag.Finite("sink-timeout").pipe(
+    Flag.filter((seconds) => seconds > 0, (seconds) => `--sink-timeout must be a number of seconds > 0, got ${seconds}`),
+    Flag.withDefault(5),
+    Flag.withDescription("seconds the sink OUTBOX_SINK_URL names (when set) may take to connect before CRITICAL")
+  ),
   json
 }, (options) =>
   Effect.gen(function*() {
     const service = yield* OutboxHealth.OutboxHealth
-    const report = yield* service.health
-    yield* options.json ? print(report) : Console.log(formatHealth(report, { checks: options.checks }))
+    const sinkConfig = yield* OutboxEnv.sink
+    const checkingSink: Effect.Effect<SinkCheck | undefined> = Option.match(sinkConfig.url, {
+      onNone: () => Effect.succeed(undefined),
+      onSome: (url) => checkSink(url, { timeout: sinkConfig.timeout, wait: Duration.seconds(options.sinkTimeout) })
+    })
+    const [database, sink] = yield* Effect.all([service.health, checkingSink], { concurrency: 2 })
+    const report = sink === undefined ? database : withSink(database, sink)
+    yield* options.json ? print(report) : Console.log(formatHealth(report, { checks: options.checks, sink }))
     if (report.level !== "OK") {
       return yield* new HealthCheckFailed({
         level: report.level,

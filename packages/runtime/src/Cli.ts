@@ -20,8 +20,10 @@
  *   missing or altered archive, `restore` only fills a new or empty table.
  *
  * - `outbox stats [--minutes N] [--json]` and `outbox health [--premake N]
- *   [--table T] [--max-pending-age S] [--json]`: counts, throughput, dead
- *   letters; OK / WARN / CRITICAL exiting 0 / 1 / 2 (`internal/cli/health.ts`).
+ *   [--table T] [--max-pending-age S] [--sink-timeout S] [--json]`: counts,
+ *   throughput, dead letters, and whether the sink `OUTBOX_SINK_URL` names
+ *   can connect; OK / WARN / CRITICAL exiting 0 / 1 / 2
+ *   (`internal/cli/health.ts`).
  *
  * Exits non-zero when a step fails or the health check names a problem
  * (`status`), so it can gate a pipeline.

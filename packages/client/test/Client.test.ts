@@ -46,6 +46,27 @@ const count = (p: pg.Pool, where: string, values: Array<unknown> = []) =>
 
 layer(Live, { timeout: "60 seconds" })("@outbox/client with pg", (it) => {
   describe("publish", () => {
+    it.effect("schedules an event with availableAt or delay (the row's available_at; a delay on the server's clock)", () =>
+      Effect.gen(function*() {
+        const p = yield* pool
+        const at = new Date(Date.UTC(2031, 0, 1, 12, 0, 0))
+        const [fixed, delayed, plain] = yield* inTransaction(p, (c) =>
+          publish(c, [{ ...order("sched-1"), availableAt: at }, { ...order("sched-2"), delay: "90 minutes" }, order("sched-3")]))
+        const rows = yield* Effect.promise(() =>
+          p.query(
+            `SELECT id::text, available_at, extract(epoch FROM available_at - created_at)::float8 AS after FROM outbox
+             WHERE id = ANY($1::bigint[]) ORDER BY id`,
+            [[fixed!.id, delayed!.id, plain!.id].map(String)]
+          )
+        )
+        assert.deepStrictEqual(rows.rows[0].available_at, at)
+        assert.closeTo(rows.rows[1].after, 90 * 60, 1)
+        assert.isNull(rows.rows[2].available_at)
+        const refused = yield* rejection(() => publish(p, { ...order("sched-4"), delay: "later" as never }))
+        assert.instanceOf(refused, InvalidEvent)
+        assert.strictEqual((refused as InvalidEvent).reason, "InvalidSchedule")
+      }))
+
     it.effect("writes in the caller's transaction: committed rows stay, rolled-back rows never existed", () =>
       Effect.gen(function*() {
         const p = yield* pool

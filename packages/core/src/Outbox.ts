@@ -23,7 +23,9 @@
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import * as Tracer from "effect/Tracer"
 import { InvalidEvent, type StoreError } from "./OutboxError.ts"
 import type { EventInput, PublishedEvent, ValidEvent } from "./OutboxEvent.ts"
@@ -141,13 +143,34 @@ const check = (
   if (!Number.isInteger(maxRetries) || maxRetries < 0) {
     return invalid(index, "InvalidMaxRetries", "maxRetries", "maxRetries must be a non-negative integer")
   }
+  let schedule: ValidEvent["schedule"]
+  if (input.availableAt !== undefined || input.delay !== undefined) {
+    if (input.availableAt !== undefined && input.delay !== undefined) {
+      return invalid(index, "InvalidSchedule", "availableAt", "give availableAt or delay, not both")
+    }
+    if (input.availableAt !== undefined) {
+      const at = input.availableAt
+      if (!(at instanceof Date) || Number.isNaN(at.getTime())) {
+        return invalid(index, "InvalidSchedule", "availableAt", "availableAt must be a valid Date")
+      }
+      schedule = { at }
+    } else {
+      const delay = Duration.fromInput(input.delay!)
+      const millis = Option.isSome(delay) ? Duration.toMillis(delay.value) : Number.NaN
+      if (!Number.isFinite(millis) || millis < 0) {
+        return invalid(index, "InvalidSchedule", "delay", "delay must be a finite, non-negative duration (\"10 minutes\", milliseconds)")
+      }
+      schedule = millis === 0 ? undefined : { delayMillis: Math.round(millis) }
+    }
+  }
   return {
     aggregateType: input.aggregateType,
     aggregateId: input.aggregateId,
     eventType: input.eventType,
     payloadJson: payload.json,
     metadataJson,
-    maxRetries
+    maxRetries,
+    schedule
   }
 }
 

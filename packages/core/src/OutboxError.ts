@@ -16,7 +16,8 @@ export const InvalidEventReason = Schema.Literals([
   "NotSerializable",
   "PayloadTooLarge",
   "InvalidMaxRetries",
-  "InvalidText"
+  "InvalidText",
+  "InvalidSchedule"
 ])
 
 /**

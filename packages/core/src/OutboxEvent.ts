@@ -4,6 +4,7 @@
  *
  * @since 0.1.0
  */
+import type * as Duration from "effect/Duration"
 import * as Schema from "effect/Schema"
 
 /**
@@ -40,6 +41,17 @@ export interface EventInput {
   readonly metadata?: Readonly<Record<string, unknown>> | undefined
   /** Overrides the row's `max_retries` (default from config, then the column default 5). */
   readonly maxRetries?: number | undefined
+  /**
+   * A scheduled event: not delivered before this time (the row's
+   * `available_at`). At most one of `availableAt` and `delay`.
+   */
+  readonly availableAt?: Date | undefined
+  /**
+   * A scheduled event: not delivered before this long after the publishing
+   * transaction (a `Duration` input: `"10 minutes"`, milliseconds). At most
+   * one of `availableAt` and `delay`.
+   */
+  readonly delay?: Duration.Input | undefined
 }
 
 /**
@@ -56,6 +68,8 @@ export interface ValidEvent {
   readonly payloadJson: string
   readonly metadataJson: string
   readonly maxRetries: number | undefined
+  /** When it may be delivered: a time, a delay in milliseconds from the publishing transaction, or neither (at once). */
+  readonly schedule?: { readonly at: Date } | { readonly delayMillis: number } | undefined
 }
 
 /**

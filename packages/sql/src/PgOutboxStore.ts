@@ -326,16 +326,15 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     inserted.map(PublishStatement.toPublished)
 
   // the statement text and values come from `PublishStatement`, shared with `@outbox/client`
-  const publish: Publisher = (events: ReadonlyArray<ValidEvent>) => {
-    if (events.length === 0) return Effect.succeed([])
+  const insertEvents = (events: ReadonlyArray<ValidEvent>) => {
     let statement: PublishStatement.Statement
     if (mode === "dual") {
       // the live copy and its marked legacy row, with one id (the tables share the id sequence)
-      const inner = PublishStatement.insert(quotedT, events, `${columns}, status`)
+      const inner = PublishStatement.insert(quotedT, events, `${columns}, status, available_at`)
       statement = {
         text: `WITH p AS (${inner.text})
-          INSERT INTO ${quotedL} (${columns}, status, ${migratedColumn})
-          SELECT ${columns}, status, now() FROM p
+          INSERT INTO ${quotedL} (${columns}, status, available_at, ${migratedColumn})
+          SELECT ${columns}, status, available_at, now() FROM p
           RETURNING ${PublishStatement.returning}`,
         values: inner.values
       }
@@ -343,6 +342,19 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       statement = PublishStatement.insert(mode === "legacy" ? quotedL : quotedT, events)
     }
     return publishError(Effect.map(sql.unsafe<PublishStatement.ReturnedRow>(statement.text, statement.values), toPublishedRows))
+  }
+  const publish: Publisher = (events: ReadonlyArray<ValidEvent>) => {
+    if (events.length === 0) return Effect.succeed([])
+    // on Effect's clock (tests under TestClock), a delay runs from the clock's now, not the server's
+    if (timeSource === "clock" && events.some((e) => e.schedule !== undefined && "delayMillis" in e.schedule)) {
+      return Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        insertEvents(events.map((e) =>
+          e.schedule !== undefined && "delayMillis" in e.schedule
+            ? { ...e, schedule: { at: new Date(now + e.schedule.delayMillis) } }
+            : e
+        )))
+    }
+    return insertEvents(events)
   }
 
   // The body's own errors may be `SqlError`s too (its business statements): they travel wrapped through

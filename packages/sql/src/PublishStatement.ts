@@ -59,7 +59,7 @@ export const insert = (
 ): Statement => {
   if (events.length === 1) {
     const e = events[0]!
-    if (e.maxRetries !== undefined) {
+    if (e.maxRetries !== undefined && e.schedule === undefined) {
       // by table, then by returned columns: no key string built per call
       let byReturning = singleText.get(quotedTable)
       if (byReturning === undefined) singleText.set(quotedTable, byReturning = new Map())
@@ -80,7 +80,7 @@ export const insert = (
   const maxRetries: Array<number> = new Array(n)
   for (let i = 0; i < n; i++) {
     const e = events[i]!
-    if (e.maxRetries === undefined) return valuesList(quotedTable, events, returningColumns)
+    if (e.maxRetries === undefined || e.schedule !== undefined) return valuesList(quotedTable, events, returningColumns)
     types[i] = e.aggregateType
     ids[i] = e.aggregateId
     eventTypes[i] = e.eventType
@@ -98,20 +98,38 @@ export const insert = (
   }
 }
 
-/** `VALUES (...), (...)`, for batches where some event takes the column default of `max_retries`. */
+/**
+ * `VALUES (...), (...)`, for batches where some event takes the column
+ * default of `max_retries` or is scheduled (`available_at`: a time, or the
+ * transaction's `now()` plus a delay, so that a delay is measured on the
+ * server's clock like every lease and backoff).
+ */
 const valuesList = (quotedTable: string, events: ReadonlyArray<ValidEvent>, returningColumns: string): Statement => {
   const values: Array<unknown> = []
+  const scheduled = events.some((e) => e.schedule !== undefined)
   const rows = events.map((e) => {
     const base = values.length
     values.push(e.aggregateType, e.aggregateId, e.eventType, e.payloadJson, e.metadataJson)
     let retries = "DEFAULT"
     if (e.maxRetries !== undefined) {
       values.push(e.maxRetries)
-      retries = `$${base + 6}`
+      retries = `$${values.length}`
     }
-    return `($${base + 1}, $${base + 2}, $${base + 3}, $${base + 4}::jsonb, $${base + 5}::jsonb, ${retries})`
+    let availableAt = ""
+    if (scheduled) {
+      if (e.schedule === undefined) availableAt = ", NULL"
+      else if ("at" in e.schedule) {
+        values.push(e.schedule.at.toISOString())
+        availableAt = `, $${values.length}::timestamptz`
+      } else {
+        values.push(e.schedule.delayMillis)
+        availableAt = `, now() + $${values.length}::float8 * interval '1 millisecond'`
+      }
+    }
+    return `($${base + 1}, $${base + 2}, $${base + 3}, $${base + 4}::jsonb, $${base + 5}::jsonb, ${retries}${availableAt})`
   })
-  return { text: `INSERT INTO ${quotedTable} ${insertColumns} VALUES ${rows.join(", ")} RETURNING ${returningColumns}`, values }
+  const columns = scheduled ? `${insertColumns.slice(0, -1)}, available_at)` : insertColumns
+  return { text: `INSERT INTO ${quotedTable} ${columns} VALUES ${rows.join(", ")} RETURNING ${returningColumns}`, values }
 }
 
 /**

@@ -206,7 +206,11 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
               status: "PENDING",
               retryCount: 0,
               processedAt: null,
-              availableAt: null,
+              availableAt: event.schedule === undefined
+                ? null
+                : "at" in event.schedule
+                ? event.schedule.at.getTime()
+                : now + event.schedule.delayMillis,
               lockedUntil: null,
               lockToken: null,
               lastError: null

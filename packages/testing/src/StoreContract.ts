@@ -407,6 +407,53 @@ export const suite: {
       )
     })
 
+    describe("scheduled events", () => {
+      test(
+        "an event published with availableAt or delay is not claimable before its time, and is claimable at it",
+        Effect.gen(function*() {
+          const [now, later, delayed, mixed] = yield* Outbox.transaction(Outbox.publishAll([
+            input(1),
+            input(2, { availableAt: at(5 * 60_000) }),
+            input(3, { delay: "10 minutes" }),
+            input(4, { delay: 0 })
+          ]))
+          const first = yield* claim()
+          assert.deepStrictEqual(ids(first), [now!.id, mixed!.id])
+          assert.deepStrictEqual((yield* row(later!.id)).availableAt, at(5 * 60_000))
+          yield* TestClock.adjust(Duration.subtract(Duration.minutes(5), Duration.millis(1)))
+          assert.deepStrictEqual(yield* claim(), [])
+          yield* TestClock.adjust("1 millis")
+          assert.deepStrictEqual(ids(yield* claim()), [later!.id])
+          yield* TestClock.adjust(Duration.subtract(Duration.minutes(5), Duration.millis(1)))
+          assert.deepStrictEqual(yield* claim(), [])
+          yield* TestClock.adjust("1 millis")
+          assert.deepStrictEqual(ids(yield* claim()), [delayed!.id])
+          assert.deepStrictEqual((yield* row(delayed!.id)).availableAt, at(10 * 60_000))
+        })
+      )
+
+      test(
+        "a schedule that cannot be is refused with InvalidEvent (InvalidSchedule) and writes nothing",
+        Effect.gen(function*() {
+          const cases: ReadonlyArray<readonly [Partial<EventInput>, string]> = [
+            [{ availableAt: at(0), delay: "1 minute" }, "availableAt"],
+            [{ availableAt: new Date(Number.NaN) }, "availableAt"],
+            [{ delay: -5 }, "delay"],
+            [{ delay: "soon" as Duration.Input }, "delay"],
+            [{ delay: Number.POSITIVE_INFINITY }, "delay"]
+          ]
+          for (const [overrides, field] of cases) {
+            const error = yield* Effect.flip(Outbox.transaction(Outbox.publishAll([input(1), input(2, overrides)])))
+            assert.instanceOf(error, InvalidEvent)
+            assert.strictEqual((error as InvalidEvent).reason, "InvalidSchedule")
+            assert.strictEqual((error as InvalidEvent).field, field)
+            assert.strictEqual((error as InvalidEvent).index, 1)
+          }
+          assert.deepStrictEqual(yield* claim(), [])
+        })
+      )
+    })
+
     describe("fenced transitions", () => {
       test(
         "complete marks COMPLETED, clears the lease, and the row is never claimed again",

@@ -230,6 +230,8 @@ export const make = (options: Options): Effect.Effect<OutboxSink["Service"], Sin
           // without a listener ioredis prints every failed reconnect; kept for `connection`
           redis.on("error", (error: Error) => void (lastError = error))
           redis.on("ready", () => void (lastError = undefined))
+          // a connection cut without an error (a proxy or server closing it) still says why it is down
+          redis.on("close", () => void (lastError ??= new Error("the connection was closed")))
           return redis
         },
         catch: (cause) => invalid(`the redis sink could not create its client: ${String(cause)}`, cause)

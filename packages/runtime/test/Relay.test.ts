@@ -7,9 +7,8 @@ import * as OutboxSink from "@outbox/core/OutboxSink"
 import { OutboxStore } from "@outbox/core/OutboxStore"
 import * as RetryPolicy from "@outbox/core/RetryPolicy"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
-import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
-import * as MemoryOutboxStore from "@outbox/testing/MemoryOutboxStore"
 import { advance, advanceUntil, eventually } from "@outbox/testing/RelayTestKit"
+import * as RelayTestKit from "@outbox/testing/RelayTestKit"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
@@ -23,26 +22,12 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
-import * as SqlClient from "effect/sql/SqlClient"
 import { TestClock } from "effect/testing"
 import * as Relay from "../src/Relay.ts"
 
 // Each test gets an empty store: a new memory store, or the PostgreSQL store
 // (driven by Effect's Clock, i.e. TestClock) over a truncated outbox.
-const stores = [
-  { name: "memory store", layer: MemoryOutboxStore.layer },
-  {
-    name: "PostgreSQL store",
-    layer: Layer.effect(
-      OutboxStore,
-      Effect.gen(function*() {
-        const sql = yield* SqlClient.SqlClient
-        yield* sql`TRUNCATE outbox`
-        return yield* PgOutboxStore.make({ timeSource: "clock" })
-      })
-    ).pipe(Layer.orDie)
-  }
-] as const
+const stores = RelayTestKit.stores
 
 const startRelay = <E>(
   handler: (event: OutboxEvent) => Effect.Effect<void, E>,

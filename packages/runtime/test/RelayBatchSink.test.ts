@@ -13,9 +13,8 @@ import type { OutboxEvent } from "@outbox/core/OutboxEvent"
 import { OutboxSink } from "@outbox/core/OutboxSink"
 import { OutboxStore } from "@outbox/core/OutboxStore"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
-import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
-import * as MemoryOutboxStore from "@outbox/testing/MemoryOutboxStore"
 import { advanceUntil, eventually } from "@outbox/testing/RelayTestKit"
+import * as RelayTestKit from "@outbox/testing/RelayTestKit"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -24,24 +23,10 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
-import * as SqlClient from "effect/sql/SqlClient"
 import { TestClock } from "effect/testing"
 import * as Relay from "../src/Relay.ts"
 
-const stores = [
-  { name: "memory store", layer: MemoryOutboxStore.layer },
-  {
-    name: "PostgreSQL store",
-    layer: Layer.effect(
-      OutboxStore,
-      Effect.gen(function*() {
-        const sql = yield* SqlClient.SqlClient
-        yield* sql`TRUNCATE outbox`
-        return yield* PgOutboxStore.make({ timeSource: "clock" })
-      })
-    ).pipe(Layer.orDie)
-  }
-] as const
+const stores = RelayTestKit.stores
 
 type Fate = "ack" | "transient" | "permanent"
 

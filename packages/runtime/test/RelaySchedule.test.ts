@@ -8,11 +8,9 @@ import { assert, describe, layer } from "@effect/vitest"
 import * as Outbox from "@outbox/core/Outbox"
 import * as OutboxConfig from "@outbox/core/OutboxConfig"
 import * as OutboxSink from "@outbox/core/OutboxSink"
-import { OutboxStore } from "@outbox/core/OutboxStore"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
-import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
-import * as MemoryOutboxStore from "@outbox/testing/MemoryOutboxStore"
 import { advance, eventually } from "@outbox/testing/RelayTestKit"
+import * as RelayTestKit from "@outbox/testing/RelayTestKit"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
@@ -20,24 +18,10 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
-import * as SqlClient from "effect/sql/SqlClient"
 import { TestClock } from "effect/testing"
 import * as Relay from "../src/Relay.ts"
 
-const stores = [
-  { name: "memory store", layer: MemoryOutboxStore.layer },
-  {
-    name: "PostgreSQL store",
-    layer: Layer.effect(
-      OutboxStore,
-      Effect.gen(function*() {
-        const sql = yield* SqlClient.SqlClient
-        yield* sql`TRUNCATE outbox`
-        return yield* PgOutboxStore.make({ timeSource: "clock" })
-      })
-    ).pipe(Layer.orDie)
-  }
-] as const
+const stores = RelayTestKit.stores
 
 layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.orDie), {
   timeout: "120 seconds",

@@ -9,9 +9,14 @@
  *
  * @since 0.1.0
  */
+import { OutboxStore } from "@outbox/core/OutboxStore"
+import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as SqlClient from "effect/sql/SqlClient"
 import { TestClock } from "effect/testing"
+import * as MemoryOutboxStore from "./MemoryOutboxStore.ts"
 
 /**
  * Yields to real I/O briefly (a couple of live milliseconds) without moving
@@ -84,3 +89,27 @@ export const advanceUntil = <E, R>(
     }
     return yield* Effect.fail(new Error(options.message ?? "condition did not hold within the virtual time limit"))
   })
+
+/**
+ * The two stores the relay's TestClock tests run against, each empty per
+ * test: a new memory store, and the PostgreSQL store driven by Effect's
+ * `Clock` (`timeSource: "clock"`, so TestClock moves its leases and backoffs)
+ * over a truncated outbox (it needs the test database's `SqlClient`).
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const stores = [
+  { name: "memory store", layer: MemoryOutboxStore.layer },
+  {
+    name: "PostgreSQL store",
+    layer: Layer.effect(
+      OutboxStore,
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`TRUNCATE outbox`
+        return yield* PgOutboxStore.make({ timeSource: "clock" })
+      })
+    ).pipe(Layer.orDie)
+  }
+] as const

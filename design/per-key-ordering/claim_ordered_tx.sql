@@ -14,6 +14,10 @@ DECLARE
   v_w bigint;
   v_lanes integer[];
 BEGIN
+  -- steps 2 and 3 need a snapshot per statement
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'the ordered claim needs READ COMMITTED (it runs in %)', current_setting('transaction_isolation');
+  END IF;
   -- 1. every id up to v_w was drawn before step 2 looks at the lanes
   SELECT s.last_value INTO v_w FROM outbox_id_seq s;
   -- 2. the lanes no producer holds now: taken and given back at once, so a producer never waits

@@ -1,6 +1,6 @@
 -- The ordered lease claim: up to p_limit events, at most one per key (its head), oldest first.
 -- One call, one round trip; three statements, each with its own READ COMMITTED snapshot.
-CREATE OR REPLACE FUNCTION outbox_claim_ordered5(
+CREATE OR REPLACE FUNCTION outbox_claim_ordered(
   p_limit integer,
   p_lease interval,
   p_from bigint DEFAULT -9223372036854775808,  -- the walk's cursor (next_from of the previous claim)
@@ -14,6 +14,10 @@ DECLARE
   v_w bigint;
   v_lanes integer[];
 BEGIN
+  -- steps 2 and 3 need a snapshot per statement
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'the ordered claim needs READ COMMITTED (it runs in %)', current_setting('transaction_isolation');
+  END IF;
   -- 1. every id up to v_w was drawn before step 2 looks at the lanes
   SELECT s.last_value INTO v_w FROM outbox_id_seq s;
   -- 2. the lanes no producer holds now: taken and given back at once, so a producer never waits
@@ -32,13 +36,13 @@ BEGIN
     GROUP BY 1
   ), win AS (
     -- the oldest due events: one range scan of the claimable index, as the unordered claim
-    SELECT o.id, o.created_at, o.ctid AS tid, hashtextextended(o.ordering_key, 0) AS k FROM outbox o
+    SELECT o.id, o.created_at, hashtextextended(o.ordering_key, 0) AS k FROM outbox o
     WHERE o.status IN ('PENDING', 'FAILED') AND (o.available_at IS NULL OR o.available_at <= now())
-    ORDER BY o.id LIMIT CASE WHEN p_window > 0 THEN p_window ELSE p_limit + p_limit / 2 END
+    ORDER BY o.id LIMIT CASE WHEN p_window > 0 THEN p_window ELSE 2 * p_limit END
   ), window_heads AS MATERIALIZED (
     -- a key's oldest due event in the window is its head unless it has one in flight or one not yet due below
-    SELECT fw.k, fw.id, fw.created_at, fw.tid
-    FROM (SELECT DISTINCT ON (wi.k) wi.k, wi.id, wi.created_at, wi.tid FROM win wi ORDER BY wi.k, wi.id) fw
+    SELECT fw.k, fw.id, fw.created_at
+    FROM (SELECT DISTINCT ON (wi.k) wi.k, wi.id, wi.created_at FROM win wi ORDER BY wi.k, wi.id) fw
     WHERE NOT EXISTS (SELECT 1 FROM inflight i WHERE i.k = fw.k)
       AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.k = fw.k AND x.id < fw.id)
       AND fw.id <= v_w AND ((fw.k & 255)::int) = ANY (v_lanes)
@@ -52,28 +56,27 @@ BEGIN
     SELECT least(p_steps, p_limit - (SELECT count(*) FROM window_heads))::int AS steps
   ), walk AS (
     -- from the cursor, one index descent per key: its first entry is its head
-    SELECT f.k, f.id, f.created_at, f.tid, f.due, 1 AS steps
-    FROM (SELECT hashtextextended(o.ordering_key, 0) AS k, o.id, o.created_at, o.ctid AS tid,
+    SELECT f.k, f.id, f.created_at, f.due, 1 AS steps
+    FROM (SELECT hashtextextended(o.ordering_key, 0) AS k, o.id, o.created_at,
                  (o.available_at IS NULL OR o.available_at <= now()) AS due
           FROM outbox o
           WHERE o.status IN ('PENDING', 'FAILED') AND hashtextextended(o.ordering_key, 0) >= p_from
           ORDER BY hashtextextended(o.ordering_key, 0), o.id LIMIT 1) f
     WHERE (SELECT steps FROM budget) > 0
     UNION ALL
-    SELECT nx.k, nx.id, nx.created_at, nx.tid, nx.due, wk.steps + 1
+    SELECT nx.k, nx.id, nx.created_at, nx.due, wk.steps + 1
     FROM walk wk CROSS JOIN LATERAL (
-      SELECT hashtextextended(o.ordering_key, 0) AS k, o.id, o.created_at, o.ctid AS tid,
+      SELECT hashtextextended(o.ordering_key, 0) AS k, o.id, o.created_at,
              (o.available_at IS NULL OR o.available_at <= now()) AS due
       FROM outbox o
       WHERE o.status IN ('PENDING', 'FAILED') AND hashtextextended(o.ordering_key, 0) > wk.k
       ORDER BY hashtextextended(o.ordering_key, 0), o.id LIMIT 1) nx
     WHERE wk.steps < (SELECT steps FROM budget)
   ), heads AS (
-    SELECT wh.k, wh.id, wh.created_at, wh.tid FROM window_heads wh
-    UNION ALL
-    SELECT wk.k, wk.id, wk.created_at, wk.tid FROM walk wk
+    SELECT wh.k, wh.id, wh.created_at FROM window_heads wh
+    UNION
+    SELECT wk.k, wk.id, wk.created_at FROM walk wk
     WHERE wk.due AND NOT EXISTS (SELECT 1 FROM inflight i WHERE i.k = wk.k)
-      AND NOT EXISTS (SELECT 1 FROM window_heads wh WHERE wh.k = wk.k)
       AND wk.id <= v_w AND ((wk.k & 255)::int) = ANY (v_lanes)
       AND (NOT p_hold OR coalesce((
         SELECT d.id FROM outbox d
@@ -83,10 +86,10 @@ BEGIN
     -- oldest first, each head locked on its own and re-checked on its newest version (SKIP LOCKED): two
     -- claimers never both take a head, and one another claimer holds makes room for the next
     SELECT l.id, l.created_at
-    FROM (SELECT h.id, h.created_at, h.tid FROM heads h ORDER BY h.id) h
+    FROM (SELECT h.id, h.created_at FROM heads h ORDER BY h.id) h
     CROSS JOIN LATERAL (
       SELECT o.id, o.created_at FROM outbox o
-      WHERE o.ctid = h.tid AND o.created_at = h.created_at AND o.id = h.id
+      WHERE o.id = h.id AND o.created_at = h.created_at
         AND o.status IN ('PENDING', 'FAILED') AND (o.available_at IS NULL OR o.available_at <= now())
       FOR UPDATE OF o SKIP LOCKED) l
     LIMIT p_limit

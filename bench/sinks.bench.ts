@@ -408,7 +408,7 @@ const main = Effect.gen(function*() {
         row.run,
         fmt(b.eventsPerSec),
         row.runs.map((r) => fmt(r.eventsPerSec)).join(" / "),
-        ratio === undefined ? "—" : `${fmt(ratio * 100)} %`,
+        ratio === undefined ? "—" : `${fmt(ratio * 100, 1)} %`,
         row.kind === "relay" && ratio !== undefined ? (ratio >= TARGET ? "yes" : "no") : "",
         b.buildUsPerEvent === undefined ? fmt(b.nodeCpuUsPerEvent, 1) : `${fmt(b.nodeCpuUsPerEvent, 1)} (+ ${fmt(b.buildUsPerEvent, 1)} build)`,
         `${fmt(b.pgCpuUsPerEvent, 1)} + ${Number.isNaN(b.brokerCpuUsPerEvent) ? "?" : fmt(b.brokerCpuUsPerEvent, 1)}`,

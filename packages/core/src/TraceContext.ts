@@ -115,11 +115,19 @@ export const fromSpan = (span: Tracer.AnySpan): TraceContext | undefined => {
 /**
  * The trace context of the current span, if there is one.
  *
+ * Read with `Effect.serviceOption(Tracer.ParentSpan)`, not
+ * `Effect.option(Effect.currentParentSpan)`: the latter builds a
+ * `NoSuchElementError` (an `Error`, with its stack trace) whenever there is
+ * no span, which is every event outside a trace. Broker sinks read this
+ * once per delivered event; the error cost ~25 µs of Node CPU per event
+ * (measured on `RedisStreamSink.deliverBatch`, where it was three quarters
+ * of the sink's own cost).
+ *
  * @category constructors
  * @since 0.1.0
  */
 export const current: Effect.Effect<TraceContext | undefined> = Effect.map(
-  Effect.option(Effect.currentParentSpan),
+  Effect.serviceOption(Tracer.ParentSpan),
   (span) => Option.isSome(span) ? fromSpan(span.value) : undefined
 )
 

@@ -22,6 +22,7 @@ import * as Option from "effect/Option"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
+import * as Tracer from "effect/Tracer"
 import * as Identifier from "./Identifier.ts"
 import { fromSqlError, mapSqlError } from "./internal/storeError.ts"
 import * as OutboxTables from "./OutboxTables.ts"
@@ -137,7 +138,8 @@ export const processEvent = <A, E, R>(
   event: ReceivedEvent,
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<ProcessResult<A>, E | StoreError, R | Inbox> =>
-  Effect.flatMap(Effect.option(Effect.currentParentSpan), (current) => {
+  // serviceOption, not option(currentParentSpan): no NoSuchElementError (an Error and its stack) per event
+  Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (current) => {
     const carried = TraceContext.fromMetadata(event.metadata)
     const parent = carried !== undefined && (Option.isNone(current) || current.value.traceId !== carried.traceId)
       ? TraceContext.externalSpan(carried)

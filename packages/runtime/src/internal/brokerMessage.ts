@@ -17,8 +17,11 @@
  *
  * @internal
  */
+import { DeliveryError } from "@outbox/core/OutboxError"
 import type { OutboxEvent } from "@outbox/core/OutboxEvent"
+import * as TraceContext from "@outbox/core/TraceContext"
 import * as Effect from "effect/Effect"
+import * as Result from "effect/Result"
 import { SinkSetupError } from "../sinks/SinkSetupError.ts"
 import * as WebhookSink from "../sinks/WebhookSink.ts"
 
@@ -41,13 +44,57 @@ export const headerNames = {
  * @internal
  */
 export const headers = (event: OutboxEvent): Effect.Effect<Record<string, string>> =>
-  Effect.map(WebhookSink.traceHeaders(event), (trace) => ({
+  Effect.map(TraceContext.current, (current) => headersIn(event, current))
+
+/**
+ * `headers` with the current span's context already read (`current`).
+ *
+ * @internal
+ */
+export const headersIn = (event: OutboxEvent, current: TraceContext.TraceContext | undefined): Record<string, string> => {
+  const fields: Record<string, string> = {
     [headerNames.trackingId]: event.trackingId,
     [headerNames.eventType]: event.eventType,
     [headerNames.aggregateType]: event.aggregateType,
-    [headerNames.aggregateId]: event.aggregateId,
-    ...trace
-  }))
+    [headerNames.aggregateId]: event.aggregateId
+  }
+  const trace = WebhookSink.traceHeadersIn(event, current)
+  for (const name in trace) fields[name] = trace[name]!
+  return fields
+}
+
+/**
+ * Builds each event's message with `build`, given its headers, reading the
+ * fiber's trace context once for the batch: no effect per event. `build`
+ * runs plain code (routing functions, client message objects), so a batch
+ * of 100 costs one effect instead of several hundred; in
+ * `RedisStreamSink` the per-event effects and their garbage were about as
+ * much Node CPU as the `ioredis` pipeline itself. `build` must not throw:
+ * it returns a `DeliveryError` for an event it cannot build (see
+ * `attempt`), as (part of) its `A`.
+ *
+ * @internal
+ */
+export const buildAll = <A>(
+  events: ReadonlyArray<OutboxEvent>,
+  build: (event: OutboxEvent, headers: Record<string, string>) => A
+): Effect.Effect<Array<A>> =>
+  Effect.map(TraceContext.current, (current) => events.map((event) => build(event, headersIn(event, current))))
+
+/**
+ * Runs a user's function (a routing option) for one event; a throw becomes
+ * that event's permanent `DeliveryError`, described by `describe`.
+ *
+ * @internal
+ */
+export const attempt = <A>(f: () => A, describe: (message: string) => string): A | DeliveryError =>
+  Result.getOrElse(
+    Result.try({
+      try: f,
+      catch: (cause) => DeliveryError.permanent(describe(cause instanceof Error ? cause.message : String(cause)), cause)
+    }),
+    (error): A | DeliveryError => error
+  )
 
 /**
  * The message body of `event`: `WebhookSink.body` as JSON text.

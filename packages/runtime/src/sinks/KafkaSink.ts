@@ -171,12 +171,19 @@ export const toMessage = (
   event: OutboxEvent,
   options: Pick<Options, "topic" | "key"> = {}
 ): Effect.Effect<KafkaMessage> =>
-  Effect.map(brokerMessage.headers(event), (headers) => ({
-    topic: (options.topic ?? defaultTopic)(event),
-    key: (options.key ?? defaultKey)(event),
-    value: brokerMessage.body(event),
-    headers
-  }))
+  Effect.map(brokerMessage.headers(event), (headers) => messageIn(event, headers, options))
+
+/** `toMessage` with the headers already built (`brokerMessage.buildAll`: one trace-context read per batch). */
+const messageIn = (
+  event: OutboxEvent,
+  headers: Record<string, string>,
+  options: Pick<Options, "topic" | "key">
+): KafkaMessage => ({
+  topic: (options.topic ?? defaultTopic)(event),
+  key: (options.key ?? defaultKey)(event),
+  value: brokerMessage.body(event),
+  headers
+})
 
 const brokerPattern = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?$/
 
@@ -496,7 +503,7 @@ export const make = (options: Options): Effect.Effect<OutboxSink["Service"], Sin
     }
 
     const deliverBatch = (events: ReadonlyArray<OutboxEvent>): Effect.Effect<BatchOutcome> =>
-      Effect.flatMap(Effect.forEach(events, (event) => toMessage(event, options)), (messages) => {
+      Effect.flatMap(brokerMessage.buildAll(events, (event, headers) => messageIn(event, headers, options)), (messages) => {
         const result: Array<DeliveryError | undefined> = messages.map((m) =>
           isValidTopic(m.topic)
             ? undefined

@@ -509,16 +509,12 @@ export const make = (options: Options): Effect.Effect<OutboxSink["Service"], Sin
     }
 
     // ---- delivery --------------------------------------------------------------------------------
-    const prepare = (event: OutboxEvent): Effect.Effect<Prepared | DeliveryError> =>
-      Effect.flatMap(brokerMessage.headers(event), (fields) =>
-        Effect.try({
-          try: (): Prepared => {
-            const headers = nats.headers()
-            for (const [key, value] of Object.entries(fields)) headers.set(key, value)
-            return { subject: subjectOf(event), body: brokerMessage.body(event), headers, msgID: event.trackingId }
-          },
-          catch: (cause) => DeliveryError.permanent(`cannot build the NATS message: ${errorMessage(cause)}`, cause)
-        }).pipe(Effect.catch((error) => Effect.succeed(error))))
+    const prepare = (event: OutboxEvent, fields: Record<string, string>): Prepared | DeliveryError =>
+      brokerMessage.attempt((): Prepared => {
+        const headers = nats.headers()
+        for (const key in fields) headers.set(key, fields[key]!)
+        return { subject: subjectOf(event), body: brokerMessage.body(event), headers, msgID: event.trackingId }
+      }, (message) => `cannot build the NATS message: ${message}`)
 
     const clientTimeout = timeoutMs + 1_000 // the client's own timer only cleans up: ours fires first
     const publishAll = (events: ReadonlyArray<OutboxEvent>): Effect.Effect<BatchOutcome> =>
@@ -582,7 +578,7 @@ export const make = (options: Options): Effect.Effect<OutboxSink["Service"], Sin
           phase = "stream"
           yield* ensureStream(session)
           phase = "ack"
-          const prepared = yield* Effect.forEach(events, prepare)
+          const prepared = yield* brokerMessage.buildAll(events, prepare)
           yield* acks(session, prepared)
         })
         const timedOut = () =>

@@ -490,18 +490,21 @@ export const make = (options: Options): Effect.Effect<OutboxSink["Service"], Sin
     const timedOut = DeliveryError.transient(`RabbitMQ did not confirm the message within ${Duration.format(timeout)}`)
 
     /** The event's routing key and headers; a throwing `routingKey` option is a permanent failure of that event. */
-    const prepare = (event: OutboxEvent) =>
-      Effect.zip(
-        Effect.try({
-          try: () => routingKeyOf(event),
-          catch: (cause) => DeliveryError.permanent(`the routingKey option failed for this event: ${messageOf(cause)}`, cause)
-        }).pipe(Effect.catch(Effect.succeed)),
-        brokerMessage.headers(event)
-      )
+    const prepare = (
+      event: OutboxEvent,
+      headers: Record<string, string>
+    ): readonly [key: string | DeliveryError, headers: Record<string, string>] =>
+      [
+        brokerMessage.attempt(
+          () => routingKeyOf(event),
+          (message) => `the routingKey option failed for this event: ${message}`
+        ),
+        headers
+      ] as const
 
     const publishAll = (events: ReadonlyArray<OutboxEvent>): Effect.Effect<BatchOutcome> =>
       events.length === 0 ? Effect.succeed([]) : Effect.flatMap(
-        Effect.forEach(events, prepare),
+        brokerMessage.buildAll(events, prepare),
         (prepared) =>
           Effect.suspend(() => {
             const down = unavailable()

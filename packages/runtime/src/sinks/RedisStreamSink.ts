@@ -285,37 +285,27 @@ export const make = (options: Options): Effect.Effect<OutboxSink["Service"], Sin
 
     const trim = maxLen === undefined ? [] : ["MAXLEN", "~", String(maxLen)]
     const streamOf = options.stream
-    const keyOf = (event: OutboxEvent): Effect.Effect<string, DeliveryError> =>
-      streamOf === undefined
-        ? Effect.succeed(defaultStream(event))
-        : Effect.flatMap(
-          Effect.try({
-            try: () => streamOf(event),
-            catch: (cause) =>
-              DeliveryError.permanent(
-                `the redis sink's stream option failed for this event: ${cause instanceof Error ? cause.message : String(cause)}`,
-                cause
-              )
-          }),
-          (key) =>
-            typeof key === "string" && key.length > 0
-              ? Effect.succeed(key)
-              : Effect.fail(DeliveryError.permanent("the redis sink's stream option returned no stream name for this event"))
-        )
+    /** The event's stream, or why it has none (a permanent error: the `stream` option threw or named none). */
+    const keyOf = (event: OutboxEvent): string | DeliveryError => {
+      if (streamOf === undefined) return defaultStream(event)
+      const key = brokerMessage.attempt(
+        () => streamOf(event),
+        (message) => `the redis sink's stream option failed for this event: ${message}`
+      )
+      return key instanceof DeliveryError || (typeof key === "string" && key.length > 0)
+        ? key
+        : DeliveryError.permanent("the redis sink's stream option returned no stream name for this event")
+    }
 
     /** The event's `XADD`, or why it cannot have one (a permanent error, reported as its outcome). */
-    const entry = (event: OutboxEvent): Effect.Effect<Entry | DeliveryError> =>
-      keyOf(event).pipe(
-        Effect.flatMap((key) =>
-          Effect.map(brokerMessage.headers(event), (headers): Entry => {
-            const args = [...trim, "*"]
-            for (const name in headers) args.push(name, headers[name]!)
-            args.push(fieldNames.body, brokerMessage.body(event))
-            return { key, args }
-          })
-        ),
-        Effect.catch(Effect.succeed)
-      )
+    const entry = (event: OutboxEvent, headers: Record<string, string>): Entry | DeliveryError => {
+      const key = keyOf(event)
+      if (key instanceof DeliveryError) return key
+      const args = [...trim, "*"]
+      for (const name in headers) args.push(name, headers[name]!)
+      args.push(fieldNames.body, brokerMessage.body(event))
+      return { key, args }
+    }
 
     /** Sends the entries (one command, or one pipeline) and collects each reply, bounded by the timeout. */
     const send = (entries: ReadonlyArray<Entry | DeliveryError>): Effect.Effect<BatchOutcome> =>
@@ -354,11 +344,11 @@ export const make = (options: Options): Effect.Effect<OutboxSink["Service"], Sin
       })
 
     const deliverBatch = (events: ReadonlyArray<OutboxEvent>): Effect.Effect<BatchOutcome> =>
-      events.length === 0 ? Effect.succeed([]) : Effect.flatMap(Effect.forEach(events, entry), send)
+      events.length === 0 ? Effect.succeed([]) : Effect.flatMap(brokerMessage.buildAll(events, entry), send)
 
     const deliver = (event: OutboxEvent): Effect.Effect<void, DeliveryError> =>
       Effect.flatMap(
-        Effect.flatMap(entry(event), (item) => send([item])),
+        brokerMessage.buildAll([event], entry).pipe(Effect.flatMap(send)),
         ([outcome]) => outcome === undefined ? Effect.void : Effect.fail(outcome)
       )
 

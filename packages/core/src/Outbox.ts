@@ -94,6 +94,9 @@ export const validate = (
 
 const requiredFields = ["aggregateType", "aggregateId", "eventType"] as const
 
+/** The longest explicit ordering key: keys are indexed by their hash, but stored, logged and listed whole. */
+const maxOrderingKeyLength = 1000
+
 /** `validate` without the Effect: publish checks a whole batch in one synchronous loop. */
 const check = (
   input: EventInput,
@@ -163,6 +166,19 @@ const check = (
       schedule = millis === 0 ? undefined : { delayMillis: Math.round(millis) }
     }
   }
+  const orderingKey = input.orderingKey
+  if (orderingKey !== undefined) {
+    if (typeof orderingKey !== "string" || orderingKey.length === 0 || orderingKey.length > maxOrderingKeyLength) {
+      return invalid(
+        index,
+        "InvalidOrderingKey",
+        "orderingKey",
+        `orderingKey must be a non-empty string of at most ${maxOrderingKeyLength} characters`
+      )
+    }
+    const problem = textProblem(orderingKey)
+    if (problem !== undefined) return invalid(index, "InvalidOrderingKey", "orderingKey", `orderingKey ${problem}`)
+  }
   return {
     aggregateType: input.aggregateType,
     aggregateId: input.aggregateId,
@@ -170,7 +186,8 @@ const check = (
     payloadJson: payload.json,
     metadataJson,
     maxRetries,
-    schedule
+    schedule,
+    orderingKey
   }
 }
 

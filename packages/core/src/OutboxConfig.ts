@@ -14,6 +14,8 @@
  * | `OUTBOX_SHUTDOWN_TIMEOUT_MS` | 10000 | how long shutdown waits for in-flight handlers |
  * | `OUTBOX_CLAIM_MODE` | `lease` | `lease`, or `transaction` (the row lock is the lease, for fast sinks) |
  * | `OUTBOX_TX_TIMEOUT_MS` | 5000 | `transaction` mode: the longest a claiming transaction stays open |
+ * | `OUTBOX_ORDERING` | `none` | `key`: each ordering key's events in id order, one in flight per key, keys in parallel |
+ * | `OUTBOX_ORDERING_DEAD_LETTER` | `continue` | `key` ordering: a dead-lettered head lets its key go on (`continue`) or holds it (`hold`) |
  *
  * Bad values fail at start with a `ConfigError` naming the variable.
  *
@@ -95,6 +97,23 @@ export interface Options {
    * acknowledges in a few milliseconds, short enough for vacuum.
    */
   readonly transactionTimeout: Duration.Duration
+  /**
+   * `none` (the default): events are claimed in id order by every worker,
+   * so with more than one worker (or process) two events of one aggregate
+   * may be delivered in either order, and a failed event waiting out its
+   * backoff is overtaken by its aggregate's later events. `key`: each
+   * ordering key's events (`EventInput.orderingKey`, default
+   * `<aggregateType>:<aggregateId>`) are delivered strictly in id order, at
+   * most one in flight per key across all workers and processes, and a key
+   * whose head waits out a backoff is blocked while every other key flows
+   * (`OutboxStore.Ordering`). What it costs: a claim looks for each key's
+   * head, slower than taking the oldest rows (see the README's "Per-key
+   * ordering" for the measured drain), and one key's events go one at a
+   * time, at the pace of one round trip to the sink plus one completion.
+   */
+  readonly ordering: "none" | "key"
+  /** `key` ordering: what a dead-lettered head does to its key (`OutboxStore.Ordering.deadLetter`). */
+  readonly orderingDeadLetter: "continue" | "hold"
   /** Backoff between attempts. */
   readonly retryPolicy: RetryPolicy.Policy
   /** When to stop retrying and dead-letter. */
@@ -118,6 +137,8 @@ export const defaults: Options = {
   shutdownTimeout: Duration.seconds(10),
   claimMode: "lease",
   transactionTimeout: Duration.seconds(5),
+  ordering: "none",
+  orderingDeadLetter: "continue",
   retryPolicy: RetryPolicy.defaultRetry,
   deadLetterPolicy: RetryPolicy.defaultDeadLetter
 }
@@ -155,6 +176,8 @@ export const config: Config.Config<
     | "shutdownTimeout"
     | "claimMode"
     | "transactionTimeout"
+    | "ordering"
+    | "orderingDeadLetter"
   >
 > = Config.all({
   batchSize: positiveInt("OUTBOX_BATCH_SIZE", defaults.batchSize),
@@ -168,7 +191,11 @@ export const config: Config.Config<
   claimMode: Config.schema(Schema.Literals(["lease", "transaction"]), "OUTBOX_CLAIM_MODE").pipe(
     Config.withDefault(defaults.claimMode)
   ),
-  transactionTimeout: positiveInt("OUTBOX_TX_TIMEOUT_MS", 5000).pipe(Config.map(Duration.millis))
+  transactionTimeout: positiveInt("OUTBOX_TX_TIMEOUT_MS", 5000).pipe(Config.map(Duration.millis)),
+  ordering: Config.schema(Schema.Literals(["none", "key"]), "OUTBOX_ORDERING").pipe(Config.withDefault(defaults.ordering)),
+  orderingDeadLetter: Config.schema(Schema.Literals(["continue", "hold"]), "OUTBOX_ORDERING_DEAD_LETTER").pipe(
+    Config.withDefault(defaults.orderingDeadLetter)
+  )
 })
 
 /**
@@ -234,6 +261,17 @@ export const variables: ReadonlyArray<Variable> = [
     name: "OUTBOX_TX_TIMEOUT_MS",
     default: "5000",
     description: "`transaction` mode: the longest a claiming transaction stays open (it holds back vacuum's xmin horizon meanwhile)"
+  },
+  {
+    name: "OUTBOX_ORDERING",
+    default: "`none`",
+    description:
+      "`key`: each ordering key's events (default key `<aggregateType>:<aggregateId>`) strictly in id order, at most one in flight per key across workers and processes; keys in parallel"
+  },
+  {
+    name: "OUTBOX_ORDERING_DEAD_LETTER",
+    default: "`continue`",
+    description: "`key` ordering: a dead-lettered head lets its key's next event go (`continue`) or holds the key until a redrive (`hold`)"
   }
 ]
 

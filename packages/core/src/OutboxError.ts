@@ -17,7 +17,8 @@ export const InvalidEventReason = Schema.Literals([
   "PayloadTooLarge",
   "InvalidMaxRetries",
   "InvalidText",
-  "InvalidSchedule"
+  "InvalidSchedule",
+  "InvalidOrderingKey"
 ])
 
 /**

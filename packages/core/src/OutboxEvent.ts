@@ -52,6 +52,14 @@ export interface EventInput {
    * one of `availableAt` and `delay`.
    */
   readonly delay?: Duration.Input | undefined
+  /**
+   * The key whose events are delivered in order with `OUTBOX_ORDERING=key`
+   * (the row's `ordering_key`). Default: `<aggregateType>:<aggregateId>`,
+   * so one aggregate's events keep their order. Give one to order a wider
+   * or narrower set (a customer's events across aggregates: `"customer:42"`).
+   * At most 1,000 characters.
+   */
+  readonly orderingKey?: string | undefined
 }
 
 /**
@@ -70,6 +78,8 @@ export interface ValidEvent {
   readonly maxRetries: number | undefined
   /** When it may be delivered: a time, a delay in milliseconds from the publishing transaction, or neither (at once). */
   readonly schedule?: { readonly at: Date } | { readonly delayMillis: number } | undefined
+  /** The explicit ordering key; `undefined`: the default (`<aggregateType>:<aggregateId>`, set by the store). */
+  readonly orderingKey?: string | undefined
 }
 
 /**
@@ -102,6 +112,17 @@ export interface Lease {
 }
 
 /**
+ * The default ordering key of an event: `<aggregateType>:<aggregateId>`, as
+ * the stores compute it (PostgreSQL in a trigger, so plain-SQL producers get
+ * it too).
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const defaultOrderingKey = (event: { readonly aggregateType: string; readonly aggregateId: string }): string =>
+  `${event.aggregateType}:${event.aggregateId}`
+
+/**
  * What every stored event carries, whatever its status.
  *
  * @category models
@@ -119,6 +140,12 @@ export interface EventData {
   readonly retryCount: number
   readonly maxRetries: number
   readonly createdAt: Date
+  /**
+   * The ordering key (`EventInput.orderingKey`, else
+   * `<aggregateType>:<aggregateId>`). Stores that keep one return it;
+   * `undefined` for rows written before the store had the column.
+   */
+  readonly orderingKey?: string | undefined
 }
 
 /**

@@ -69,6 +69,40 @@ export interface ClaimOptions {
   readonly limit: number
   /** Lease length: the row is reapable once it passes without a renewal. */
   readonly leaseDuration: Duration.Duration
+  /** Per-key ordering (`OUTBOX_ORDERING=key`); `undefined`: claim in id order, keys ignored. */
+  readonly ordering?: Ordering | undefined
+}
+
+/**
+ * A claim in per-key order (`OUTBOX_ORDERING=key`). Each ordering key's
+ * events are claimed strictly in id order, at most one in flight per key,
+ * whoever claims (any worker of any process):
+ *
+ * - a key's *head* is its lowest-id event that is not COMPLETED (nor
+ *   DEAD_LETTER, unless `deadLetter` is `hold`); only a head is claimable,
+ *   and only when it is PENDING or FAILED and due;
+ * - so a key with an event PROCESSING, or whose head waits out a backoff or
+ *   a schedule, is *blocked*: none of its events is claimed, while every
+ *   other key's head is;
+ * - one claim takes at most one event per key, oldest head first.
+ *
+ * PostgreSQL also guards against a transaction that drew a lower id of the
+ * key and has not committed yet (see `PgOutboxStore`).
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Ordering {
+  /**
+   * A dead-lettered head: `continue` (the default) lets the key's next
+   * event go; `hold` blocks the key until the dead letter is redriven (or
+   * deleted). Why `continue` by default: a dead letter is an event the
+   * operator decided (through the retry policy) to stop trying, and holding
+   * would turn one poison event into an outage of its key that lasts until
+   * somebody acts; `hold` is for consumers for which a gap is worse than a
+   * stall (a ledger, a state machine that cannot skip a transition).
+   */
+  readonly deadLetter: "continue" | "hold"
 }
 
 /**
@@ -89,6 +123,8 @@ export type EventKey = Pick<EventData, "id" | "createdAt">
 export interface TransactionClaimOptions {
   /** Most rows to lock. */
   readonly limit: number
+  /** Per-key ordering, as in `ClaimOptions`. */
+  readonly ordering?: Ordering | undefined
   /**
    * The longest the transaction may stay open. `use` must return within it;
    * if it does not, it is interrupted and the transaction rolled back. On

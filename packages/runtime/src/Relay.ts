@@ -72,7 +72,7 @@ import { OutboxConfig } from "@outbox/core/OutboxConfig"
 import { DeliveryError, type LeaseLost, type StoreError } from "@outbox/core/OutboxError"
 import type { OutboxEvent } from "@outbox/core/OutboxEvent"
 import { OutboxSink } from "@outbox/core/OutboxSink"
-import { OutboxStore } from "@outbox/core/OutboxStore"
+import { type Ordering, OutboxStore } from "@outbox/core/OutboxStore"
 import * as RetryPolicy from "@outbox/core/RetryPolicy"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
@@ -181,8 +181,9 @@ export const make = Effect.gen(function*() {
   const clock = yield* Clock.Clock
 
   /** Claims a batch of at most `limit` (SKIP LOCKED, lease, fresh lock token). */
+  const ordering: Ordering | undefined = config.ordering === "key" ? { deadLetter: config.orderingDeadLetter } : undefined
   const claim = (limit: number) =>
-    Effect.suspend(() => instruments.claim(store.claim({ limit, leaseDuration: config.leaseDuration })))
+    Effect.suspend(() => instruments.claim(store.claim({ limit, leaseDuration: config.leaseDuration, ordering })))
 
   // --- deliver ---------------------------------------------------------------
 

@@ -84,6 +84,16 @@ export const validateQualified = (
 export const quote = (name: string): string => `"${name.replaceAll("\"", "\"\"")}"`
 
 /**
+ * A SQL string literal of `value` (quotes doubled), for DDL that takes a
+ * name as text (`format(...)` in a `DO` block, `regclass` casts), where a
+ * parameter cannot go.
+ *
+ * @category encoding
+ * @since 0.1.0
+ */
+export const literal = (value: string): string => `'${value.replaceAll("'", "''")}'`
+
+/**
  * Quotes a possibly schema-qualified name.
  *
  * @category quoting

@@ -50,6 +50,16 @@ export interface OutboxTables {
   readonly channel: string
   /** The wake-up trigger function and the statement trigger calling it (migration 0007). */
   readonly wakeup: string
+  /**
+   * The ordering trigger function and the row trigger calling it (migration
+   * 0008): the default ordering key, and the id drawn under the key's lane
+   * lock.
+   */
+  readonly orderingInsert: string
+  /** Partial index of each ordering key's claimable rows, by key hash and id (`<outbox>_ordering_idx`). */
+  readonly orderingIndex: string
+  /** Partial index of each ordering key's dead letters (`<outbox>_ordering_dead_idx`). */
+  readonly orderingDeadIndex: string
   /** The consumers' idempotency store. */
   readonly inbox: string
   /** The append-only log of dead-letter redrives. */
@@ -83,7 +93,8 @@ export const shared = {
   auditLog: "outbox_audit_log",
   auditHead: "outbox_audit_head",
   auditCheckpoint: "outbox_audit_checkpoint",
-  wakeup: "outbox_wakeup"
+  wakeup: "outbox_wakeup",
+  orderingInsert: "outbox_ordering_insert"
 } as const
 
 /**
@@ -99,6 +110,8 @@ const derived = (outbox: string): OutboxTables => ({
   claimableIndex: `${outbox}_claimable_idx`,
   leasedIndex: `${outbox}_leased_idx`,
   deadLetterIndex: `${outbox}_dead_letter_idx`,
+  orderingIndex: `${outbox}_ordering_idx`,
+  orderingDeadIndex: `${outbox}_ordering_dead_idx`,
   defaultPartition: `${outbox}_default`,
   partitionPrefix: `${outbox}_p`,
   channel: `${outbox}${wakeupChannelSuffix}`,
@@ -129,6 +142,7 @@ export const make = Effect.fnUntraced(function*(outbox: string = "outbox") {
   yield* Identifier.validate(tables.claimableIndex, "index name")
   yield* Identifier.validate(tables.leasedIndex, "index name")
   yield* Identifier.validate(tables.deadLetterIndex, "index name")
+  yield* Identifier.validate(tables.orderingDeadIndex, "index name")
   yield* Identifier.validate(`${tables.partitionPrefix}20000101`, "partition name")
   yield* Identifier.validate(tables.channel, "channel name")
   return tables

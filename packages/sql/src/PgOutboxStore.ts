@@ -51,7 +51,14 @@
  */
 import { LeaseLost, StoreError } from "@outbox/core/OutboxError"
 import type { EventData, EventStatus, Lease, OutboxEvent, PublishedEvent, ValidEvent } from "@outbox/core/OutboxEvent"
-import { type EventRecord, OutboxStore, type Publisher, type ReapResult } from "@outbox/core/OutboxStore"
+import {
+  type ClaimOptions,
+  type EventRecord,
+  type Ordering,
+  OutboxStore,
+  type Publisher,
+  type ReapResult
+} from "@outbox/core/OutboxStore"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import * as Duration from "effect/Duration"
@@ -67,6 +74,8 @@ import * as OutboxTables from "./OutboxTables.ts"
 import * as PublishStatement from "./PublishStatement.ts"
 import * as SqlEnv from "./SqlEnv.ts"
 import { fromSqlError, mapSqlError } from "./internal/storeError.ts"
+import * as OrderedClaim from "./internal/orderedClaim.ts"
+import * as OrderingMigration from "./migrations/0008_ordering.ts"
 import * as TransactionClaim from "./internal/transactionClaim.ts"
 
 /**
@@ -158,10 +167,13 @@ type ClaimedValues = readonly [
   max_retries: number,
   created_at: Date,
   locked_until: Date,
-  lock_token: bigint
+  lock_token: bigint,
+  ordering_key?: string
 ]
 
 interface FullRow extends BaseRow {
+  /** Plain tables only (the legacy table of an online migration has no key). */
+  readonly ordering_key?: string | null
   readonly status: EventStatus
   readonly processed_at: Date | null
   readonly available_at: Date | null
@@ -381,6 +393,22 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     lockedUntil: v[10],
     lockToken: v[11]
   })
+  /** `toEvent` of a row that carries its ordering key (a plain table's claims). */
+  const toKeyedEvent = (v: ClaimedValues): OutboxEvent => ({
+    id: v[0],
+    trackingId: v[1],
+    aggregateType: v[2],
+    aggregateId: v[3],
+    eventType: v[4],
+    payload: v[5],
+    metadata: v[6],
+    retryCount: v[7],
+    maxRetries: v[8],
+    createdAt: v[9],
+    orderingKey: v[12],
+    lockedUntil: v[10],
+    lockToken: v[11]
+  })
 
   // A literal LIMIT keeps the prepared claim on its custom plan: with a
   // parameter, PostgreSQL may switch to a generic plan after five executions.
@@ -395,7 +423,8 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     table: Fragment,
     stamp: boolean,
     ts: Fragment,
-    options: { readonly limit: number; readonly leaseDuration: Duration.Duration }
+    options: { readonly limit: number; readonly leaseDuration: Duration.Duration },
+    keyed = false
   ) =>
     // the uncorrelated sub-select is an InitPlan: one token for the whole claim
     sql`
@@ -410,12 +439,60 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         FOR UPDATE SKIP LOCKED
       ) c
       WHERE o.id = c.id AND o.created_at = c.created_at
-      RETURNING ${claimedColumns}`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>
+      RETURNING ${claimedColumns}${keyed ? sql.literal(`, ${OrderingMigration.effectiveKey("o")}`) : sql.literal("")}`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>
 
-  const claim = Effect.fnUntraced(function*(options: { readonly limit: number; readonly leaseDuration: Duration.Duration }) {
+  // --- the ordered claim (OUTBOX_ORDERING=key) ---------------------------------------------------------------------
+  // the id sequence the ordering trigger draws from (migration 0008), from its argument; none: not migrated
+  const [orderingTrigger] = mode !== "plain" ? [] : yield* sql<{ seq: string | null }>`
+    SELECT convert_from(substring(t.tgargs from 1 for position('\\x00'::bytea in t.tgargs) - 1), 'UTF8') AS seq
+    FROM pg_trigger t WHERE t.tgrelid = to_regclass(${quotedT}) AND t.tgname = ${tables.orderingInsert}`.pipe(
+    mapSqlError("configure")
+  )
+  const orderingSequence = orderingTrigger?.seq ?? undefined
+  const ordered = orderingSequence === undefined
+    ? undefined
+    : OrderedClaim.make({ sql, table: T, sequence: orderingSequence, limit: limitLiteral })
+  /** Why this store cannot claim in key order, or `undefined`. */
+  const orderingRefusal = mode !== "plain"
+    ? "per-key ordering (OUTBOX_ORDERING=key) is not available during an online migration (OUTBOX_ORDERING=none until it finishes)"
+    : ordered === undefined
+    ? `per-key ordering (OUTBOX_ORDERING=key) needs migration 0008_ordering on ${tableName}: run npx outbox migrate`
+    : undefined
+  const refuseOrdering = (operation: "claim" | "claimInTransaction") =>
+    new StoreError({ operation, message: orderingRefusal!, retryable: false })
+
+  const claimOrdered = (ts: Fragment, options: ClaimOptions & { readonly ordering: Ordering }) =>
+    Effect.gen(function*() {
+      if (ordered === undefined || orderingRefusal !== undefined) return yield* refuseOrdering("claim")
+      const probe = yield* ordered.probe()
+      const rows = yield* (sql`${
+        ordered.statement(ts, options.limit, probe, options.ordering, {
+          claimable: claimable(ts),
+          select: sql.literal("o.id, o.created_at"),
+          finish: sql`, claimed AS (
+              UPDATE ${T} o
+              SET status = 'PROCESSING', lock_token = (SELECT ${nextToken}),
+                  locked_until = ${plus(ts, options.leaseDuration)}${claimStamp(stampT, ts)}
+              FROM locked c WHERE o.id = c.id AND o.created_at = c.created_at
+              RETURNING ${claimedColumns}, ${sql.literal(OrderingMigration.effectiveKey("o"))}
+            )
+            SELECT c.*, (SELECT nf FROM cursor) FROM claimed c
+            UNION ALL ${ordered.emptyRow(13)} WHERE NOT EXISTS (SELECT 1 FROM claimed)`
+        })
+      }`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>)
+      return ordered.advance(rows)
+    })
+
+  const claim = Effect.fnUntraced(function*(options: ClaimOptions) {
     const ts = yield* now
+    if (options.ordering !== undefined) {
+      const rows = yield* claimOrdered(ts, { ...options, ordering: options.ordering }).pipe(
+        Effect.catchTag("SqlError", (error) => Effect.fail(fromSqlError("claim")(error)))
+      )
+      return rows.map(toKeyedEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    }
     const statement: Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError> = mode === "plain"
-      ? claimOne(T, stampT, ts, options)
+      ? claimOne(T, stampT, ts, options, true)
       : mode === "legacy"
       // The mirror is a second statement: its fresh snapshot sees a copy a
       // concurrent backfill committed while the claim waited for the row.
@@ -462,7 +539,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         SELECT * FROM lu`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>
     const rows = yield* mapSqlError("claim")(statement)
     // RETURNING does not keep the claim order
-    return rows.map(toEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    return rows.map(mode === "plain" ? toKeyedEvent : toEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
   })
 
   /**
@@ -600,7 +677,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const fullColumns = sql.literal(`${columns}, status, processed_at, available_at, locked_until, lock_token, last_error`)
   const get = (id: bigint) =>
     (mode === "plain"
-      ? sql<FullRow>`SELECT ${fullColumns} FROM ${T} WHERE id = ${id}`
+      ? sql<FullRow>`SELECT ${fullColumns}, ${sql.literal(OrderingMigration.effectiveKey())} AS ordering_key FROM ${T} WHERE id = ${id}`
       : mode === "dual"
       ? sql<FullRow>`SELECT ${fullColumns} FROM ${T} WHERE id = ${id}
           UNION ALL SELECT ${fullColumns} FROM ${L} WHERE id = ${id} AND ${migrated} IS NULL`
@@ -610,6 +687,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
           if (r === undefined) return Option.none()
           return Option.some({
             ...toData(r),
+            ...(r.ordering_key == null ? {} : { orderingKey: r.ordering_key }),
             status: r.status,
             processedAt: r.processed_at,
             availableAt: r.available_at,
@@ -636,7 +714,9 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     transactionTimeout: hasTransactionTimeout,
     unsupported: mode === "plain"
       ? undefined
-      : "claimInTransaction: not during an online migration (OUTBOX_CLAIM_MODE=lease until it finishes)"
+      : "claimInTransaction: not during an online migration (OUTBOX_CLAIM_MODE=lease until it finishes)",
+    ordered: orderingRefusal ?? ordered!,
+    toKeyedEvent
   })
 
   return OutboxStore.of({ withTransaction, claim, renew, complete, retry, deadLetter, release, reap, claimInTransaction, get })

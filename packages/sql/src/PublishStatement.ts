@@ -59,7 +59,7 @@ export const insert = (
 ): Statement => {
   if (events.length === 1) {
     const e = events[0]!
-    if (e.maxRetries !== undefined && e.schedule === undefined) {
+    if (e.maxRetries !== undefined && e.schedule === undefined && e.orderingKey === undefined) {
       // by table, then by returned columns: no key string built per call
       let byReturning = singleText.get(quotedTable)
       if (byReturning === undefined) singleText.set(quotedTable, byReturning = new Map())
@@ -80,7 +80,9 @@ export const insert = (
   const maxRetries: Array<number> = new Array(n)
   for (let i = 0; i < n; i++) {
     const e = events[i]!
-    if (e.maxRetries === undefined || e.schedule !== undefined) return valuesList(quotedTable, events, returningColumns)
+    if (e.maxRetries === undefined || e.schedule !== undefined || e.orderingKey !== undefined) {
+      return valuesList(quotedTable, events, returningColumns)
+    }
     types[i] = e.aggregateType
     ids[i] = e.aggregateId
     eventTypes[i] = e.eventType
@@ -100,13 +102,15 @@ export const insert = (
 
 /**
  * `VALUES (...), (...)`, for batches where some event takes the column
- * default of `max_retries` or is scheduled (`available_at`: a time, or the
+ * default of `max_retries`, is scheduled (`available_at`: a time, or the
  * transaction's `now()` plus a delay, so that a delay is measured on the
- * server's clock like every lease and backoff).
+ * server's clock like every lease and backoff) or has an explicit ordering
+ * key (`ordering_key`; NULL: the trigger's default).
  */
 const valuesList = (quotedTable: string, events: ReadonlyArray<ValidEvent>, returningColumns: string): Statement => {
   const values: Array<unknown> = []
   const scheduled = events.some((e) => e.schedule !== undefined)
+  const keyed = events.some((e) => e.orderingKey !== undefined)
   const rows = events.map((e) => {
     const base = values.length
     values.push(e.aggregateType, e.aggregateId, e.eventType, e.payloadJson, e.metadataJson)
@@ -126,9 +130,17 @@ const valuesList = (quotedTable: string, events: ReadonlyArray<ValidEvent>, retu
         availableAt = `, now() + $${values.length}::float8 * interval '1 millisecond'`
       }
     }
-    return `($${base + 1}, $${base + 2}, $${base + 3}, $${base + 4}::jsonb, $${base + 5}::jsonb, ${retries}${availableAt})`
+    let orderingKey = ""
+    if (keyed) {
+      if (e.orderingKey === undefined) orderingKey = ", NULL"
+      else {
+        values.push(e.orderingKey)
+        orderingKey = `, $${values.length}`
+      }
+    }
+    return `($${base + 1}, $${base + 2}, $${base + 3}, $${base + 4}::jsonb, $${base + 5}::jsonb, ${retries}${availableAt}${orderingKey})`
   })
-  const columns = scheduled ? `${insertColumns.slice(0, -1)}, available_at)` : insertColumns
+  const columns = `${insertColumns.slice(0, -1)}${scheduled ? ", available_at" : ""}${keyed ? ", ordering_key" : ""})`
   return { text: `INSERT INTO ${quotedTable} ${columns} VALUES ${rows.join(", ")} RETURNING ${returningColumns}`, values }
 }
 

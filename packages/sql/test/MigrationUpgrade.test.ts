@@ -18,7 +18,7 @@ import { fileURLToPath } from "node:url"
  * The outbox migrations added since release 0.1.0, as the migrator reports them applied: what an upgrade
  * runs (a new migration is appended here).
  */
-const sinceRelease: ReadonlyArray<readonly [number, string]> = [[7, "wakeup_trigger"]]
+const sinceRelease: ReadonlyArray<readonly [number, string]> = [[7, "wakeup_trigger"], [8, "ordering"]]
 
 /**
  * The data after an upgrade equals the data before, but for the outbox ledger, which gains one row per
@@ -32,10 +32,20 @@ const assertDataKept = (
   assert.deepStrictEqual(Object.keys(after.rows).sort(), Object.keys(before.rows).sort())
   for (const table of Object.keys(before.rows)) {
     if (table === "outbox_migrations") continue
+    if (table === "outbox") continue
     assert.deepStrictEqual(after.rows[table], before.rows[table], table)
   }
+  // 0008 adds ordering_key, NULL (the default key) on every row of before; the rest is kept
+  const withoutKey = (data: { readonly rows: Record<string, unknown> }) =>
+    rowsOf(data, "outbox").map(({ partition, row }) => {
+      const { ordering_key: _, ...rest } = row
+      return JSON.stringify({ partition, row: rest })
+    }).sort()
+  assert.deepStrictEqual(withoutKey(after), withoutKey(before), "outbox")
+  for (const { row } of rowsOf(after, "outbox")) assert.strictEqual(row.ordering_key, null, `ordering_key of row ${row.id}`)
   const ledger = (data: { readonly rows: Record<string, unknown> }) =>
     rowsOf(data, "outbox_migrations").map((r) => r.row as { readonly migration_id: number; readonly name: string })
+      .sort((a, b) => a.migration_id - b.migration_id)
   const kept = ledger(after).filter((m) => m.migration_id <= 6)
   assert.deepStrictEqual(kept, ledger(before))
   assert.deepStrictEqual(
@@ -257,11 +267,15 @@ describe("MigrationUpgrade", () => {
     Effect.gen(function*() {
       const upgraded = yield* upgrade("release-0.1.0", true)
       assert.deepStrictEqual(upgraded.applied, [...sinceRelease, [1, "audit_create_audit_log"]])
-      // the tables that were there keep their rows
+      // the tables that were there keep their rows (the outbox with 0008's ordering_key, NULL)
       for (const table of Object.keys(upgraded.before.rows)) {
-        if (table === "outbox_migrations") continue
+        if (table === "outbox_migrations" || table === "outbox") continue
         assert.deepStrictEqual(upgraded.after.rows[table], upgraded.before.rows[table], table)
       }
+      assert.deepStrictEqual(
+        rowsOf(upgraded.after, "outbox").map(({ partition, row }) => ({ partition, row: { ...row, ordering_key: undefined } })),
+        rowsOf(upgraded.before, "outbox").map(({ partition, row }) => ({ partition, row: { ...row, ordering_key: undefined } }))
+      )
       assert.isTrue(upgraded.verification!.ok)
       assert.deepStrictEqual(upgraded.schema, yield* fresh(true))
     }))

@@ -24,20 +24,42 @@
  *   outlives `timeout` (a `StoreError`, like the server's bound).
  * - `completed: "delete"` (`makeWith`, `layerWith`): completing removes the
  *   row, as `PgOutboxStore` with `OUTBOX_COMPLETED=delete`.
+ * - Every row keeps its ordering key (`EventInput.orderingKey`, else
+ *   `<aggregateType>:<aggregateId>`) and returns it as `orderingKey`.
+ * - An ordered claim (`ordering`, `OUTBOX_ORDERING=key`, either claim) takes
+ *   only each key's *head* (its lowest-id row that is not COMPLETED, nor
+ *   DEAD_LETTER unless `deadLetter: "hold"`), when it is PENDING or FAILED,
+ *   due and unlocked; at most one per key, oldest head first. A key is
+ *   blocked while any of its rows is PROCESSING or locked by an open
+ *   `claimInTransaction`, and while an open transaction of this store holds
+ *   an unpublished row of the key with a lower id than the head (its id was
+ *   drawn first, so it must be delivered first once it commits; PostgreSQL
+ *   guards the same case).
  *
  * **Time**: every "now" comes from Effect's `Clock`, so `TestClock` drives
  * leases, reaping and backoff.
  *
  * **Concurrency**: each operation reads the clock, then applies its change
  * in one synchronous step, so concurrent fibers never see a half-applied
- * change and a row is never handed to two claimers.
+ * change and a row is never handed to two claimers (nor two events of one
+ * ordering key to two ordered claimers).
  *
  * @since 0.1.0
  */
 import { LeaseLost, StoreError } from "@outbox/core/OutboxError"
-import type { EventData, EventStatus, Lease, OutboxEvent, PublishedEvent, ValidEvent } from "@outbox/core/OutboxEvent"
 import {
+  defaultOrderingKey,
+  type EventData,
+  type EventStatus,
+  type Lease,
+  type OutboxEvent,
+  type PublishedEvent,
+  type ValidEvent
+} from "@outbox/core/OutboxEvent"
+import {
+  type ClaimOptions,
   type EventRecord,
+  type Ordering,
   OutboxStore,
   type Publisher,
   type ReapResult,
@@ -68,6 +90,8 @@ interface Row {
   readonly metadataJson: string
   readonly maxRetries: number
   readonly createdAt: number
+  /** The explicit ordering key, else `<aggregateType>:<aggregateId>` (what PostgreSQL's trigger fills in). */
+  readonly orderingKey: string
   status: EventStatus
   retryCount: number
   processedAt: number | null
@@ -88,6 +112,9 @@ const OpenTransactions = Context.Reference<ReadonlyMap<symbol, TransactionBuffer
   { defaultValue: () => new Map() }
 )
 
+/** Marks an ordering key with a row in flight in `pickOrdered`. */
+const blocked: unique symbol = Symbol("blocked")
+
 const toDate = (ms: number | null): Date | null => ms === null ? null : new Date(ms)
 
 const toData = (row: Row): EventData => ({
@@ -100,7 +127,8 @@ const toData = (row: Row): EventData => ({
   metadata: JSON.parse(row.metadataJson),
   retryCount: row.retryCount,
   maxRetries: row.maxRetries,
-  createdAt: new Date(row.createdAt)
+  createdAt: new Date(row.createdAt),
+  orderingKey: row.orderingKey
 })
 
 const toRecord = (row: Row): EventRecord => ({
@@ -160,6 +188,13 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
   const storeKey = Symbol("MemoryOutboxStore")
   /** Rows locked by an open `claimInTransaction` (PostgreSQL's row locks): both claims skip them. */
   const locked = new Set<bigint>()
+  /**
+   * The buffers of this store's open transactions (nested ones too), from
+   * every fiber: their rows already have ids but are not visible yet. An
+   * ordered claim reads them so that a row committed later with a lower id
+   * is never overtaken by a higher id of its key.
+   */
+  const openBuffers = new Set<TransactionBuffer>()
   const claimable = (row: Row, now: number) =>
     (row.status === "PENDING" || row.status === "FAILED") &&
     (row.availableAt === null || row.availableAt <= now) &&
@@ -203,6 +238,7 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
               metadataJson: JSON.stringify(JSON.parse(event.metadataJson)),
               maxRetries: event.maxRetries ?? defaultMaxRetries,
               createdAt: now,
+              orderingKey: event.orderingKey ?? defaultOrderingKey(event),
               status: "PENDING",
               retryCount: 0,
               processedAt: null,
@@ -225,7 +261,9 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
    * Runs `f` with a fresh buffer as this store's innermost transaction. On
    * success the buffer is merged into the enclosing transaction (a released
    * savepoint) or, at the top level, made visible (a commit); on failure or
-   * interruption it is dropped (a rollback).
+   * interruption it is dropped (a rollback). While `f` runs the buffer is in
+   * `openBuffers` (registered and removed uninterruptibly, so an interrupted
+   * transaction cannot leave a key blocked).
    */
   const withTransaction = <A, E, R>(
     f: (publish: Publisher) => Effect.Effect<A, E, R>
@@ -233,20 +271,79 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
     Effect.flatMap(OpenTransactions, (open) => {
       const parent = open.get(storeKey)
       const buffer: TransactionBuffer = { rows: [] }
-      return f(publish).pipe(
-        Effect.provideService(OpenTransactions, new Map(open).set(storeKey, buffer)),
-        Effect.onExit((exit) =>
-          Exit.isSuccess(exit)
-            ? Effect.sync(() => {
-              if (parent !== undefined) parent.rows.push(...buffer.rows)
-              else buffer.rows.forEach(makeVisible)
-            })
-            : Effect.void
+      return Effect.uninterruptibleMask((restore) =>
+        Effect.andThen(
+          Effect.sync(() => openBuffers.add(buffer)),
+          restore(f(publish).pipe(Effect.provideService(OpenTransactions, new Map(open).set(storeKey, buffer)))).pipe(
+            Effect.onExit((exit) =>
+              Effect.sync(() => {
+                // one step: the rows leave the registry as they reach the parent or become visible
+                openBuffers.delete(buffer)
+                if (Exit.isFailure(exit)) return
+                if (parent !== undefined) parent.rows.push(...buffer.rows)
+                else buffer.rows.forEach(makeVisible)
+              })
+            )
+          )
         )
       )
     })
 
-  const claim = (options: { readonly limit: number; readonly leaseDuration: Duration.Duration }) =>
+  /**
+   * The rows an ordered claim takes (see `Ordering`), in one pass over the
+   * visible rows: each key's head, unless the key is blocked by a row in
+   * flight (PROCESSING, or locked by an open `claimInTransaction`) or by an
+   * uncommitted row of a lower id; then the claimable heads, oldest first,
+   * up to `limit`.
+   */
+  const pickOrdered = (ordering: Ordering, limit: number, now: number): Array<Row> => {
+    const hold = ordering.deadLetter === "hold"
+    /** The lowest uncommitted id of each key. */
+    const uncommitted = new Map<string, bigint>()
+    for (const buffer of openBuffers) {
+      for (const row of buffer.rows) {
+        const lowest = uncommitted.get(row.orderingKey)
+        if (lowest === undefined || row.id < lowest) uncommitted.set(row.orderingKey, row.id)
+      }
+    }
+    /** Per key: its head, or `blocked` once a row of it is in flight. */
+    const keys = new Map<string, Row | typeof blocked>()
+    /** The heads, in id order (the order they are found in). */
+    const heads: Array<Row> = []
+    for (const row of ordered()) {
+      const state = keys.get(row.orderingKey)
+      if (state === blocked) continue
+      if (row.status === "PROCESSING" || locked.has(row.id)) {
+        keys.set(row.orderingKey, blocked)
+      } else if (
+        state === undefined && row.status !== "COMPLETED" && (hold || row.status !== "DEAD_LETTER")
+      ) {
+        keys.set(row.orderingKey, row)
+        heads.push(row)
+      }
+    }
+    const picked: Array<Row> = []
+    for (const head of heads) {
+      if (picked.length >= limit) break
+      if (keys.get(head.orderingKey) !== head || !claimable(head, now)) continue
+      const lowest = uncommitted.get(head.orderingKey)
+      if (lowest === undefined || lowest > head.id) picked.push(head)
+    }
+    return picked
+  }
+
+  /** The rows a claim takes: `pickOrdered` with `ordering`, else the claimable rows in id order. */
+  const pick = (ordering: Ordering | undefined, limit: number, now: number): Array<Row> => {
+    if (ordering !== undefined) return pickOrdered(ordering, limit, now)
+    const picked: Array<Row> = []
+    for (const row of ordered()) {
+      if (picked.length >= limit) break
+      if (claimable(row, now)) picked.push(row)
+    }
+    return picked
+  }
+
+  const claim = (options: ClaimOptions) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) =>
       Effect.suspend((): Effect.Effect<ReadonlyArray<OutboxEvent>, StoreError> => {
         // like PostgreSQL's LIMIT: rounded to an integer, negative refused
@@ -256,11 +353,7 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
             new StoreError({ operation: "claim", message: "claim: LIMIT must not be negative", retryable: false })
           )
         }
-        const claimed: Array<Row> = []
-        for (const row of ordered()) {
-          if (claimed.length >= limit) break
-          if (claimable(row, now)) claimed.push(row)
-        }
+        const claimed = pick(options.ordering, limit, now)
         if (claimed.length === 0) return Effect.succeed([])
         const token = ++lastToken
         const lockedUntil = now + Duration.toMillis(options.leaseDuration)
@@ -367,11 +460,7 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
             new StoreError({ operation: "claimInTransaction", message: "claimInTransaction: LIMIT must not be negative", retryable: false })
           )
         }
-        const picked: Array<Row> = []
-        for (const row of ordered()) {
-          if (picked.length >= limit) break
-          if (claimable(row, now)) picked.push(row)
-        }
+        const picked = pick(options.ordering, limit, now)
         if (picked.length === 0) return Effect.succeed([])
         for (const row of picked) locked.add(row.id)
         const lockedUntil = new Date(now + Duration.toMillis(options.timeout))

@@ -36,7 +36,7 @@ import * as Outbox from "@outbox/core/Outbox"
 import { InvalidEvent, LeaseLost, StoreError } from "@outbox/core/OutboxError"
 import type { EventInput, OutboxEvent, PublishedEvent } from "@outbox/core/OutboxEvent"
 import { leaseOf } from "@outbox/core/OutboxEvent"
-import { type EventRecord, OutboxStore, type TransactionOutcome } from "@outbox/core/OutboxStore"
+import { type EventRecord, type Ordering, OutboxStore, type TransactionOutcome } from "@outbox/core/OutboxStore"
 import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -77,6 +77,19 @@ const publishAll = (count: number): Effect.Effect<ReadonlyArray<PublishedEvent>,
 
 const claim = (limit = 100, leaseDuration: Duration.Duration = lease) =>
   Effect.flatMap(OutboxStore, (store) => store.claim({ limit, leaseDuration }))
+
+/** An ordered claim (`OUTBOX_ORDERING=key`). */
+const claimOrdered = (limit = 100, deadLetter: Ordering["deadLetter"] = "continue") =>
+  Effect.flatMap(OutboxStore, (store) => store.claim({ limit, leaseDuration: lease, ordering: { deadLetter } }))
+
+const completeAll = (events: ReadonlyArray<OutboxEvent>) => OutboxStore.use((s) => s.complete(events.map(leaseOf)))
+
+/** Event `n` of aggregate `Order:<aggregateId>`, whose default ordering key is `Order:<aggregateId>`. */
+const onKey = (n: number, aggregateId: string, overrides: Partial<EventInput> = {}): EventInput =>
+  input(n, { aggregateId, ...overrides })
+
+/** Publishes `events` in one transaction; returns their ids. */
+const publishIds = (events: ReadonlyArray<EventInput>) => Effect.map(Outbox.transaction(Outbox.publishAll(events)), ids)
 
 const reapAll = Effect.flatMap(OutboxStore, (store) => store.reap)
 const reap = Effect.map(reapAll, (result) => result.requeued)
@@ -142,6 +155,14 @@ export interface SuiteOptions {
    * non-retryable `StoreError` and changes nothing.
    */
   readonly claimInTransaction?: "supported" | "refused" | undefined
+  /**
+   * `"supported"` (the default): the per-key ordering cases run.
+   * `"refused"`: the store refuses an ordered claim (`PgOutboxStore` during
+   * an online migration, before the ordering key is backfilled, could not
+   * keep the order), and the suite checks that an ordered `claim` fails
+   * with a non-retryable `StoreError` and claims nothing.
+   */
+  readonly ordering?: "supported" | "refused" | undefined
 }
 
 /**
@@ -961,6 +982,281 @@ export const suite: {
           assert.strictEqual((yield* row(event!.id)).status, "PENDING")
         })
       )
+    })
+
+    if (options.ordering === "refused") {
+      test(
+        "an ordered claim is refused: a non-retryable StoreError, nothing claimed",
+        Effect.gen(function*() {
+          const published = ids(yield* publishAll(2))
+          const error = yield* Effect.flip(claimOrdered())
+          assert.instanceOf(error, StoreError)
+          assert.isFalse((error as StoreError).retryable)
+          for (const id of published) assert.strictEqual((yield* row(id)).status, "PENDING")
+          assert.deepStrictEqual(ids(yield* claim()), published)
+        })
+      )
+    }
+
+    if (options.ordering !== "refused") describe("per-key ordering (OUTBOX_ORDERING=key)", () => {
+      test(
+        "each row keeps its ordering key (explicit, else <aggregateType>:<aggregateId>); claims and get return it",
+        Effect.gen(function*() {
+          const longest = "k".repeat(1000)
+          const published = yield* publishIds([
+            input(1),
+            input(2, { aggregateType: "Invoice", orderingKey: "customer:42" }),
+            input(3, { orderingKey: longest })
+          ])
+          const expected = ["Order:order-1", "customer:42", longest]
+          assert.deepStrictEqual((yield* Effect.forEach(published, row)).map((r) => r.orderingKey), expected)
+          const claimed = yield* claimOrdered()
+          assert.deepStrictEqual(ids(claimed), published)
+          assert.deepStrictEqual(claimed.map((e) => e.orderingKey), expected)
+          // an unordered claim returns the key too
+          const [other] = yield* publishIds([input(4, { aggregateType: "Invoice", aggregateId: "inv-7" })])
+          const [plain] = yield* claim()
+          assert.strictEqual(plain!.id, other!)
+          assert.strictEqual(plain!.orderingKey, "Invoice:inv-7")
+        })
+      )
+
+      test(
+        "an invalid orderingKey (empty, over 1,000 characters, containing NUL) is refused with InvalidEvent (InvalidOrderingKey) and writes nothing",
+        Effect.gen(function*() {
+          for (const orderingKey of ["", "k".repeat(1001), "customer\u000042"]) {
+            const error = yield* Effect.flip(publishIds([input(1), input(2, { orderingKey })]))
+            assert.instanceOf(error, InvalidEvent)
+            const invalid = error as InvalidEvent
+            assert.strictEqual(invalid.reason, "InvalidOrderingKey")
+            assert.strictEqual(invalid.field, "orderingKey")
+            assert.strictEqual(invalid.index, 1)
+          }
+          assert.deepStrictEqual(yield* claim(), [])
+        })
+      )
+
+      test(
+        "an ordered claim takes each key's head, oldest first, one per key, up to limit; a key's next event only after its head completes",
+        Effect.gen(function*() {
+          // keys: a = [0, 2, 4], b = [1, 5], c = [3]
+          const p = yield* publishIds([
+            onKey(1, "a"),
+            onKey(2, "b"),
+            onKey(3, "a"),
+            onKey(4, "c"),
+            onKey(5, "a"),
+            onKey(6, "b")
+          ])
+          const first = yield* claimOrdered(2)
+          assert.deepStrictEqual(ids(first), [p[0]!, p[1]!])
+          assert.strictEqual(first[0]!.lockToken, first[1]!.lockToken)
+          // a and b are in flight: only c's head is left
+          const second = yield* claimOrdered(10)
+          assert.deepStrictEqual(ids(second), [p[3]!])
+          assert.deepStrictEqual(yield* claimOrdered(10), [])
+          yield* completeAll([first[0]!])
+          const third = yield* claimOrdered(10)
+          assert.deepStrictEqual(ids(third), [p[2]!])
+          yield* completeAll([first[1]!, second[0]!])
+          assert.deepStrictEqual(ids(yield* claimOrdered(10)), [p[5]!])
+          yield* completeAll(third)
+          assert.deepStrictEqual(ids(yield* claimOrdered(10)), [p[4]!])
+          assert.deepStrictEqual(yield* claimOrdered(10), [])
+        })
+      )
+
+      test(
+        "a key with an event in flight is blocked even when that event is not its head (rows claimed before ordering was switched on)",
+        Effect.gen(function*() {
+          const [a1, a2, b1] = yield* publishIds([onKey(1, "a"), onKey(2, "a"), onKey(3, "b")])
+          // an unordered claim takes the whole key; its head fails at once, a2 stays in flight
+          const plain = yield* claim(2)
+          assert.deepStrictEqual(ids(plain), [a1!, a2!])
+          yield* OutboxStore.use((s) => s.retry(leaseOf(plain[0]!), { error: "e", delay: Duration.zero }))
+          assert.deepStrictEqual(ids(yield* claimOrdered()), [b1!])
+          yield* completeAll([plain[1]!])
+          assert.deepStrictEqual(ids(yield* claimOrdered()), [a1!])
+        })
+      )
+
+      test(
+        "a failed head blocks its key until its backoff passes, other keys flow meanwhile; then the head goes first",
+        Effect.gen(function*() {
+          const [a1, a2, b1] = yield* publishIds([onKey(1, "a"), onKey(2, "a"), onKey(3, "b")])
+          const first = yield* claimOrdered()
+          assert.deepStrictEqual(ids(first), [a1!, b1!])
+          yield* OutboxStore.use((s) => s.retry(leaseOf(first[0]!), { error: "broker unavailable", delay: Duration.seconds(10) }))
+          yield* completeAll([first[1]!])
+          const [b2] = yield* publishIds([onKey(4, "b")])
+          assert.deepStrictEqual(ids(yield* claimOrdered()), [b2!])
+          yield* TestClock.adjust(Duration.millis(9_999))
+          assert.deepStrictEqual(yield* claimOrdered(), [])
+          assert.strictEqual((yield* row(a2!)).status, "PENDING")
+          yield* TestClock.adjust(Duration.millis(1))
+          const [again] = yield* claimOrdered()
+          assert.strictEqual(again!.id, a1!)
+          assert.strictEqual(again!.retryCount, 1)
+          assert.deepStrictEqual(yield* claimOrdered(), [])
+          yield* completeAll([again!])
+          assert.deepStrictEqual(ids(yield* claimOrdered()), [a2!])
+        })
+      )
+
+      for (const deadLetter of ["continue", "hold"] as const) {
+        test(
+          `a dead-lettered head with deadLetter "${deadLetter}": the key's next event ${
+            deadLetter === "continue" ? "goes next" : "stays blocked"
+          }, other keys flow`,
+          Effect.gen(function*() {
+            const [a1, a2, b1] = yield* publishIds([onKey(1, "a"), onKey(2, "a"), onKey(3, "b")])
+            const first = yield* claimOrdered(100, deadLetter)
+            assert.deepStrictEqual(ids(first), [a1!, b1!])
+            yield* OutboxStore.use((s) => s.deadLetter(leaseOf(first[0]!), { error: "cannot parse" }))
+            yield* completeAll([first[1]!])
+            const [b2] = yield* publishIds([onKey(4, "b")])
+            const next = yield* claimOrdered(100, deadLetter)
+            if (deadLetter === "continue") {
+              assert.deepStrictEqual(ids(next), [a2!, b2!])
+            } else {
+              assert.deepStrictEqual(ids(next), [b2!])
+              yield* completeAll(next)
+              yield* TestClock.adjust("1 day")
+              assert.deepStrictEqual(yield* claimOrdered(100, deadLetter), [])
+              assert.strictEqual((yield* row(a2!)).status, "PENDING")
+              assert.strictEqual((yield* row(a1!)).status, "DEAD_LETTER")
+            }
+          })
+        )
+      }
+
+      test(
+        "a scheduled head blocks its key's later events until it is due",
+        Effect.gen(function*() {
+          const [a1, a2, b1] = yield* publishIds([
+            onKey(1, "a", { availableAt: at(5 * 60_000) }),
+            onKey(2, "a"),
+            onKey(3, "b")
+          ])
+          assert.deepStrictEqual(ids(yield* claimOrdered()), [b1!])
+          yield* TestClock.adjust(Duration.subtract(Duration.minutes(5), Duration.millis(1)))
+          assert.deepStrictEqual(yield* claimOrdered(), [])
+          yield* TestClock.adjust("1 millis")
+          const [head] = yield* claimOrdered()
+          assert.strictEqual(head!.id, a1!)
+          assert.deepStrictEqual(yield* claimOrdered(), [])
+          yield* completeAll([head!])
+          assert.deepStrictEqual(ids(yield* claimOrdered()), [a2!])
+        })
+      )
+
+      test(
+        "an explicit orderingKey orders events of different aggregates as one key, and splits one aggregate into independent keys",
+        Effect.gen(function*() {
+          const [order, invoice, x1, y1, x2] = yield* publishIds([
+            input(1, { orderingKey: "customer:42" }),
+            input(2, { aggregateType: "Invoice", aggregateId: "inv-1", orderingKey: "customer:42" }),
+            onKey(3, "shared", { orderingKey: "x" }),
+            onKey(4, "shared", { orderingKey: "y" }),
+            onKey(5, "shared", { orderingKey: "x" })
+          ])
+          const first = yield* claimOrdered()
+          assert.deepStrictEqual(ids(first), [order!, x1!, y1!])
+          yield* completeAll(first)
+          assert.deepStrictEqual(ids(yield* claimOrdered()), [invoice!, x2!])
+        })
+      )
+
+      test(
+        "an event of a key in a transaction that has not committed yet holds back the key's events committed after it (higher ids) until it commits and completes",
+        Effect.gen(function*() {
+          const published = yield* Deferred.make<PublishedEvent>()
+          const commit = yield* Deferred.make<void>()
+          // forked outside any transaction: the writer's transaction is its own (its own connection on PostgreSQL)
+          const writer = yield* Outbox.transaction(
+            Effect.tap(
+              Outbox.publish(onKey(1, "a")),
+              (event) => Effect.andThen(Deferred.succeed(published, event), Deferred.await(commit))
+            )
+          ).pipe(Effect.forkChild({ startImmediately: true }))
+          const a1 = (yield* Deferred.await(published)).id
+          const [a2, b1] = yield* publishIds([onKey(2, "a"), onKey(3, "b")])
+          assert.isTrue(a2! > a1)
+          // a2 is the lowest visible row of key a, but a1 was drawn first
+          assert.deepStrictEqual(ids(yield* claimOrdered()), [b1!])
+          assert.deepStrictEqual(yield* claimOrdered(), [])
+          yield* Deferred.succeed(commit, undefined)
+          assert.strictEqual((yield* Fiber.join(writer)).id, a1)
+          const [head] = yield* claimOrdered()
+          assert.strictEqual(head!.id, a1)
+          assert.deepStrictEqual(yield* claimOrdered(), [])
+          yield* completeAll([head!])
+          assert.deepStrictEqual(ids(yield* claimOrdered()), [a2!])
+        })
+      )
+
+      test(
+        "a rolled-back transaction's lower id does not hold a key back once it is gone",
+        Effect.gen(function*() {
+          const published = yield* Deferred.make<void>()
+          const rollBack = yield* Deferred.make<void>()
+          const writer = yield* Outbox.transaction(
+            Effect.andThen(
+              Outbox.publish(onKey(1, "a")),
+              Effect.andThen(Deferred.succeed(published, undefined), Effect.andThen(Deferred.await(rollBack), Effect.fail(new Boom())))
+            )
+          ).pipe(Effect.forkChild({ startImmediately: true }))
+          yield* Deferred.await(published)
+          const [a2] = yield* publishIds([onKey(2, "a")])
+          assert.deepStrictEqual(yield* claimOrdered(), [])
+          yield* Deferred.succeed(rollBack, undefined)
+          assert.instanceOf(yield* Effect.flip(Fiber.join(writer)), Boom)
+          assert.deepStrictEqual(ids(yield* claimOrdered()), [a2!])
+        })
+      )
+
+      if (options.claimInTransaction !== "refused") {
+        test(
+          "claimInTransaction with ordering locks one head per key, skips keys in flight, and its locks hold the keys for other ordered claims",
+          Effect.gen(function*() {
+            const store = yield* OutboxStore
+            const ordering: Ordering = { deadLetter: "continue" }
+            // keys: c = [0, 4], a = [1, 2], b = [3, 5]
+            const p = yield* publishIds([
+              onKey(1, "c"),
+              onKey(2, "a"),
+              onKey(3, "a"),
+              onKey(4, "b"),
+              onKey(5, "c"),
+              onKey(6, "b")
+            ])
+            const [leased] = yield* claimOrdered(1)
+            assert.strictEqual(leased!.id, p[0]!)
+            const claimed = yield* store.claimInTransaction({ limit: 10, timeout: txTimeout, ordering }, (events) =>
+              Effect.gen(function*() {
+                assert.deepStrictEqual(ids(events), [p[1]!, p[3]!])
+                assert.deepStrictEqual(events.map((e) => e.orderingKey), ["Order:a", "Order:b"])
+                // while this transaction holds a and b, and c is leased: nothing for other ordered claims
+                assert.deepStrictEqual(yield* claimOrdered(), [])
+                const inner = yield* store.claimInTransaction(
+                  { limit: 10, timeout: txTimeout, ordering },
+                  (more) => Effect.succeed(settled(more))
+                )
+                assert.deepStrictEqual(inner, [])
+                return settled(events)
+              }))
+            assert.deepStrictEqual(ids(claimed), [p[1]!, p[3]!])
+            const next = yield* store.claimInTransaction(
+              { limit: 10, timeout: txTimeout, ordering },
+              (events) => Effect.succeed(settled(events))
+            )
+            assert.deepStrictEqual(ids(next), [p[2]!, p[5]!])
+            assert.strictEqual((yield* row(p[4]!)).status, "PENDING")
+            yield* completeAll([leased!])
+            assert.deepStrictEqual(ids(yield* claimOrdered()), [p[4]!])
+          })
+        )
+      }
     })
 
     describe("validation", () => {

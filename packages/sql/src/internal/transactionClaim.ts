@@ -34,6 +34,8 @@ import * as Result from "effect/Result"
 import type * as SqlClient from "effect/sql/SqlClient"
 import * as SqlError from "effect/sql/SqlError"
 import type { Fragment } from "effect/sql/Statement"
+import * as OrderingMigration from "../migrations/0008_ordering.ts"
+import type * as OrderedClaim from "./orderedClaim.ts"
 import { fromSqlError } from "./storeError.ts"
 
 /**
@@ -62,6 +64,10 @@ export interface Options<V> {
   readonly transactionTimeout: boolean
   /** `undefined`, or why this store cannot claim in a transaction (an online migration). */
   readonly unsupported: string | undefined
+  /** The ordered claim's statements (`OUTBOX_ORDERING=key`), or why the store cannot claim in key order. */
+  readonly ordered: ReturnType<typeof OrderedClaim.make> | string
+  /** `toEvent` of an ordered claim's rows (they carry the ordering key after `lock_token`). */
+  readonly toKeyedEvent: (values: V) => OutboxEvent
 }
 
 /**
@@ -121,6 +127,30 @@ export const make = <V>(options: Options<V>) => {
       ORDER BY o.id
       LIMIT ${options.limit(claimOptions.limit)}
       FOR UPDATE OF o SKIP LOCKED`.values as Effect.Effect<ReadonlyArray<V>, SqlError.SqlError>
+
+  /**
+   * The ordered claim in the transaction: the probe (with the bounds) as the
+   * transaction's first statement, then the heads locked: the row locks are
+   * the leases, and an ordered claim elsewhere sees a locked head as its
+   * key's lowest PENDING row, so it takes nothing of that key meanwhile.
+   */
+  const claimOrdered = (
+    ordered: ReturnType<typeof OrderedClaim.make>,
+    ts: Fragment,
+    claimOptions: TransactionClaimOptions & { readonly ordering: NonNullable<TransactionClaimOptions["ordering"]> }
+  ) =>
+    Effect.flatMap(ordered.probe(bounds(claimOptions.timeout)), (probe) =>
+      (sql`${
+        ordered.statement(ts, claimOptions.limit, probe, claimOptions.ordering, {
+          claimable: options.claimable(ts),
+          select: sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token,
+            ${sql.literal(OrderingMigration.effectiveKey("o"))}`,
+          finish: sql`SELECT l.*, (SELECT nf FROM cursor) FROM locked l
+            UNION ALL ${ordered.emptyRow(13)} WHERE NOT EXISTS (SELECT 1 FROM locked)`
+        })
+      }`.values as Effect.Effect<ReadonlyArray<V & ReadonlyArray<unknown>>, SqlError.SqlError>).pipe(
+        Effect.map(ordered.advance)
+      ))
 
   /** The batch's `created_at` window (±1 ms). */
   const window = (keys: ReadonlyArray<EventKey>) => {
@@ -186,11 +216,18 @@ export const make = <V>(options: Options<V>) => {
           retryable: true
         })
       )
+    const ordering = claimOptions.ordering
+    if (ordering !== undefined && typeof options.ordered === "string") {
+      return Effect.fail(new StoreError({ operation, message: options.ordered, retryable: false }))
+    }
     const body = Effect.gen(function*() {
-      const rows = yield* claim(yield* now, claimOptions)
+      const ts = yield* now
+      const rows = ordering === undefined
+        ? yield* claim(ts, claimOptions)
+        : yield* claimOrdered(options.ordered as ReturnType<typeof OrderedClaim.make>, ts, { ...claimOptions, ordering })
       if (rows.length === 0) return [] as ReadonlyArray<OutboxEvent>
       // FOR UPDATE with ORDER BY may return rows out of order under concurrency
-      const events = rows.map(options.toEvent).sort(byId)
+      const events = rows.map(ordering === undefined ? options.toEvent : options.toKeyedEvent).sort(byId)
       const outcome = yield* use(events).pipe(
         // the sink works outside this transaction: its own statements take their own connection
         Effect.updateContext((context: Context.Context<R>) => Context.omit(sql.transactionService)(context) as Context.Context<R>),

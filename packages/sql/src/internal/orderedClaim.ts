@@ -1,0 +1,220 @@
+/**
+ * The statements of the ordered claim (`OUTBOX_ORDERING=key`,
+ * `OutboxStore.Ordering`), shared by `PgOutboxStore`'s lease claim and its
+ * transaction-scoped claim, beside the store that runs them.
+ *
+ * **Two statements.** First the *probe*: the id sequence's last value `w`,
+ * then (in a sub-plan run after it) the lanes no producer holds, each taken
+ * exclusively and given back at once (`pg_try_advisory_lock`, so a producer
+ * never waits more than an instant). Then the *claim*, whose READ COMMITTED
+ * snapshot is taken after the probe: every id ≤ `w` of a free lane was
+ * drawn by a transaction that has ended, so it is visible now or never will
+ * be (migration `0008_ordering` draws ids under the lane lock). A head is
+ * claimed only when its id is ≤ `w` and its lane was free: a key never
+ * overtakes an uncommitted lower id of its own.
+ *
+ * **Heads.** A key's head is its lowest PENDING/FAILED id (the first entry
+ * of `<outbox>_ordering_idx` for its hash). It is claimable when it is due,
+ * its key has nothing PROCESSING (in flight: any id, so a redriven lower
+ * event waits for it too) and, with `hold`, no dead letter below it. The
+ * claim finds heads in two ways:
+ * - the *window*: the oldest `2 × limit` due rows (one range scan of the
+ *   claimable index, as the unordered claim), and of each key there the
+ *   oldest, if it is the key's head (one index probe each);
+ * - the *walk*, only when the window found fewer heads than `limit` (one
+ *   key's backlog, or blocked keys, in front): from a cursor, one index
+ *   descent per key along `<outbox>_ordering_idx` (a loose index scan), at
+ *   most 64 keys per claim. The cursor moves on between claims and wraps
+ *   around, so a backlog of one key, or thousands of blocked keys, cannot
+ *   starve the others.
+ *
+ * Then the heads are locked oldest first, each on its own and re-checked on
+ * its newest version (`FOR UPDATE SKIP LOCKED` in a lateral sub-query): two
+ * claimers never both take a head, and a head another claimer holds makes
+ * room for the next.
+ *
+ * Measured at 1M pending rows (plans in `bench/ordering.bench.ts`): index
+ * scans throughout; a claim of 100 heads over 1,000 keys 4.6–6.1 ms against
+ * 3.7 ms for the unordered claim.
+ *
+ * @internal
+ */
+import type { Ordering } from "@outbox/core/OutboxStore"
+import * as Effect from "effect/Effect"
+import type * as SqlClient from "effect/sql/SqlClient"
+import type * as SqlError from "effect/sql/SqlError"
+import type { Fragment } from "effect/sql/Statement"
+import * as Ordering0008 from "../migrations/0008_ordering.ts"
+
+/**
+ * What the statements need from the store.
+ *
+ * @internal
+ */
+export interface Options {
+  /** The store's client (without transforms). */
+  readonly sql: SqlClient.SqlClient
+  /** The outbox table, quoted. */
+  readonly table: Fragment
+  /** The id sequence the ordering trigger draws from (a `regclass` text, sent as a parameter). */
+  readonly sequence: string
+  /** The store's LIMIT literal. */
+  readonly limit: (limit: number) => Fragment
+}
+
+/**
+ * The probe's outcome: the claim's id bound and free lanes.
+ *
+ * @internal
+ */
+export interface Probe {
+  /** Ids up to this were drawn before the lanes were probed (`null`: the sequence never drew one). */
+  readonly w: bigint | string | null
+  /** The free lanes, as a PostgreSQL array literal. */
+  readonly lanes: string
+}
+
+/** The walk's most keys per claim. */
+const maxSteps = 64
+
+/** The smallest bigint: the walk's cursor starts (and wraps around) here. */
+const minKey = -9223372036854775808n
+
+/**
+ * The ordered claim's statements. `cursor` is the walk's position, kept by
+ * the store between claims (shared by its workers: a race only makes two
+ * walks overlap).
+ *
+ * @internal
+ */
+export const make = (options: Options) => {
+  const { sql, table: T } = options
+  const k = (alias: string) => sql.literal(Ordering0008.keyHash(alias))
+  const ns = sql.literal(Ordering0008.laneNamespace)
+  const laneMask = sql.literal(String(Ordering0008.lanes - 1))
+  let cursor = minKey
+
+  /**
+   * The probe; `extra` (a one-row query, e.g. a transaction's bounds) is
+   * evaluated in the same statement.
+   */
+  const probe = (extra?: Fragment): Effect.Effect<Probe, SqlError.SqlError> =>
+    Effect.map(
+      sql<{ w: bigint | string | null; lanes: string }>`
+        SELECT s.w, ARRAY(
+          SELECT l FROM generate_series(0, ${sql.literal(String(Ordering0008.lanes - 1))}) l
+          WHERE s.r AND CASE WHEN pg_try_advisory_lock(${ns}, l) THEN pg_advisory_unlock(${ns}, l) ELSE false END
+        )::text AS lanes
+        FROM (SELECT pg_sequence_last_value(${options.sequence}::regclass) AS w, true AS r) s${
+        extra === undefined ? sql.literal("") : sql` CROSS JOIN (${extra}) extra`
+      }`,
+      (rows) => rows[0] ?? { w: null, lanes: "{}" }
+    )
+
+  /** Whether the key `alias.k`'s head `alias.id` may be claimed (not in flight, committed below, not held). */
+  const eligible = (alias: string, p: Probe, ordering: Ordering) => {
+    const a = sql.literal(alias)
+    const held = ordering.deadLetter === "hold"
+      ? sql`AND coalesce((
+          SELECT d.id FROM ${T} d
+          WHERE d.status = 'DEAD_LETTER' AND ${k("d")} = ${a}.k
+          ORDER BY ${k("d")}, d.id LIMIT 1) > ${a}.id, true)`
+      : sql.literal("")
+    return sql`NOT EXISTS (SELECT 1 FROM inflight i WHERE i.k = ${a}.k)
+      AND ${a}.id <= ${p.w ?? "0"}::bigint AND ((${a}.k & ${laneMask})::int) = ANY (${p.lanes}::int[])
+      ${held}`
+  }
+
+  /**
+   * The CTEs up to `heads (k, id, created_at)` and `cursor (nf)`, for a
+   * claim of at most `limit` (the statement starts `WITH RECURSIVE`).
+   */
+  const headsCtes = (ts: Fragment, limit: number, p: Probe, ordering: Ordering) => {
+    const due = sql`(o.available_at IS NULL OR o.available_at <= ${ts})`
+    return sql`inflight AS MATERIALIZED (
+        SELECT DISTINCT ${k("o")} AS k FROM ${T} o WHERE o.status = 'PROCESSING'
+      ), win AS (
+        SELECT o.id, o.created_at, ${k("o")} AS k FROM ${T} o
+        WHERE o.status IN ('PENDING', 'FAILED') AND ${due}
+        ORDER BY o.id LIMIT ${options.limit(2 * limit)}
+      ), window_heads AS MATERIALIZED (
+        SELECT fw.k, fw.id, fw.created_at
+        FROM (SELECT DISTINCT ON (wi.k) wi.k, wi.id, wi.created_at FROM win wi ORDER BY wi.k, wi.id) fw
+        WHERE fw.id = (SELECT o.id FROM ${T} o WHERE o.status IN ('PENDING', 'FAILED') AND ${k("o")} = fw.k
+                       ORDER BY ${k("o")}, o.id LIMIT 1)
+          AND ${eligible("fw", p, ordering)}
+      ), budget AS (
+        SELECT least(${maxSteps}, ${limit}::int - (SELECT count(*) FROM window_heads))::int AS steps
+      ), walk AS (
+        SELECT f.k, f.id, f.created_at, f.due, 1 AS steps
+        FROM (SELECT ${k("o")} AS k, o.id, o.created_at, ${due} AS due
+              FROM ${T} o
+              WHERE o.status IN ('PENDING', 'FAILED') AND ${k("o")} >= ${String(cursor)}::bigint
+              ORDER BY ${k("o")}, o.id LIMIT 1) f
+        WHERE (SELECT steps FROM budget) > 0
+        UNION ALL
+        SELECT nx.k, nx.id, nx.created_at, nx.due, wk.steps + 1
+        FROM walk wk CROSS JOIN LATERAL (
+          SELECT ${k("o")} AS k, o.id, o.created_at, ${due} AS due
+          FROM ${T} o
+          WHERE o.status IN ('PENDING', 'FAILED') AND ${k("o")} > wk.k
+          ORDER BY ${k("o")}, o.id LIMIT 1) nx
+        WHERE wk.steps < (SELECT steps FROM budget)
+      ), heads AS (
+        SELECT wh.k, wh.id, wh.created_at FROM window_heads wh
+        UNION
+        SELECT wk.k, wk.id, wk.created_at FROM walk wk WHERE wk.due AND ${eligible("wk", p, ordering)}
+      ), cursor AS (
+        SELECT CASE WHEN max(wk.steps) IS NULL THEN ${String(cursor)}::bigint
+                    WHEN max(wk.steps) < (SELECT steps FROM budget) OR max(wk.k) = 9223372036854775807
+                    THEN ${String(minKey)}::bigint ELSE max(wk.k) + 1 END AS nf
+        FROM walk wk
+      )`
+  }
+
+  /**
+   * The claim's statement: `select` (columns of `o`, a locked head's row)
+   * of the heads, oldest first, each locked with `FOR UPDATE SKIP LOCKED`
+   * and re-checked as claimable (`claimable`), at most `limit`; `finish`
+   * turns the CTE `locked` of those rows into the statement's result, each
+   * row's last value being the walk's next cursor (`next_from`).
+   */
+  const statement = (
+    ts: Fragment,
+    limit: number,
+    p: Probe,
+    ordering: Ordering,
+    parts: {
+      readonly claimable: Fragment
+      readonly select: Fragment
+      readonly finish: Fragment
+    }
+  ) =>
+    sql`WITH RECURSIVE ${headsCtes(ts, limit, p, ordering)}, locked AS (
+        SELECT l.* FROM (SELECT h.id, h.created_at FROM heads h ORDER BY h.id) h
+        CROSS JOIN LATERAL (
+          SELECT ${parts.select} FROM ${T} o
+          WHERE o.id = h.id AND o.created_at = h.created_at AND ${parts.claimable}
+          FOR UPDATE OF o SKIP LOCKED) l
+        LIMIT ${options.limit(limit)}
+      ) ${parts.finish}`
+
+  /**
+   * Records the walk's next cursor from a claim's rows (each row's last
+   * value) and returns the claimed rows (the row of a claim that took
+   * nothing, which only carries the cursor, dropped).
+   */
+  const advance = <V extends ReadonlyArray<unknown>>(rows: ReadonlyArray<V>): ReadonlyArray<V> => {
+    const first = rows[0]
+    if (first === undefined) return rows
+    const next = first[first.length - 1]
+    if (next !== undefined && next !== null) cursor = BigInt(next as string | bigint)
+    return first[0] === null ? [] : rows
+  }
+
+  /** `SELECT NULL, ..., (cursor)`: the one row of a claim that took nothing (`columns` NULLs before the cursor). */
+  const emptyRow = (columns: number) =>
+    sql.literal(`SELECT ${Array.from({ length: columns }, () => "NULL").join(", ")}, (SELECT nf FROM cursor)`)
+
+  return { probe, statement, advance, emptyRow }
+}

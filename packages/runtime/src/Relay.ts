@@ -438,9 +438,9 @@ export const make = Effect.gen(function*() {
       }
     }).pipe(Effect.annotateLogs({ module: "Relay", fiber: `worker-${index}` }))
 
-  if (config.concurrency > 1) {
+  if (config.concurrency > 1 && ordering === undefined) {
     yield* Effect.logWarning(
-      `OUTBOX_CONCURRENCY=${config.concurrency}: events are claimed by ${config.concurrency} workers in parallel, so global order is not kept`
+      `OUTBOX_CONCURRENCY=${config.concurrency}: events are claimed by ${config.concurrency} workers in parallel, so their order is not kept (OUTBOX_ORDERING=key keeps each key's)`
     )
   }
 

@@ -1,0 +1,177 @@
+/**
+ * Per-key ordering through the relay (`OUTBOX_ORDERING=key`), on the memory
+ * store and PostgreSQL under TestClock, with 4 workers: each key's events
+ * reach the sink in id order, one at a time; a head waiting out its backoff
+ * blocks its own key only, while every other key keeps flowing; and the
+ * same workload without ordering does reorder (so the assertions can fail).
+ */
+import { assert, describe, layer } from "@effect/vitest"
+import * as Outbox from "@outbox/core/Outbox"
+import * as OutboxConfig from "@outbox/core/OutboxConfig"
+import { DeliveryError } from "@outbox/core/OutboxError"
+import type { EventInput, OutboxEvent } from "@outbox/core/OutboxEvent"
+import * as OutboxSink from "@outbox/core/OutboxSink"
+import * as RetryPolicy from "@outbox/core/RetryPolicy"
+import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
+import { advance, advanceUntil } from "@outbox/testing/RelayTestKit"
+import * as RelayTestKit from "@outbox/testing/RelayTestKit"
+import * as TestDatabase from "@outbox/testing/TestDatabase"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Scope from "effect/Scope"
+import { TestClock } from "effect/testing"
+import * as Relay from "../src/Relay.ts"
+
+const stores = RelayTestKit.stores
+
+const event = (key: string, n: number): EventInput => ({
+  aggregateType: "Order",
+  aggregateId: key,
+  eventType: "Step",
+  payload: { n }
+})
+
+/** A delivery as the sink saw it. */
+interface Seen {
+  readonly key: string
+  readonly id: bigint
+  readonly n: number
+  readonly ok: boolean
+}
+
+/**
+ * Runs the relay over `inputs` with a sink that takes 10 ms of (test) time
+ * per event and fails the events `fails` says, until `done` holds.
+ */
+const run = (options: {
+  readonly inputs: ReadonlyArray<EventInput>
+  readonly ordering: "none" | "key"
+  readonly fails: (event: OutboxEvent, attempt: number) => boolean
+  readonly backoff: Duration.Duration
+  readonly done: (seen: ReadonlyArray<Seen>) => boolean
+  readonly during?: (seen: ReadonlyArray<Seen>) => Effect.Effect<void, Error>
+}) =>
+  Effect.gen(function*() {
+    yield* Outbox.transaction(Outbox.publishAll(options.inputs))
+    const seen: Array<Seen> = []
+    const inFlight = new Map<string, number>()
+    let maxInFlight = 0
+    const attempts = new Map<bigint, number>()
+    const sink = OutboxSink.layerHandler((e) =>
+      Effect.gen(function*() {
+        const now = (inFlight.get(e.aggregateId) ?? 0) + 1
+        inFlight.set(e.aggregateId, now)
+        maxInFlight = Math.max(maxInFlight, now)
+        yield* Effect.sleep("10 millis")
+        inFlight.set(e.aggregateId, now - 1)
+        const attempt = (attempts.get(e.id) ?? 0) + 1
+        attempts.set(e.id, attempt)
+        const ok = !options.fails(e, attempt)
+        seen.push({ key: e.aggregateId, id: e.id, n: (e.payload as { n: number }).n, ok })
+        if (!ok) return yield* DeliveryError.transient(`event ${e.id} fails its attempt ${attempt}`)
+      })
+    )
+    const scope = yield* Scope.make()
+    yield* Layer.buildWithScope(
+      Relay.layer.pipe(
+        Layer.provide(sink),
+        Layer.provide(OutboxConfig.layer({
+          pollInterval: Duration.millis(50),
+          concurrency: 4,
+          minBatchSize: 4,
+          batchSize: 8,
+          ordering: options.ordering,
+          retryPolicy: RetryPolicy.exponential({ base: options.backoff, cap: options.backoff })
+        }))
+      ),
+      scope
+    )
+    if (options.during !== undefined) yield* options.during(seen)
+    yield* advanceUntil(Effect.sync(() => options.done(seen)), { step: "10 millis", max: "5 minutes" })
+    yield* Scope.close(scope, Exit.void)
+    return { seen, maxInFlight }
+  })
+
+/** Each key's successful deliveries, in the order the sink saw them. */
+const successesByKey = (seen: ReadonlyArray<Seen>) => {
+  const byKey = new Map<string, Array<number>>()
+  for (const s of seen) {
+    if (!s.ok) continue
+    const list = byKey.get(s.key) ?? []
+    list.push(s.n)
+    byKey.set(s.key, list)
+  }
+  return byKey
+}
+
+const inOrder = (ns: ReadonlyArray<number>) => ns.every((n, i) => i === 0 || ns[i - 1]! < n)
+
+layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.orDie), {
+  timeout: "120 seconds",
+  excludeTestServices: true
+})("Relay with OUTBOX_ORDERING=key under TestClock", (it) => {
+  for (const store of stores) {
+    describe(store.name, () => {
+      it.effect("4 workers, failing first attempts: every key's events in order, one in flight per key", () =>
+        Effect.gen(function*() {
+          const keys = ["a", "b", "c", "d", "e", "f"]
+          const inputs = Array.from({ length: 8 }, (_, n) => keys.map((k) => event(k, n))).flat()
+          // the first attempt of every third event fails: without ordering its successors overtake it
+          const fails = (e: OutboxEvent, attempt: number) => attempt === 1 && (e.payload as { n: number }).n % 3 === 1
+          const done = (seen: ReadonlyArray<Seen>) => seen.filter((s) => s.ok).length >= inputs.length
+          const ordered = yield* run({ inputs, ordering: "key", fails, backoff: Duration.millis(200), done })
+          const byKey = successesByKey(ordered.seen)
+          assert.deepStrictEqual([...byKey.keys()].sort(), keys)
+          for (const [key, ns] of byKey) assert.deepStrictEqual(ns, [0, 1, 2, 3, 4, 5, 6, 7], `key ${key}`)
+          assert.strictEqual(ordered.maxInFlight, 1)
+          assert.isAbove(ordered.seen.filter((s) => !s.ok).length, 0)
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
+
+      it.effect("the same load without ordering: a failed event is overtaken by its key's later events", () =>
+        Effect.gen(function*() {
+          const keys = ["a", "b", "c", "d", "e", "f"]
+          const inputs = Array.from({ length: 8 }, (_, n) => keys.map((k) => event(k, n))).flat()
+          const fails = (e: OutboxEvent, attempt: number) => attempt === 1 && (e.payload as { n: number }).n % 3 === 1
+          const done = (seen: ReadonlyArray<Seen>) => seen.filter((s) => s.ok).length >= inputs.length
+          const unordered = yield* run({ inputs, ordering: "none", fails, backoff: Duration.millis(200), done })
+          const byKey = successesByKey(unordered.seen)
+          assert.isTrue([...byKey.values()].some((ns) => !inOrder(ns)), "unordered delivery kept every key's order")
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
+
+      it.effect("a head waiting out a 1-minute backoff blocks its key only: the other keys drain meanwhile", () =>
+        Effect.gen(function*() {
+          const inputs = [
+            ...Array.from({ length: 5 }, (_, n) => event("stuck", n)),
+            ...Array.from({ length: 10 }, (_, n) => ["x", "y", "z"].map((k) => event(k, n))).flat()
+          ]
+          // the stuck key's head fails its first attempt and waits a minute
+          const fails = (e: OutboxEvent, attempt: number) =>
+            e.aggregateId === "stuck" && (e.payload as { n: number }).n === 0 && attempt === 1
+          const result = yield* run({
+            inputs,
+            ordering: "key",
+            fails,
+            backoff: Duration.minutes(1),
+            done: (seen) => seen.filter((s) => s.ok).length >= inputs.length,
+            during: (seen) =>
+              Effect.gen(function*() {
+                // within 30 s of test time every other key is drained, and the stuck key sent nothing after its head
+                yield* advanceUntil(Effect.sync(() => seen.filter((s) => s.ok && s.key !== "stuck").length === 30), {
+                  step: "10 millis",
+                  max: "30 seconds"
+                })
+                const stuck = seen.filter((s) => s.key === "stuck")
+                assert.deepStrictEqual(stuck.map((s) => [s.n, s.ok]), [[0, false]])
+                yield* advance("60 seconds", "1 second")
+              })
+          })
+          assert.deepStrictEqual(successesByKey(result.seen).get("stuck"), [0, 1, 2, 3, 4])
+          for (const key of ["x", "y", "z"]) {
+            assert.deepStrictEqual(successesByKey(result.seen).get(key), Array.from({ length: 10 }, (_, n) => n))
+          }
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
+    })
+  }
+})

@@ -182,6 +182,20 @@ export const make = Effect.gen(function*() {
 
   /** Claims a batch of at most `limit` (SKIP LOCKED, lease, fresh lock token). */
   const ordering: Ordering | undefined = config.ordering === "key" ? { deadLetter: config.orderingDeadLetter } : undefined
+  /**
+   * `OUTBOX_ORDERING=key`: a completion (or a dead letter) here unblocks its
+   * key, whose next event no claim could take while it was in flight; the
+   * idle workers claim again at once instead of at their next poll. Without
+   * it one key's events went one per poll interval: over 1 key, 84 events/s
+   * with a 10 ms poll (bench:ordering).
+   */
+  const unblocked = ordering === undefined ? undefined : { count: 0, signal: Deferred.makeUnsafe<void>() }
+  const unblock: Effect.Effect<void> = unblocked === undefined ? Effect.void : Effect.sync(() => {
+    unblocked.count++
+    const signal = unblocked.signal
+    unblocked.signal = Deferred.makeUnsafe<void>()
+    Deferred.doneUnsafe(signal, Effect.void)
+  })
   const claim = (limit: number) =>
     Effect.suspend(() => instruments.claim(store.claim({ limit, leaseDuration: config.leaseDuration, ordering })))
 
@@ -344,7 +358,7 @@ export const make = Effect.gen(function*() {
       Effect.flatMap((lost) => {
         const done = lost.length === 0 ? events : events.filter((event) => !lost.includes(event.id))
         instruments.completed(done)
-        return count("completed", done.length)
+        return Effect.andThen(count("completed", done.length), unblock)
       }),
       Effect.catchCause((cause) =>
         Effect.andThen(
@@ -369,6 +383,7 @@ export const make = Effect.gen(function*() {
       const lost = yield* fenced("dead_letter", store.deadLetter(event, { error: text }))
       if (lost.length > 0) return undefined
       yield* count("deadLettered")
+      yield* unblock
       instruments.deadLettered(event)
       yield* Effect.logWarning(`event ${event.id} (${event.eventType}) dead-lettered: ${text}`)
       return "dead_lettered" as const
@@ -394,7 +409,11 @@ export const make = Effect.gen(function*() {
 
   /** Wake-ups (LISTEN/NOTIFY: `WakeupListener`) when the composition provides them; the poll alone otherwise. */
   const wakeup = Option.getOrUndefined(yield* Effect.serviceOption(Wakeup.Wakeup))
-  const poll = Effect.raceFirst(Effect.sleep(config.pollInterval), Deferred.await(stop))
+  const poll = unblocked === undefined
+    ? Effect.raceFirst(Effect.sleep(config.pollInterval), Deferred.await(stop))
+    : Effect.suspend(() =>
+      Effect.raceAll([Effect.sleep(config.pollInterval), Deferred.await(stop), Deferred.await(unblocked.signal)])
+    )
 
   /**
    * A worker's wait after a claim that found nothing (one per worker): the
@@ -426,6 +445,7 @@ export const make = Effect.gen(function*() {
       let limit = batchBounds.min
       while (!(yield* Deferred.isDone(stop))) {
         const started = clock.currentTimeMillisUnsafe()
+        const unblocks = unblocked?.count
         const claimed = yield* (inTransaction === undefined ? iteration(pending, limit) : inTransaction(limit)).pipe(
           Effect.catchCause((cause) =>
             Cause.hasInterruptsOnly(cause)
@@ -434,7 +454,8 @@ export const make = Effect.gen(function*() {
           )
         )
         limit = BatchLimit.next(batchBounds, limit, claimed, clock.currentTimeMillisUnsafe() - started)
-        if (claimed === 0) yield* idle
+        // a key unblocked during the claim may have a head for it now: claim again rather than wait
+        if (claimed === 0 && unblocks === unblocked?.count) yield* idle
       }
     }).pipe(Effect.annotateLogs({ module: "Relay", fiber: `worker-${index}` }))
 

@@ -1,0 +1,165 @@
+/**
+ * `npm run bench:ordering`: per-key ordering (`OUTBOX_ORDERING=key`) against
+ * the unordered relay, in one run.
+ *
+ * 1. **Drain over 1,000 keys**: BENCH_EVENTS queued events (default
+ *    200,000), event `g` in key `g % 1000` (the keys interleaved, as many
+ *    aggregates' events are), drained by the real relay with 2 workers and
+ *    a no-op sink, unordered and ordered, at each claim limit of
+ *    BENCH_BATCHES (default "100,250,1000"); target: ordered ≥ 70 % of
+ *    unordered at the same limit.
+ * 2. **Over 1 key**: BENCH_ONE_KEY_EVENTS (default 2,000) events of one key,
+ *    ordered: sequential by definition (one event in flight), so the figure
+ *    is one event per claim → deliver → complete round.
+ * 3. **Plans at 1M pending rows** (BENCH_PLAN_ROWS) over 1,000 keys, and
+ *    over 1 key: `EXPLAIN (ANALYZE, BUFFERS)` of the ordered claim's locking
+ *    query (the lease claim is the same query under an `UPDATE`), rolled
+ *    back; printed, so that "index scans throughout" can be checked.
+ *
+ * Environment: BENCH_EVENTS, BENCH_ROUNDS (default 2: best of),
+ * BENCH_BATCHES, BENCH_ONE_KEY_EVENTS, BENCH_PLAN_ROWS (0 skips the plans),
+ * DATABASE_URL (else testcontainers or embedded PostgreSQL, as the tests).
+ * Writes `bench/results/ordering.json`.
+ */
+import * as OutboxConfig from "@outbox/core/OutboxConfig"
+import * as OutboxSink from "@outbox/core/OutboxSink"
+import * as Relay from "@outbox/runtime/Relay"
+import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as SqlClient from "effect/sql/SqlClient"
+import * as OrderedClaim from "../packages/sql/src/internal/orderedClaim.ts"
+import { fmt, openDatabase, runMain, timed, writeResults } from "./shared.ts"
+
+const EVENTS = Number(process.env.BENCH_EVENTS ?? 200_000)
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
+const BATCHES = (process.env.BENCH_BATCHES ?? "100,250,1000").split(",").map(Number)
+const ONE_KEY_EVENTS = Number(process.env.BENCH_ONE_KEY_EVENTS ?? 2_000)
+const PLAN_ROWS = Number(process.env.BENCH_PLAN_ROWS ?? 1_000_000)
+const PLAN_LIMITS = (process.env.BENCH_PLAN_LIMITS ?? "100").split(",").map(Number)
+const KEYS = 1_000
+const WORKERS = 2
+
+/** `n` PENDING events over `keys` keys (event g in key g % keys), through the ordering trigger, then VACUUM ANALYZE. */
+const preload = (n: number, keys: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`TRUNCATE outbox`
+    for (let from = 1; from <= n; from += 100_000) {
+      const to = Math.min(n, from + 99_999)
+      yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+                 SELECT 'Order', (g % ${keys})::text, 'OrderCreated', jsonb_build_object('n', g)
+                 FROM generate_series(${from}::int, ${to}::int) g`
+    }
+    yield* sql`VACUUM ANALYZE outbox`
+  })
+
+/** The relay (no-op sink, 2 workers, claims of at most `batch`) until `n` events completed. */
+const drain = (n: number, ordering: "none" | "key", batch: number) =>
+  Effect.scoped(Effect.gen(function*() {
+    const context = yield* Layer.build(
+      Relay.layer.pipe(
+        Layer.provide(OutboxSink.layerHandler(() => Effect.void)),
+        Layer.provide(OutboxConfig.layer({
+          ordering,
+          batchSize: batch,
+          concurrency: WORKERS,
+          pollInterval: Duration.millis(10)
+        }))
+      )
+    )
+    const relay = Context.get(context, Relay.Relay)
+    while ((yield* relay.stats).completed < n) yield* Effect.sleep("5 millis")
+  }))
+
+/** The ordered claim's locking query, as `PgOutboxStore`'s transaction claim sends it, under EXPLAIN ANALYZE. */
+const plan = (limit: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const [seq] = yield* sql<{ seq: string }>`SELECT pg_get_serial_sequence('outbox', 'id') AS seq`
+    const claim = OrderedClaim.make({
+      sql,
+      table: sql.literal("outbox"),
+      sequence: seq?.seq ?? "outbox_id_seq",
+      limit: (n) => sql.literal(String(Math.trunc(n)))
+    })
+    return yield* sql.withTransaction(Effect.gen(function*() {
+      const probe = yield* claim.probe()
+      const ts = sql.literal("now()")
+      const statement = claim.statement(ts, limit, probe, { deadLetter: "continue" }, {
+        claimable: sql.literal("status IN ('PENDING', 'FAILED') AND (available_at IS NULL OR available_at <= now())"),
+        select: sql.literal("o.id, o.created_at"),
+        finish: sql.literal("SELECT count(*) FROM locked")
+      })
+      const rows = yield* sql<{ "QUERY PLAN": string }>`EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) ${statement}`
+      return yield* Effect.fail({ plan: rows.map((r) => r["QUERY PLAN"]) })
+    })).pipe(Effect.catch((e: unknown) =>
+      typeof e === "object" && e !== null && "plan" in e
+        ? Effect.succeed((e as { plan: ReadonlyArray<string> }).plan)
+        : Effect.fail(e)
+    ))
+  })
+
+const summary = (lines: ReadonlyArray<string>) => {
+  const text = lines.join("\n")
+  const execution = /Execution Time: ([\d.]+) ms/.exec(text)?.[1]
+  // an empty partition (the days ahead) may be scanned sequentially: nothing to read
+  const seqScans = lines.filter((l) => /Seq Scan on outbox/.test(l) && !/rows=0 loops|never executed/.test(l)).length
+  return { executionMs: execution === undefined ? NaN : Number(execution), seqScansOnOutbox: seqScans }
+}
+
+const main = Effect.gen(function*() {
+  const { run } = yield* openDatabase(16)
+  yield* run(OutboxMigrations.run)
+  console.log(
+    `Per-key ordering — drain ${EVENTS.toLocaleString()} queued events over ${KEYS} keys, ${WORKERS} workers, no-op sink, best of ${ROUNDS}, node ${process.version}`
+  )
+  console.log(`  claim limit   unordered ev/s   ordered ev/s   ordered/unordered   target ≥ 70 %`)
+  const drains: Array<Record<string, unknown>> = []
+  for (const batch of BATCHES) {
+    let unordered = Infinity
+    let ordered = Infinity
+    for (let round = 0; round < ROUNDS; round++) {
+      yield* run(preload(EVENTS, KEYS))
+      unordered = Math.min(unordered, (yield* run(timed(drain(EVENTS, "none", batch)))).seconds)
+      yield* run(preload(EVENTS, KEYS))
+      ordered = Math.min(ordered, (yield* run(timed(drain(EVENTS, "key", batch)))).seconds)
+    }
+    const ratio = unordered / ordered
+    drains.push({ batch, unorderedEventsPerSec: EVENTS / unordered, orderedEventsPerSec: EVENTS / ordered, ratio })
+    console.log(
+      `  ${String(batch).padStart(11)}   ${fmt(EVENTS / unordered).padStart(14)}   ${fmt(EVENTS / ordered).padStart(12)}   ${
+        fmt(ratio * 100, 1).padStart(15)
+      } %   ${ratio >= 0.7 ? "yes" : "no"}`
+    )
+  }
+
+  yield* run(preload(ONE_KEY_EVENTS, 1))
+  const oneKey = yield* run(timed(drain(ONE_KEY_EVENTS, "key", 100)))
+  console.log(
+    `  over 1 key (ordered, sequential by definition: one event in flight): ${fmt(ONE_KEY_EVENTS / oneKey.seconds)} events/s, ${
+      fmt((oneKey.seconds / ONE_KEY_EVENTS) * 1e3, 2)
+    } ms per event`
+  )
+
+  const plans: Record<string, unknown> = {}
+  if (PLAN_ROWS > 0) {
+    for (const [label, keys] of [[`${KEYS} keys`, KEYS], ["1 key", 1]] as const) {
+      yield* run(preload(PLAN_ROWS, keys))
+      for (const limit of PLAN_LIMITS) {
+        const lines = yield* run(plan(limit))
+        const s = summary(lines)
+        plans[`${label}, limit ${limit}`] = { ...s, plan: lines }
+        console.log(
+          `\nThe ordered claim of ${limit} at ${PLAN_ROWS.toLocaleString()} pending rows over ${label}: ${s.executionMs} ms, ${s.seqScansOnOutbox} sequential scans of a non-empty outbox partition`
+        )
+        if (process.env.BENCH_PLAN_QUIET === undefined) for (const line of lines) console.log(`  ${line}`)
+      }
+    }
+  }
+  writeResults("ordering", { events: EVENTS, keys: KEYS, workers: WORKERS, rounds: ROUNDS, drains, oneKey: { events: ONE_KEY_EVENTS, eventsPerSec: ONE_KEY_EVENTS / oneKey.seconds }, plans })
+})
+
+runMain(main)

@@ -67,6 +67,20 @@ layer(Live, { timeout: "60 seconds" })("@outbox/client with pg", (it) => {
         assert.strictEqual((refused as InvalidEvent).reason, "InvalidSchedule")
       }))
 
+    it.effect("stores an explicit orderingKey (ordering_key; NULL is the default key) and refuses an invalid one", () =>
+      Effect.gen(function*() {
+        const p = yield* pool
+        const [keyed, plain] = yield* inTransaction(p, (c) =>
+          publish(c, [{ ...order("key-1"), orderingKey: "customer:42" }, order("key-2")]))
+        const rows = yield* Effect.promise(() =>
+          p.query(`SELECT ordering_key FROM outbox WHERE id = ANY($1::bigint[]) ORDER BY id`, [[keyed!.id, plain!.id].map(String)])
+        )
+        assert.deepStrictEqual(rows.rows.map((r) => r.ordering_key), ["customer:42", null])
+        const refused = yield* rejection(() => publish(p, { ...order("key-3"), orderingKey: "" }))
+        assert.instanceOf(refused, InvalidEvent)
+        assert.strictEqual((refused as InvalidEvent).reason, "InvalidOrderingKey")
+      }))
+
     it.effect("writes in the caller's transaction: committed rows stay, rolled-back rows never existed", () =>
       Effect.gen(function*() {
         const p = yield* pool

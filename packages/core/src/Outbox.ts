@@ -97,6 +97,9 @@ const requiredFields = ["aggregateType", "aggregateId", "eventType"] as const
 /** The longest explicit ordering key: keys are indexed by their hash, but stored, logged and listed whole. */
 const maxOrderingKeyLength = 1000
 
+/** The longest explicit tenant: tenants are indexed as they are (a btree entry per pending row). */
+const maxTenantLength = 200
+
 /** `validate` without the Effect: publish checks a whole batch in one synchronous loop. */
 const check = (
   input: EventInput,
@@ -179,6 +182,14 @@ const check = (
     const problem = textProblem(orderingKey)
     if (problem !== undefined) return invalid(index, "InvalidOrderingKey", "orderingKey", `orderingKey ${problem}`)
   }
+  const tenant = input.tenant
+  if (tenant !== undefined) {
+    if (typeof tenant !== "string" || tenant.length === 0 || tenant.length > maxTenantLength) {
+      return invalid(index, "InvalidTenant", "tenant", `tenant must be a non-empty string of at most ${maxTenantLength} characters`)
+    }
+    const problem = textProblem(tenant)
+    if (problem !== undefined) return invalid(index, "InvalidTenant", "tenant", `tenant ${problem}`)
+  }
   return {
     aggregateType: input.aggregateType,
     aggregateId: input.aggregateId,
@@ -187,7 +198,8 @@ const check = (
     metadataJson,
     maxRetries,
     schedule,
-    orderingKey
+    orderingKey,
+    tenant
   }
 }
 

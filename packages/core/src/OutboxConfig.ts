@@ -16,6 +16,7 @@
  * | `OUTBOX_TX_TIMEOUT_MS` | 5000 | `transaction` mode: the longest a claiming transaction stays open |
  * | `OUTBOX_ORDERING` | `none` | `key`: each ordering key's events in id order, one in flight per key, keys in parallel |
  * | `OUTBOX_ORDERING_DEAD_LETTER` | `continue` | `key` ordering: a dead-lettered head lets its key go on (`continue`) or holds it (`hold`) |
+ * | `OUTBOX_FAIRNESS` | `none` | `tenant`: claims take the tenants with work in turn, an equal share each |
  *
  * Bad values fail at start with a `ConfigError` naming the variable.
  *
@@ -114,6 +115,15 @@ export interface Options {
   readonly ordering: "none" | "key"
   /** `key` ordering: what a dead-lettered head does to its key (`OutboxStore.Ordering.deadLetter`). */
   readonly orderingDeadLetter: "continue" | "hold"
+  /**
+   * `none` (the default): claims take the oldest events, so one tenant's
+   * backlog of 100,000 events delays every other tenant's new event until
+   * it has drained. `tenant`: claims take the tenants with work in turn
+   * (`OutboxStore.Fairness`; the tenant is `EventInput.tenant`, else the
+   * metadata field `tenant`), so another tenant's new event waits about one
+   * batch. Not with `ordering: "key"` (refused at start).
+   */
+  readonly fairness: "none" | "tenant"
   /** Backoff between attempts. */
   readonly retryPolicy: RetryPolicy.Policy
   /** When to stop retrying and dead-letter. */
@@ -139,6 +149,7 @@ export const defaults: Options = {
   transactionTimeout: Duration.seconds(5),
   ordering: "none",
   orderingDeadLetter: "continue",
+  fairness: "none",
   retryPolicy: RetryPolicy.defaultRetry,
   deadLetterPolicy: RetryPolicy.defaultDeadLetter
 }
@@ -178,6 +189,7 @@ export const config: Config.Config<
     | "transactionTimeout"
     | "ordering"
     | "orderingDeadLetter"
+    | "fairness"
   >
 > = Config.all({
   batchSize: positiveInt("OUTBOX_BATCH_SIZE", defaults.batchSize),
@@ -195,7 +207,8 @@ export const config: Config.Config<
   ordering: Config.schema(Schema.Literals(["none", "key"]), "OUTBOX_ORDERING").pipe(Config.withDefault(defaults.ordering)),
   orderingDeadLetter: Config.schema(Schema.Literals(["continue", "hold"]), "OUTBOX_ORDERING_DEAD_LETTER").pipe(
     Config.withDefault(defaults.orderingDeadLetter)
-  )
+  ),
+  fairness: Config.schema(Schema.Literals(["none", "tenant"]), "OUTBOX_FAIRNESS").pipe(Config.withDefault(defaults.fairness))
 })
 
 /**
@@ -272,6 +285,12 @@ export const variables: ReadonlyArray<Variable> = [
     name: "OUTBOX_ORDERING_DEAD_LETTER",
     default: "`continue`",
     description: "`key` ordering: a dead-lettered head lets its key's next event go (`continue`) or holds the key until a redrive (`hold`)"
+  },
+  {
+    name: "OUTBOX_FAIRNESS",
+    default: "`none`",
+    description:
+      "`tenant`: claims take the tenants with work in turn (tenant: `EventInput.tenant`, else the metadata field `tenant`), so one tenant's backlog delays another's new event by about one batch"
   }
 ]
 

@@ -18,7 +18,8 @@ export const InvalidEventReason = Schema.Literals([
   "InvalidMaxRetries",
   "InvalidText",
   "InvalidSchedule",
-  "InvalidOrderingKey"
+  "InvalidOrderingKey",
+  "InvalidTenant"
 ])
 
 /**

@@ -60,6 +60,13 @@ export interface EventInput {
    * At most 1,000 characters.
    */
   readonly orderingKey?: string | undefined
+  /**
+   * The tenant of tenant-fair claiming (`OUTBOX_FAIRNESS=tenant`: claims go
+   * round-robin across tenants with work). Default: the metadata field
+   * `tenant` when it is a string, else none (all such events are one
+   * tenant, `""`). At most 200 characters.
+   */
+  readonly tenant?: string | undefined
 }
 
 /**
@@ -80,6 +87,8 @@ export interface ValidEvent {
   readonly schedule?: { readonly at: Date } | { readonly delayMillis: number } | undefined
   /** The explicit ordering key; `undefined`: the default (`<aggregateType>:<aggregateId>`, set by the store). */
   readonly orderingKey?: string | undefined
+  /** The explicit tenant; `undefined`: the default (`metadata.tenant`, computed by the store). */
+  readonly tenant?: string | undefined
 }
 
 /**
@@ -123,6 +132,19 @@ export const defaultOrderingKey = (event: { readonly aggregateType: string; read
   `${event.aggregateType}:${event.aggregateId}`
 
 /**
+ * The tenant of an event as the stores compute it for tenant-fair claiming:
+ * the explicit one, else the metadata field `tenant` when it is a string,
+ * else `""` (events without a tenant share one turn).
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const effectiveTenant = (event: {
+  readonly tenant?: string | undefined
+  readonly metadata: Readonly<Record<string, unknown>>
+}): string => event.tenant ?? (typeof event.metadata.tenant === "string" ? event.metadata.tenant : "")
+
+/**
  * What every stored event carries, whatever its status.
  *
  * @category models
@@ -146,6 +168,8 @@ export interface EventData {
    * `undefined` for rows written before the store had the column.
    */
   readonly orderingKey?: string | undefined
+  /** The tenant (`EventInput.tenant`, else `metadata.tenant`, else `""`); stores that keep one return it. */
+  readonly tenant?: string | undefined
 }
 
 /**

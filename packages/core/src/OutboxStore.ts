@@ -71,6 +71,30 @@ export interface ClaimOptions {
   readonly leaseDuration: Duration.Duration
   /** Per-key ordering (`OUTBOX_ORDERING=key`); `undefined`: claim in id order, keys ignored. */
   readonly ordering?: Ordering | undefined
+  /** Tenant-fair claiming (`OUTBOX_FAIRNESS=tenant`); `undefined`: oldest first, tenants ignored. */
+  readonly fairness?: Fairness | undefined
+}
+
+/**
+ * A claim fair across tenants (`OUTBOX_FAIRNESS=tenant`): the claim takes
+ * the tenants that have due work (`effectiveTenant`) in turn, from a cursor
+ * that moves on between claims, at most `maxTenants` of them, and gives each
+ * an equal share of `limit` (at least one), each tenant's oldest due events
+ * first. So a tenant with a backlog of 100,000 events takes about
+ * `limit / tenants` per claim, and another tenant's new event is claimed by
+ * the next claim, not after the backlog. Shares one tenant does not use are
+ * not handed to the others within the claim (the next claim evens it out).
+ * Not combined with `ordering` (refused).
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Fairness {
+  /**
+   * Most tenants one claim visits (default 64): with more tenants with
+   * work, the next claim goes on from where this one stopped.
+   */
+  readonly maxTenants?: number | undefined
 }
 
 /**
@@ -125,6 +149,8 @@ export interface TransactionClaimOptions {
   readonly limit: number
   /** Per-key ordering, as in `ClaimOptions`. */
   readonly ordering?: Ordering | undefined
+  /** Tenant-fair claiming, as in `ClaimOptions`. */
+  readonly fairness?: Fairness | undefined
   /**
    * The longest the transaction may stay open. `use` must return within it;
    * if it does not, it is interrupted and the transaction rolled back. On

@@ -89,6 +89,7 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Tracer from "effect/Tracer"
 import * as BatchLimit from "./internal/batchLimit.ts"
+import { claimOrder } from "./internal/claimOrder.ts"
 import * as Failure from "./internal/failure.ts"
 import * as RelayInstruments from "./internal/relayInstruments.ts"
 import * as TransactionWorker from "./internal/transactionWorker.ts"
@@ -181,7 +182,8 @@ export const make = Effect.gen(function*() {
   const clock = yield* Clock.Clock
 
   /** Claims a batch of at most `limit` (SKIP LOCKED, lease, fresh lock token). */
-  const ordering: Ordering | undefined = config.ordering === "key" ? { deadLetter: config.orderingDeadLetter } : undefined
+  const order = claimOrder(config)
+  const ordering: Ordering | undefined = order.ordering
   /**
    * `OUTBOX_ORDERING=key`: a completion (or a dead letter) here unblocks its
    * key, whose next event no claim could take while it was in flight; the
@@ -197,7 +199,7 @@ export const make = Effect.gen(function*() {
     Deferred.doneUnsafe(signal, Effect.void)
   })
   const claim = (limit: number) =>
-    Effect.suspend(() => instruments.claim(store.claim({ limit, leaseDuration: config.leaseDuration, ordering })))
+    Effect.suspend(() => instruments.claim(store.claim({ limit, leaseDuration: config.leaseDuration, ...order })))
 
   // --- deliver ---------------------------------------------------------------
 
@@ -459,6 +461,9 @@ export const make = Effect.gen(function*() {
       }
     }).pipe(Effect.annotateLogs({ module: "Relay", fiber: `worker-${index}` }))
 
+  if (config.ordering === "key" && config.fairness === "tenant") {
+    yield* Effect.logWarning("OUTBOX_FAIRNESS=tenant is not applied with OUTBOX_ORDERING=key: claims follow the keys only")
+  }
   if (config.concurrency > 1 && ordering === undefined) {
     yield* Effect.logWarning(
       `OUTBOX_CONCURRENCY=${config.concurrency}: events are claimed by ${config.concurrency} workers in parallel, so their order is not kept (OUTBOX_ORDERING=key keeps each key's)`

@@ -60,6 +60,8 @@ export interface OutboxTables {
   readonly orderingIndex: string
   /** Partial index of each ordering key's dead letters (`<outbox>_ordering_dead_idx`). */
   readonly orderingDeadIndex: string
+  /** Partial index of the claimable rows by tenant and id (`<outbox>_tenant_idx`, migration 0009). */
+  readonly tenantIndex: string
   /** The consumers' idempotency store. */
   readonly inbox: string
   /** The append-only log of dead-letter redrives. */
@@ -112,6 +114,7 @@ const derived = (outbox: string): OutboxTables => ({
   deadLetterIndex: `${outbox}_dead_letter_idx`,
   orderingIndex: `${outbox}_ordering_idx`,
   orderingDeadIndex: `${outbox}_ordering_dead_idx`,
+  tenantIndex: `${outbox}_tenant_idx`,
   defaultPartition: `${outbox}_default`,
   partitionPrefix: `${outbox}_p`,
   channel: `${outbox}${wakeupChannelSuffix}`,

@@ -54,6 +54,7 @@ import type { EventData, EventStatus, Lease, OutboxEvent, PublishedEvent, ValidE
 import {
   type ClaimOptions,
   type EventRecord,
+  type Fairness,
   type Ordering,
   OutboxStore,
   type Publisher,
@@ -74,8 +75,10 @@ import * as OutboxTables from "./OutboxTables.ts"
 import * as PublishStatement from "./PublishStatement.ts"
 import * as SqlEnv from "./SqlEnv.ts"
 import { fromSqlError, mapSqlError } from "./internal/storeError.ts"
+import * as FairClaim from "./internal/fairClaim.ts"
 import * as OrderedClaim from "./internal/orderedClaim.ts"
 import * as OrderingMigration from "./migrations/0008_ordering.ts"
+import * as TenantMigration from "./migrations/0009_tenant.ts"
 import * as TransactionClaim from "./internal/transactionClaim.ts"
 
 /**
@@ -168,12 +171,14 @@ type ClaimedValues = readonly [
   created_at: Date,
   locked_until: Date,
   lock_token: bigint,
-  ordering_key?: string
+  ordering_key?: string | null,
+  tenant?: string | null
 ]
 
 interface FullRow extends BaseRow {
-  /** Plain tables only (the legacy table of an online migration has no key). */
+  /** Plain tables only (the legacy table of an online migration has no key nor tenant). */
   readonly ordering_key?: string | null
+  readonly tenant?: string | null
   readonly status: EventStatus
   readonly processed_at: Date | null
   readonly available_at: Date | null
@@ -282,6 +287,23 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       mapSqlError("configure")
     )
   const stampT = yield* stampsClaims(tableName)
+  // `ordering_key` (0008) and `tenant` (0009): claims return them where the table has them
+  const [present] = yield* sql<{ key: boolean; tenant: boolean }>`SELECT
+      EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(${Identifier.quote(tableName)})
+              AND attname = 'ordering_key' AND NOT attisdropped) AS key,
+      EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(${Identifier.quote(tableName)})
+              AND attname = 'tenant' AND NOT attisdropped) AS tenant`.pipe(mapSqlError("configure"))
+  const hasKey = present?.key === true
+  const hasTenant = present?.tenant === true
+  const keyColumnsNamed = sql.literal(
+    `, ${hasKey ? OrderingMigration.effectiveKey("o") : "NULL::text"} AS ordering_key, ${
+      hasTenant ? TenantMigration.effectiveTenant("o") : "NULL::text"
+    } AS tenant`
+  )
+  /** `, <ordering key>, <tenant>` of the row `o` (NULLs on a table without the columns): what `toKeyedEvent` reads. */
+  const keyColumns = sql.literal(
+    `, ${hasKey ? OrderingMigration.effectiveKey("o") : "NULL::text"}, ${hasTenant ? TenantMigration.effectiveTenant("o") : "NULL::text"}`
+  )
 
   // `completed: "delete"`: refused where completed rows must stay (checked once, at start)
   const deleteCompleted = options.completed === "delete"
@@ -393,7 +415,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     lockedUntil: v[10],
     lockToken: v[11]
   })
-  /** `toEvent` of a row that carries its ordering key (a plain table's claims). */
+  /** `toEvent` of a row that carries its ordering key and tenant (`keyColumns`: a plain table's claims). */
   const toKeyedEvent = (v: ClaimedValues): OutboxEvent => ({
     id: v[0],
     trackingId: v[1],
@@ -405,7 +427,8 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     retryCount: v[7],
     maxRetries: v[8],
     createdAt: v[9],
-    orderingKey: v[12],
+    orderingKey: v[12] ?? undefined,
+    tenant: v[13] ?? undefined,
     lockedUntil: v[10],
     lockToken: v[11]
   })
@@ -439,7 +462,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         FOR UPDATE SKIP LOCKED
       ) c
       WHERE o.id = c.id AND o.created_at = c.created_at
-      RETURNING ${claimedColumns}${keyed ? sql.literal(`, ${OrderingMigration.effectiveKey("o")}`) : sql.literal("")}`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>
+      RETURNING ${claimedColumns}${keyed ? keyColumns : sql.literal("")}`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>
 
   // --- the ordered claim (OUTBOX_ORDERING=key) ---------------------------------------------------------------------
   // the id sequence the ordering trigger draws from (migration 0008), from its argument; none: not migrated
@@ -474,19 +497,57 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
               SET status = 'PROCESSING', lock_token = (SELECT ${nextToken}),
                   locked_until = ${plus(ts, options.leaseDuration)}${claimStamp(stampT, ts)}
               FROM locked c WHERE o.id = c.id AND o.created_at = c.created_at
-              RETURNING ${claimedColumns}, ${sql.literal(OrderingMigration.effectiveKey("o"))}
+              RETURNING ${claimedColumns}${keyColumns}
             )
             SELECT c.*, (SELECT nf FROM cursor) FROM claimed c
-            UNION ALL ${ordered.emptyRow(13)} WHERE NOT EXISTS (SELECT 1 FROM claimed)`
+            UNION ALL ${ordered.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM claimed)`
         })
       }`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>)
       return ordered.advance(rows)
+    })
+
+  // --- the tenant-fair claim (OUTBOX_FAIRNESS=tenant) -----------------------------------------------------------
+  const fair = mode === "plain" && hasTenant ? FairClaim.make({ sql, table: T, limit: limitLiteral }) : undefined
+  /** Why this store cannot claim fairly across tenants, or `undefined`. */
+  const fairnessRefusal = mode !== "plain"
+    ? "tenant-fair claiming (OUTBOX_FAIRNESS=tenant) is not available during an online migration (OUTBOX_FAIRNESS=none until it finishes)"
+    : fair === undefined
+    ? `tenant-fair claiming (OUTBOX_FAIRNESS=tenant) needs migration 0009_tenant on ${tableName}: run npx outbox migrate`
+    : undefined
+
+  const claimFair = (ts: Fragment, options: ClaimOptions & { readonly fairness: Fairness }) =>
+    Effect.gen(function*() {
+      if (fair === undefined || fairnessRefusal !== undefined) {
+        return yield* new StoreError({ operation: "claim", message: fairnessRefusal!, retryable: false })
+      }
+      const rows = yield* (sql`${
+        fair.statement(ts, options.limit, options.fairness, {
+          claimable: claimable(ts),
+          select: sql.literal("o.id, o.created_at"),
+          finish: sql`, claimed AS (
+              UPDATE ${T} o
+              SET status = 'PROCESSING', lock_token = (SELECT ${nextToken}),
+                  locked_until = ${plus(ts, options.leaseDuration)}${claimStamp(stampT, ts)}
+              FROM locked c WHERE o.id = c.id AND o.created_at = c.created_at
+              RETURNING ${claimedColumns}${keyColumns}
+            )
+            SELECT c.*, (SELECT t FROM last_tenant) FROM claimed c
+            UNION ALL ${fair.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM claimed)`
+        })
+      }`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>)
+      return fair.advance(rows)
     })
 
   const claim = Effect.fnUntraced(function*(options: ClaimOptions) {
     const ts = yield* now
     if (options.ordering !== undefined) {
       const rows = yield* claimOrdered(ts, { ...options, ordering: options.ordering }).pipe(
+        Effect.catchTag("SqlError", (error) => Effect.fail(fromSqlError("claim")(error)))
+      )
+      return rows.map(toKeyedEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    }
+    if (options.fairness !== undefined) {
+      const rows = yield* claimFair(ts, { ...options, fairness: options.fairness }).pipe(
         Effect.catchTag("SqlError", (error) => Effect.fail(fromSqlError("claim")(error)))
       )
       return rows.map(toKeyedEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
@@ -677,7 +738,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const fullColumns = sql.literal(`${columns}, status, processed_at, available_at, locked_until, lock_token, last_error`)
   const get = (id: bigint) =>
     (mode === "plain"
-      ? sql<FullRow>`SELECT ${fullColumns}, ${sql.literal(OrderingMigration.effectiveKey())} AS ordering_key FROM ${T} WHERE id = ${id}`
+      ? sql<FullRow>`SELECT ${fullColumns}${keyColumnsNamed} FROM ${T} o WHERE id = ${id}`
       : mode === "dual"
       ? sql<FullRow>`SELECT ${fullColumns} FROM ${T} WHERE id = ${id}
           UNION ALL SELECT ${fullColumns} FROM ${L} WHERE id = ${id} AND ${migrated} IS NULL`
@@ -688,6 +749,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
           return Option.some({
             ...toData(r),
             ...(r.ordering_key == null ? {} : { orderingKey: r.ordering_key }),
+            ...(r.tenant == null ? {} : { tenant: r.tenant }),
             status: r.status,
             processedAt: r.processed_at,
             availableAt: r.available_at,
@@ -716,6 +778,8 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       ? undefined
       : "claimInTransaction: not during an online migration (OUTBOX_CLAIM_MODE=lease until it finishes)",
     ordered: orderingRefusal ?? ordered!,
+    fair: fairnessRefusal ?? fair!,
+    keyColumns,
     toKeyedEvent
   })
 

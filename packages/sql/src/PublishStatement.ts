@@ -59,7 +59,7 @@ export const insert = (
 ): Statement => {
   if (events.length === 1) {
     const e = events[0]!
-    if (e.maxRetries !== undefined && e.schedule === undefined && e.orderingKey === undefined) {
+    if (e.maxRetries !== undefined && e.schedule === undefined && e.orderingKey === undefined && e.tenant === undefined) {
       // by table, then by returned columns: no key string built per call
       let byReturning = singleText.get(quotedTable)
       if (byReturning === undefined) singleText.set(quotedTable, byReturning = new Map())
@@ -80,7 +80,7 @@ export const insert = (
   const maxRetries: Array<number> = new Array(n)
   for (let i = 0; i < n; i++) {
     const e = events[i]!
-    if (e.maxRetries === undefined || e.schedule !== undefined || e.orderingKey !== undefined) {
+    if (e.maxRetries === undefined || e.schedule !== undefined || e.orderingKey !== undefined || e.tenant !== undefined) {
       return valuesList(quotedTable, events, returningColumns)
     }
     types[i] = e.aggregateType
@@ -105,12 +105,13 @@ export const insert = (
  * default of `max_retries`, is scheduled (`available_at`: a time, or the
  * transaction's `now()` plus a delay, so that a delay is measured on the
  * server's clock like every lease and backoff) or has an explicit ordering
- * key (`ordering_key`; NULL: the trigger's default).
+ * key (`ordering_key`) or tenant (`tenant`); NULL there means the default.
  */
 const valuesList = (quotedTable: string, events: ReadonlyArray<ValidEvent>, returningColumns: string): Statement => {
   const values: Array<unknown> = []
   const scheduled = events.some((e) => e.schedule !== undefined)
   const keyed = events.some((e) => e.orderingKey !== undefined)
+  const tenanted = events.some((e) => e.tenant !== undefined)
   const rows = events.map((e) => {
     const base = values.length
     values.push(e.aggregateType, e.aggregateId, e.eventType, e.payloadJson, e.metadataJson)
@@ -138,9 +139,19 @@ const valuesList = (quotedTable: string, events: ReadonlyArray<ValidEvent>, retu
         orderingKey = `, $${values.length}`
       }
     }
-    return `($${base + 1}, $${base + 2}, $${base + 3}, $${base + 4}::jsonb, $${base + 5}::jsonb, ${retries}${availableAt}${orderingKey})`
+    let tenant = ""
+    if (tenanted) {
+      if (e.tenant === undefined) tenant = ", NULL"
+      else {
+        values.push(e.tenant)
+        tenant = `, $${values.length}`
+      }
+    }
+    return `($${base + 1}, $${base + 2}, $${base + 3}, $${base + 4}::jsonb, $${base + 5}::jsonb, ${retries}${availableAt}${orderingKey}${tenant})`
   })
-  const columns = `${insertColumns.slice(0, -1)}${scheduled ? ", available_at" : ""}${keyed ? ", ordering_key" : ""})`
+  const columns = `${insertColumns.slice(0, -1)}${scheduled ? ", available_at" : ""}${keyed ? ", ordering_key" : ""}${
+    tenanted ? ", tenant" : ""
+  })`
   return { text: `INSERT INTO ${quotedTable} ${columns} VALUES ${rows.join(", ")} RETURNING ${returningColumns}`, values }
 }
 

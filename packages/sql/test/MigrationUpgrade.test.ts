@@ -18,7 +18,7 @@ import { fileURLToPath } from "node:url"
  * The outbox migrations added since release 0.1.0, as the migrator reports them applied: what an upgrade
  * runs (a new migration is appended here).
  */
-const sinceRelease: ReadonlyArray<readonly [number, string]> = [[7, "wakeup_trigger"], [8, "ordering"]]
+const sinceRelease: ReadonlyArray<readonly [number, string]> = [[7, "wakeup_trigger"], [8, "ordering"], [9, "tenant"]]
 
 /**
  * The data after an upgrade equals the data before, but for the outbox ledger, which gains one row per
@@ -38,11 +38,14 @@ const assertDataKept = (
   // 0008 adds ordering_key, NULL (the default key) on every row of before; the rest is kept
   const withoutKey = (data: { readonly rows: Record<string, unknown> }) =>
     rowsOf(data, "outbox").map(({ partition, row }) => {
-      const { ordering_key: _, ...rest } = row
+      const { ordering_key: _, tenant: __, ...rest } = row
       return JSON.stringify({ partition, row: rest })
     }).sort()
   assert.deepStrictEqual(withoutKey(after), withoutKey(before), "outbox")
-  for (const { row } of rowsOf(after, "outbox")) assert.strictEqual(row.ordering_key, null, `ordering_key of row ${row.id}`)
+  for (const { row } of rowsOf(after, "outbox")) {
+    assert.strictEqual(row.ordering_key, null, `ordering_key of row ${row.id}`)
+    assert.strictEqual(row.tenant, null, `tenant of row ${row.id}`)
+  }
   const ledger = (data: { readonly rows: Record<string, unknown> }) =>
     rowsOf(data, "outbox_migrations").map((r) => r.row as { readonly migration_id: number; readonly name: string })
       .sort((a, b) => a.migration_id - b.migration_id)
@@ -273,8 +276,8 @@ describe("MigrationUpgrade", () => {
         assert.deepStrictEqual(upgraded.after.rows[table], upgraded.before.rows[table], table)
       }
       assert.deepStrictEqual(
-        rowsOf(upgraded.after, "outbox").map(({ partition, row }) => ({ partition, row: { ...row, ordering_key: undefined } })),
-        rowsOf(upgraded.before, "outbox").map(({ partition, row }) => ({ partition, row: { ...row, ordering_key: undefined } }))
+        rowsOf(upgraded.after, "outbox").map(({ partition, row }) => ({ partition, row: { ...row, ordering_key: undefined, tenant: undefined } })),
+        rowsOf(upgraded.before, "outbox").map(({ partition, row }) => ({ partition, row: { ...row, ordering_key: undefined, tenant: undefined } }))
       )
       assert.isTrue(upgraded.verification!.ok)
       assert.deepStrictEqual(upgraded.schema, yield* fresh(true))

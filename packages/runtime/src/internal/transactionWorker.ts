@@ -55,6 +55,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as References from "effect/References"
+import { claimOrder } from "./claimOrder.ts"
 import * as Failure from "./failure.ts"
 import type * as RelayInstruments from "./relayInstruments.ts"
 
@@ -108,7 +109,7 @@ export const make = Effect.fnUntraced(function*(options: Options) {
   const tracerEnabled = yield* References.TracerEnabled
   /** Delivering stops here; the last quarter of the timeout is for the settlement and the commit. */
   const budget = deliveryBudget(config)
-  const claimOptions = { timeout: config.transactionTimeout }
+  const claimOptions = { timeout: config.transactionTimeout, ...claimOrder(config) }
 
   /** Delivers `events` in order within the budget; what happened to each, for the settlement. */
   const deliver = (events: ReadonlyArray<OutboxEvent>, settlement: Settlement) =>

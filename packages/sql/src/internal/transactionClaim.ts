@@ -34,7 +34,7 @@ import * as Result from "effect/Result"
 import type * as SqlClient from "effect/sql/SqlClient"
 import * as SqlError from "effect/sql/SqlError"
 import type { Fragment } from "effect/sql/Statement"
-import * as OrderingMigration from "../migrations/0008_ordering.ts"
+import type * as FairClaim from "./fairClaim.ts"
 import type * as OrderedClaim from "./orderedClaim.ts"
 import { fromSqlError } from "./storeError.ts"
 
@@ -66,7 +66,11 @@ export interface Options<V> {
   readonly unsupported: string | undefined
   /** The ordered claim's statements (`OUTBOX_ORDERING=key`), or why the store cannot claim in key order. */
   readonly ordered: ReturnType<typeof OrderedClaim.make> | string
-  /** `toEvent` of an ordered claim's rows (they carry the ordering key after `lock_token`). */
+  /** The fair claim's statement (`OUTBOX_FAIRNESS=tenant`), or why the store cannot claim fairly. */
+  readonly fair: ReturnType<typeof FairClaim.make> | string
+  /** `, <ordering key>, <tenant>` of the row `o`, as `toKeyedEvent` reads them after `lock_token`. */
+  readonly keyColumns: Fragment
+  /** `toEvent` of an ordered or fair claim's rows (they carry the ordering key and tenant after `lock_token`). */
   readonly toKeyedEvent: (values: V) => OutboxEvent
 }
 
@@ -129,6 +133,30 @@ export const make = <V>(options: Options<V>) => {
       FOR UPDATE OF o SKIP LOCKED`.values as Effect.Effect<ReadonlyArray<V>, SqlError.SqlError>
 
   /**
+   * The fair claim in the transaction: the bounds first (a statement of
+   * their own: the fair claim is one statement), then the tenants' shares
+   * locked.
+   */
+  const claimFair = (
+    fair: ReturnType<typeof FairClaim.make>,
+    ts: Fragment,
+    claimOptions: TransactionClaimOptions & { readonly fairness: NonNullable<TransactionClaimOptions["fairness"]> }
+  ) =>
+    Effect.andThen(
+      bounds(claimOptions.timeout),
+      (sql`${
+        fair.statement(ts, claimOptions.limit, claimOptions.fairness, {
+          claimable: options.claimable(ts),
+          select: sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token${options.keyColumns}`,
+          finish: sql`SELECT l.*, (SELECT t FROM last_tenant) FROM locked l
+            UNION ALL ${fair.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM locked)`
+        })
+      }`.values as Effect.Effect<ReadonlyArray<V & ReadonlyArray<unknown>>, SqlError.SqlError>).pipe(
+        Effect.map(fair.advance)
+      )
+    )
+
+  /**
    * The ordered claim in the transaction: the probe (with the bounds) as the
    * transaction's first statement, then the heads locked: the row locks are
    * the leases, and an ordered claim elsewhere sees a locked head as its
@@ -143,10 +171,9 @@ export const make = <V>(options: Options<V>) => {
       (sql`${
         ordered.statement(ts, claimOptions.limit, probe, claimOptions.ordering, {
           claimable: options.claimable(ts),
-          select: sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token,
-            ${sql.literal(OrderingMigration.effectiveKey("o"))}`,
+          select: sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token${options.keyColumns}`,
           finish: sql`SELECT l.*, (SELECT nf FROM cursor) FROM locked l
-            UNION ALL ${ordered.emptyRow(13)} WHERE NOT EXISTS (SELECT 1 FROM locked)`
+            UNION ALL ${ordered.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM locked)`
         })
       }`.values as Effect.Effect<ReadonlyArray<V & ReadonlyArray<unknown>>, SqlError.SqlError>).pipe(
         Effect.map(ordered.advance)
@@ -217,17 +244,24 @@ export const make = <V>(options: Options<V>) => {
         })
       )
     const ordering = claimOptions.ordering
+    const fairness = ordering === undefined ? claimOptions.fairness : undefined
+    if (fairness !== undefined && typeof options.fair === "string") {
+      return Effect.fail(new StoreError({ operation, message: options.fair, retryable: false }))
+    }
     if (ordering !== undefined && typeof options.ordered === "string") {
       return Effect.fail(new StoreError({ operation, message: options.ordered, retryable: false }))
     }
     const body = Effect.gen(function*() {
       const ts = yield* now
-      const rows = ordering === undefined
-        ? yield* claim(ts, claimOptions)
-        : yield* claimOrdered(options.ordered as ReturnType<typeof OrderedClaim.make>, ts, { ...claimOptions, ordering })
+      const rows = ordering !== undefined
+        ? yield* claimOrdered(options.ordered as ReturnType<typeof OrderedClaim.make>, ts, { ...claimOptions, ordering })
+        : fairness !== undefined
+        ? yield* claimFair(options.fair as ReturnType<typeof FairClaim.make>, ts, { ...claimOptions, fairness })
+        : yield* claim(ts, claimOptions)
       if (rows.length === 0) return [] as ReadonlyArray<OutboxEvent>
       // FOR UPDATE with ORDER BY may return rows out of order under concurrency
-      const events = rows.map(ordering === undefined ? options.toEvent : options.toKeyedEvent).sort(byId)
+      const events = rows.map(ordering === undefined && fairness === undefined ? options.toEvent : options.toKeyedEvent)
+        .sort(byId)
       const outcome = yield* use(events).pipe(
         // the sink works outside this transaction: its own statements take their own connection
         Effect.updateContext((context: Context.Context<R>) => Context.omit(sql.transactionService)(context) as Context.Context<R>),

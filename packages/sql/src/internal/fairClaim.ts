@@ -1,0 +1,130 @@
+/**
+ * The statement of the tenant-fair claim (`OUTBOX_FAIRNESS=tenant`,
+ * `OutboxStore.Fairness`), shared by `PgOutboxStore`'s lease claim and its
+ * transaction-scoped claim, beside the store that runs them.
+ *
+ * **Tenants in turn.** One statement walks the tenants that have claimable
+ * rows along `<outbox>_tenant_idx` (a loose index scan: one descent per
+ * tenant, whatever its backlog), from the one after the previous claim's
+ * last tenant, wrapping around, at most `maxTenants`; keeps those with a due
+ * row; gives each an equal share of the limit (at least one) and locks each
+ * tenant's oldest due rows, `FOR UPDATE SKIP LOCKED`, in a lateral
+ * sub-query over the same index. The last tenant taken is the next claim's
+ * cursor (kept by the store, shared by its workers: a race only makes two
+ * claims overlap).
+ *
+ * @internal
+ */
+import type { Fairness } from "@outbox/core/OutboxStore"
+import type * as SqlClient from "effect/sql/SqlClient"
+import type { Fragment } from "effect/sql/Statement"
+import * as TenantMigration from "../migrations/0009_tenant.ts"
+
+/**
+ * What the statement needs from the store.
+ *
+ * @internal
+ */
+export interface Options {
+  /** The store's client (without transforms). */
+  readonly sql: SqlClient.SqlClient
+  /** The outbox table, quoted. */
+  readonly table: Fragment
+  /** The store's LIMIT literal. */
+  readonly limit: (limit: number) => Fragment
+}
+
+/** Tenants a claim visits unless `Fairness.maxTenants` says otherwise. */
+const defaultMaxTenants = 64
+
+/**
+ * The fair claim's statement builder and its cursor.
+ *
+ * @internal
+ */
+export const make = (options: Options) => {
+  const { sql, table: T } = options
+  const tenant = (alias: string) => sql.literal(TenantMigration.effectiveTenant(alias))
+  /** The last tenant the previous claim took (`undefined`: start from the first). */
+  let cursor: string | undefined
+
+  /**
+   * The claim: `select` (columns of `o`) of the rows locked, in the CTE
+   * `locked`; `finish` turns it into the result, each row's last value
+   * being the claim's last tenant (`next_tenant`, the next cursor).
+   */
+  const statement = (
+    ts: Fragment,
+    limit: number,
+    fairness: Fairness,
+    parts: { readonly claimable: Fragment; readonly select: Fragment; readonly finish: Fragment }
+  ) => {
+    const max = Math.max(1, Math.trunc(fairness.maxTenants ?? defaultMaxTenants))
+    const due = sql`(o.available_at IS NULL OR o.available_at <= ${ts})`
+    const from = cursor
+    // from the tenant after the cursor to the end, then from the start up to the cursor
+    const walk = (name: string, first: Fragment, bound: Fragment) =>
+      sql`${sql.literal(name)} AS (
+        SELECT f.t, 1 AS n FROM (
+          SELECT ${tenant("o")} AS t FROM ${T} o
+          WHERE o.status IN ('PENDING', 'FAILED') AND ${first}
+          ORDER BY 1 LIMIT 1) f
+        UNION ALL
+        SELECT nx.t, w.n + 1 FROM ${sql.literal(name)} w CROSS JOIN LATERAL (
+          SELECT ${tenant("o")} AS t FROM ${T} o
+          WHERE o.status IN ('PENDING', 'FAILED') AND ${tenant("o")} > w.t AND ${bound}
+          ORDER BY 1 LIMIT 1) nx
+        WHERE w.n < ${max}
+      )`
+    const noBound = sql.literal("true")
+    const after = from === undefined
+      ? walk("after", noBound, noBound)
+      : walk("after", sql`${tenant("o")} > ${from}`, noBound)
+    const before = from === undefined
+      ? sql`before AS (SELECT NULL::text COLLATE "C" AS t, 0 AS n WHERE false)`
+      : walk("before", noBound, sql`${tenant("o")} <= ${from}`)
+    return sql`WITH RECURSIVE ${after}, ${before}, walked AS (
+        SELECT a.t, a.n FROM after a
+        UNION ALL
+        SELECT b.t, b.n + (SELECT count(*) FROM after) FROM before b
+        ${from === undefined ? sql.literal("") : sql`WHERE b.t <= ${from}`}
+      ), taken AS MATERIALIZED (
+        SELECT w.t, w.n FROM walked w
+        WHERE EXISTS (
+          SELECT 1 FROM ${T} o
+          WHERE ${tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND ${due})
+        ORDER BY w.n LIMIT ${max}
+      ), share AS (
+        SELECT greatest(1, ceil(${limit}::numeric / greatest((SELECT count(*) FROM taken), 1)))::int AS s
+      ), last_tenant AS (
+        SELECT (SELECT tk.t FROM taken tk ORDER BY tk.n DESC LIMIT 1) AS t
+      ), locked AS (
+        SELECT l.* FROM taken tk CROSS JOIN LATERAL (
+          SELECT ${parts.select} FROM ${T} o
+          WHERE ${tenant("o")} = tk.t AND ${parts.claimable}
+          ORDER BY ${tenant("o")}, o.id
+          LIMIT (SELECT s FROM share)
+          FOR UPDATE OF o SKIP LOCKED) l
+        LIMIT ${options.limit(limit)}
+      ) ${parts.finish}`
+  }
+
+  /**
+   * Records the claim's last tenant (each row's last value) as the next
+   * cursor and returns the claimed rows (the row of a claim that took
+   * nothing, which only carries the cursor, dropped).
+   */
+  const advance = <V extends ReadonlyArray<unknown>>(rows: ReadonlyArray<V>): ReadonlyArray<V> => {
+    const first = rows[0]
+    if (first === undefined) return rows
+    const next = first[first.length - 1]
+    if (typeof next === "string") cursor = next
+    return first[0] === null ? [] : rows
+  }
+
+  /** `SELECT NULL, ..., (last tenant)`: the one row of a claim that took nothing (`columns` NULLs first). */
+  const emptyRow = (columns: number) =>
+    sql.literal(`SELECT ${Array.from({ length: columns }, () => "NULL").join(", ")}, (SELECT t FROM last_tenant)`)
+
+  return { statement, advance, emptyRow }
+}

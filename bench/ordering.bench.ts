@@ -11,7 +11,13 @@
  * 2. **Over 1 key**: BENCH_ONE_KEY_EVENTS (default 2,000) events of one key,
  *    ordered: sequential by definition (one event in flight), so the figure
  *    is one event per claim → deliver → complete round.
- * 3. **Plans at 1M pending rows** (BENCH_PLAN_ROWS) over 1,000 keys, and
+ * 3. **Fairness**: a backlog of BENCH_FAIR_BACKLOG events (default 100,000) of
+ *    tenant `a` drains while tenant `b` publishes 10 events/s, one
+ *    transaction each; the relay (2 workers, claims of up to 1,000) with
+ *    `OUTBOX_FAIRNESS=none` and `tenant`; `b`'s pickup latency (publish →
+ *    sink) p50 / p99 / max against the batch-handling time (the backlog's
+ *    drain time per claim round); target: p99 ≤ 2 batch-handling times.
+ * 4. **Plans at 1M pending rows** (BENCH_PLAN_ROWS) over 1,000 keys, and
  *    over 1 key: `EXPLAIN (ANALYZE, BUFFERS)` of the ordered claim's locking
  *    query (the lease claim is the same query under an `UPDATE`), rolled
  *    back; printed, so that "index scans throughout" can be checked.
@@ -21,6 +27,7 @@
  * DATABASE_URL (else testcontainers or embedded PostgreSQL, as the tests).
  * Writes `bench/results/ordering.json`.
  */
+import * as Outbox from "@outbox/core/Outbox"
 import * as OutboxConfig from "@outbox/core/OutboxConfig"
 import * as OutboxSink from "@outbox/core/OutboxSink"
 import * as Relay from "@outbox/runtime/Relay"
@@ -31,7 +38,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as OrderedClaim from "../packages/sql/src/internal/orderedClaim.ts"
-import { fmt, openDatabase, runMain, timed, writeResults } from "./shared.ts"
+import { fmt, openDatabase, percentile, runMain, timed, writeResults } from "./shared.ts"
 
 const EVENTS = Number(process.env.BENCH_EVENTS ?? 200_000)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
@@ -39,6 +46,7 @@ const BATCHES = (process.env.BENCH_BATCHES ?? "100,250,1000").split(",").map(Num
 const ONE_KEY_EVENTS = Number(process.env.BENCH_ONE_KEY_EVENTS ?? 2_000)
 const PLAN_ROWS = Number(process.env.BENCH_PLAN_ROWS ?? 1_000_000)
 const PLAN_LIMITS = (process.env.BENCH_PLAN_LIMITS ?? "100").split(",").map(Number)
+const FAIR_BACKLOG = Number(process.env.BENCH_FAIR_BACKLOG ?? 100_000)
 const KEYS = 1_000
 const WORKERS = 2
 
@@ -72,6 +80,55 @@ const drain = (n: number, ordering: "none" | "key", batch: number) =>
     )
     const relay = Context.get(context, Relay.Relay)
     while ((yield* relay.stats).completed < n) yield* Effect.sleep("5 millis")
+  }))
+
+/** `n` PENDING events of tenant `a` (metadata), then VACUUM ANALYZE. */
+const preloadTenant = (n: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`TRUNCATE outbox`
+    yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, metadata)
+               SELECT 'Order', (g % 1000)::text, 'OrderCreated', jsonb_build_object('n', g), '{"tenant":"a"}'::jsonb
+               FROM generate_series(1, ${n}::int) g`
+    yield* sql`VACUUM ANALYZE outbox`
+  })
+
+/**
+ * The fairness run: the relay drains tenant `a`'s backlog while tenant `b`
+ * publishes one event every 100 ms; `b`'s latencies (ms) and the drain's time.
+ */
+const fairnessRun = (fairness: "none" | "tenant") =>
+  Effect.scoped(Effect.gen(function*() {
+    const latencies: Array<number> = []
+    let drainedA = 0
+    let doneA = 0
+    const context = yield* Layer.build(
+      Relay.layer.pipe(
+        Layer.provide(OutboxSink.layerHandler((event) =>
+          Effect.sync(() => {
+            if (event.metadata.tenant === "b") latencies.push(Date.now() - (event.payload as { t: number }).t)
+            else if (++drainedA === FAIR_BACKLOG) doneA = performance.now()
+          })
+        )),
+        Layer.provide(OutboxConfig.layer({ fairness, concurrency: WORKERS, pollInterval: Duration.millis(10) }))
+      )
+    )
+    const relay = Context.get(context, Relay.Relay)
+    const t0 = performance.now()
+    let published = 0
+    while (doneA === 0) {
+      yield* Outbox.transaction(Outbox.publish({
+        aggregateType: "Signup",
+        aggregateId: `b-${published}`,
+        eventType: "SignedUp",
+        payload: { t: Date.now() },
+        metadata: { tenant: "b" }
+      }))
+      published++
+      yield* Effect.sleep("100 millis")
+    }
+    while ((yield* relay.stats).completed < FAIR_BACKLOG + published) yield* Effect.sleep("5 millis")
+    return { latencies: latencies.sort((x, y) => x - y), drainSeconds: (doneA - t0) / 1000, published }
   }))
 
 /** The ordered claim's locking query, as `PgOutboxStore`'s transaction claim sends it, under EXPLAIN ANALYZE. */
@@ -144,6 +201,27 @@ const main = Effect.gen(function*() {
     } ms per event`
   )
 
+  console.log(
+    `\nFairness — tenant a's backlog of ${FAIR_BACKLOG.toLocaleString()} events drains while tenant b publishes 10 events/s; ${WORKERS} workers, claims up to 1,000`
+  )
+  console.log(`  OUTBOX_FAIRNESS   b events   b pickup p50 / p99 / max ms   backlog drain s   batch-handling ms   p99 / batch   target ≤ 2`)
+  const fairness: Array<Record<string, unknown>> = []
+  for (const mode of ["none", "tenant"] as const) {
+    yield* run(preloadTenant(FAIR_BACKLOG))
+    const r = yield* run(fairnessRun(mode))
+    // a batch of 1,000 handled by one worker (claim, deliver, complete): the drain's time per batch, per worker
+    const batchMs = (r.drainSeconds * 1000 * WORKERS) / (FAIR_BACKLOG / 1000)
+    const p50 = percentile(r.latencies, 50)
+    const p99 = percentile(r.latencies, 99)
+    const max = r.latencies[r.latencies.length - 1] ?? NaN
+    fairness.push({ fairness: mode, events: r.latencies.length, p50, p99, max, drainSeconds: r.drainSeconds, batchMs })
+    console.log(
+      `  ${mode.padEnd(15)}   ${String(r.latencies.length).padStart(8)}   ${`${fmt(p50)} / ${fmt(p99)} / ${fmt(max)}`.padStart(27)}   ${
+        fmt(r.drainSeconds, 2).padStart(15)
+      }   ${fmt(batchMs, 1).padStart(17)}   ${fmt(p99 / batchMs, 2).padStart(11)}   ${mode === "tenant" ? (p99 <= 2 * batchMs ? "yes" : "no") : ""}`
+    )
+  }
+
   const plans: Record<string, unknown> = {}
   if (PLAN_ROWS > 0) {
     for (const [label, keys] of [[`${KEYS} keys`, KEYS], ["1 key", 1]] as const) {
@@ -159,7 +237,7 @@ const main = Effect.gen(function*() {
       }
     }
   }
-  writeResults("ordering", { events: EVENTS, keys: KEYS, workers: WORKERS, rounds: ROUNDS, drains, oneKey: { events: ONE_KEY_EVENTS, eventsPerSec: ONE_KEY_EVENTS / oneKey.seconds }, plans })
+  writeResults("ordering", { events: EVENTS, keys: KEYS, workers: WORKERS, rounds: ROUNDS, drains, fairness, oneKey: { events: ONE_KEY_EVENTS, eventsPerSec: ONE_KEY_EVENTS / oneKey.seconds }, plans })
 })
 
 runMain(main)

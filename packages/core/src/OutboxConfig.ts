@@ -121,7 +121,8 @@ export interface Options {
    * it has drained. `tenant`: claims take the tenants with work in turn
    * (`OutboxStore.Fairness`; the tenant is `EventInput.tenant`, else the
    * metadata field `tenant`), so another tenant's new event waits about one
-   * batch. Not with `ordering: "key"` (refused at start).
+   * batch. With `ordering: "key"` the claims follow the keys and fairness
+   * is not applied (the relay warns at start).
    */
   readonly fairness: "none" | "tenant"
   /** Backoff between attempts. */

@@ -84,7 +84,8 @@ export interface ClaimOptions {
  * `limit / tenants` per claim, and another tenant's new event is claimed by
  * the next claim, not after the backlog. Shares one tenant does not use are
  * not handed to the others within the claim (the next claim evens it out).
- * Not combined with `ordering` (refused).
+ * With `ordering` too, the claim is ordered and fairness is not applied (a
+ * fair claim does not know keys; the relay warns at start).
  *
  * @category models
  * @since 0.1.0

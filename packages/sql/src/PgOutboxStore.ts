@@ -531,11 +531,10 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
               FROM locked c WHERE o.id = c.id AND o.created_at = c.created_at
               RETURNING ${claimedColumns}${keyColumns}
             )
-            SELECT c.*, (SELECT t FROM last_tenant) FROM claimed c
-            UNION ALL ${fair.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM claimed)`
+            SELECT * FROM claimed`
         })
       }`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>)
-      return fair.advance(rows)
+      return fair.advance(rows, 13)
     })
 
   const claim = Effect.fnUntraced(function*(options: ClaimOptions) {

@@ -25,5 +25,5 @@ for (const dualWrite of [true, false]) {
     })
   ).pipe(Layer.orDie)
   // the transaction-scoped claim is for plain tables: refused during an online migration (lease mode meanwhile)
-  StoreContract.suite(`online migration, dual write ${dualWrite ? "on" : "off"}`, store, prepared, { claimInTransaction: "refused", ordering: "refused" })
+  StoreContract.suite(`online migration, dual write ${dualWrite ? "on" : "off"}`, store, prepared, { claimInTransaction: "refused", ordering: "refused", fairness: "refused" })
 }

@@ -35,6 +35,21 @@
  *   an unpublished row of the key with a lower id than the head (its id was
  *   drawn first, so it must be delivered first once it commits; PostgreSQL
  *   guards the same case).
+ * - Every row keeps its tenant (`EventInput.tenant`, else the metadata field
+ *   `tenant` when it is a string, else `""`: `effectiveTenant`) and returns
+ *   it as `tenant`.
+ * - A fair claim (`fairness`, `OUTBOX_FAIRNESS=tenant`, either claim) takes
+ *   the tenants with at least one claimable row, in tenant order (JavaScript
+ *   string order), starting after the last tenant the previous fair claim of
+ *   this store visited and wrapping around, at most `maxTenants` (default
+ *   64) of them and at most `limit`; each gets a share of
+ *   `ceil(limit / tenants)` of its oldest claimable rows, until `limit`
+ *   rows are taken. Unused shares are not handed on. The next fair claim
+ *   starts after the last tenant that got rows (so a tenant the limit ran
+ *   out before goes first). The cursor moves when the claim is made (a
+ *   rolled-back `claimInTransaction` keeps it moved). With `ordering` too,
+ *   the claim is ordered and `fairness` is not applied (as `Fairness`
+ *   documents); a `maxTenants` under 1 counts as 1.
  *
  * **Time**: every "now" comes from Effect's `Clock`, so `TestClock` drives
  * leases, reaping and backoff.
@@ -49,6 +64,7 @@
 import { LeaseLost, StoreError } from "@outbox/core/OutboxError"
 import {
   defaultOrderingKey,
+  effectiveTenant,
   type EventData,
   type EventStatus,
   type Lease,
@@ -59,6 +75,7 @@ import {
 import {
   type ClaimOptions,
   type EventRecord,
+  type Fairness,
   type Ordering,
   OutboxStore,
   type Publisher,
@@ -79,6 +96,9 @@ import { randomUUID } from "node:crypto"
 /** The column default of `max_retries`. */
 const defaultMaxRetries = 5
 
+/** The default of `Fairness.maxTenants`. */
+const defaultMaxTenants = 64
+
 interface Row {
   readonly id: bigint
   readonly trackingId: string
@@ -92,6 +112,8 @@ interface Row {
   readonly createdAt: number
   /** The explicit ordering key, else `<aggregateType>:<aggregateId>` (what PostgreSQL's trigger fills in). */
   readonly orderingKey: string
+  /** The tenant of fair claims: `effectiveTenant` of the published event (explicit, else `metadata.tenant`, else `""`). */
+  readonly tenant: string
   status: EventStatus
   retryCount: number
   processedAt: number | null
@@ -128,7 +150,8 @@ const toData = (row: Row): EventData => ({
   retryCount: row.retryCount,
   maxRetries: row.maxRetries,
   createdAt: new Date(row.createdAt),
-  orderingKey: row.orderingKey
+  orderingKey: row.orderingKey,
+  tenant: row.tenant
 })
 
 const toRecord = (row: Row): EventRecord => ({
@@ -146,6 +169,8 @@ const toEvent = (row: Row): OutboxEvent => ({
   lockedUntil: new Date(row.lockedUntil!),
   lockToken: row.lockToken!
 })
+
+const byId = (a: Row, b: Row) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
 
 /** Groups leases by lock token, in first-seen order (the order `PgOutboxStore` runs its statements in). */
 const groupByToken = (leases: ReadonlyArray<Lease>) => {
@@ -184,6 +209,8 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
   let lastVisibleId = 0n
   let lastId = 0n
   let lastToken = 0n
+  /** The last tenant a fair claim visited: the next fair claim starts at the first tenant after it (wrapping around). */
+  let lastTenant: string | undefined
   /** Identifies this store's transactions in `OpenTransactions`. */
   const storeKey = Symbol("MemoryOutboxStore")
   /** Rows locked by an open `claimInTransaction` (PostgreSQL's row locks): both claims skip them. */
@@ -227,6 +254,7 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
         Effect.sync((): ReadonlyArray<PublishedEvent> => {
           const buffer = open.get(storeKey)
           return events.map((event) => {
+            const metadata: Readonly<Record<string, unknown>> = JSON.parse(event.metadataJson)
             const row: Row = {
               id: ++lastId,
               trackingId: randomUUID(),
@@ -235,10 +263,11 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
               eventType: event.eventType,
               // parsed and serialised again, like the jsonb cast (whitespace is not kept)
               payloadJson: JSON.stringify(JSON.parse(event.payloadJson)),
-              metadataJson: JSON.stringify(JSON.parse(event.metadataJson)),
+              metadataJson: JSON.stringify(metadata),
               maxRetries: event.maxRetries ?? defaultMaxRetries,
               createdAt: now,
               orderingKey: event.orderingKey ?? defaultOrderingKey(event),
+              tenant: effectiveTenant({ tenant: event.tenant, metadata }),
               status: "PENDING",
               retryCount: 0,
               processedAt: null,
@@ -332,9 +361,66 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
     return picked
   }
 
-  /** The rows a claim takes: `pickOrdered` with `ordering`, else the claimable rows in id order. */
-  const pick = (ordering: Ordering | undefined, limit: number, now: number): Array<Row> => {
-    if (ordering !== undefined) return pickOrdered(ordering, limit, now)
+  /**
+   * The rows a fair claim takes (see `Fairness`): the tenants with a
+   * claimable row, in tenant order from the first one after `lastTenant`
+   * (wrapping around), at most `maxTenants` and at most `limit` of them;
+   * from each, its oldest claimable rows up to an equal share of `limit`
+   * (`ceil(limit / tenants)`), until `limit` rows are taken. Moves
+   * `lastTenant` to the last tenant that got rows. The rows come back in id
+   * order.
+   */
+  const pickFair = (maxTenants: number, limit: number, now: number): Array<Row> => {
+    if (limit === 0) return []
+    /** Each tenant's oldest claimable rows (no tenant can take more than `limit`). */
+    const byTenant = new Map<string, Array<Row>>()
+    for (const row of ordered()) {
+      if (!claimable(row, now)) continue
+      const candidates = byTenant.get(row.tenant)
+      if (candidates === undefined) byTenant.set(row.tenant, [row])
+      else if (candidates.length < limit) candidates.push(row)
+    }
+    if (byTenant.size === 0) return []
+    const tenants = Array.from(byTenant.keys()).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+    const after = lastTenant
+    const next = after === undefined ? 0 : tenants.findIndex((tenant) => tenant > after)
+    const from = next === -1 ? 0 : next
+    // no more tenants than rows: each of them gets at least one
+    const visited = Math.min(maxTenants, tenants.length, limit)
+    const share = Math.max(1, Math.ceil(limit / visited))
+    const picked: Array<Row> = []
+    for (let i = 0; i < visited && picked.length < limit; i++) {
+      const tenant = tenants[(from + i) % tenants.length]!
+      picked.push(...byTenant.get(tenant)!.slice(0, Math.min(share, limit - picked.length)))
+      // only a tenant that got rows counts as visited: one the limit ran out before goes first next time (no starving it)
+      lastTenant = tenant
+    }
+    return picked.sort(byId)
+  }
+
+  /**
+   * The rows a claim takes: `pickOrdered` with `ordering`, `pickFair` with
+   * `fairness`, else the claimable rows in id order. A `StoreError` (nothing
+   * taken) for a negative `limit` (rounded like PostgreSQL's LIMIT), a
+   * (ordering wins over fairness).
+   */
+  const pick = (
+    operation: "claim" | "claimInTransaction",
+    options: {
+      readonly limit: number
+      readonly ordering?: Ordering | undefined
+      readonly fairness?: Fairness | undefined
+    },
+    now: number
+  ): Array<Row> | StoreError => {
+    const refuse = (message: string) => new StoreError({ operation, message: `${operation}: ${message}`, retryable: false })
+    const limit = Math.round(options.limit)
+    if (!(limit >= 0)) return refuse("LIMIT must not be negative")
+    if (options.ordering !== undefined) return pickOrdered(options.ordering, limit, now)
+    if (options.fairness !== undefined) {
+      const maxTenants = Math.max(1, Math.trunc(options.fairness.maxTenants ?? defaultMaxTenants) || 1)
+      return pickFair(maxTenants, limit, now)
+    }
     const picked: Array<Row> = []
     for (const row of ordered()) {
       if (picked.length >= limit) break
@@ -346,14 +432,8 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
   const claim = (options: ClaimOptions) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) =>
       Effect.suspend((): Effect.Effect<ReadonlyArray<OutboxEvent>, StoreError> => {
-        // like PostgreSQL's LIMIT: rounded to an integer, negative refused
-        const limit = Math.round(options.limit)
-        if (!(limit >= 0)) {
-          return Effect.fail(
-            new StoreError({ operation: "claim", message: "claim: LIMIT must not be negative", retryable: false })
-          )
-        }
-        const claimed = pick(options.ordering, limit, now)
+        const claimed = pick("claim", options, now)
+        if (claimed instanceof StoreError) return Effect.fail(claimed)
         if (claimed.length === 0) return Effect.succeed([])
         const token = ++lastToken
         const lockedUntil = now + Duration.toMillis(options.leaseDuration)
@@ -454,13 +534,8 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
   ): Effect.Effect<ReadonlyArray<OutboxEvent>, E | StoreError, R> =>
     Effect.uninterruptibleMask((restore) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
-        const limit = Math.round(options.limit)
-        if (!(limit >= 0)) {
-          return Effect.fail(
-            new StoreError({ operation: "claimInTransaction", message: "claimInTransaction: LIMIT must not be negative", retryable: false })
-          )
-        }
-        const picked = pick(options.ordering, limit, now)
+        const picked = pick("claimInTransaction", options, now)
+        if (picked instanceof StoreError) return Effect.fail(picked)
         if (picked.length === 0) return Effect.succeed([])
         for (const row of picked) locked.add(row.id)
         const lockedUntil = new Date(now + Duration.toMillis(options.timeout))

@@ -82,6 +82,14 @@ const claim = (limit = 100, leaseDuration: Duration.Duration = lease) =>
 const claimOrdered = (limit = 100, deadLetter: Ordering["deadLetter"] = "continue") =>
   Effect.flatMap(OutboxStore, (store) => store.claim({ limit, leaseDuration: lease, ordering: { deadLetter } }))
 
+/** A tenant-fair claim (`OUTBOX_FAIRNESS=tenant`); `maxTenants` `undefined`: the default (64). */
+const claimFair = (limit = 100, maxTenants?: number) =>
+  Effect.flatMap(OutboxStore, (store) => store.claim({ limit, leaseDuration: lease, fairness: { maxTenants } }))
+
+/** Event `n` of tenant `tenant`. */
+const ofTenant = (n: number, tenant: string, overrides: Partial<EventInput> = {}): EventInput =>
+  input(n, { tenant, ...overrides })
+
 const completeAll = (events: ReadonlyArray<OutboxEvent>) => OutboxStore.use((s) => s.complete(events.map(leaseOf)))
 
 /** Event `n` of aggregate `Order:<aggregateId>`, whose default ordering key is `Order:<aggregateId>`. */
@@ -102,6 +110,49 @@ const row = (id: bigint): Effect.Effect<EventRecord, unknown, OutboxStore> =>
   )
 
 const ids = (events: ReadonlyArray<{ readonly id: bigint }>) => events.map((e) => e.id)
+
+/** Publishes `count` events of each tenant, one tenant after the other; returns each tenant's ids, oldest first. */
+const publishTenants = (tenants: ReadonlyArray<string>, count: number) =>
+  Effect.gen(function*() {
+    const byTenant = new Map<string, ReadonlyArray<bigint>>()
+    let n = 0
+    for (const tenant of tenants) {
+      byTenant.set(tenant, yield* publishIds(Array.from({ length: count }, () => ofTenant(++n, tenant))))
+    }
+    return byTenant
+  })
+
+/**
+ * Follows successive fair claims over the tenants of `byTenant` (given in
+ * tenant order, all with work): the returned check asserts that a claim took
+ * the next `width` tenants in turn (wrapping around), `share` oldest
+ * unclaimed events of each, in id order, and returns those tenants. The
+ * first claim may start at any tenant (a store's cursor may outlive a
+ * test); each later one must go on right after the previous one.
+ */
+const rotation = (byTenant: ReadonlyMap<string, ReadonlyArray<bigint>>) => {
+  const tenants = Array.from(byTenant.keys())
+  const taken = new Map(tenants.map((tenant) => [tenant, 0]))
+  const turnAt = (position: number, width: number) =>
+    Array.from({ length: width }, (_, i) => tenants[(position + i) % tenants.length]!)
+  let position: number | undefined
+  return (claimed: ReadonlyArray<OutboxEvent>, width: number, share: number): ReadonlyArray<string> => {
+    if (position === undefined) {
+      const seen = new Set(claimed.map((event) => event.tenant))
+      position = tenants.findIndex((_, start) => turnAt(start, width).every((tenant) => seen.has(tenant)))
+      assert.notStrictEqual(position, -1, `the first claim took tenants ${Array.from(seen).join(", ")}, not ${width} in turn`)
+    }
+    const turn = turnAt(position, width)
+    position = (position + width) % tenants.length
+    const expected = turn.flatMap((tenant) => {
+      const from = taken.get(tenant)!
+      taken.set(tenant, from + share)
+      return byTenant.get(tenant)!.slice(from, from + share)
+    })
+    assert.deepStrictEqual(ids(claimed), sorted(expected), `expected the turn of ${turn.join(", ")}`)
+    return turn
+  }
+}
 
 /** No one holds `record`: no fencing token, no lease end (never claimed, or settled, released, reaped). */
 const assertUnleased = (record: EventRecord) => {
@@ -163,6 +214,14 @@ export interface SuiteOptions {
    * with a non-retryable `StoreError` and claims nothing.
    */
   readonly ordering?: "supported" | "refused" | undefined
+  /**
+   * `"supported"` (the default): the tenant-fair claiming cases run.
+   * `"refused"`: the store refuses a fair claim (`PgOutboxStore` during an
+   * online migration, before the tenant column is in place), and the suite
+   * checks that a fair `claim` fails with a non-retryable `StoreError` and
+   * claims nothing.
+   */
+  readonly fairness?: "supported" | "refused" | undefined
 }
 
 /**
@@ -1254,6 +1313,181 @@ export const suite: {
             assert.strictEqual((yield* row(p[4]!)).status, "PENDING")
             yield* completeAll([leased!])
             assert.deepStrictEqual(ids(yield* claimOrdered()), [p[4]!])
+          })
+        )
+      }
+    })
+
+    if (options.fairness === "refused") {
+      test(
+        "a fair claim is refused: a non-retryable StoreError, nothing claimed",
+        Effect.gen(function*() {
+          const published = ids(yield* publishAll(2))
+          const error = yield* Effect.flip(claimFair())
+          assert.instanceOf(error, StoreError)
+          assert.isFalse((error as StoreError).retryable)
+          for (const id of published) assert.strictEqual((yield* row(id)).status, "PENDING")
+          assert.deepStrictEqual(ids(yield* claim()), published)
+        })
+      )
+    }
+
+    if (options.fairness !== "refused") describe("tenant-fair claiming (OUTBOX_FAIRNESS=tenant)", () => {
+      test(
+        "each row keeps its tenant (explicit, else metadata.tenant when a string, else \"\"); claims and get return it",
+        Effect.gen(function*() {
+          const longest = "t".repeat(200)
+          const published = yield* publishIds([
+            input(1),
+            input(2, { metadata: { tenant: "acme" } }),
+            input(3, { metadata: { tenant: 42 } }),
+            input(4, { tenant: "globex", metadata: { tenant: "acme" } }),
+            input(5, { tenant: longest })
+          ])
+          const expected = ["", "acme", "", "globex", longest]
+          assert.deepStrictEqual((yield* Effect.forEach(published, row)).map((r) => r.tenant), expected)
+          const claimed = yield* claimFair()
+          assert.deepStrictEqual(ids(claimed), published)
+          assert.deepStrictEqual(claimed.map((e) => e.tenant), expected)
+          // an unfair claim returns the tenant too
+          const [other] = yield* publishIds([input(6, { metadata: { tenant: "initech" } })])
+          const [plain] = yield* claim()
+          assert.strictEqual(plain!.id, other!)
+          assert.strictEqual(plain!.tenant, "initech")
+        })
+      )
+
+      test(
+        "an invalid tenant (empty, over 200 characters, containing NUL) is refused with InvalidEvent (InvalidTenant) and writes nothing",
+        Effect.gen(function*() {
+          for (const tenant of ["", "t".repeat(201), "acme\u0000corp"]) {
+            const error = yield* Effect.flip(publishIds([input(1), input(2, { tenant })]))
+            assert.instanceOf(error, InvalidEvent)
+            const invalid = error as InvalidEvent
+            assert.strictEqual(invalid.reason, "InvalidTenant")
+            assert.strictEqual(invalid.field, "tenant")
+            assert.strictEqual(invalid.index, 1)
+          }
+          assert.deepStrictEqual(yield* claim(), [])
+        })
+      )
+
+      test(
+        "a tenant's backlog does not hold back another tenant's new events: each tenant with work gets ceil(limit / tenants), oldest first; an unused share is not handed on",
+        Effect.gen(function*() {
+          const backlog = yield* publishIds(Array.from({ length: 50 }, (_, i) => ofTenant(i + 1, "a")))
+          const fresh = yield* publishIds([ofTenant(51, "b"), ofTenant(52, "b"), ofTenant(53, "b")])
+          // without fairness: oldest first, so b waits for the whole backlog
+          const unfair = yield* claim(10)
+          assert.deepStrictEqual(ids(unfair), backlog.slice(0, 10))
+          yield* OutboxStore.use((s) => s.release(unfair.map(leaseOf)))
+          // with fairness: a and b get 5 each; b has only 3, the other 2 stay unclaimed
+          const fair = yield* claimFair(10)
+          assert.deepStrictEqual(ids(fair), [...backlog.slice(0, 5), ...fresh])
+          assert.deepStrictEqual(fair.map((e) => e.tenant), ["a", "a", "a", "a", "a", "b", "b", "b"])
+          const token = fair[0]!.lockToken
+          for (const event of fair) {
+            assert.strictEqual(event.lockToken, token)
+            assert.strictEqual(event.lockedUntil.getTime(), start + 30_000)
+            assert.strictEqual((yield* row(event.id)).status, "PROCESSING")
+          }
+          // b's events are in flight: a is the only tenant with work and gets the whole limit
+          assert.deepStrictEqual(ids(yield* claimFair(10)), backlog.slice(5, 15))
+        })
+      )
+
+      test(
+        "with more tenants with work than maxTenants, each fair claim takes maxTenants of them, going on from where the previous one stopped (wrapping around): every tenant has a turn within ceil(tenants / maxTenants) claims",
+        Effect.gen(function*() {
+          const byTenant = yield* publishTenants(["t1", "t2", "t3", "t4", "t5"], 4)
+          const check = rotation(byTenant)
+          // limit 4 over 2 tenants: 2 events each, e.g. (t1, t2), (t3, t4), (t5, t1), (t2, t3), (t4, t5)
+          const turns: Array<ReadonlyArray<string>> = []
+          for (let round = 0; round < 5; round++) turns.push(check(yield* claimFair(4, 2), 2, 2))
+          assert.deepStrictEqual(new Set(turns.slice(0, 3).flat()), new Set(byTenant.keys()))
+          assert.deepStrictEqual(yield* claimFair(4, 2), [])
+        })
+      )
+
+      test(
+        "a tenant the limit runs out before gets no event and goes first in the next fair claim: no tenant starves",
+        Effect.gen(function*() {
+          // limit 4 over 3 tenants: a share of 2, so the third tenant of a claim gets none
+          const byTenant = yield* publishTenants(["x", "y", "z"], 4)
+          const check = rotation(byTenant)
+          const turns: Array<ReadonlyArray<string>> = []
+          for (let round = 0; round < 3; round++) turns.push(check(yield* claimFair(4), 2, 2))
+          assert.deepStrictEqual(new Set(turns.slice(0, 2).flat()), new Set(byTenant.keys()))
+          assert.deepStrictEqual(yield* claimFair(4), [])
+          // limit 1: one tenant per claim, each in turn
+          const single = yield* publishTenants(["p", "q", "r"], 2)
+          const checkSingle = rotation(single)
+          for (let round = 0; round < 6; round++) checkSingle(yield* claimFair(1), 1, 1)
+          assert.deepStrictEqual(yield* claimFair(1), [])
+        })
+      )
+
+      test(
+        "a tenant whose events are all in flight, waiting out a backoff or scheduled later takes no turn and no share",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const [c1] = yield* publishIds([ofTenant(1, "c")])
+          const [inFlight] = yield* claim(1)
+          assert.strictEqual(inFlight!.id, c1!)
+          const [d1] = yield* publishIds([ofTenant(2, "d")])
+          const [failing] = yield* claim(1)
+          assert.strictEqual(failing!.id, d1!)
+          yield* store.retry(leaseOf(failing!), { error: "broker unavailable", delay: Duration.seconds(10) })
+          const [b1] = yield* publishIds([ofTenant(3, "b", { availableAt: at(60_000) })])
+          const a = yield* publishIds(Array.from({ length: 8 }, (_, i) => ofTenant(4 + i, "a")))
+          // only a has due work: it gets the whole limit
+          assert.deepStrictEqual(ids(yield* claimFair(4)), a.slice(0, 4))
+          // d's backoff has passed: a and d get 2 each; d has one event, its other share is not handed to a
+          yield* TestClock.adjust("10 seconds")
+          assert.deepStrictEqual(ids(yield* claimFair(4)), [d1!, ...a.slice(4, 6)])
+          // b's event is due; c's is still PROCESSING (its lease expired, but nobody reaped it)
+          yield* TestClock.adjust("50 seconds")
+          assert.strictEqual((yield* row(c1!)).status, "PROCESSING")
+          assert.deepStrictEqual(ids(yield* claimFair(4)), [b1!, ...a.slice(6, 8)])
+          assert.deepStrictEqual(yield* claimFair(4), [])
+        })
+      )
+
+      test(
+        "with ordering and fairness together the claim is ordered (one event per key), fairness not applied",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          // tenant a: two events of one key; tenant b: one event
+          const published = yield* publishIds([ofTenant(1, "a"), ofTenant(2, "a", { aggregateId: "order-1" }), ofTenant(3, "b")])
+          const both = { ordering: { deadLetter: "continue" }, fairness: {} } as const
+          const claimed = yield* store.claim({ limit: 10, leaseDuration: lease, ...both })
+          assert.deepStrictEqual(ids(claimed), [published[0], published[2]])
+        })
+      )
+
+      if (options.claimInTransaction !== "refused") {
+        test(
+          "claimInTransaction with fairness locks the same shares; other fair claims never take the rows it holds",
+          Effect.gen(function*() {
+            const store = yield* OutboxStore
+            const a = yield* publishIds(Array.from({ length: 6 }, (_, i) => ofTenant(i + 1, "a")))
+            const [b1] = yield* publishIds([ofTenant(7, "b")])
+            const claimed = yield* store.claimInTransaction({ limit: 4, timeout: txTimeout, fairness: {} }, (events) =>
+              Effect.gen(function*() {
+                assert.deepStrictEqual(ids(events), [a[0]!, a[1]!, b1!])
+                assert.deepStrictEqual(events.map((e) => e.tenant), ["a", "a", "b"])
+                // b's only event is locked here: never claimed by the other claim, and a gets at least its share
+                // (PostgreSQL still counts b's turn, its row being visible, so a gets 2; the memory store gives a all 4)
+                const leased = yield* claimFair(4)
+                assert.includeMembers(a.slice(2, 6), ids(leased))
+                assert.isAtLeast(leased.length, 2)
+                assert.notInclude(ids(leased), b1!)
+                return settled(events)
+              }))
+            assert.deepStrictEqual(ids(claimed), [a[0]!, a[1]!, b1!])
+            const records = yield* Effect.forEach([...a, b1!], row)
+            assert.deepStrictEqual(records.slice(0, 2).map((r) => r.status), ["COMPLETED", "COMPLETED"])
+            assert.strictEqual(records[6]!.status, "COMPLETED")
           })
         )
       }

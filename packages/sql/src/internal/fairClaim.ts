@@ -9,9 +9,10 @@
  * last tenant, wrapping around, at most `maxTenants`; keeps those with a due
  * row; gives each an equal share of the limit (at least one) and locks each
  * tenant's oldest due rows, `FOR UPDATE SKIP LOCKED`, in a lateral
- * sub-query over the same index. The last tenant taken is the next claim's
- * cursor (kept by the store, shared by its workers: a race only makes two
- * claims overlap).
+ * sub-query over the same index. The last tenant (in turn order) that got
+ * rows is the next claim's cursor, so a tenant the limit ran out before goes
+ * first next time (kept by the store, shared by its workers: a race only
+ * makes two claims overlap).
  *
  * @internal
  */
@@ -50,8 +51,8 @@ export const make = (options: Options) => {
 
   /**
    * The claim: `select` (columns of `o`) of the rows locked, in the CTE
-   * `locked`; `finish` turns it into the result, each row's last value
-   * being the claim's last tenant (`next_tenant`, the next cursor).
+   * `locked`; `finish` turns it into the result, whose rows carry their
+   * tenant at `tenantAt` (see `advance`).
    */
   const statement = (
     ts: Fragment,
@@ -96,8 +97,6 @@ export const make = (options: Options) => {
         ORDER BY w.n LIMIT ${max}
       ), share AS (
         SELECT greatest(1, ceil(${limit}::numeric / greatest((SELECT count(*) FROM taken), 1)))::int AS s
-      ), last_tenant AS (
-        SELECT (SELECT tk.t FROM taken tk ORDER BY tk.n DESC LIMIT 1) AS t
       ), locked AS (
         SELECT l.* FROM taken tk CROSS JOIN LATERAL (
           SELECT ${parts.select} FROM ${T} o
@@ -110,21 +109,26 @@ export const make = (options: Options) => {
   }
 
   /**
-   * Records the claim's last tenant (each row's last value) as the next
-   * cursor and returns the claimed rows (the row of a claim that took
-   * nothing, which only carries the cursor, dropped).
+   * Moves the cursor to the last tenant, in this claim's turn order (the
+   * tenants after the cursor, then from the first), that got rows: `tenantAt`
+   * is where a row carries its tenant. Nothing claimed: the cursor stays.
    */
-  const advance = <V extends ReadonlyArray<unknown>>(rows: ReadonlyArray<V>): ReadonlyArray<V> => {
-    const first = rows[0]
-    if (first === undefined) return rows
-    const next = first[first.length - 1]
-    if (typeof next === "string") cursor = next
-    return first[0] === null ? [] : rows
+  const advance = <V extends ReadonlyArray<unknown>>(rows: ReadonlyArray<V>, tenantAt: number): ReadonlyArray<V> => {
+    const from = cursor
+    /** Later in the turn order: after the cursor first, then from the start. */
+    const later = (a: string, b: string) => {
+      const wa = from !== undefined && a <= from ? 1 : 0
+      const wb = from !== undefined && b <= from ? 1 : 0
+      return wa !== wb ? wa > wb : a > b
+    }
+    let last: string | undefined
+    for (const row of rows) {
+      const t = row[tenantAt]
+      if (typeof t === "string" && (last === undefined || later(t, last))) last = t
+    }
+    if (last !== undefined) cursor = last
+    return rows
   }
 
-  /** `SELECT NULL, ..., (last tenant)`: the one row of a claim that took nothing (`columns` NULLs first). */
-  const emptyRow = (columns: number) =>
-    sql.literal(`SELECT ${Array.from({ length: columns }, () => "NULL").join(", ")}, (SELECT t FROM last_tenant)`)
-
-  return { statement, advance, emptyRow }
+  return { statement, advance }
 }

@@ -148,11 +148,10 @@ export const make = <V>(options: Options<V>) => {
         fair.statement(ts, claimOptions.limit, claimOptions.fairness, {
           claimable: options.claimable(ts),
           select: sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token${options.keyColumns}`,
-          finish: sql`SELECT l.*, (SELECT t FROM last_tenant) FROM locked l
-            UNION ALL ${fair.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM locked)`
+          finish: sql.literal("SELECT * FROM locked")
         })
       }`.values as Effect.Effect<ReadonlyArray<V & ReadonlyArray<unknown>>, SqlError.SqlError>).pipe(
-        Effect.map(fair.advance)
+        Effect.map((rows) => fair.advance(rows, 13))
       )
     )
 

@@ -1,6 +1,9 @@
 /**
  * The orders service: `POST /orders` writes an order and an `OrderCreated`
- * event in one outbox transaction; `GET /orders/:id` reads it back. The
+ * event in one outbox transaction; `POST /orders/:id/cancel` cancels it and
+ * publishes `OrderCancelled` the same way (with `OUTBOX_ORDERING=key` a
+ * consumer gets each order's events in that order, whatever the number of
+ * workers and retries); `GET /orders/:id` reads it back. The
  * in-process relay delivers each event to `OUTBOX_SINK_URL` (webhook) or,
  * when that is unset, to the log. `GET /metrics` serves the outbox metrics
  * to Prometheus and `GET /healthz` the outbox health and the sink's
@@ -267,6 +270,7 @@ export const migrate = Effect.gen(function*() {
       total       numeric     NOT NULL,
       created_at  timestamptz NOT NULL DEFAULT now()
     )`
+  yield* sql`ALTER TABLE orders ADD COLUMN IF NOT EXISTS cancelled_at timestamptz`
 })
 
 /**
@@ -299,6 +303,31 @@ const createOrder = HttpRouter.add(
 )
 
 const Uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
+/**
+ * `POST /orders/:id/cancel`: cancels the order and publishes `OrderCancelled`
+ * in one transaction; 200 `{ orderId }`, 404 for an unknown order, 409 for
+ * one cancelled already, 400 when the id is not a UUID.
+ */
+const cancelOrder = HttpRouter.add(
+  "POST",
+  "/orders/:id/cancel",
+  Effect.gen(function*() {
+    const { id } = yield* HttpRouter.schemaPathParams(Schema.Struct({ id: Schema.String }))
+    if (!Uuid.test(id)) return badRequest("the order id must be a UUID")
+    const sql = yield* SqlClient.SqlClient
+    return yield* Outbox.transaction(Effect.gen(function*() {
+      const cancelled = yield* sql<{ id: string }>`
+        UPDATE orders SET cancelled_at = now() WHERE id = ${id} AND cancelled_at IS NULL RETURNING id`
+      if (cancelled.length === 0) {
+        const exists = yield* sql<{ id: string }>`SELECT id FROM orders WHERE id = ${id}`
+        return exists.length === 0 ? json({ error: "not found" }, 404) : json({ error: "the order is cancelled already" }, 409)
+      }
+      yield* Outbox.publish({ aggregateType: "Order", aggregateId: id, eventType: "OrderCancelled", payload: { orderId: id } })
+      return json({ orderId: id }, 200)
+    }))
+  }).pipe(answerFailures)
+)
 
 /** `GET /orders/:id`: 200 with the order, 404, or 400 when the id is not a UUID. */
 const getOrder = HttpRouter.add(
@@ -385,7 +414,7 @@ const healthz = HttpRouter.add(
 )
 
 /** The HTTP routes (with `/metrics` for Prometheus). */
-export const Routes = Layer.mergeAll(createOrder, getOrder, healthz, OutboxTelemetry.layerPrometheusRoute())
+export const Routes = Layer.mergeAll(createOrder, cancelOrder, getOrder, healthz, OutboxTelemetry.layerPrometheusRoute())
 
 /**
  * The sink: the one `OUTBOX_SINK_URL` names (a webhook, NATS JetStream,

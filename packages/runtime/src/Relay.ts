@@ -187,16 +187,17 @@ export const make = Effect.gen(function*() {
   /**
    * `OUTBOX_ORDERING=key`: a completion (or a dead letter) here unblocks its
    * key, whose next event no claim could take while it was in flight; the
-   * idle workers claim again at once instead of at their next poll. Without
-   * it one key's events went one per poll interval: over 1 key, 84 events/s
-   * with a 10 ms poll (bench:ordering).
+   * longest-idle worker claims again at once instead of at its next poll
+   * (one, not all: several waking for one batch's keys made claims that
+   * found nothing). Without it one key's events went one per poll interval:
+   * over 1 key, 84 events/s with a 10 ms poll (bench:ordering).
    */
-  const unblocked = ordering === undefined ? undefined : { count: 0, signal: Deferred.makeUnsafe<void>() }
+  const unblocked = ordering === undefined ? undefined : { count: 0, waiting: [] as Array<Deferred.Deferred<void>> }
+  /** Wakes one idle worker (the longest waiting): each completion unblocks a batch's keys, one claim takes them. */
   const unblock: Effect.Effect<void> = unblocked === undefined ? Effect.void : Effect.sync(() => {
     unblocked.count++
-    const signal = unblocked.signal
-    unblocked.signal = Deferred.makeUnsafe<void>()
-    Deferred.doneUnsafe(signal, Effect.void)
+    const next = unblocked.waiting.shift()
+    if (next !== undefined) Deferred.doneUnsafe(next, Effect.void)
   })
   const claim = (limit: number) =>
     Effect.suspend(() => instruments.claim(store.claim({ limit, leaseDuration: config.leaseDuration, ...order })))
@@ -413,9 +414,16 @@ export const make = Effect.gen(function*() {
   const wakeup = Option.getOrUndefined(yield* Effect.serviceOption(Wakeup.Wakeup))
   const poll = unblocked === undefined
     ? Effect.raceFirst(Effect.sleep(config.pollInterval), Deferred.await(stop))
-    : Effect.suspend(() =>
-      Effect.raceAll([Effect.sleep(config.pollInterval), Deferred.await(stop), Deferred.await(unblocked.signal)])
-    )
+    : Effect.suspend(() => {
+      const woken = Deferred.makeUnsafe<void>()
+      unblocked.waiting.push(woken)
+      return Effect.raceAll([Effect.sleep(config.pollInterval), Deferred.await(stop), Deferred.await(woken)]).pipe(
+        Effect.ensuring(Effect.sync(() => {
+          const i = unblocked.waiting.indexOf(woken)
+          if (i >= 0) unblocked.waiting.splice(i, 1)
+        }))
+      )
+    })
 
   /**
    * A worker's wait after a claim that found nothing (one per worker): the

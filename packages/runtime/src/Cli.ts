@@ -25,6 +25,11 @@
  *   can connect; OK / WARN / CRITICAL exiting 0 / 1 / 2
  *   (`internal/cli/health.ts`).
  *
+ * - `outbox keys blocked [--hold] [--limit N] [--json]`: under per-key
+ *   ordering, the keys whose later events wait for their head (a backoff, a
+ *   schedule, or with `--hold` a dead letter), with the head's id, age and
+ *   last error (`internal/cli/keys.ts`).
+ *
  * Exits non-zero when a step fails or the health check names a problem
  * (`status`), so it can gate a pipeline.
  *
@@ -49,6 +54,7 @@ import * as Progress from "./internal/cli/progress.ts"
 import { archive } from "./internal/cli/archive.ts"
 import { audit } from "./internal/cli/audit.ts"
 import { dlq } from "./internal/cli/dlq.ts"
+import { keys } from "./internal/cli/keys.ts"
 import { roles } from "./internal/cli/roles.ts"
 import { formatBytes, formatTable, json as jsonFlag, print } from "./internal/cli/shared.ts"
 
@@ -231,7 +237,7 @@ const partitions = Command.make("partitions").pipe(
  */
 export const command = Command.make("outbox").pipe(
   Command.withDescription("Outbox: transactional outbox for PostgreSQL"),
-  Command.withSubcommands([migrate, partitions, OnlineMigrationCli.command, HealthCli.stats, HealthCli.health, dlq, roles, audit, archive])
+  Command.withSubcommands([migrate, partitions, OnlineMigrationCli.command, HealthCli.stats, HealthCli.health, dlq, keys, roles, audit, archive])
 )
 
 /**

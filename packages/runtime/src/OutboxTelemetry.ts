@@ -22,6 +22,7 @@
  * | `outbox_end_to_end_latency_seconds` | histogram | event_type |
  * | `outbox_claim_batch_size` | histogram | |
  * | `outbox_pending_events` … `outbox_xmin_horizon_age_seconds` | gauges | table (partition gauges) |
+ * | `outbox_blocked_keys` | gauge | reason (backoff, scheduled, dead_letter_held) |
  *
  * Counters and histograms are updated by the relay (and by
  * `Outbox.transaction` for published events); gauges are sampled from the
@@ -256,6 +257,22 @@ export const xminHorizonAge = gauge(
 )
 
 /**
+ * Ordering keys whose later events wait for their head, by `reason`
+ * (`backoff`, `scheduled`, `dead_letter_held`: `BlockedKeys.Reason`), under
+ * per-key ordering (`OUTBOX_ORDERING=key`; 0 otherwise). A key blocked by a
+ * failure stalls its events while every other key flows, which the backlog
+ * gauges do not show: alert on `reason!="scheduled"` (a scheduled head waits
+ * because its producer asked).
+ *
+ * @category metrics
+ * @since 0.1.0
+ */
+export const blockedKeys = gauge(
+  "outbox_blocked_keys",
+  "Ordering keys whose later events wait for their head (a backoff, a schedule, or under hold a dead letter); 0 without per-key ordering"
+)
+
+/**
  * Every exported metric name, as it appears on `/metrics` (histograms add
  * `_bucket`, `_sum` and `_count`).
  *
@@ -285,7 +302,8 @@ export const catalog = {
     "outbox_partitions_ahead",
     "outbox_default_partition_rows",
     "outbox_dead_tuples",
-    "outbox_xmin_horizon_age_seconds"
+    "outbox_xmin_horizon_age_seconds",
+    "outbox_blocked_keys"
   ]
 } as const
 
@@ -298,7 +316,8 @@ export const catalog = {
 export const labelValues = {
   leaseLostOperation: ["renew", "complete", "retry", "dead_letter", "release"],
   reapOutcome: ["requeued", "dead_lettered"],
-  loop: ["claim", "heartbeat", "reaper", "maintenance", "audit", "gauges", "wakeup"]
+  loop: ["claim", "heartbeat", "reaper", "maintenance", "audit", "gauges", "wakeup"],
+  blockedKeyReason: ["backoff", "scheduled", "dead_letter_held"]
 } as const
 
 /**
@@ -372,6 +391,15 @@ const partitionGauges: ReadonlyArray<GaugeReading<GaugeSnapshot["partitions"][nu
   { gauge: deadTuples, value: (p) => p.deadTuples }
 ]
 
+/** The blocked-key gauges (label `reason`), one line each. */
+const blockedKeyGauges: ReadonlyArray<
+  { readonly reason: typeof labelValues.blockedKeyReason[number]; readonly value: (s: GaugeSnapshot) => number }
+> = [
+  { reason: "backoff", value: (s) => s.blockedKeys.backoff },
+  { reason: "scheduled", value: (s) => s.blockedKeys.scheduled },
+  { reason: "dead_letter_held", value: (s) => s.blockedKeys.deadLetterHeld }
+]
+
 /**
  * Sets every gauge from one snapshot.
  *
@@ -381,6 +409,7 @@ const partitionGauges: ReadonlyArray<GaugeReading<GaugeSnapshot["partitions"][nu
 export const recordGauges = (snapshot: GaugeSnapshot): Effect.Effect<void> =>
   Effect.contextWith((context: Context.Context<never>) => {
     for (const { gauge, value } of snapshotGauges) gauge().updateUnsafe(value(snapshot), context)
+    for (const { reason, value } of blockedKeyGauges) blockedKeys({ reason }).updateUnsafe(value(snapshot), context)
     for (const partition of snapshot.partitions) {
       const labels = { table: partition.table }
       for (const { gauge, value } of partitionGauges) gauge(labels).updateUnsafe(value(partition), context)

@@ -39,6 +39,7 @@
  * @since 0.1.0
  */
 import { StoreError } from "@outbox/core/OutboxError"
+import type { Ordering } from "@outbox/core/OutboxStore"
 import * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
 import type * as SqlClient from "effect/sql/SqlClient"
@@ -175,6 +176,13 @@ export interface MeasureContext extends Base {
   readonly sql: SqlClient.SqlClient
   /** The outbox table (validated, unquoted; `Identifier.quote` it in SQL). */
   readonly table: string
+  /**
+   * The relay's per-key ordering (`OutboxHealth.Options.ordering`), or
+   * `undefined` when it does not order: what a measure of ordering keys
+   * (blocked keys) needs, since the database does not know the relay's
+   * settings.
+   */
+  readonly ordering: Ordering | undefined
 }
 
 /**

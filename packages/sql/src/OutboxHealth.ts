@@ -11,6 +11,7 @@
  * | `outbox_health_partitions` | per range-partitioned table: contiguous horizon from now, whole partitions ahead, gaps, rows in DEFAULT (counted up to 100 000), dead tuples | catalog and `pg_stat_user_tables`, plus a capped count of each DEFAULT partition |
  * | `outbox_health_vacuum` | per partition: live and dead tuples, dead ratio, last (auto)vacuum | `pg_stat_user_tables` |
  * | `outbox_health_xmin` | who holds the xmin horizon: transactions and idle-in-transaction sessions of this database, prepared transactions, replication slots (pid, xid age, age in seconds, query start) | `pg_stat_activity`, `pg_prepared_xacts`, `pg_replication_slots` |
+ * | `BlockedKeys` (no view: its statements take the relay's `hold`) | under per-key ordering only (`Options.ordering`): ordering keys whose head waits out a backoff or a schedule, or (with `hold`) sits behind a dead letter, with what is queued behind | the not-yet-due backlog rows and the dead letters, each checked with one descent of `<outbox>_ordering_idx` |
  *
  * Ages are measured with the database clock (`now()`), the clock the store
  * uses by default for leases.
@@ -30,15 +31,19 @@
  *
  * @since 0.1.0
  */
+import { OutboxConfig } from "@outbox/core/OutboxConfig"
 import type { StoreError } from "@outbox/core/OutboxError"
+import type { Ordering } from "@outbox/core/OutboxStore"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
+import * as BlockedKeys from "./BlockedKeys.ts"
 import * as HealthCheck from "./HealthCheck.ts"
 import * as Identifier from "./Identifier.ts"
 import * as HealthChecks from "./internal/healthChecks.ts"
@@ -119,6 +124,12 @@ export interface Snapshot {
    * retained WAL).
    */
   readonly xminHorizonAgeSeconds: number
+  /**
+   * Blocked ordering keys by reason (`outbox_blocked_keys{reason}`), counted
+   * among the first `snapshotMaxRows` backlog rows by id and dead letters;
+   * all 0 when the relay does not order by key (`Options.ordering`).
+   */
+  readonly blockedKeys: BlockedKeys.Counts
 }
 
 /**
@@ -280,6 +291,21 @@ export interface CheckResult {
 }
 
 /**
+ * The blocked ordering keys of a report (`BlockedKeys`).
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface BlockedKeysReport {
+  /** The ordering they were read under; `null` when the relay does not order by key: nothing was read. */
+  readonly ordering: Ordering | null
+  /** Counted exactly, by reason. */
+  readonly counts: BlockedKeys.Counts
+  /** The oldest heads first, at most 20. */
+  readonly keys: ReadonlyArray<BlockedKeys.BlockedKey>
+}
+
+/**
  * What `health` returns. `level` is the worst level of the findings.
  *
  * @category models
@@ -304,6 +330,8 @@ export interface HealthReport {
     /** The longest overdue, at most 20. */
     readonly stuck: ReadonlyArray<StuckLease>
   }
+  /** Keys whose later events wait for their head (under per-key ordering only). */
+  readonly blockedKeys: BlockedKeysReport
   readonly partitions: ReadonlyArray<PartitionHealth>
   readonly vacuum: ReadonlyArray<PartitionVacuum>
   readonly xminHorizon: {
@@ -367,6 +395,16 @@ export interface Options {
    * (`stats` and `health` count exactly.)
    */
   readonly snapshotMaxRows?: number | undefined
+  /**
+   * The relay's per-key ordering (`OUTBOX_ORDERING=key`; `deadLetter` its
+   * `OUTBOX_ORDERING_DEAD_LETTER`). Blocked keys exist only under it, and
+   * the database does not know it: with it, `health` lists them (check
+   * `BlockedKeys`) and `snapshot` counts them (`outbox_blocked_keys`); a
+   * dead-lettered head counts as blocking only under `hold`. `"none"`: not
+   * read. Default: the relay's, from the `OutboxConfig` service when the
+   * service is built beside it (as `OutboxLive` builds it), else `"none"`.
+   */
+  readonly ordering?: Ordering | "none" | undefined
   /** Overrides of `defaultThresholds`. */
   readonly thresholds?: { readonly [K in keyof Thresholds]?: Thresholds[K] | undefined } | undefined
   /**
@@ -430,6 +468,7 @@ export interface Measurements {
   readonly tables: ReadonlyArray<string>
   readonly backlog: HealthReport["backlog"]
   readonly leases: HealthReport["leases"]
+  readonly blockedKeys: BlockedKeysReport
   readonly partitions: ReadonlyArray<PartitionHealth>
   readonly vacuum: ReadonlyArray<PartitionVacuum>
   readonly holders: ReadonlyArray<XminHolder>
@@ -442,6 +481,9 @@ export interface Measurements {
  *
  * - `counts`: `outbox_stats` and the stuck leases of `outbox_health_leases`;
  *   one row, `{ backlog, leases }`.
+ * - `blockedKeys`: `BlockedKeys` (counts, and the 20 oldest heads), under
+ *   per-key ordering only; one row, `BlockedKeysReport`, or none when the
+ *   relay does not order by key.
  * - `partitions`: `outbox_health_partitions`; one row per table of
  *   `Options.tables`, `{ table, partition }` (`partition` undefined when the
  *   table is not range-partitioned).
@@ -457,10 +499,10 @@ export const measures = HealthChecks.measures
 /**
  * The built-in checks (`HealthCheck`), in the order their findings come (per
  * measure, then per row): StuckLease, LongHeldLease, BacklogAge,
- * DeadLetters (`counts`); PartitionHorizon, PartitionsAhead (not where the
- * horizon is CRITICAL), RowsInDefault (`partitions`); DeadTuples
- * (`vacuum`); LongTransaction, IdleInTransaction, PreparedTransaction,
- * ReplicationSlot (`holders`).
+ * DeadLetters (`counts`); BlockedKeys (`blockedKeys`); PartitionHorizon,
+ * PartitionsAhead (not where the horizon is CRITICAL), RowsInDefault
+ * (`partitions`); DeadTuples (`vacuum`); LongTransaction,
+ * IdleInTransaction, PreparedTransaction, ReplicationSlot (`holders`).
  *
  * `health` folds this list (or `Options.checks`); `FindingName`,
  * `Thresholds` and `defaultThresholds` derive from it; `outbox health
@@ -537,6 +579,25 @@ const validChecks = (list: ReadonlyArray<HealthCheck.Any>): Effect.Effect<void, 
   return Effect.void
 }
 
+/** The relay's ordering from its `OutboxConfig`, when one is provided. */
+const relayOrdering: Effect.Effect<Ordering | undefined> = Effect.map(
+  Effect.serviceOption(OutboxConfig),
+  Option.match({
+    onNone: () => undefined,
+    onSome: (config) => (config.ordering === "key" ? { deadLetter: config.orderingDeadLetter } : undefined)
+  })
+)
+
+const resolveOrdering = (ordering: Options["ordering"]): Effect.Effect<Ordering | undefined, InvalidHealthOptions> => {
+  if (ordering === "none") return Effect.succeed(undefined)
+  if (ordering === undefined) return relayOrdering
+  return ordering.deadLetter === "continue" || ordering.deadLetter === "hold"
+    ? Effect.succeed({ deadLetter: ordering.deadLetter })
+    : Effect.fail(
+      new InvalidHealthOptions({ option: "ordering.deadLetter", message: `"continue" or "hold", got ${String(ordering.deadLetter)}` })
+    )
+}
+
 const resolveOptions = Effect.fnUntraced(function*(options: Options) {
   const table = typeof options.table === "object"
     ? options.table.outbox
@@ -553,6 +614,7 @@ const resolveOptions = Effect.fnUntraced(function*(options: Options) {
   }
   const maxRows = yield* positiveInteger("throughputMaxRows", options.throughputMaxRows ?? 100_000)
   const snapshotMaxRows = yield* positiveInteger("snapshotMaxRows", options.snapshotMaxRows ?? 100_000)
+  const ordering = yield* resolveOrdering(options.ordering)
   const list: ReadonlyArray<HealthCheck.Any> = options.checks ?? checks
   yield* validChecks(list)
   const overrides = Object.fromEntries(Object.entries(options.thresholds ?? {}).filter(([, v]) => v !== undefined))
@@ -564,7 +626,7 @@ const resolveOptions = Effect.fnUntraced(function*(options: Options) {
       }
     } else yield* validBand(key, value as Band)
   }
-  return { table, tables, minutes, maxRows, snapshotMaxRows, thresholds, list }
+  return { table, tables, minutes, maxRows, snapshotMaxRows, thresholds, list, ordering }
 })
 
 /** A row of `outbox_throughput`. */
@@ -608,9 +670,9 @@ const CountRow = Schema.Struct({ n: Schema.Number })
  * @since 0.1.0
  */
 export const make = Effect.fnUntraced(function*(options: Options = {}) {
-  const { list, maxRows, minutes, snapshotMaxRows, table, tables, thresholds } = yield* resolveOptions(options)
+  const { list, maxRows, minutes, ordering, snapshotMaxRows, table, tables, thresholds } = yield* resolveOptions(options)
   const sql = (yield* SqlClient.SqlClient).withoutTransforms()
-  const context: HealthCheck.MeasureContext = { sql, table, tables }
+  const context: HealthCheck.MeasureContext = { sql, table, tables, ordering }
   const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms))
   const T = Identifier.quote(table)
   /** The report's own measures first (in their order), then those only the list's checks read. */
@@ -647,6 +709,9 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     const c = yield* gaugeCounts
     const ps = yield* HealthChecks.readPartitions(context)
     const hs = yield* HealthChecks.readHolders(context)
+    const blockedKeys = ordering === undefined
+      ? HealthChecks.noBlockedKeys
+      : yield* BlockedKeys.readCounts(context, { hold: ordering.deadLetter === "hold", maxRows: snapshotMaxRows })
     return {
       pending: c.backlog,
       processing: c.processing,
@@ -655,7 +720,8 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       leaseHeldSeconds: c.leaseHeldSeconds,
       deadLetters: c.deadLetter,
       partitions: ps.map((p) => ({ table: p.table, ahead: p.ahead, defaultRows: p.defaultRows, deadTuples: p.deadTuples })),
-      xminHorizonAgeSeconds: HealthChecks.horizonAge(hs)
+      xminHorizonAgeSeconds: HealthChecks.horizonAge(hs),
+      blockedKeys
     }
   }).pipe(Effect.withSpan("OutboxHealth.snapshot"))
 
@@ -714,6 +780,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       thresholds,
       backlog: measured.backlog,
       leases: measured.leases,
+      blockedKeys: measured.blockedKeys,
       partitions: measured.partitions,
       vacuum: measured.vacuum,
       xminHorizon: { ageSeconds: HealthChecks.horizonAge(hs), oldest: hs[0] ?? null, holders: hs },

@@ -5,6 +5,7 @@
  * @since 0.1.0
  */
 export * as AuditTrail from "./AuditTrail.ts"
+export * as BlockedKeys from "./BlockedKeys.ts"
 export * as DeadLetters from "./DeadLetters.ts"
 export * as FileArchiveStorage from "./FileArchiveStorage.ts"
 export * as HealthCheck from "./HealthCheck.ts"

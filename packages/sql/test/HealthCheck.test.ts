@@ -16,6 +16,7 @@ const findingNames: Record<OutboxHealth.FindingName, true> = {
   LongHeldLease: true,
   BacklogAge: true,
   DeadLetters: true,
+  BlockedKeys: true,
   PartitionHorizon: true,
   PartitionsAhead: true,
   RowsInDefault: true,
@@ -30,6 +31,7 @@ const healthy: OutboxHealth.Measurements = {
   tables: ["outbox"],
   backlog: { pending: 0, processing: 0, oldestPendingAgeSeconds: 0, deadLetters: 0 },
   leases: { overdue: 0, overdueSeconds: 0, heldSeconds: 0, stuck: [] },
+  blockedKeys: { ordering: null, counts: { backoff: 0, scheduled: 0, deadLetterHeld: 0, oldestFailedHeadAgeSeconds: 0 }, keys: [] },
   partitions: [{
     table: "outbox",
     partitions: 4,

@@ -35,6 +35,7 @@ describe("OutboxHealth.evaluate", () => {
     tables: ["outbox"],
     backlog: { pending: 0, processing: 0, oldestPendingAgeSeconds: 0, deadLetters: 0 },
     leases: { overdue: 0, overdueSeconds: 0, heldSeconds: 0, stuck: [] },
+    blockedKeys: { ordering: null, counts: { backoff: 0, scheduled: 0, deadLetterHeld: 0, oldestFailedHeadAgeSeconds: 0 }, keys: [] },
     partitions: [{
       table: "outbox",
       partitions: 4,
@@ -169,7 +170,8 @@ layer(Live, { timeout: "60 seconds", excludeTestServices: true })("OutboxHealth 
         leaseHeldSeconds: 0,
         deadLetters: 0,
         partitions: [{ table: "outbox", ahead: 3, defaultRows: 0, deadTuples: snapshot.partitions[0]!.deadTuples }],
-        xminHorizonAgeSeconds: snapshot.xminHorizonAgeSeconds
+        xminHorizonAgeSeconds: snapshot.xminHorizonAgeSeconds,
+        blockedKeys: { backoff: 0, scheduled: 0, deadLetterHeld: 0, oldestFailedHeadAgeSeconds: 0 }
       })
     }))
 

@@ -318,6 +318,10 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("OutboxRoles"
                    VALUES ('Role', 'd-1', 'Late', '{}', '2999-01-01')`
         const snapshot = yield* relayHealth((h) => h.snapshot)
         assert.deepStrictEqual(snapshot.partitions.map((p) => [p.table, p.defaultRows]), [["outbox", 1]])
+        // under per-key ordering its snapshot also counts blocked keys, with the same grants (SELECT on the parent)
+        yield* sql`UPDATE outbox SET status = 'FAILED', available_at = now() + interval '1 hour' WHERE event_type = 'Late'`
+        const ordered = yield* relay(Effect.flatMap(OutboxHealth.make({ ordering: { deadLetter: "hold" } }), (h) => h.snapshot))
+        assert.deepStrictEqual([ordered.blockedKeys.backoff, ordered.blockedKeys.deadLetterHeld], [1, 0])
         yield* refused("relay: SELECT the DEFAULT partition", relay(statement(`SELECT * FROM outbox_default`)))
         // the producer may not read the outbox: the function counts nothing for it
         const [counted] = yield* as("producer")(

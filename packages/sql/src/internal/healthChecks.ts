@@ -15,10 +15,11 @@
 import type { StoreError } from "@outbox/core/OutboxError"
 import * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
+import * as BlockedKeys from "../BlockedKeys.ts"
 import * as HealthCheck from "../HealthCheck.ts"
 import * as Identifier from "../Identifier.ts"
 import { defaultRowsCap, leasesSelect, statsSelect } from "../migrations/0004_health_views.ts"
-import type { Measurements, PartitionHealth, PartitionVacuum, XminHolder } from "../OutboxHealth.ts"
+import type { BlockedKeysReport, Measurements, PartitionHealth, PartitionVacuum, XminHolder } from "../OutboxHealth.ts"
 
 // ---------------------------------------------------------------------------
 // measures: one query each, rows decoded once
@@ -201,6 +202,41 @@ export const readHolders = (context: HealthCheck.MeasureContext): Effect.Effect<
 export const horizonAge = (holders: ReadonlyArray<XminHolder>) => Math.max(0, ...holders.map((h) => h.ageSeconds ?? 0))
 
 /**
+ * How many blocked keys a report lists (the oldest heads first); they are
+ * counted whatever their number.
+ *
+ * @internal
+ */
+export const blockedKeysListed = 20
+
+/**
+ * Nothing blocked: the counts of a relay that does not order by key, or of
+ * an outbox with no blocked key.
+ *
+ * @internal
+ */
+export const noBlockedKeys: BlockedKeys.Counts = { backoff: 0, scheduled: 0, deadLetterHeld: 0, oldestFailedHeadAgeSeconds: 0 }
+
+/**
+ * The blocked keys (`BlockedKeys`), read only when the relay orders by key
+ * (`context.ordering`): without per-key ordering no key holds its later
+ * events back, and nothing is read.
+ *
+ * @internal
+ */
+export const readBlockedKeys = (context: HealthCheck.MeasureContext): Effect.Effect<BlockedKeysReport, StoreError> => {
+  const ordering = context.ordering
+  if (ordering === undefined) return Effect.succeed({ ordering: null, counts: noBlockedKeys, keys: [] })
+  const hold = ordering.deadLetter === "hold"
+  return Effect.gen(function*() {
+    const counts = yield* BlockedKeys.readCounts(context, { hold })
+    const total = counts.backoff + counts.scheduled + counts.deadLetterHeld
+    const keys = total === 0 ? [] : yield* BlockedKeys.read(context, { hold, limit: blockedKeysListed })
+    return { ordering, counts, keys }
+  })
+}
+
+/**
  * The measures of the built-in checks (documented at `OutboxHealth.measures`).
  *
  * @internal
@@ -229,6 +265,11 @@ export const measures = {
       }),
     rows: (m): ReadonlyArray<Pick<Measurements, "backlog" | "leases">> => [m]
   }),
+  blockedKeys: HealthCheck.measure({
+    name: "blockedKeys",
+    read: (context) => Effect.map(readBlockedKeys(context), (blockedKeys) => ({ blockedKeys })),
+    rows: (m): ReadonlyArray<BlockedKeysReport> => (m.blockedKeys.ordering === null ? [] : [m.blockedKeys])
+  }),
   partitions: HealthCheck.measure({
     name: "partitions",
     read: (context) => Effect.map(readPartitions(context), (partitions) => ({ partitions })),
@@ -252,6 +293,20 @@ export const measures = {
 // ---------------------------------------------------------------------------
 
 const seconds = (s: number) => (s >= 120 ? `${Math.round(s / 60)} min` : `${Math.round(s)} s`)
+
+/** A text on one line, cut to `max` characters. */
+const oneLine = (text: string, max: number) => {
+  const flat = text.replace(/\s+/g, " ").trim()
+  return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat
+}
+
+/** What holds a blocked key, for a finding's message: `backoff until …, 3 of 10 attempts: <last error>`. */
+const describeHead = (key: BlockedKeys.BlockedKey) => {
+  const why = key.reason === "dead_letter_held"
+    ? "dead-lettered, held until a redrive"
+    : `${key.reason} until ${key.availableAt?.toISOString() ?? "?"}`
+  return `${why}, ${key.retryCount} of ${key.maxRetries} attempts${key.lastError === null ? "" : `: ${oneLine(key.lastError, 120)}`}`
+}
 
 /**
  * The verdict on a session of `kind` holding the horizon (LongTransaction,
@@ -329,6 +384,34 @@ export const checks = [
     gauge: "outbox_dead_letter_events",
     evaluate: ({ backlog }, t) =>
       HealthCheck.judge(t.deadLetters, backlog.deadLetters, "outbox", (v) => `${v} dead-lettered event(s)`)
+  }),
+  HealthCheck.make({
+    name: "BlockedKeys",
+    measure: measures.blockedKeys,
+    thresholds: {
+      /**
+       * Seconds the oldest head of a key blocked by a failure (a backoff,
+       * or with `hold` a dead letter) has existed: its age since creation,
+       * as the table records no first failure. Keys waiting for a scheduled
+       * head are listed, not judged. Read only under per-key ordering
+       * (`OutboxHealth.Options.ordering`).
+       */
+      blockedKeyHeadAgeSeconds: HealthCheck.band({ warn: 300, critical: 1800 })
+    },
+    evaluate: ({ counts, keys }, t) => {
+      const failed = counts.backoff + counts.deadLetterHeld
+      if (failed === 0) return undefined
+      // the list is oldest head first: its first key blocked by a failure is the oldest one (when listed)
+      const oldest = keys.find((k) => k.reason !== "scheduled")
+      return HealthCheck.judge(t.blockedKeyHeadAgeSeconds, counts.oldestFailedHeadAgeSeconds, oldest?.key ?? "outbox", (v) =>
+        `${failed} ordering key(s) blocked by a failure, their later events held back; ${
+          oldest === undefined
+            ? `the oldest head has existed for ${seconds(v)}`
+            : `the oldest, ${oldest.key}, on event ${oldest.headId} (existing for ${seconds(v)}, ${oldest.queuedBehind}${
+              oldest.queuedBehind >= BlockedKeys.queuedBehindCap ? "+" : ""
+            } queued behind): ${describeHead(oldest)}`
+        } (outbox keys blocked)`)
+    }
   }),
   HealthCheck.make({
     name: "PartitionHorizon",

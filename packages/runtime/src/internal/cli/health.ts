@@ -16,6 +16,11 @@
  * password. A sink with no connection of its own (a webhook) is reported as
  * not checked. The database and the sink are checked at the same time.
  *
+ * Under per-key ordering (`OUTBOX_ORDERING=key` in this environment, the
+ * relay's), `health` also reads the blocked keys (check `BlockedKeys`, with
+ * the dead-lettered heads under `OUTBOX_ORDERING_DEAD_LETTER=hold`) and
+ * prints the oldest of them.
+ *
  * `health` exits with 0 / 1 / 2 for OK / WARN / CRITICAL (a database it
  * cannot read is CRITICAL), so it can serve as a Kubernetes exec probe. With
  * `--json` stdout holds only the JSON document and stderr stays empty.
@@ -38,7 +43,8 @@ import * as Command from "effect/cli/Command"
 import * as Flag from "effect/cli/Flag"
 import * as OutboxEnv from "../../OutboxEnv.ts"
 import * as SinkUrl from "../../sinks/SinkUrl.ts"
-import { formatTable, json as jsonFlag, print } from "./shared.ts"
+import { formatBlockedKeys, relayOrdering } from "./keys.ts"
+import { duration, formatTable, json as jsonFlag, print } from "./shared.ts"
 
 /**
  * `health` found WARN or CRITICAL (or could not read the database): the
@@ -64,14 +70,6 @@ export class HealthCheckFailed extends Schema.TaggedError<HealthCheckFailed>("@o
 }
 
 const json = jsonFlag("a table")
-
-const duration = (seconds: number): string => {
-  if (seconds < 1) return "0s"
-  if (seconds < 120) return `${Math.round(seconds)}s`
-  if (seconds < 7200) return `${Math.round(seconds / 60)}min`
-  if (seconds < 172_800) return `${(seconds / 3600).toFixed(1)}h`
-  return `${(seconds / 86_400).toFixed(1)}d`
-}
 
 const minuteOf = (d: Date) => d.toISOString().slice(11, 16)
 
@@ -307,6 +305,17 @@ export const formatHealth = (
   lines.push(
     `backlog: ${r.backlog.pending} pending (oldest ${duration(r.backlog.oldestPendingAgeSeconds)}), ${r.backlog.processing} processing, ${r.leases.overdue} lease(s) overdue${r.leases.heldSeconds === 0 ? "" : ` (longest held ${duration(r.leases.heldSeconds)})`}, ${r.backlog.deadLetters} dead letter(s)`
   )
+  const blocked = r.blockedKeys
+  if (blocked.ordering !== null) {
+    const { backoff, deadLetterHeld, scheduled } = blocked.counts
+    lines.push("")
+    lines.push(
+      `blocked keys: ${backoff + scheduled + deadLetterHeld} (backoff ${backoff}, scheduled ${scheduled}${
+        blocked.ordering.deadLetter === "hold" ? `, dead_letter_held ${deadLetterHeld}` : ""
+      })${blocked.keys.length > 0 ? `, the oldest heads first:` : ""}`
+    )
+    if (blocked.keys.length > 0) lines.push(formatBlockedKeys(blocked.keys))
+  }
   lines.push("")
   lines.push(formatTable(
     ["table", "horizon", "gap", "DEFAULT rows", "ahead"],
@@ -415,15 +424,18 @@ export const health = Command.make("health", {
       })
     }
   }).pipe(
-    Effect.provide(OutboxHealth.layerConfig({
-      tables: options.tables.length === 0 ? undefined : options.tables,
-      thresholds: {
-        partitionsAheadWarn: Math.max(0, options.premake - 1),
-        ...(Option.isSome(options.maxPendingAge)
-          ? { oldestPendingAgeSeconds: { warn: options.maxPendingAge.value, critical: options.maxPendingAge.value * 6 } }
-          : {})
-      }
-    })),
+    Effect.provide(Layer.unwrap(Effect.map(relayOrdering, (ordering) =>
+      OutboxHealth.layerConfig({
+        tables: options.tables.length === 0 ? undefined : options.tables,
+        // the relay's ordering, from this environment: blocked keys exist only under OUTBOX_ORDERING=key
+        ordering: ordering ?? "none",
+        thresholds: {
+          partitionsAheadWarn: Math.max(0, options.premake - 1),
+          ...(Option.isSome(options.maxPendingAge)
+            ? { oldestPendingAgeSeconds: { warn: options.maxPendingAge.value, critical: options.maxPendingAge.value * 6 } }
+            : {})
+        }
+      })))),
     Effect.catchTag("StoreError", (error) =>
       Effect.fail(new HealthCheckFailed({ level: "CRITICAL", message: `cannot read the outbox's health: ${error.message}`, printed: false })))
   )).pipe(Command.withDescription("OK / WARN / CRITICAL with named findings; exits 0 / 1 / 2 (a Kubernetes exec probe)"))

@@ -1,7 +1,8 @@
 /**
  * What every `outbox` command shares, in one place so that they all parse
  * `--json` alike, print JSON alike (bigints as strings) and draw the same
- * plain-text tables: `json`, `print`, `formatTable` and `formatBytes`.
+ * plain-text tables: `json`, `print`, `formatTable`, `formatBytes` and
+ * `duration`.
  *
  * @internal
  */
@@ -62,4 +63,17 @@ export const formatBytes = (bytes: number): string => {
     unit++
   }
   return `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`
+}
+
+/**
+ * A duration for people, from seconds: `0s`, `45s`, `12min`, `3.5h`, `2.0d`.
+ *
+ * @internal
+ */
+export const duration = (seconds: number): string => {
+  if (seconds < 1) return "0s"
+  if (seconds < 120) return `${Math.round(seconds)}s`
+  if (seconds < 7200) return `${Math.round(seconds / 60)}min`
+  if (seconds < 172_800) return `${(seconds / 3600).toFixed(1)}h`
+  return `${(seconds / 86_400).toFixed(1)}d`
 }

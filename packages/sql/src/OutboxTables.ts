@@ -62,6 +62,8 @@ export interface OutboxTables {
   readonly orderingDeadIndex: string
   /** Partial index of the claimable rows by tenant and id (`<outbox>_tenant_idx`, migration 0009). */
   readonly tenantIndex: string
+  /** Partial index of the claimable rows that have an `available_at`, by it (`<outbox>_waiting_idx`, migration 0008). */
+  readonly waitingIndex: string
   /** The consumers' idempotency store. */
   readonly inbox: string
   /** The append-only log of dead-letter redrives. */
@@ -115,6 +117,7 @@ const derived = (outbox: string): OutboxTables => ({
   orderingIndex: `${outbox}_ordering_idx`,
   orderingDeadIndex: `${outbox}_ordering_dead_idx`,
   tenantIndex: `${outbox}_tenant_idx`,
+  waitingIndex: `${outbox}_waiting_idx`,
   defaultPartition: `${outbox}_default`,
   partitionPrefix: `${outbox}_p`,
   channel: `${outbox}${wakeupChannelSuffix}`,

@@ -20,7 +20,10 @@
  * claim finds heads in two ways:
  * - the *window*: the oldest `2 × limit` due rows (one range scan of the
  *   claimable index, as the unordered claim), and of each key there the
- *   oldest, if it is the key's head (one index probe each);
+ *   oldest. It is the key's head unless a lower row of the key is not due
+ *   (every due lower row would be in the window): the rows not yet due are
+ *   read once per claim (`<outbox>_waiting_idx`), or, past `maxWaiting`,
+ *   each candidate is checked with an index probe;
  * - the *walk*, only when the window found fewer heads than `limit` (one
  *   key's backlog, or blocked keys, in front): from a cursor, one index
  *   descent per key along `<outbox>_ordering_idx` (a loose index scan), at
@@ -76,6 +79,16 @@ export interface Probe {
 
 /** The walk's most keys per claim. */
 const maxSteps = 64
+
+/**
+ * The most not-yet-due rows (backoffs, schedules) a claim reads to rule out
+ * window candidates with a lower id waiting: up to this many, one range scan
+ * of `<outbox>_waiting_idx` answers for every candidate; above it (many
+ * scheduled events), each candidate is checked with an index probe instead.
+ * Measured at 200k pending rows: the probes were ~1.2 ms of a 2.4 ms claim
+ * of 100 on a table of 5 partitions (each probe descends every partition).
+ */
+const maxWaiting = 1_000
 
 /** The smallest bigint: the walk's cursor starts (and wraps around) here. */
 const minKey = -9223372036854775808n
@@ -137,12 +150,18 @@ export const make = (options: Options) => {
         SELECT o.id, o.created_at, ${k("o")} AS k FROM ${T} o
         WHERE o.status IN ('PENDING', 'FAILED') AND ${due}
         ORDER BY o.id LIMIT ${options.limit(2 * limit)}
+      ), waiting AS MATERIALIZED (
+        SELECT ${k("o")} AS k, o.id FROM ${T} o
+        WHERE o.status IN ('PENDING', 'FAILED') AND o.available_at > ${ts}
+        LIMIT ${options.limit(maxWaiting + 1)}
       ), window_heads AS MATERIALIZED (
         SELECT fw.k, fw.id, fw.created_at
         FROM (SELECT DISTINCT ON (wi.k) wi.k, wi.id, wi.created_at FROM win wi ORDER BY wi.k, wi.id) fw
-        WHERE fw.id = (SELECT o.id FROM ${T} o WHERE o.status IN ('PENDING', 'FAILED') AND ${k("o")} = fw.k
-                       ORDER BY ${k("o")}, o.id LIMIT 1)
-          AND ${eligible("fw", p, ordering)}
+        WHERE ${eligible("fw", p, ordering)}
+          AND CASE WHEN (SELECT count(*) FROM waiting) <= ${maxWaiting}
+            THEN NOT EXISTS (SELECT 1 FROM waiting x WHERE x.k = fw.k AND x.id < fw.id)
+            ELSE fw.id = (SELECT o.id FROM ${T} o WHERE o.status IN ('PENDING', 'FAILED') AND ${k("o")} = fw.k
+                          ORDER BY ${k("o")}, o.id LIMIT 1) END
       ), budget AS (
         SELECT least(${maxSteps}, ${limit}::int - (SELECT count(*) FROM window_heads))::int AS steps
       ), walk AS (

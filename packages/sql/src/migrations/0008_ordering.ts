@@ -36,7 +36,9 @@
  * entry whatever the key's length; a hash collision only makes two keys
  * wait for each other): each key's claimable rows by id (a key's head is its
  * first entry; the ordered claim walks keys with it), and its dead letters
- * (`OUTBOX_ORDERING_DEAD_LETTER=hold`).
+ * (`OUTBOX_ORDERING_DEAD_LETTER=hold`). And the rows with an `available_at`
+ * (backoffs, schedules) by it, so that a claim reads the ones not yet due
+ * without scanning the backlog.
  *
  * @internal
  */
@@ -129,7 +131,9 @@ export const statements = (tables: OutboxTables.OutboxTables): ReadonlyArray<str
     `CREATE INDEX IF NOT EXISTS ${Identifier.quote(tables.orderingIndex)} ON ${t} ((${keyHash()}), id)
      WHERE ${claimable}`,
     `CREATE INDEX IF NOT EXISTS ${Identifier.quote(tables.orderingDeadIndex)} ON ${t} ((${keyHash()}), id)
-     WHERE status = 'DEAD_LETTER'`
+     WHERE status = 'DEAD_LETTER'`,
+    `CREATE INDEX IF NOT EXISTS ${Identifier.quote(tables.waitingIndex)} ON ${t} (available_at)
+     WHERE status IN ('PENDING', 'FAILED') AND available_at IS NOT NULL`
   ]
 }
 

@@ -30,7 +30,7 @@ describe("metric catalog (deploy/metrics-catalog.json)", () => {
       assert.include(["counter", "gauge", "histogram"], metric.type)
       assert.strictEqual(metric.name.endsWith("_total"), metric.type === "counter", `${metric.name} (${metric.type})`)
       for (const label of metric.labels) {
-        assert.include(["aggregate_type", "event_type", "outcome", "operation", "table", "loop"], label, `${metric.name}: unbounded label ${label}`)
+        assert.include(["aggregate_type", "event_type", "outcome", "operation", "table", "loop", "reason"], label, `${metric.name}: unbounded label ${label}`)
       }
     }
   })

@@ -47,6 +47,8 @@ const ONE_KEY_EVENTS = Number(process.env.BENCH_ONE_KEY_EVENTS ?? 2_000)
 const PLAN_ROWS = Number(process.env.BENCH_PLAN_ROWS ?? 1_000_000)
 const PLAN_LIMITS = (process.env.BENCH_PLAN_LIMITS ?? "100").split(",").map(Number)
 const FAIR_BACKLOG = Number(process.env.BENCH_FAIR_BACKLOG ?? 100_000)
+/** BENCH_FIXED=1: fixed claims of the limit (`minBatchSize` = `batchSize`) instead of the adaptive limit. */
+const FIXED = process.env.BENCH_FIXED === "1"
 const KEYS = 1_000
 const WORKERS = 2
 
@@ -73,6 +75,7 @@ const drain = (n: number, ordering: "none" | "key", batch: number) =>
         Layer.provide(OutboxConfig.layer({
           ordering,
           batchSize: batch,
+          ...(FIXED ? { minBatchSize: batch } : {}),
           concurrency: WORKERS,
           pollInterval: Duration.millis(10)
         }))

@@ -4,7 +4,7 @@
  * transaction-scoped claim, beside the store that runs them.
  *
  * **Two statements.** First the *probe*: the id sequence's last value `w`,
- * then (in a sub-plan run after it) the lanes no producer holds, each taken
+ * then (in a sub-plan run after it) the lanes a producer holds: each lane taken
  * exclusively and given back at once (`pg_try_advisory_lock`, so a producer
  * never waits more than an instant). Then the *claim*, whose READ COMMITTED
  * snapshot is taken after the probe: every id ≤ `w` of a free lane was
@@ -66,15 +66,19 @@ export interface Options {
 }
 
 /**
- * The probe's outcome: the claim's id bound and free lanes.
+ * The probe's outcome: the claim's id bound and busy lanes.
  *
  * @internal
  */
 export interface Probe {
   /** Ids up to this were drawn before the lanes were probed (`null`: the sequence never drew one). */
   readonly w: bigint | string | null
-  /** The free lanes, as a PostgreSQL array literal. */
-  readonly lanes: string
+  /**
+   * The lanes a producer holds, as a PostgreSQL array literal: usually none
+   * or a few, so that checking a candidate against them is cheap (checking
+   * against the 256 free ones was a linear search per window row).
+   */
+  readonly busy: string
 }
 
 /** The walk's most keys per claim. */
@@ -113,15 +117,15 @@ export const make = (options: Options) => {
    */
   const probe = (extra?: Fragment): Effect.Effect<Probe, SqlError.SqlError> =>
     Effect.map(
-      sql<{ w: bigint | string | null; lanes: string }>`
+      sql<{ w: bigint | string | null; busy: string }>`
         SELECT s.w, ARRAY(
           SELECT l FROM generate_series(0, ${sql.literal(String(Ordering0008.lanes - 1))}) l
-          WHERE s.r AND CASE WHEN pg_try_advisory_lock(${ns}, l) THEN pg_advisory_unlock(${ns}, l) ELSE false END
-        )::text AS lanes
+          WHERE s.r AND NOT CASE WHEN pg_try_advisory_lock(${ns}, l) THEN pg_advisory_unlock(${ns}, l) ELSE false END
+        )::text AS busy
         FROM (SELECT pg_sequence_last_value(${options.sequence}::regclass) AS w, true AS r) s${
         extra === undefined ? sql.literal("") : sql` CROSS JOIN (${extra}) extra`
       }`,
-      (rows) => rows[0] ?? { w: null, lanes: "{}" }
+      (rows) => rows[0] ?? { w: null, busy: "{}" }
     )
 
   /** Whether the key `alias.k`'s head `alias.id` may be claimed (not in flight, committed below, not held). */
@@ -134,7 +138,7 @@ export const make = (options: Options) => {
           ORDER BY ${k("d")}, d.id LIMIT 1) > ${a}.id, true)`
       : sql.literal("")
     return sql`NOT EXISTS (SELECT 1 FROM inflight i WHERE i.k = ${a}.k)
-      AND ${a}.id <= ${p.w ?? "0"}::bigint AND ((${a}.k & ${laneMask})::int) = ANY (${p.lanes}::int[])
+      AND ${a}.id <= ${p.w ?? "0"}::bigint AND NOT (((${a}.k & ${laneMask})::int) = ANY (${p.busy}::int[]))
       ${held}`
   }
 

@@ -400,23 +400,9 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     ) as Effect.Effect<A, E | StoreError, R>
 
   // The claim's hot path: rows come back as value arrays in `claimedColumns`
-  // order (no keyed row object per event) and become one object literal each.
+  // order (no keyed row object per event) and become one object literal each;
+  // a plain table's claims add the ordering key and the tenant (`keyColumns`).
   const toEvent = (v: ClaimedValues): OutboxEvent => ({
-    id: v[0],
-    trackingId: v[1],
-    aggregateType: v[2],
-    aggregateId: v[3],
-    eventType: v[4],
-    payload: v[5],
-    metadata: v[6],
-    retryCount: v[7],
-    maxRetries: v[8],
-    createdAt: v[9],
-    lockedUntil: v[10],
-    lockToken: v[11]
-  })
-  /** `toEvent` of a row that carries its ordering key and tenant (`keyColumns`: a plain table's claims). */
-  const toKeyedEvent = (v: ClaimedValues): OutboxEvent => ({
     id: v[0],
     trackingId: v[1],
     aggregateType: v[2],
@@ -432,6 +418,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     lockedUntil: v[10],
     lockToken: v[11]
   })
+  const toKeyedEvent = toEvent
 
   // A literal LIMIT keeps the prepared claim on its custom plan: with a
   // parameter, PostgreSQL may switch to a generic plan after five executions.

@@ -131,22 +131,15 @@ const valuesList = (quotedTable: string, events: ReadonlyArray<ValidEvent>, retu
         availableAt = `, now() + $${values.length}::float8 * interval '1 millisecond'`
       }
     }
-    let orderingKey = ""
-    if (keyed) {
-      if (e.orderingKey === undefined) orderingKey = ", NULL"
-      else {
-        values.push(e.orderingKey)
-        orderingKey = `, $${values.length}`
-      }
+    /** `, $n` with `value` pushed, `, NULL` (the column's default) without one, nothing when no event has the column. */
+    const optional = (present: boolean, value: string | undefined) => {
+      if (!present) return ""
+      if (value === undefined) return ", NULL"
+      values.push(value)
+      return `, $${values.length}`
     }
-    let tenant = ""
-    if (tenanted) {
-      if (e.tenant === undefined) tenant = ", NULL"
-      else {
-        values.push(e.tenant)
-        tenant = `, $${values.length}`
-      }
-    }
+    const orderingKey = optional(keyed, e.orderingKey)
+    const tenant = optional(tenanted, e.tenant)
     return `($${base + 1}, $${base + 2}, $${base + 3}, $${base + 4}::jsonb, $${base + 5}::jsonb, ${retries}${availableAt}${orderingKey}${tenant})`
   })
   const columns = `${insertColumns.slice(0, -1)}${scheduled ? ", available_at" : ""}${keyed ? ", ordering_key" : ""}${

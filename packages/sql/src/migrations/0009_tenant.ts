@@ -18,11 +18,9 @@
  *
  * @internal
  */
-import * as Effect from "effect/Effect"
-import * as SqlClient from "effect/sql/SqlClient"
-import type * as SqlError from "effect/sql/SqlError"
 import * as Identifier from "../Identifier.ts"
 import type * as OutboxTables from "../OutboxTables.ts"
+import { fromStatements } from "./statements.ts"
 
 /**
  * A row's tenant as SQL (`alias` the row's table alias; none: the bare
@@ -57,10 +55,4 @@ export const statements = (tables: OutboxTables.OutboxTables): ReadonlyArray<str
  *
  * @internal
  */
-export const migration = (
-  tables: OutboxTables.OutboxTables
-): Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    for (const statement of statements(tables)) yield* sql.unsafe(statement)
-  })
+export const migration = fromStatements(statements)

@@ -1,0 +1,85 @@
+/**
+ * A chaos-suite producer in its own OS process (spawned by `scripts/chaos/main.ts`).
+ *
+ * Publishes events forever, in transactions of 1-4 events through
+ * `Outbox.transaction(Outbox.publishAll(...))` over `PgOutboxStore` and a
+ * `PgClient` from `DATABASE_URL`. Each event carries a unique payload id
+ * `pid = p<producer>.<incarnation>.<tx>.<n>` and one of `CHAOS_KEYS` aggregate ids.
+ * A share of the transactions (`CHAOS_HOLD_PROB`) sleeps 50..`CHAOS_HOLD_MAX_MS` ms
+ * between the insert and the commit, so that a SIGKILL often lands mid-transaction
+ * (PostgreSQL then rolls the transaction back when the connection drops).
+ *
+ * Protocol on stdout (one JSON object per line), read by the harness:
+ *   {"t":"open","pids":[...]}    the inserts are done, the transaction is still open
+ *   {"t":"commit","pids":[...]}  COMMIT returned
+ * The harness uses "open" lines to kill producers mid-transaction and to count
+ * the events that were rolled back; the database stays the only source of truth
+ * for what committed.
+ *
+ * Environment: DATABASE_URL, CHAOS_PRODUCER (index), CHAOS_INCARNATION,
+ * CHAOS_SEED, CHAOS_KEYS (default 20), CHAOS_HOLD_PROB (default 0.3),
+ * CHAOS_HOLD_MAX_MS (default 300), CHAOS_PAUSE_MS (max pause between
+ * transactions, default 40).
+ */
+import { NodeRuntime } from "@effect/platform-node"
+import { PgClient } from "@effect/sql-pg"
+import * as Outbox from "@outbox/core/Outbox"
+import type { EventInput } from "@outbox/core/OutboxEvent"
+import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+
+const env = (name: string, fallback: string) => process.env[name] ?? fallback
+
+const producer = Number(env("CHAOS_PRODUCER", "0"))
+const incarnation = Number(env("CHAOS_INCARNATION", "0"))
+const seed = Number(env("CHAOS_SEED", "1"))
+const keys = Number(env("CHAOS_KEYS", "20"))
+const holdProb = Number(env("CHAOS_HOLD_PROB", "0.3"))
+const holdMaxMs = Number(env("CHAOS_HOLD_MAX_MS", "300"))
+const pauseMs = Number(env("CHAOS_PAUSE_MS", "40"))
+
+/** mulberry32: a small deterministic PRNG, so a run's publishing plan is reproducible from its seed. */
+const prng = (s: number) => () => {
+  s = (s + 0x6d2b79f5) | 0
+  let t = Math.imul(s ^ (s >>> 15), 1 | s)
+  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+}
+const random = prng(seed * 7919 + producer * 104_729 + incarnation)
+
+const say = (line: object) => process.stdout.write(JSON.stringify(line) + "\n")
+
+const program = Effect.gen(function*() {
+  for (let tx = 0;; tx++) {
+    const size = 1 + Math.floor(random() * 4)
+    const inputs: Array<EventInput> = Array.from({ length: size }, (_, n) => ({
+      aggregateType: "Chaos",
+      aggregateId: `k-${Math.floor(random() * keys)}`,
+      eventType: "ChaosEvent",
+      payload: { pid: `p${producer}.${incarnation}.${tx}.${n}` }
+    }))
+    const pids = inputs.map((i) => (i.payload as { pid: string }).pid)
+    const hold = random() < holdProb ? 50 + Math.floor(random() * Math.max(1, holdMaxMs - 50)) : 0
+    yield* Outbox.transaction(
+      Outbox.publishAll(inputs).pipe(
+        Effect.tap(() => Effect.sync(() => say({ t: "open", pids }))),
+        // the window in which a SIGKILL leaves an open transaction behind
+        Effect.tap(() => (hold > 0 ? Effect.sleep(Duration.millis(hold)) : Effect.void))
+      )
+    )
+    say({ t: "commit", pids })
+    yield* Effect.sleep(Duration.millis(Math.floor(random() * pauseMs)))
+  }
+})
+
+const url = process.env.DATABASE_URL
+if (url === undefined) throw new Error("DATABASE_URL is required")
+
+const Store = PgOutboxStore.layerWithoutMigrations().pipe(
+  Layer.provideMerge(PgClient.layer({ url: Redacted.make(url), maxConnections: 2 }))
+)
+
+NodeRuntime.runMain(program.pipe(Effect.provide(Store)))

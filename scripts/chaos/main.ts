@@ -16,12 +16,34 @@
  * Scenarios:
  *   relay-kills     every 1-2 s (seeded) a random relay is SIGKILLed and restarted (50 cycles, 5 with --quick)
  *   producer-kills  producers are SIGKILLed mid-transaction and restarted (30 kills, 5 with --quick)
+ *   sink-outage     under load the receiver answers 503 (retryable for the webhook sink) for 60 s
+ *                   (8 s with --quick), then 204 again; reports the backlog and how fast it drains.
+ *                   Its producers write max_retries = 10000 (CHAOS_MAX_RETRIES overrides): with the
+ *                   default 5 and the fixture's 50 ms..1 s backoff an 8 s outage already dead-letters
+ *                   most of the backlog (354 of 512 rows in a trial run)
+ *   relay-freeze    a relay is SIGSTOPped while one of its requests is at the receiver (mid-batch,
+ *                   holding leases) for lease + 5 s = 8 s, then SIGCONTed (5 times, 2 with --quick);
+ *                   the receiver answers after 20 ms so that relays are mid-batch most of the time
  *
  * Then the system settles (producers stopped, wait until every committed row is
- * COMPLETED or a deadline) and the invariants are checked against the committed
- * rows and the receiver's log: lost = 0, phantom = 0 (rolled-back events never
- * delivered), payload integrity, per-key order (with --ordering key), settled
- * before the deadline; duplicates are reported, not failed.
+ * COMPLETED or DEAD_LETTER, or a deadline) and the invariants are checked against
+ * the committed rows, the receiver's log and the transition log: lost = 0,
+ * phantom = 0 (rolled-back events never delivered), no DEAD_LETTER, payload
+ * integrity, per-key order (with --ordering key), settled before the deadline,
+ * and no completion by a stale lease holder; duplicates are reported, not failed.
+ *
+ * Fencing, from the database side (every scenario): each chaos database gets a
+ * trigger logging every change of a row's status or lock token with the session's
+ * application_name, and each relay incarnation connects as `r<relay>.<incarnation>`.
+ * A completion whose old lock token was claimed by another session is a completion
+ * by a stale holder ("stale compl.", must be 0). This does not rely on the relay's
+ * own account; the frozen relays' "lease lost" warnings (their log) and, per
+ * freeze, the leases other relays' reapers recovered while it was stopped and the
+ * deliveries it still made of those events afterwards are reported alongside, to
+ * show the check was exercised (a freeze that held no lease would prove nothing).
+ * Comparing delivery times in the receiver's log was not used: a request written
+ * just before SIGSTOP is answered while the process is stopped, so arrival times
+ * alone cannot tell a stale delivery from a live one.
  *
  * Output: a table, and `scripts/chaos/results/chaos-report.json`; child
  * process logs under `scripts/chaos/results/logs/<scenario>/`. Exit code 1 when
@@ -178,8 +200,10 @@ const sigkill = async (proc: Proc) => {
 // ---------------------------------------------------------------------------
 // database
 
-const withAdmin = async <A>(f: (client: pg.Client) => Promise<A>): Promise<A> => {
-  const client = new pg.Client({ connectionString: SERVER_URL })
+const withAdmin = <A>(f: (client: pg.Client) => Promise<A>): Promise<A> => withClient(SERVER_URL, f)
+
+const withClient = async <A>(url: string, f: (client: pg.Client) => Promise<A>): Promise<A> => {
+  const client = new pg.Client({ connectionString: url })
   await client.connect()
   try {
     return await f(client)
@@ -197,14 +221,59 @@ const freshDatabase = async () => {
   await Effect.runPromise(
     OutboxMigrations.run.pipe(Effect.provide(PgClient.layer({ url: Redacted.make(url.toString()), maxConnections: 2 })))
   )
+  await installTransitionLog(url.toString())
   return { name, url: url.toString() }
 }
+
+/**
+ * The harness's own record of every lease transition, from the database side: an AFTER UPDATE
+ * trigger on `outbox` (test scaffolding in the chaos database only, not part of the schema) logs
+ * each change of status or lock token with the `application_name` of the session that made it.
+ * Every relay incarnation connects as `r<relay>.<incarnation>` (see `relayDatabaseUrl`), so a
+ * claim (→ PROCESSING, new token T) names the process that holds T, and a completion
+ * (PROCESSING → COMPLETED, old token T) names the process that completed it. A completion by any
+ * other session than T's claimer is a completion by a stale lease holder (`staleCompletions`).
+ */
+const installTransitionLog = (url: string) =>
+  withClient(url, async (client) => {
+    await client.query(`
+      CREATE TABLE chaos_transitions (
+        seq bigserial PRIMARY KEY,
+        id bigint NOT NULL,
+        old_status text,
+        new_status text,
+        old_token bigint,
+        new_token bigint,
+        app text NOT NULL,
+        at timestamptz NOT NULL DEFAULT clock_timestamp()
+      )`)
+    await client.query(`
+      CREATE FUNCTION chaos_record_transition() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        INSERT INTO chaos_transitions (id, old_status, new_status, old_token, new_token, app)
+        VALUES (NEW.id, OLD.status::text, NEW.status::text, OLD.lock_token, NEW.lock_token, current_setting('application_name'));
+        RETURN NULL;
+      END $$`)
+    await client.query(`
+      CREATE TRIGGER chaos_record_transition AFTER UPDATE ON outbox FOR EACH ROW
+      WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.lock_token IS DISTINCT FROM NEW.lock_token)
+      EXECUTE FUNCTION chaos_record_transition()`)
+  })
+
+/** The database URL a relay incarnation connects with: its sessions are named `r<relay>.<incarnation>`. */
+const relayDatabaseUrl = (url: string, relay: number, incarnation: number) => {
+  const u = new URL(url)
+  u.searchParams.set("application_name", relayApp(relay, incarnation))
+  return u.toString()
+}
+const relayApp = (relay: number, incarnation: number) => `r${relay}.${incarnation}`
 
 const dropDatabase = (name: string) =>
   withAdmin((admin) => admin.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`)).catch(() => undefined)
 
 // ---------------------------------------------------------------------------
-// the webhook receiver: every complete request is recorded and answered 204
+// the webhook receiver: every complete request is recorded and answered 204 (503 during an outage,
+// which the webhook sink treats as retryable: 408, 429 and 5xx are)
 
 interface Delivery {
   readonly trackingId: string
@@ -221,6 +290,10 @@ interface Delivery {
 const startReceiver = async () => {
   const deliveries: Array<Delivery> = []
   let malformed = 0
+  let outage = false
+  let latencyMs = 0
+  /** Per relay, the requests that arrived and are not answered yet (only non-zero with a latency). */
+  const inFlight = new Map<number, number>()
   const server = Http.createServer((req, res) => {
     const chunks: Array<Buffer> = []
     req.on("data", (chunk: Buffer) => chunks.push(chunk))
@@ -239,10 +312,19 @@ const startReceiver = async () => {
           pid: body.payload?.pid,
           relay: match ? Number(match[1]) : -1,
           incarnation: match ? Number(match[2]) : -1,
-          status: 204,
+          status: outage ? 503 : 204,
           at: Date.now()
         })
-        res.writeHead(204).end()
+        const status = outage ? 503 : 204
+        if (latencyMs === 0) res.writeHead(status).end()
+        else {
+          const relay = match ? Number(match[1]) : -1
+          inFlight.set(relay, (inFlight.get(relay) ?? 0) + 1)
+          setTimeout(() => {
+            inFlight.set(relay, inFlight.get(relay)! - 1)
+            res.writeHead(status).end()
+          }, latencyMs)
+        }
       } catch {
         malformed++
         res.writeHead(400).end()
@@ -257,6 +339,16 @@ const startReceiver = async () => {
   return {
     deliveries,
     malformed: () => malformed,
+    /** While on, every request is answered 503 (and recorded with that status: not a delivery). */
+    setOutage: (on: boolean) => {
+      outage = on
+    },
+    /** Answers every request after `ms` (the delivery is recorded at arrival, as before). */
+    setLatency: (ms: number) => {
+      latencyMs = ms
+    },
+    /** The relays with a request at the receiver that is not answered yet. */
+    busyRelays: () => [...inFlight].filter(([, n]) => n > 0).map(([relay]) => relay),
     urlFor: (relay: number, incarnation: number) => `http://127.0.0.1:${port}/r${relay}/${incarnation}`,
     close: () =>
       new Promise<void>((resolve) => {
@@ -271,12 +363,20 @@ const startReceiver = async () => {
 
 interface Fault {
   readonly at: number
-  readonly kind: "relay" | "producer"
+  readonly kind: "relay" | "producer" | "sink" | "freeze"
   readonly index: number
   /** For producers: whether it had an open transaction when killed (as its last stdout line said). */
   readonly midTransaction?: boolean
   /** For relays: whether the killed incarnation had delivered something (was up, not booting). */
   readonly active?: boolean
+}
+
+/** One SIGSTOP/SIGCONT of a relay (relay-freeze). */
+interface Freeze {
+  readonly relay: number
+  readonly app: string
+  readonly frozenAt: number
+  readonly resumedAt: number
 }
 
 interface ScenarioResult {
@@ -304,16 +404,44 @@ interface ScenarioResult {
   readonly statuses: Record<string, number>
   readonly deliveriesByRelay: Record<string, number>
   readonly malformedRequests: number
+  /** Rows left in DEAD_LETTER (a failure: every event here is deliverable). */
+  readonly deadLettered: number
+  /** Completions whose old lock token was claimed by another session (see `installTransitionLog`): must be 0. */
+  readonly staleCompletions: number
+  /** Highest `retry_count` of a row at the end (failed attempts and reaped leases count). */
+  readonly maxRetryCount: number
+  /** sink-outage: the outage and the recovery after it. */
+  readonly outage: {
+    readonly seconds: number
+    readonly rejected: number
+    readonly backlogAtRecovery: number
+    readonly firstDeliveryAfterSeconds: number | null
+    readonly drainSeconds: number | null
+  } | null
+  /** relay-freeze: per freeze, what the frozen process lost and what it still did. */
+  readonly freezes: ReadonlyArray<{
+    readonly relay: string
+    readonly frozenSeconds: number
+    /** Its leases that another relay's reaper recovered while it was stopped. */
+    readonly leasesReaped: number
+    /** Of those, re-claimed by another relay before it resumed. */
+    readonly reclaimedByOthers: number
+    /** Deliveries of those events it still made after the freeze began (stale: at-least-once duplicates). */
+    readonly staleDeliveries: number
+  }> | null
+  /** relay-freeze: "lease lost" warnings in the frozen relays' logs, per operation (event counts). */
+  readonly leaseLostLogged: Record<string, number> | null
   readonly wallSeconds: number
   readonly database: string
   readonly samples: {
     readonly lost: ReadonlyArray<unknown>
     readonly phantom: ReadonlyArray<unknown>
     readonly orderViolations: ReadonlyArray<unknown>
+    readonly staleCompletions: ReadonlyArray<unknown>
   }
 }
 
-type Kind = "relay-kills" | "producer-kills"
+type Kind = "relay-kills" | "producer-kills" | "sink-outage" | "relay-freeze"
 
 const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult> => {
   const started = Date.now()
@@ -336,7 +464,7 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
     relays[i] = spawnTs(
       RELAY_FILE,
       {
-        DATABASE_URL: database.url,
+        DATABASE_URL: relayDatabaseUrl(database.url, i, incarnation),
         OUTBOX_SINK_URL: receiver.urlFor(i, incarnation),
         OUTBOX_CONCURRENCY: "2",
         OUTBOX_POLL_INTERVAL_MS: "50",
@@ -368,7 +496,10 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
         CHAOS_SEED: String(seed),
         CHAOS_KEYS: "20",
         CHAOS_HOLD_PROB: scenario === "producer-kills" ? "0.5" : "0.3",
-        CHAOS_HOLD_MAX_MS: "300"
+        CHAOS_HOLD_MAX_MS: "300",
+        // a 60 s outage with the fixture's 50 ms..1 s backoff is ~60 failed attempts per event: with
+        // the default max_retries (5) the sink-outage would dead-letter most of its backlog
+        ...(scenario === "sink-outage" ? { CHAOS_MAX_RETRIES: process.env.CHAOS_MAX_RETRIES ?? "10000" } : {})
       },
       `producer ${i}.${incarnation}`,
       Path.join(logDir, `producer-${i}.log`),
@@ -392,10 +523,16 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
   }
 
   const faults: Array<Fault> = []
+  const freezes: Array<Freeze> = []
+  /** The relay currently SIGSTOPped, if any: the cleanup resumes it before anything else. */
+  let frozen: Proc | undefined
+  let outageWindow: { start: number; end: number; backlog: number } | undefined
   let capped = false
   let settled = false
   let settledAt = 0
   try {
+    // relay-freeze: 20 ms per request, so that a relay is mid-batch (holds leases) most of the time
+    if (scenario === "relay-freeze") receiver.setLatency(20)
     for (let i = 0; i < RELAYS; i++) startRelay(i)
     for (let i = 0; i < PRODUCERS; i++) startProducer(i)
 
@@ -429,6 +566,52 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
           log(`${scenario}: cycle ${cycle + 1}/${cycles}: killed relay ${i}${wasActive ? " (delivering)" : " (booting)"}`)
         }
       }
+    } else if (scenario === "sink-outage") {
+      // load first, then the sink answers 503 to everything for the window, then 204 again
+      await sleep(QUICK ? 2_000 : 5_000)
+      const outageMs = Math.min(QUICK ? 8_000 : 60_000, FAULT_CAP_MS)
+      receiver.setOutage(true)
+      const start = Date.now()
+      log(`${scenario}: sink down (503) for ${outageMs / 1000} s`)
+      await sleep(outageMs)
+      const { rows } = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM outbox WHERE status <> 'COMPLETED'`)
+      receiver.setOutage(false)
+      const end = Date.now()
+      outageWindow = { start, end, backlog: rows[0]!.n }
+      faults.push({ at: end, kind: "sink", index: 0 })
+      log(`${scenario}: sink back, backlog ${rows[0]!.n}`)
+    } else if (scenario === "relay-freeze") {
+      // SIGSTOP a delivering relay for longer than its lease (the other relays' reapers recover its
+      // leases and re-claim the events), then SIGCONT: it resumes mid-batch with stale leases
+      const cycles = QUICK ? 2 : 5
+      const freezeMs = LEASE_SECONDS * 1000 + 5_000
+      for (let cycle = 0; cycle < cycles; cycle++) {
+        if (Date.now() - faultStart > FAULT_CAP_MS) {
+          capped = true
+          break
+        }
+        await sleep(1_500 + Math.floor(random() * 1_000))
+        // freeze a relay while one of its requests is at the receiver: it is then mid-batch and
+        // certainly holds leases (the request it waits for, and the rest of its batch); the
+        // receiver's latency (below) keeps such a window open most of the time
+        await waitFor(() => receiver.busyRelays().length > 0, 3_000, 1)
+        const busy = receiver.busyRelays()
+        const latest = busy.length > 0 ? busy[Math.floor(random() * busy.length)]! : -1
+        const i = latest >= 0 ? latest : Math.floor(random() * RELAYS)
+        const proc = relays[i]!
+        frozen = proc
+        killGroup(proc.child, "SIGSTOP")
+        const frozenAt = Date.now()
+        await sleep(freezeMs)
+        killGroup(proc.child, "SIGCONT")
+        frozen = undefined
+        const resumedAt = Date.now()
+        freezes.push({ relay: i, app: relayApp(i, relayIncarnation[i]! - 1), frozenAt, resumedAt })
+        faults.push({ at: resumedAt, kind: "freeze", index: i, active: latest >= 0 })
+        log(`${scenario}: freeze ${cycle + 1}/${cycles}: relay ${i} stopped ${(freezeMs / 1000).toFixed(0)} s${latest >= 0 ? " (delivering)" : ""}`)
+      }
+      // let the last resumed relay run into its stale leases while the load goes on
+      await sleep(2_000)
     } else {
       const kills = QUICK ? 5 : 30
       for (let k = 0; k < kills; k++) {
@@ -455,8 +638,9 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
     await Promise.all(producers.map((p) => stop(p)))
     const lastFault = faults.length > 0 ? faults[faults.length - 1]!.at : faultStart
     settled = await waitFor(async () => {
+      // DEAD_LETTER is final too: it ends the wait, and fails the scenario below
       const { rows } = await db.query<{ open: number; total: number }>(
-        `SELECT count(*) FILTER (WHERE status <> 'COMPLETED')::int AS open, count(*)::int AS total FROM outbox`
+        `SELECT count(*) FILTER (WHERE status NOT IN ('COMPLETED', 'DEAD_LETTER'))::int AS open, count(*)::int AS total FROM outbox`
       )
       return rows[0]!.total > 0 && rows[0]!.open === 0
     }, SETTLE_DEADLINE_MS, 100)
@@ -507,8 +691,94 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
     const deliveriesByRelay: Record<string, number> = {}
     for (const d of deliveries) deliveriesByRelay[`r${d.relay}`] = (deliveriesByRelay[`r${d.relay}`] ?? 0) + 1
 
+    const deadLettered = rows.filter((r) => r.status === "DEAD_LETTER").length
+    const maxRetryCount = rows.reduce((m, r) => Math.max(m, r.retry_count), 0)
+
+    // fencing, from the database side: a completion whose old lock token was not claimed by the
+    // completing session (or was never claimed at all) came from a stale lease holder
+    const { rows: staleCompletions } = await db.query<{ id: string; token: string | null; completer: string; holder: string | null; at: Date }>(`
+      WITH claims AS (
+        SELECT DISTINCT new_token AS token, app FROM chaos_transitions
+        WHERE new_status = 'PROCESSING' AND new_token IS NOT NULL
+      )
+      SELECT t.id::text, t.old_token::text AS token, t.app AS completer, c.app AS holder, t.at
+      FROM chaos_transitions t LEFT JOIN claims c ON c.token = t.old_token
+      WHERE t.new_status = 'COMPLETED' AND (c.app IS NULL OR c.app <> t.app)
+      ORDER BY t.seq`)
+
+    // the check above only means something if every claim names its relay process
+    const { rows: attribution } = await db.query<{ unattributed: number }>(
+      `SELECT count(*)::int AS unattributed FROM chaos_transitions WHERE new_status = 'PROCESSING' AND app !~ '^r[0-9]+\\.[0-9]+$'`
+    )
+    const unattributedClaims = attribution[0]!.unattributed
+
+    let outage: ScenarioResult["outage"] = null
+    if (outageWindow !== undefined) {
+      const { start, end, backlog } = outageWindow
+      const firstAfter = receiver.deliveries.find((d) => d.status === 204 && d.at >= end)
+      // the backlog is drained when the last row created before the sink came back is completed
+      const { rows: drained } = await db.query<{ at: Date | null }>(
+        `SELECT max(t.at) AS at FROM chaos_transitions t JOIN outbox o ON o.id = t.id
+         WHERE t.new_status = 'COMPLETED' AND o.created_at < $1`,
+        [new Date(end)]
+      )
+      const drainedAt = drained[0]?.at ?? null
+      outage = {
+        seconds: (end - start) / 1000,
+        rejected: receiver.deliveries.filter((d) => d.status === 503).length,
+        backlogAtRecovery: backlog,
+        firstDeliveryAfterSeconds: firstAfter === undefined ? null : (firstAfter.at - end) / 1000,
+        drainSeconds: settled && drainedAt !== null ? Math.max(0, drainedAt.getTime() - end) / 1000 : null
+      }
+    }
+
+    let freezeReport: ScenarioResult["freezes"] = null
+    let leaseLostLogged: ScenarioResult["leaseLostLogged"] = null
+    if (scenario === "relay-freeze") {
+      const trackingOf = new Map(rows.map((r) => [r.id, r.tracking_id]))
+      const report = []
+      for (const f of freezes) {
+        // its leases recovered by another relay's reaper while it was stopped, and whether another
+        // relay claimed the event again before it resumed
+        const { rows: reaped } = await db.query<{ id: string; reclaimed: boolean }>(`
+          WITH held AS (SELECT DISTINCT new_token AS token FROM chaos_transitions WHERE new_status = 'PROCESSING' AND app = $1)
+          SELECT t.id::text, EXISTS (
+            SELECT 1 FROM chaos_transitions c
+            WHERE c.id = t.id AND c.new_status = 'PROCESSING' AND c.app <> $1 AND c.seq > t.seq AND c.at <= $3
+          ) AS reclaimed
+          FROM chaos_transitions t JOIN held h ON h.token = t.old_token
+          WHERE t.old_status = 'PROCESSING' AND t.new_status IN ('PENDING', 'DEAD_LETTER') AND t.app <> $1
+            AND t.at BETWEEN $2 AND $3`,
+          [f.app, new Date(f.frozenAt), new Date(f.resumedAt)]
+        )
+        const reapedTracking = new Set(reaped.map((r) => trackingOf.get(r.id)))
+        const incarnation = Number(f.app.split(".")[1])
+        report.push({
+          relay: f.app,
+          frozenSeconds: (f.resumedAt - f.frozenAt) / 1000,
+          leasesReaped: reaped.length,
+          reclaimedByOthers: reaped.filter((r) => r.reclaimed).length,
+          staleDeliveries: deliveries.filter((d) =>
+            d.relay === f.relay && d.incarnation === incarnation && d.at >= f.frozenAt && reapedTracking.has(d.trackingId)
+          ).length
+        })
+      }
+      freezeReport = report
+      // the frozen relays' own view: every fenced transition is logged as "lease lost during <op> for event(s) ..."
+      leaseLostLogged = {}
+      for (const relay of new Set(freezes.map((f) => f.relay))) {
+        const text = Fs.readFileSync(Path.join(logDir, `relay-${relay}.log`), "utf8")
+        for (const m of text.matchAll(/lease lost during (\w+) for event\(s\) ([\d, ]+)/g)) {
+          leaseLostLogged[m[1]!] = (leaseLostLogged[m[1]!] ?? 0) + m[2]!.split(",").filter((x) => x.trim() !== "").length
+        }
+      }
+    }
+
     const failures: Array<string> = []
     if (rows.length === 0) failures.push("nothing committed")
+    if (deadLettered > 0) failures.push(`${deadLettered} dead-lettered`)
+    if (staleCompletions.length > 0) failures.push(`${staleCompletions.length} completions by a stale lease holder`)
+    if (unattributedClaims > 0) failures.push(`${unattributedClaims} claims not attributed to a relay process (application_name)`)
     if (lostRows.length > 0) failures.push(`${lostRows.length} lost`)
     if (phantomDeliveries.length > 0) failures.push(`${phantomDeliveries.length} phantom`)
     if (rolledBackDelivered.length > 0) failures.push(`${rolledBackDelivered.length} rolled-back events delivered`)
@@ -543,17 +813,26 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
       statuses,
       deliveriesByRelay,
       malformedRequests: receiver.malformed(),
+      deadLettered,
+      staleCompletions: staleCompletions.length,
+      maxRetryCount,
+      outage,
+      freezes: freezeReport,
+      leaseLostLogged,
       wallSeconds: (Date.now() - started) / 1000,
       database: database.name,
       // enough to say precisely what was lost and how (status, attempts, last error of each row)
       samples: {
         lost: lostRows.slice(0, 50),
         phantom: phantomDeliveries.slice(0, 50),
-        orderViolations: orderViolations.slice(0, 50)
+        orderViolations: orderViolations.slice(0, 50),
+        staleCompletions: staleCompletions.slice(0, 50)
       }
     }
   } finally {
     // always: every process of the scenario stopped, the receiver and the connection closed
+    if (frozen !== undefined) killGroup(frozen.child, "SIGCONT")
+    receiver.setOutage(false)
     await Promise.all([...relays, ...producers].map((p) => sigkill(p)))
     await receiver.close()
     await db.end().catch(() => undefined)
@@ -565,15 +844,17 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
 
 const SCENARIOS: ReadonlyArray<{ name: Kind; seed: number }> = [
   { name: "relay-kills", seed: SEED * 1000 + 1 },
-  { name: "producer-kills", seed: SEED * 1000 + 7 }
+  { name: "producer-kills", seed: SEED * 1000 + 7 },
+  { name: "sink-outage", seed: SEED * 1000 + 11 },
+  { name: "relay-freeze", seed: SEED * 1000 + 13 }
 ]
 
 const pad = (s: string, n: number) => (s.length >= n ? s : s + " ".repeat(n - s.length))
 const lpad = (s: string, n: number) => (s.length >= n ? s : " ".repeat(n - s.length) + s)
 
 const printTable = (results: ReadonlyArray<ScenarioResult>) => {
-  const header = ["scenario", "faults", "committed", "delivered", "lost", "phantom", "dups", "order viol.", "recover s", "result"]
-  const widths = [16, 7, 10, 10, 6, 8, 6, 12, 10, 6]
+  const header = ["scenario", "faults", "committed", "delivered", "lost", "phantom", "dups", "order viol.", "dead", "stale compl.", "recover s", "result"]
+  const widths = [16, 7, 10, 10, 6, 8, 6, 12, 5, 12, 10, 6]
   const line = (cells: ReadonlyArray<string>) =>
     cells.map((c, i) => (i === 0 ? pad(c, widths[i]!) : lpad(c, widths[i]!))).join("  ")
   console.log("")
@@ -589,11 +870,32 @@ const printTable = (results: ReadonlyArray<ScenarioResult>) => {
       String(r.phantom),
       String(r.duplicates),
       ORDERING === "key" ? String(r.orderViolations) : `(${r.orderViolations})`,
+      String(r.deadLettered),
+      String(r.staleCompletions),
       r.recoverSeconds === null ? "-" : r.recoverSeconds.toFixed(1),
       r.pass ? "PASS" : "FAIL"
     ]))
   }
   if (ORDERING !== "key") console.log("(order violations in parentheses: informational, OUTBOX_ORDERING=none)")
+  for (const r of results) {
+    if (r.outage !== null) {
+      const o = r.outage
+      console.log(
+        `${r.scenario}: sink down ${o.seconds.toFixed(1)} s, ${o.rejected} requests answered 503, backlog ${o.backlogAtRecovery} when it came back; ` +
+          `first delivery ${o.firstDeliveryAfterSeconds?.toFixed(2) ?? "-"} s after, backlog drained in ${o.drainSeconds?.toFixed(1) ?? "-"} s ` +
+          `(max retry_count ${r.maxRetryCount})`
+      )
+    }
+    if (r.freezes !== null) {
+      for (const f of r.freezes) {
+        console.log(
+          `${r.scenario}: ${f.relay} stopped ${f.frozenSeconds.toFixed(1)} s: ${f.leasesReaped} of its leases reaped ` +
+            `(${f.reclaimedByOthers} re-claimed by others before it resumed), ${f.staleDeliveries} stale deliveries`
+        )
+      }
+      console.log(`${r.scenario}: lease lost (logged by the frozen relays, events per operation): ${JSON.stringify(r.leaseLostLogged)}`)
+    }
+  }
   for (const r of results) if (!r.pass) console.log(`${r.scenario}: ${r.failures.join("; ")} (database ${r.database} kept)`)
 }
 

@@ -19,7 +19,9 @@
  * Environment: DATABASE_URL, CHAOS_PRODUCER (index), CHAOS_INCARNATION,
  * CHAOS_SEED, CHAOS_KEYS (default 20), CHAOS_HOLD_PROB (default 0.3),
  * CHAOS_HOLD_MAX_MS (default 300), CHAOS_PAUSE_MS (max pause between
- * transactions, default 40).
+ * transactions, default 40), CHAOS_MAX_RETRIES (the `maxRetries` written on
+ * each row; unset: the publish default, 5 — `max_retries` is decided by the
+ * producer, so OUTBOX_MAX_RETRIES on a relay does not change it).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { PgClient } from "@effect/sql-pg"
@@ -40,6 +42,7 @@ const keys = Number(env("CHAOS_KEYS", "20"))
 const holdProb = Number(env("CHAOS_HOLD_PROB", "0.3"))
 const holdMaxMs = Number(env("CHAOS_HOLD_MAX_MS", "300"))
 const pauseMs = Number(env("CHAOS_PAUSE_MS", "40"))
+const maxRetries = process.env.CHAOS_MAX_RETRIES === undefined ? undefined : Number(process.env.CHAOS_MAX_RETRIES)
 
 /** mulberry32: a small deterministic PRNG, so a run's publishing plan is reproducible from its seed. */
 const prng = (s: number) => () => {
@@ -59,7 +62,8 @@ const program = Effect.gen(function*() {
       aggregateType: "Chaos",
       aggregateId: `k-${Math.floor(random() * keys)}`,
       eventType: "ChaosEvent",
-      payload: { pid: `p${producer}.${incarnation}.${tx}.${n}` }
+      payload: { pid: `p${producer}.${incarnation}.${tx}.${n}` },
+      ...(maxRetries === undefined ? {} : { maxRetries })
     }))
     const pids = inputs.map((i) => (i.payload as { pid: string }).pid)
     const hold = random() < holdProb ? 50 + Math.floor(random() * Math.max(1, holdMaxMs - 50)) : 0

@@ -1,5 +1,5 @@
 /**
- * Chaos suite (issue 20), first slice: real OS processes on this machine against
+ * Chaos suite (issue 20): real OS processes on this machine against
  * a fresh database on the local PostgreSQL.
  *
  *   npx tsx --conditions=@outbox/source scripts/chaos/main.ts [--quick] [--only a,b] [--seed N] [--ordering key]
@@ -24,6 +24,23 @@
  *   relay-freeze    a relay is SIGSTOPped while one of its requests is at the receiver (mid-batch,
  *                   holding leases) for lease + 5 s = 8 s, then SIGCONTed (5 times, 2 with --quick);
  *                   the receiver answers after 20 ms so that relays are mid-batch most of the time
+ *   backend-kills   5 times a second for 30 s (6 s with --quick), pg_terminate_backend of every
+ *                   backend of the chaos database but the harness's own connection (the relays' and
+ *                   producers' pooled connections, idle, mid-claim or mid-transaction)
+ *   pool-exhaustion the harness (its checking connection opened first) opens idle connections to the
+ *                   chaos database up to min(300, max_connections - superuser_reserved_connections -
+ *                   in use), terminates the processes' backends once and tops up with the freed slots
+ *                   (until the server refuses one: "sorry, too many clients already"), holds them for
+ *                   20 s (5 s with --quick), then releases them (always, in `finally`)
+ *
+ * In backend-kills and pool-exhaustion nothing is restarted: every relay and producer must come
+ * through by itself; a process that exits fails the scenario (its name and exit code are reported),
+ * and so does one that has not delivered / committed again within 15 s of the fault ("all working
+ * again after": the latest of the processes' first delivery / commit after it). Their faults start
+ * only once every relay has delivered (a relay still booting exits on a refused connection: its
+ * startup migration is not retried). Their producers run with CHAOS_CONTINUE_ON_ERROR=1: a
+ * transaction whose connection was terminated fails and the producer goes on with the next one, as
+ * an application would (the failures are counted; the database decides what committed).
  *
  * Then the system settles (producers stopped, wait until every committed row is
  * COMPLETED or DEAD_LETTER, or a deadline) and the invariants are checked against
@@ -363,7 +380,7 @@ const startReceiver = async () => {
 
 interface Fault {
   readonly at: number
-  readonly kind: "relay" | "producer" | "sink" | "freeze"
+  readonly kind: "relay" | "producer" | "sink" | "freeze" | "backend" | "pool"
   readonly index: number
   /** For producers: whether it had an open transaction when killed (as its last stdout line said). */
   readonly midTransaction?: boolean
@@ -431,6 +448,28 @@ interface ScenarioResult {
   }> | null
   /** relay-freeze: "lease lost" warnings in the frozen relays' logs, per operation (event counts). */
   readonly leaseLostLogged: Record<string, number> | null
+  /** backend-kills / pool-exhaustion: the connection fault and how the processes came through it. */
+  readonly connections: {
+    /** backend-kills: backends terminated (pg_terminate_backend returned true), in how many rounds. */
+    readonly terminated: number
+    readonly rounds: number
+    /** pool-exhaustion: idle connections the harness held, what it aimed for, and the refusal that stopped it. */
+    readonly held: number
+    readonly target: number
+    readonly refused: string | null
+    readonly faultSeconds: number
+    /** Processes that exited during the scenario (none may: nothing is restarted). */
+    readonly exits: ReadonlyArray<{ readonly name: string; readonly code: number | null; readonly signal: string | null; readonly atSeconds: number }>
+    /** Producer transactions that failed (logged in their stderr, reported as {"t":"fail"}). */
+    readonly producerFailures: number
+    /** After the fault: seconds until every relay delivered and every producer committed again (null: not within the wait). */
+    readonly recoveredSeconds: number | null
+    /** Per process, seconds from the end of the fault to its first delivery / commit (null: none). */
+    readonly firstWorkAfter: Record<string, number | null>
+    /** Deliveries and commits while the fault lasted. */
+    readonly deliveriesDuring: number
+    readonly commitsDuring: number
+  } | null
   readonly wallSeconds: number
   readonly database: string
   readonly samples: {
@@ -441,7 +480,10 @@ interface ScenarioResult {
   }
 }
 
-type Kind = "relay-kills" | "producer-kills" | "sink-outage" | "relay-freeze"
+type Kind = "relay-kills" | "producer-kills" | "sink-outage" | "relay-freeze" | "backend-kills" | "pool-exhaustion"
+
+/** Scenarios in which no process is restarted: each one has to recover by itself, an exit fails. */
+const NO_RESTART: ReadonlyArray<Kind> = ["backend-kills", "pool-exhaustion"]
 
 const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult> => {
   const started = Date.now()
@@ -484,6 +526,8 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
   /** Every pid a producer inserted (committed or not): what was not committed was rolled back. */
   const opened = new Set<string>()
   let producerCommits = 0
+  let producerFailures = 0
+  const commitTimes: Array<{ producer: number; at: number }> = []
   const startProducer = (i: number) => {
     const incarnation = producerIncarnation[i]!++
     inTransaction[i] = false
@@ -499,7 +543,10 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
         CHAOS_HOLD_MAX_MS: "300",
         // a 60 s outage with the fixture's 50 ms..1 s backoff is ~60 failed attempts per event: with
         // the default max_retries (5) the sink-outage would dead-letter most of its backlog
-        ...(scenario === "sink-outage" ? { CHAOS_MAX_RETRIES: process.env.CHAOS_MAX_RETRIES ?? "10000" } : {})
+        ...(scenario === "sink-outage" ? { CHAOS_MAX_RETRIES: process.env.CHAOS_MAX_RETRIES ?? "10000" } : {}),
+        // the connection scenarios: a transaction whose backend is terminated fails, and the producer
+        // goes on (as an application would) instead of exiting
+        ...(NO_RESTART.includes(scenario) ? { CHAOS_CONTINUE_ON_ERROR: "1" } : {})
       },
       `producer ${i}.${incarnation}`,
       Path.join(logDir, `producer-${i}.log`),
@@ -513,6 +560,10 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
           } else if (message.t === "commit") {
             inTransaction[i] = false
             producerCommits++
+            commitTimes.push({ producer: i, at: Date.now() })
+          } else if (message.t === "fail") {
+            inTransaction[i] = false
+            producerFailures++
           }
         } catch {
           // not a protocol line
@@ -530,15 +581,39 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
   let capped = false
   let settled = false
   let settledAt = 0
+  /** No-restart scenarios: processes that exited before the harness stopped them. */
+  let stopping = false
+  const exits: Array<{ name: string; code: number | null; signal: string | null; atSeconds: number }> = []
+  let connectionFault: { terminated: number; rounds: number; held: number; target: number; refused: string | null; start: number; end: number } | undefined
+  let recoveredSeconds: number | null = null
+  /** pool-exhaustion: the harness's idle connections, always closed in the `finally` below. */
+  const hogs: Array<pg.Client> = []
   try {
     // relay-freeze: 20 ms per request, so that a relay is mid-batch (holds leases) most of the time
     if (scenario === "relay-freeze") receiver.setLatency(20)
     for (let i = 0; i < RELAYS; i++) startRelay(i)
     for (let i = 0; i < PRODUCERS; i++) startProducer(i)
+    if (NO_RESTART.includes(scenario)) {
+      for (const p of [...relays, ...producers]) {
+        p.child.once("exit", (code, signal) => {
+          if (stopping) return
+          exits.push({ name: p.name, code, signal, atSeconds: (Date.now() - started) / 1000 })
+          log(`${scenario}: ${p.name} EXITED (${code ?? signal}) — not restarted`)
+        })
+      }
+    }
 
     // warm-up: both producers committing and relays delivering, before the first fault
     const warm = await waitFor(() => producerCommits >= PRODUCERS && receiver.deliveries.length > 0, 60_000, 100)
     if (!warm) throw new Error(`${scenario}: no commit or no delivery within 60 s (see ${logDir})`)
+    if (NO_RESTART.includes(scenario)) {
+      // the connection faults are for running processes: every relay past its boot (startup
+      // migration, which exits the process when it cannot connect) and delivering, every producer committing
+      const allUp = await waitFor(() =>
+        Array.from({ length: RELAYS }, (_, r) => r).every((r) => receiver.deliveries.some((d) => d.relay === r)) &&
+        Array.from({ length: PRODUCERS }, (_, p) => p).every((p) => commitTimes.some((c) => c.producer === p)), 30_000, 50)
+      if (!allUp) throw new Error(`${scenario}: not every relay delivering and every producer committing within 30 s (see ${logDir})`)
+    }
     log(`${scenario}: warm after ${((Date.now() - started) / 1000).toFixed(1)} s`)
 
     // --- the faults ---------------------------------------------------------------
@@ -612,6 +687,85 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
       }
       // let the last resumed relay run into its stale leases while the load goes on
       await sleep(2_000)
+    } else if (scenario === "backend-kills") {
+      // 5 times a second, terminate every backend of the chaos database but the harness's own
+      // connection: the relays' and producers' pooled connections die under them, mid-claim,
+      // mid-transaction or idle; nothing is restarted
+      const durationMs = Math.min(QUICK ? 6_000 : 30_000, FAULT_CAP_MS)
+      let terminated = 0
+      let rounds = 0
+      const start = Date.now()
+      while (Date.now() - start < durationMs) {
+        const { rows } = await db.query<{ n: number }>(
+          `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
+           WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'`
+        )
+        terminated += rows[0]!.n
+        rounds++
+        if (rows[0]!.n > 0) faults.push({ at: Date.now(), kind: "backend", index: rows[0]!.n })
+        if (rounds % 10 === 0) log(`${scenario}: round ${rounds}: ${terminated} backends terminated so far`)
+        await sleep(200)
+      }
+      const end = Date.now()
+      connectionFault = { terminated, rounds, held: 0, target: 0, refused: null, start, end }
+      log(`${scenario}: ${terminated} backends terminated in ${rounds} rounds over ${((end - start) / 1000).toFixed(1)} s`)
+    } else if (scenario === "pool-exhaustion") {
+      // the harness's checking connection (db) is already open; now idle connections to the chaos
+      // database until the server refuses one, at most min(300, max_connections - reserved - in use),
+      // so that superuser_reserved_connections stay free; held, then always released (finally)
+      const { rows: settings } = await db.query<{ max: number; reserved: number; used: number }>(
+        `SELECT current_setting('max_connections')::int AS max, current_setting('superuser_reserved_connections')::int AS reserved,
+                (SELECT count(*)::int FROM pg_stat_activity WHERE backend_type = 'client backend') AS used`
+      )
+      const { max, reserved, used } = settings[0]!
+      const target = Math.max(0, Math.min(300, max - reserved - used))
+      const start = Date.now()
+      let refused: string | null = null
+      /** Opens idle connections (10 at a time) until `n` are held or the server refuses one. */
+      const fill = async (n: number) => {
+        let stop = false
+        while (hogs.length < n && !stop) {
+          const batch = Math.min(10, n - hogs.length)
+          const opened = await Promise.allSettled(Array.from({ length: batch }, async () => {
+            const c = new pg.Client({ connectionString: database.url, application_name: "chaos-hog" } as pg.ClientConfig)
+            c.on("error", () => undefined)
+            try {
+              await c.connect()
+            } catch (e) {
+              await c.end().catch(() => undefined)
+              throw e
+            }
+            return c
+          }))
+          for (const o of opened) {
+            if (o.status === "fulfilled") hogs.push(o.value)
+            else {
+              stop = true
+              refused ??= String((o.reason as Error)?.message ?? o.reason)
+            }
+          }
+        }
+      }
+      await fill(target)
+      // the processes' pooled connections would carry them through untouched: terminate them once,
+      // so that they have to reconnect against the full server, and top the idle connections up
+      // again with the slots that frees
+      const { rows: killed } = await db.query<{ n: number }>(
+        `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+           AND application_name <> 'chaos-hog'`
+      )
+      const terminated = killed[0]!.n
+      await fill(target + terminated)
+      const holdMs = QUICK ? 5_000 : 20_000
+      log(`${scenario}: holding ${hogs.length} idle connections (target ${target}: max_connections ${max} - reserved ${reserved} - ${used} in use, + ${terminated} terminated backends)${refused === null ? "" : `; refused: ${refused}`} for ${holdMs / 1000} s`)
+      await sleep(holdMs)
+      const held = hogs.length
+      await Promise.all(hogs.splice(0).map((c) => c.end().catch(() => undefined)))
+      const end = Date.now()
+      faults.push({ at: end, kind: "pool", index: held })
+      connectionFault = { terminated, rounds: 1, held, target: target + terminated, refused, start, end }
+      log(`${scenario}: released ${held} connections`)
     } else {
       const kills = QUICK ? 5 : 30
       for (let k = 0; k < kills; k++) {
@@ -633,8 +787,25 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
     }
     // keep publishing a little after the last fault so that a restarted process takes part again
     await sleep(1_000)
+    if (connectionFault !== undefined) {
+      // recovered: every relay delivered and every producer committed after the fault (the load goes on
+      // meanwhile); up to 15 s
+      const end = connectionFault.end
+      const allBack = () =>
+        Array.from({ length: RELAYS }, (_, r) => r).every((r) => receiver.deliveries.some((d) => d.status === 204 && d.relay === r && d.at > end)) &&
+        Array.from({ length: PRODUCERS }, (_, p) => p).every((p) => commitTimes.some((c) => c.producer === p && c.at > end))
+      const back = await waitFor(allBack, 15_000, 50)
+      // the latest of the processes' first work after the fault
+      const firsts = [
+        ...Array.from({ length: RELAYS }, (_, r) => receiver.deliveries.find((d) => d.status === 204 && d.relay === r && d.at > end)?.at),
+        ...Array.from({ length: PRODUCERS }, (_, p) => commitTimes.find((c) => c.producer === p && c.at > end)?.at)
+      ]
+      recoveredSeconds = back ? (Math.max(...firsts.map((t) => t ?? Date.now())) - end) / 1000 : null
+      log(`${scenario}: ${back ? `every relay and producer working again ${recoveredSeconds!.toFixed(1)} s after the fault` : "NOT every process working again 15 s after the fault"}`)
+    }
 
     // --- settle: stop the producers, wait for every committed row to complete --------
+    stopping = true
     await Promise.all(producers.map((p) => stop(p)))
     const lastFault = faults.length > 0 ? faults[faults.length - 1]!.at : faultStart
     settled = await waitFor(async () => {
@@ -787,6 +958,37 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
     if (!settled) failures.push(`not settled within ${SETTLE_DEADLINE_MS / 1000} s`)
     if (receiver.malformed() > 0) failures.push(`${receiver.malformed()} malformed requests`)
 
+    let connections: ScenarioResult["connections"] = null
+    if (connectionFault !== undefined) {
+      const { start, end } = connectionFault
+      const firstWorkAfter: Record<string, number | null> = {}
+      for (let r = 0; r < RELAYS; r++) {
+        const d = deliveries.find((x) => x.relay === r && x.at > end)
+        firstWorkAfter[`relay ${r}`] = d === undefined ? null : (d.at - end) / 1000
+      }
+      for (let p = 0; p < PRODUCERS; p++) {
+        const c = commitTimes.find((x) => x.producer === p && x.at > end)
+        firstWorkAfter[`producer ${p}`] = c === undefined ? null : (c.at - end) / 1000
+      }
+      connections = {
+        terminated: connectionFault.terminated,
+        rounds: connectionFault.rounds,
+        held: connectionFault.held,
+        target: connectionFault.target,
+        refused: connectionFault.refused,
+        faultSeconds: (end - start) / 1000,
+        exits,
+        producerFailures,
+        recoveredSeconds,
+        firstWorkAfter,
+        deliveriesDuring: deliveries.filter((d) => d.at >= start && d.at <= end).length,
+        commitsDuring: commitTimes.filter((c) => c.at >= start && c.at <= end).length
+      }
+      if (exits.length > 0) failures.push(`${exits.length} process(es) exited: ${exits.map((e) => `${e.name} (${e.code ?? e.signal})`).join(", ")}`)
+      if (recoveredSeconds === null) failures.push(`not every relay and producer working again within 15 s of the fault`)
+      if (scenario === "backend-kills" && connectionFault.terminated === 0) failures.push(`no backend terminated`)
+    }
+
     const midTransaction = scenario === "producer-kills" ? faults.filter((f) => f.midTransaction === true).length : null
     return {
       scenario,
@@ -819,6 +1021,7 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
       outage,
       freezes: freezeReport,
       leaseLostLogged,
+      connections,
       wallSeconds: (Date.now() - started) / 1000,
       database: database.name,
       // enough to say precisely what was lost and how (status, attempts, last error of each row)
@@ -832,6 +1035,8 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
   } finally {
     // always: every process of the scenario stopped, the receiver and the connection closed
     if (frozen !== undefined) killGroup(frozen.child, "SIGCONT")
+    stopping = true
+    await Promise.all(hogs.splice(0).map((c) => c.end().catch(() => undefined)))
     receiver.setOutage(false)
     await Promise.all([...relays, ...producers].map((p) => sigkill(p)))
     await receiver.close()
@@ -846,8 +1051,13 @@ const SCENARIOS: ReadonlyArray<{ name: Kind; seed: number }> = [
   { name: "relay-kills", seed: SEED * 1000 + 1 },
   { name: "producer-kills", seed: SEED * 1000 + 7 },
   { name: "sink-outage", seed: SEED * 1000 + 11 },
-  { name: "relay-freeze", seed: SEED * 1000 + 13 }
+  { name: "relay-freeze", seed: SEED * 1000 + 13 },
+  { name: "backend-kills", seed: SEED * 1000 + 17 },
+  { name: "pool-exhaustion", seed: SEED * 1000 + 19 }
 ]
+
+/** Run when --only is not given (CI's quick run). */
+const DEFAULT: ReadonlyArray<Kind> = ["relay-kills", "producer-kills", "sink-outage", "relay-freeze", "backend-kills", "pool-exhaustion"]
 
 const pad = (s: string, n: number) => (s.length >= n ? s : s + " ".repeat(n - s.length))
 const lpad = (s: string, n: number) => (s.length >= n ? s : " ".repeat(n - s.length) + s)
@@ -895,6 +1105,18 @@ const printTable = (results: ReadonlyArray<ScenarioResult>) => {
       }
       console.log(`${r.scenario}: lease lost (logged by the frozen relays, events per operation): ${JSON.stringify(r.leaseLostLogged)}`)
     }
+    if (r.connections !== null) {
+      const c = r.connections
+      const fault = r.scenario === "backend-kills"
+        ? `${c.terminated} backends terminated in ${c.rounds} rounds over ${c.faultSeconds.toFixed(1)} s`
+        : `${c.held} idle connections held (target ${c.target}${c.refused === null ? "" : `, refused: ${c.refused}`}), the processes' ${c.terminated} backends terminated once, for ${c.faultSeconds.toFixed(1)} s`
+      const after = Object.entries(c.firstWorkAfter).map(([k, v]) => `${k} ${v === null ? "-" : v.toFixed(2)}`).join(", ")
+      console.log(
+        `${r.scenario}: ${fault}; during it ${c.deliveriesDuring} deliveries, ${c.commitsDuring} commits, ${c.producerFailures} failed producer transactions; ` +
+          `process exits: ${c.exits.length === 0 ? "none" : c.exits.map((e) => `${e.name} (${e.code ?? e.signal}) at ${e.atSeconds.toFixed(1)} s`).join(", ")}; ` +
+          `all working again ${c.recoveredSeconds === null ? "NOT within 15 s" : `after ${c.recoveredSeconds.toFixed(2)} s`} (first work after the fault, s: ${after})`
+      )
+    }
   }
   for (const r of results) if (!r.pass) console.log(`${r.scenario}: ${r.failures.join("; ")} (database ${r.database} kept)`)
 }
@@ -902,7 +1124,7 @@ const printTable = (results: ReadonlyArray<ScenarioResult>) => {
 const main = async () => {
   const started = Date.now()
   Fs.mkdirSync(RESULTS_DIR, { recursive: true })
-  const selected = SCENARIOS.filter((s) => ONLY === undefined || ONLY.includes(s.name))
+  const selected = SCENARIOS.filter((s) => (ONLY === undefined ? DEFAULT.includes(s.name) : ONLY.includes(s.name)))
   if (ONLY !== undefined) {
     const unknown = ONLY.filter((n) => !SCENARIOS.some((s) => s.name === n))
     if (unknown.length > 0) throw new Error(`unknown scenario(s): ${unknown.join(", ")}`)

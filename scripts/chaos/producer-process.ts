@@ -12,6 +12,8 @@
  * Protocol on stdout (one JSON object per line), read by the harness:
  *   {"t":"open","pids":[...]}    the inserts are done, the transaction is still open
  *   {"t":"commit","pids":[...]}  COMMIT returned
+ *   {"t":"fail","pids":[...]}    the transaction failed (only with CHAOS_CONTINUE_ON_ERROR=1;
+ *                                without it a failure ends the process)
  * The harness uses "open" lines to kill producers mid-transaction and to count
  * the events that were rolled back; the database stays the only source of truth
  * for what committed.
@@ -21,7 +23,9 @@
  * CHAOS_HOLD_MAX_MS (default 300), CHAOS_PAUSE_MS (max pause between
  * transactions, default 40), CHAOS_MAX_RETRIES (the `maxRetries` written on
  * each row; unset: the publish default, 5 — `max_retries` is decided by the
- * producer, so OUTBOX_MAX_RETRIES on a relay does not change it).
+ * producer, so OUTBOX_MAX_RETRIES on a relay does not change it),
+ * CHAOS_CONTINUE_ON_ERROR (1: a failed transaction, e.g. its connection
+ * terminated by the server, is logged to stderr and the loop goes on).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { PgClient } from "@effect/sql-pg"
@@ -42,6 +46,8 @@ const keys = Number(env("CHAOS_KEYS", "20"))
 const holdProb = Number(env("CHAOS_HOLD_PROB", "0.3"))
 const holdMaxMs = Number(env("CHAOS_HOLD_MAX_MS", "300"))
 const pauseMs = Number(env("CHAOS_PAUSE_MS", "40"))
+/** Whether a failed transaction is reported ({"t":"fail"}) and the loop goes on, instead of exiting. */
+const continueOnError = process.env.CHAOS_CONTINUE_ON_ERROR === "1"
 const maxRetries = process.env.CHAOS_MAX_RETRIES === undefined ? undefined : Number(process.env.CHAOS_MAX_RETRIES)
 
 /** mulberry32: a small deterministic PRNG, so a run's publishing plan is reproducible from its seed. */
@@ -67,14 +73,33 @@ const program = Effect.gen(function*() {
     }))
     const pids = inputs.map((i) => (i.payload as { pid: string }).pid)
     const hold = random() < holdProb ? 50 + Math.floor(random() * Math.max(1, holdMaxMs - 50)) : 0
-    yield* Outbox.transaction(
+    const tx_ = Outbox.transaction(
       Outbox.publishAll(inputs).pipe(
         Effect.tap(() => Effect.sync(() => say({ t: "open", pids }))),
         // the window in which a SIGKILL leaves an open transaction behind
         Effect.tap(() => (hold > 0 ? Effect.sleep(Duration.millis(hold)) : Effect.void))
       )
     )
-    say({ t: "commit", pids })
+    if (!continueOnError) {
+      yield* tx_
+      say({ t: "commit", pids })
+    } else {
+      // as an application would: a failed transaction (its connection terminated) is reported and
+      // the loop goes on with the next one (new pids: a COMMIT whose answer was lost may have
+      // committed, and the database stays the source of truth for that)
+      const ok = yield* tx_.pipe(
+        Effect.as(true),
+        Effect.catchCause((cause) =>
+          Effect.sync(() => {
+            process.stderr.write(`${new Date().toISOString()} transaction ${tx} failed: ${String(cause).split("\n")[0]}\n`)
+            say({ t: "fail", pids })
+            return false
+          })
+        )
+      )
+      if (ok) say({ t: "commit", pids })
+      else yield* Effect.sleep(Duration.millis(50))
+    }
     yield* Effect.sleep(Duration.millis(Math.floor(random() * pauseMs)))
   }
 })

@@ -300,7 +300,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       hasTenant ? TenantMigration.effectiveTenant("o") : "NULL::text"
     } AS tenant`
   )
-  /** `, <ordering key>, <tenant>` of the row `o` (NULLs on a table without the columns): what `toKeyedEvent` reads. */
+  /** `, <ordering key>, <tenant>` of the row `o` (NULLs on a table without the columns): what `toEvent` reads. */
   const keyColumns = sql.literal(
     `, ${hasKey ? OrderingMigration.effectiveKey("o") : "NULL::text"}, ${hasTenant ? TenantMigration.effectiveTenant("o") : "NULL::text"}`
   )
@@ -418,7 +418,6 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     lockedUntil: v[10],
     lockToken: v[11]
   })
-  const toKeyedEvent = toEvent
 
   // A literal LIMIT keeps the prepared claim on its custom plan: with a
   // parameter, PostgreSQL may switch to a generic plan after five executions.
@@ -468,24 +467,32 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     : ordered === undefined
     ? `per-key ordering (OUTBOX_ORDERING=key) needs migration 0008_ordering on ${tableName}: run npx outbox migrate`
     : undefined
-  const refuseOrdering = (operation: "claim" | "claimInTransaction") =>
-    new StoreError({ operation, message: orderingRefusal!, retryable: false })
+
+  /**
+   * The CTE `claimed` of the ordered and fair lease claims: the rows of their
+   * CTE `locked` leased (PROCESSING, one fresh token, `locked_until`), as
+   * `toEvent` reads them.
+   */
+  const leaseLocked = (ts: Fragment, leaseDuration: Duration.Duration) =>
+    sql`claimed AS (
+      UPDATE ${T} o
+      SET status = 'PROCESSING', lock_token = (SELECT ${nextToken}),
+          locked_until = ${plus(ts, leaseDuration)}${claimStamp(stampT, ts)}
+      FROM locked c WHERE o.id = c.id AND o.created_at = c.created_at
+      RETURNING ${claimedColumns}${keyColumns}
+    )`
 
   const claimOrdered = (ts: Fragment, options: ClaimOptions & { readonly ordering: Ordering }) =>
     Effect.gen(function*() {
-      if (ordered === undefined || orderingRefusal !== undefined) return yield* refuseOrdering("claim")
+      if (ordered === undefined || orderingRefusal !== undefined) {
+        return yield* new StoreError({ operation: "claim", message: orderingRefusal!, retryable: false })
+      }
       const probe = yield* ordered.probe()
       const rows = yield* (sql`${
         ordered.statement(ts, options.limit, probe, options.ordering, {
           claimable: claimable(ts),
           select: sql.literal("o.id, o.created_at"),
-          finish: sql`, claimed AS (
-              UPDATE ${T} o
-              SET status = 'PROCESSING', lock_token = (SELECT ${nextToken}),
-                  locked_until = ${plus(ts, options.leaseDuration)}${claimStamp(stampT, ts)}
-              FROM locked c WHERE o.id = c.id AND o.created_at = c.created_at
-              RETURNING ${claimedColumns}${keyColumns}
-            )
+          finish: sql`, ${leaseLocked(ts, options.leaseDuration)}
             SELECT c.*, (SELECT nf FROM cursor) FROM claimed c
             UNION ALL ${ordered.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM claimed)`
         })
@@ -511,14 +518,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         fair.statement(ts, options.limit, options.fairness, {
           claimable: claimable(ts),
           select: sql.literal("o.id, o.created_at"),
-          finish: sql`, claimed AS (
-              UPDATE ${T} o
-              SET status = 'PROCESSING', lock_token = (SELECT ${nextToken}),
-                  locked_until = ${plus(ts, options.leaseDuration)}${claimStamp(stampT, ts)}
-              FROM locked c WHERE o.id = c.id AND o.created_at = c.created_at
-              RETURNING ${claimedColumns}${keyColumns}
-            )
-            SELECT * FROM claimed`
+          finish: sql`, ${leaseLocked(ts, options.leaseDuration)} SELECT * FROM claimed`
         })
       }`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>)
       return fair.advance(rows, 13)
@@ -530,13 +530,13 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       const rows = yield* claimOrdered(ts, { ...options, ordering: options.ordering }).pipe(
         Effect.catchTag("SqlError", (error) => Effect.fail(fromSqlError("claim")(error)))
       )
-      return rows.map(toKeyedEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+      return rows.map(toEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
     }
     if (options.fairness !== undefined) {
       const rows = yield* claimFair(ts, { ...options, fairness: options.fairness }).pipe(
         Effect.catchTag("SqlError", (error) => Effect.fail(fromSqlError("claim")(error)))
       )
-      return rows.map(toKeyedEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+      return rows.map(toEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
     }
     const statement: Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError> = mode === "plain"
       ? claimOne(T, stampT, ts, options, true)
@@ -586,7 +586,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         SELECT * FROM lu`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>
     const rows = yield* mapSqlError("claim")(statement)
     // RETURNING does not keep the claim order
-    return rows.map(mode === "plain" ? toKeyedEvent : toEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    return rows.map(toEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
   })
 
   /**
@@ -765,8 +765,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       : "claimInTransaction: not during an online migration (OUTBOX_CLAIM_MODE=lease until it finishes)",
     ordered: orderingRefusal ?? ordered!,
     fair: fairnessRefusal ?? fair!,
-    keyColumns,
-    toKeyedEvent
+    keyColumns
   })
 
   return OutboxStore.of({ withTransaction, claim, renew, complete, retry, deadLetter, release, reap, claimInTransaction, get })

@@ -68,10 +68,8 @@ export interface Options<V> {
   readonly ordered: ReturnType<typeof OrderedClaim.make> | string
   /** The fair claim's statement (`OUTBOX_FAIRNESS=tenant`), or why the store cannot claim fairly. */
   readonly fair: ReturnType<typeof FairClaim.make> | string
-  /** `, <ordering key>, <tenant>` of the row `o`, as `toKeyedEvent` reads them after `lock_token`. */
+  /** `, <ordering key>, <tenant>` of the row `o`, as `toEvent` reads them after `lock_token`. */
   readonly keyColumns: Fragment
-  /** `toEvent` of an ordered or fair claim's rows (they carry the ordering key and tenant after `lock_token`). */
-  readonly toKeyedEvent: (values: V) => OutboxEvent
 }
 
 /**
@@ -259,8 +257,7 @@ export const make = <V>(options: Options<V>) => {
         : yield* claim(ts, claimOptions)
       if (rows.length === 0) return [] as ReadonlyArray<OutboxEvent>
       // FOR UPDATE with ORDER BY may return rows out of order under concurrency
-      const events = rows.map(ordering === undefined && fairness === undefined ? options.toEvent : options.toKeyedEvent)
-        .sort(byId)
+      const events = rows.map(options.toEvent).sort(byId)
       const outcome = yield* use(events).pipe(
         // the sink works outside this transaction: its own statements take their own connection
         Effect.updateContext((context: Context.Context<R>) => Context.omit(sql.transactionService)(context) as Context.Context<R>),

@@ -22,13 +22,14 @@
 import { NodeHttpServer } from "@effect/platform-node"
 import * as Outbox from "@outbox/core/Outbox"
 import type * as OutboxConfig from "@outbox/core/OutboxConfig"
-import { InvalidEvent } from "@outbox/core/OutboxError"
+import { InvalidEvent, StoreError } from "@outbox/core/OutboxError"
 import { OutboxSink } from "@outbox/core/OutboxSink"
 import * as LogSink from "@outbox/runtime/sinks/LogSink"
 import * as OutboxLive from "@outbox/runtime/OutboxLive"
 import * as OutboxTelemetry from "@outbox/runtime/OutboxTelemetry"
 import * as Relay from "@outbox/runtime/Relay"
 import { OutboxHealth } from "@outbox/sql/OutboxHealth"
+import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
 import * as SinkSetupError from "@outbox/runtime/sinks/SinkSetupError"
 import * as SinkUrl from "@outbox/runtime/sinks/SinkUrl"
 import * as ByteSize from "effect/ByteSize"
@@ -43,6 +44,7 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as SqlClient from "effect/sql/SqlClient"
+import * as SqlError from "effect/sql/SqlError"
 import * as HttpIncomingMessage from "effect/http/HttpIncomingMessage"
 import * as HttpRouter from "effect/http/HttpRouter"
 import * as HttpServer from "effect/http/HttpServer"
@@ -175,9 +177,19 @@ const clientFailure = (error: unknown): ClientError | undefined => {
     : undefined
 }
 
+/** A failure of the database being unavailable for now (`StoreError.retryable`, a connection lost or refused). */
+const unavailable = (error: unknown): boolean =>
+  error instanceof StoreError
+    ? error.retryable
+    : SqlError.isSqlError(error) && error.reason._tag === "ConnectionError"
+
+const describe = (error: unknown): string =>
+  typeof error === "object" && error !== null && "message" in error ? String(error.message) : String(error)
+
 /**
  * Answers every failure of a route: 4xx for the client's failures
- * (`clientFailure`), and for anything else a logged 500. Interruptions are
+ * (`clientFailure`), 503 (`Retry-After: 1`) while the database is
+ * unavailable (`unavailable`), and for anything else a logged 500. Interruptions are
  * left alone. A backstop answer is logged as a warning, because it means the
  * request schema let bad input through.
  */
@@ -189,7 +201,16 @@ export const answerFailures = <E, R>(
     const error = Option.getOrUndefined(Cause.findErrorOption(cause))
     const client = clientFailure(error)
     if (client === undefined) {
-      return Effect.as(Effect.logError("request failed", cause), json({ error: "internal error" }, 500))
+      // the database unreachable, restarting or out of connections: not the client's fault and not a bug,
+      // so 503 with a hint to retry (the order was not taken: its transaction did not commit)
+      return unavailable(error)
+        ? Effect.as(
+          Effect.logWarning(`request refused: the database is unavailable: ${describe(error)}`),
+          json({ error: "the database is unavailable; retry shortly" }, 503).pipe(
+            HttpServerResponse.setHeader("retry-after", "1")
+          )
+        )
+        : Effect.as(Effect.logError("request failed", cause), json({ error: "internal error" }, 500))
     }
     const answer = json({ error: client.message }, client.status)
     return error instanceof ClientError
@@ -259,7 +280,10 @@ const readOrder = Effect.flatMap(readJson, (body) =>
     (error) => new ClientError({ status: 400, message: `invalid order: ${oneLine(error.message)}` })
   ))
 
-/** Creates the example's own table (idempotent). */
+/**
+ * Creates the example's own table (idempotent); waits for the database like
+ * the outbox's own start-up (`PgOutboxStore.retryStartup`).
+ */
 export const migrate = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* sql`
@@ -271,7 +295,7 @@ export const migrate = Effect.gen(function*() {
       created_at  timestamptz NOT NULL DEFAULT now()
     )`
   yield* sql`ALTER TABLE orders ADD COLUMN IF NOT EXISTS cancelled_at timestamptz`
-})
+}).pipe(PgOutboxStore.retryStartup())
 
 /**
  * Writes the order and its `OrderCreated` event in one transaction and

@@ -85,6 +85,7 @@ import * as Fiber from "effect/Fiber"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Random from "effect/Random"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Tracer from "effect/Tracer"
@@ -132,6 +133,24 @@ export class Relay extends Context.Service<Relay, {
   readonly stats: Effect.Effect<RelayStats>
 }>()("@outbox/runtime/Relay") {}
 
+
+/**
+ * The wait of a worker after a failed iteration (a claim or completion the
+ * store refused: the database unreachable, restarting, out of connections):
+ * `base` after the first failure, doubling per failure in a row, at most
+ * `max`, jittered by ±20 % so that the workers of many relays do not
+ * return in step. The wake-up listener's reconnect uses the same figures.
+ * Before, a worker waited out the poll interval: at the default 1 s that
+ * was one logged stack trace per worker per second for as long as an
+ * outage lasted, and at a 10 ms poll a hundred.
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const failureBackoff: { readonly base: Duration.Duration; readonly max: Duration.Duration } = {
+  base: Duration.millis(100),
+  max: Duration.seconds(5)
+}
 
 /**
  * Starts the fiber tree in the current scope.
@@ -410,6 +429,16 @@ export const make = Effect.gen(function*() {
 
   // --- waiting ---------------------------------------------------------------
 
+  /** The wait after the `n`th failed iteration in a row (`failureBackoff`), jittered by ±20 %. */
+  const backoff = (n: number) =>
+    Effect.map(Random.next, (r) => {
+      const base = Math.min(
+        Duration.toMillis(failureBackoff.max),
+        Duration.toMillis(failureBackoff.base) * 2 ** Math.min(n - 1, 30)
+      )
+      return Duration.millis(Math.round(base * (0.8 + 0.4 * r)))
+    })
+
   /** Wake-ups (LISTEN/NOTIFY: `WakeupListener`) when the composition provides them; the poll alone otherwise. */
   const wakeup = Option.getOrUndefined(yield* Effect.serviceOption(Wakeup.Wakeup))
   const poll = unblocked === undefined
@@ -453,16 +482,39 @@ export const make = Effect.gen(function*() {
       const pending: { fiber: Fiber.Fiber<void> | undefined } = { fiber: undefined }
       const idle = idleWait()
       let limit = batchBounds.min
+      /** Failed iterations in a row, and when the first of them failed. */
+      let failures = 0
+      let failingSince = 0
+      const failed = (cause: Cause.Cause<unknown>) =>
+        Effect.gen(function*() {
+          if (failures++ === 0) failingSince = clock.currentTimeMillisUnsafe()
+          yield* instruments.failed("claim")
+          // the first failure in full; then one line at 2, 4, 8, ... failures in a row (an outage of a
+          // minute logs ~6 lines per worker, not one per attempt)
+          if (failures === 1) yield* Effect.logWarning("relay iteration failed; retrying with backoff", cause)
+          else if ((failures & (failures - 1)) === 0) {
+            yield* Effect.logWarning(`relay iteration still failing: ${failures} in a row over ${
+              Duration.format(Duration.millis(clock.currentTimeMillisUnsafe() - failingSince))
+            }: ${Failure.errorText(Cause.squash(cause))}`)
+          }
+          // wait out the backoff (a stop cuts it short) rather than the poll: a database that is down
+          // or restarting is tried again soon at first, then at most every `failureBackoff.max`
+          yield* Effect.raceFirst(Effect.sleep(yield* backoff(failures)), Deferred.await(stop))
+          return -1
+        })
       while (!(yield* Deferred.isDone(stop))) {
         const started = clock.currentTimeMillisUnsafe()
         const unblocks = unblocked?.count
         const claimed = yield* (inTransaction === undefined ? iteration(pending, limit) : inTransaction(limit)).pipe(
-          Effect.catchCause((cause) =>
-            Cause.hasInterruptsOnly(cause)
-              ? Effect.failCause(cause)
-              : Effect.as(Effect.andThen(instruments.failed("claim"), Effect.logWarning("relay iteration failed", cause)), 0)
-          )
+          Effect.catchCause((cause) => Cause.hasInterruptsOnly(cause) ? Effect.failCause(cause) : failed(cause))
         )
+        if (claimed < 0) continue
+        if (failures > 0) {
+          yield* Effect.logInfo(`relay iterations succeed again after ${failures} failed in a row over ${
+            Duration.format(Duration.millis(clock.currentTimeMillisUnsafe() - failingSince))
+          }`)
+          failures = 0
+        }
         limit = BatchLimit.next(batchBounds, limit, claimed, clock.currentTimeMillisUnsafe() - started)
         // a key unblocked during the claim may have a head for it now: claim again rather than wait
         if (claimed === 0 && unblocks === unblocked?.count) yield* idle

@@ -18,6 +18,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
@@ -74,6 +75,32 @@ const flakyClaims = (failures: number) =>
       })
     })
   )
+
+/** Like `flakyClaims`, recording the (TestClock) time of every claim in `times`. */
+const timedFlakyClaims = (failures: number, times: Array<number>) =>
+  Layer.effect(
+    OutboxStore,
+    Effect.map(Effect.service(OutboxStore), (store) => {
+      let left = failures
+      return OutboxStore.of({
+        ...store,
+        claim: (options) =>
+          Effect.flatMap(Clock.currentTimeMillis, (now) => {
+            times.push(now)
+            return left-- > 0
+              ? Effect.fail(new StoreError({ operation: "claim", message: "connection refused", retryable: true }))
+              : store.claim(options)
+          })
+      })
+    })
+  )
+
+/** A logger keeping every line's level and text. */
+const captureLogs = (lines: Array<{ readonly level: string; readonly text: string }>) =>
+  Logger.layer([Logger.make((options) => {
+    const message = options.message
+    lines.push({ level: options.logLevel, text: (Array.isArray(message) ? message : [message]).map(String).join(" ") })
+  })])
 
 /** A retry policy without jitter, so the progression can be asserted exactly. */
 const doubling: RetryPolicy.Policy = Schedule.exponential("1 second").pipe(Schedule.setInputType<RetryPolicy.FailedAttempt>())
@@ -258,6 +285,42 @@ layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.
           assert.strictEqual(stats.completed, 1)
           yield* Scope.close(scope, Exit.void)
         }).pipe(Effect.provide(flakyClaims(3)), Effect.provide(store.layer), Effect.provide(TestClock.layer())))
+
+      it.effect("failed claims: the worker backs off (100 ms doubling, ±20 %, at most 5 s), not the poll interval; logs the first failure, then 2, 4, 8 in a row, then the recovery", () => {
+        const times: Array<number> = []
+        const lines: Array<{ readonly level: string; readonly text: string }> = []
+        return Effect.gen(function*() {
+          const delivered = yield* Ref.make(0)
+          yield* publishEvents("OrderCreated")
+          const { scope } = yield* startRelay(() => Ref.update(delivered, (n) => n + 1), {
+            concurrency: 1,
+            pollInterval: Duration.minutes(10)
+          })
+          yield* advanceUntil(Effect.map(Ref.get(delivered), (n) => n === 1), { step: "50 millis", max: "1 minute" })
+          yield* Scope.close(scope, Exit.void)
+
+          // 10 failed claims, then the one that delivered
+          assert.isAtLeast(times.length, 11)
+          for (let n = 1; n <= 10; n++) {
+            const gap = times[n]! - times[n - 1]!
+            const expected = Math.min(100 * 2 ** (n - 1), 5000)
+            assert.isAtLeast(gap, Math.floor(expected * 0.8), `wait after failure ${n}`)
+            // + one 50 ms step of the virtual clock
+            assert.isAtMost(gap, Math.ceil(expected * 1.2) + 50, `wait after failure ${n}`)
+          }
+          const relayLines = lines.filter((l) => l.text.startsWith("relay iteration"))
+          assert.deepStrictEqual(relayLines.map((l) => l.level), ["Warn", "Warn", "Warn", "Warn", "Info"], JSON.stringify(relayLines))
+          assert.match(relayLines[0]!.text, /^relay iteration failed; retrying with backoff/)
+          assert.match(relayLines[1]!.text, /still failing: 2 in a row over .*connection refused/)
+          assert.match(relayLines[3]!.text, /still failing: 8 in a row/)
+          assert.match(relayLines[4]!.text, /succeed again after 10 failed in a row/)
+        }).pipe(
+          Effect.provide(timedFlakyClaims(10, times)),
+          Effect.provide(store.layer),
+          Effect.provide(captureLogs(lines)),
+          Effect.provide(TestClock.layer())
+        )
+      })
 
       it.effect("graceful shutdown: stops claiming, lets in-flight finish within the deadline, releases the rest", () =>
         Effect.gen(function*() {

@@ -66,6 +66,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlError from "effect/sql/SqlError"
 import type { Fragment } from "effect/sql/Statement"
@@ -74,6 +75,7 @@ import * as OutboxMigrations from "./OutboxMigrations.ts"
 import * as OutboxTables from "./OutboxTables.ts"
 import * as PublishStatement from "./PublishStatement.ts"
 import * as SqlEnv from "./SqlEnv.ts"
+import { findSqlError, isTransient, serverMessage } from "./internal/sqlError.ts"
 import { fromSqlError, mapSqlError } from "./internal/storeError.ts"
 import * as FairClaim from "./internal/fairClaim.ts"
 import * as OrderedClaim from "./internal/orderedClaim.ts"
@@ -128,7 +130,30 @@ export interface Options {
    * an online migration.
    */
   readonly completed?: "keep" | "delete" | undefined
+  /**
+   * How `layer` retries a start-up that fails for want of the database: the
+   * connection refused or lost, the server starting up, shutting down or out
+   * of connection slots (`StoreError.retryable`). Each failed attempt logs a
+   * warning with the reason; any other failure (authentication, a migration
+   * that does not apply, a refused option) fails the layer at once. Default
+   * `defaultStartupRetry`: without end, so that a relay started before its
+   * database (a deploy, a failover, a full pool) comes up by itself instead
+   * of exiting; bound it with e.g. `Schedule.during("1 minute")` combined in.
+   */
+  readonly startupRetry?: Schedule.Schedule<unknown> | undefined
 }
+
+/**
+ * The default `startupRetry`: 100 ms doubling (jittered) to at most 5 s
+ * between attempts, without end; the wake-up listener's reconnect backoff.
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const defaultStartupRetry: Schedule.Schedule<Duration.Duration> = Schedule.min([
+  Schedule.exponential("100 millis").pipe(Schedule.jittered),
+  Schedule.spaced("5 seconds")
+])
 
 /**
  * `Options` from the environment (`SqlEnv.store`): `OUTBOX_TABLE` (default
@@ -773,13 +798,14 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
 
 /**
  * The store, without running migrations (for deployments where the schema
- * is applied separately, e.g. `npx outbox migrate`).
+ * is applied separately, e.g. `npx outbox migrate`). Its start-up reads of
+ * the catalog wait for the database as `layer`'s do (`startupRetry`).
  *
  * @category layers
  * @since 0.1.0
  */
 export const layerWithoutMigrations = (options: Options = {}): Layer.Layer<OutboxStore, StoreError, SqlClient.SqlClient> =>
-  Layer.effect(OutboxStore, make(options))
+  Layer.effect(OutboxStore, make(options).pipe(retryStartup(options.startupRetry)))
 
 /**
  * The store; runs the outbox migrations for its `table` first
@@ -797,8 +823,62 @@ export const layer = (options: Options = {}): Layer.Layer<OutboxStore, StoreErro
     OutboxStore,
     Effect.andThen(
       options.legacy !== undefined || options.runMigrations === false ? Effect.void : OutboxMigrations.runFor(options.tables ?? options.table ?? "outbox").pipe(
-        Effect.mapError((e) => new StoreError({ operation: "migrate", message: `migration failed: ${e.message}`, retryable: false, cause: e }))
+        Effect.mapError((e) => {
+          const cause = findSqlError(e)
+          return new StoreError({
+            operation: "migrate",
+            message: `migration failed: ${e.message}`,
+            retryable: cause !== undefined && isTransient(cause),
+            cause: e
+          })
+        })
       ),
       make(options)
-    )
+    ).pipe(retryStartup(options.startupRetry))
   )
+
+/**
+ * Whether a start-up failure is worth another attempt: a `StoreError` that
+ * says so, or anything wrapping a transient `SqlError` (`isTransient`).
+ */
+const startupTransient = (e: unknown): boolean => {
+  if (e instanceof StoreError) return e.retryable
+  const sqlError = findSqlError(e)
+  return sqlError !== undefined && isTransient(sqlError)
+}
+
+/** The message of a failure, plus the server's or the socket's own words when it does not have them yet. */
+const describe = (e: unknown): string => {
+  const message = typeof e === "object" && e !== null && "message" in e ? String(e.message) : String(e)
+  const sqlError = findSqlError(e instanceof StoreError ? e.cause : e)
+  const words = sqlError === undefined ? undefined : serverMessage(sqlError)
+  return words === undefined || message.includes(words) ? message : `${message} (${words})`
+}
+
+/**
+ * Retries `effect` (a start-up step that reads the database) on `schedule`
+ * while its failure is transient (the database unreachable, starting up,
+ * shutting down or out of connections), with a warning per failed attempt
+ * and a line once it succeeds. `layer` runs its migrations and catalog reads
+ * under it; an application's own start-up (its tables, a warm-up) can too,
+ * so that the whole process waits for the database the same way.
+ *
+ * @category combinators
+ * @since 0.1.0
+ */
+export const retryStartup = (schedule: Schedule.Schedule<unknown> = defaultStartupRetry) =>
+<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.suspend(() => {
+    let attempt = 0
+    return effect.pipe(
+      Effect.tapError((e) =>
+        startupTransient(e)
+          ? Effect.logWarning(
+            `start-up: the database is not reachable (attempt ${++attempt}), retrying with backoff: ${describe(e)}`
+          )
+          : Effect.void
+      ),
+      Effect.retry({ schedule, while: startupTransient }),
+      Effect.tap(() => attempt > 0 ? Effect.logInfo(`start-up: the database answered after ${attempt} failed attempt(s)`) : Effect.void)
+    )
+  })

@@ -45,6 +45,28 @@ describe("internal/sqlError", () => {
     )
   })
 
+  it("retryable: the driver's view, plus the server shutting down, starting up or out of connections", () => {
+    const unknown = (code: string) =>
+      new SqlError.SqlError({
+        reason: new SqlError.UnknownError({ cause: Object.assign(new Error(`server error ${code}`), { code }) })
+      })
+    // the driver calls these UnknownError (not retryable); a new connection after a wait may succeed
+    for (const code of ["57P01", "57P02", "57P03", "53300"]) {
+      assert.isFalse(unknown(code).reason.isRetryable, code)
+      assert.isTrue(toModule("claim")(unknown(code)).retryable, code)
+    }
+    // anything else of UnknownError stays permanent: a disk full, a bad configuration
+    for (const code of ["53100", "XX000", "0A000"]) assert.isFalse(toModule("claim")(unknown(code)).retryable, code)
+    // the driver's retryable reasons stay retryable, its permanent ones permanent
+    const connection = new SqlError.SqlError({ reason: new SqlError.ConnectionError({ cause: new Error("connect ECONNREFUSED") }) })
+    assert.isTrue(toModule("claim")(connection).retryable)
+    const auth = new SqlError.SqlError({
+      reason: new SqlError.AuthenticationError({ cause: Object.assign(new Error("password authentication failed"), { code: "28P01" }) })
+    })
+    assert.isFalse(toModule("claim")(auth).retryable)
+    assert.isFalse(toModule("claim")(syntax()).retryable)
+  })
+
   it.effect("mapSql refails SqlError and leaves other errors alone", () =>
     Effect.gen(function*() {
       const map = mapSql((fields) => new ModuleError(fields))("get")

@@ -4,7 +4,10 @@ import * as HealthCheck from "@outbox/sql/HealthCheck"
 import * as OutboxHealth from "@outbox/sql/OutboxHealth"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
+import { PgClient } from "@effect/sql-pg"
 import * as Effect from "effect/Effect"
+import * as Reactivity from "effect/reactivity/Reactivity"
+import * as Redacted from "effect/Redacted"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import { formatHealth } from "../src/internal/cli/health.ts"
@@ -80,4 +83,41 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("outbox healt
       assert.deepStrictEqual(parsed.checks.map((c) => c.name), OutboxHealth.checks.map((c) => c.name))
       assert.isTrue(parsed.checks.every((c) => c.level === "OK"))
     }), 180_000)
+
+  it.effect("--threshold: an idle-in-transaction session held 2 s is WARN at idleInTransactionSeconds=1, named; bad overrides are refused with the names", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`TRUNCATE outbox`
+      const database = yield* TestDatabase.TestDatabase
+      // a session of its own, idle in a transaction that holds a snapshot (and so the xmin horizon)
+      const holder = yield* PgClient.makeClient({ url: Redacted.make(database.url), applicationName: "xmin-holder-probe" })
+      yield* holder`BEGIN ISOLATION LEVEL REPEATABLE READ`
+      yield* holder`SELECT count(*) FROM outbox`
+      yield* Effect.sleep("2 seconds")
+      const defaults = yield* outbox(["health", "--json"])
+      assert.strictEqual(defaults.code, 0, defaults.stdout + defaults.stderr)
+      const warned = yield* outbox(["health", "--json", "--threshold", "idleInTransactionSeconds=1,"])
+      assert.strictEqual(warned.code, 1, warned.stdout + warned.stderr)
+      const report = JSON.parse(warned.stdout) as OutboxHealth.HealthReport
+      const finding = report.findings.find((f) => f.name === "IdleInTransaction")
+      assert.isDefined(finding, warned.stdout)
+      assert.strictEqual(finding!.level, "WARN")
+      assert.include(finding!.message, "xmin-holder-probe")
+      // the band's other side keeps its default
+      const check = report.checks.find((c) => c.name === "IdleInTransaction")!
+      assert.deepStrictEqual(check.thresholds, { idleInTransactionSeconds: { warn: 1, critical: 600 } })
+      yield* holder`ROLLBACK`
+
+      for (const [bad, says] of [
+        ["nope=1", /no threshold "nope" \(names: .*idleInTransactionSeconds/],
+        ["idleInTransactionSeconds=x", /is a band: warn,critical/],
+        ["idleInTransactionSeconds=90,30", /warn \(90\) is above critical \(30\)/],
+        ["partitionsAheadWarn=1,2", /partitionsAheadWarn takes one number/],
+        ["idleInTransactionSeconds", /expected name=value/]
+      ] as const) {
+        const refused = yield* outbox(["health", "--threshold", bad])
+        assert.notStrictEqual(refused.code, 0, bad)
+        assert.match(refused.stdout + refused.stderr, says, bad)
+      }
+    }).pipe(Effect.scoped, Effect.provide(Reactivity.layer)), 180_000)
 })

@@ -378,7 +378,54 @@ export const stats = Command.make("stats", {
   )
 
 /**
- * `outbox health [--json] [--checks] [--premake N] [--table T]... [--sink-timeout S]`.
+ * A `--threshold` override, `name=value`: a threshold of the checks
+ * (`OutboxHealth.defaultThresholds`) and its value in the shape of its
+ * default: `warn,critical` for a band (either side may be left empty to
+ * keep its default: `idleInTransactionSeconds=10,` warns after 10 s), a
+ * single number otherwise. A failure says what is wrong and lists the
+ * names.
+ *
+ * @internal
+ */
+export const parseThreshold = (
+  text: string
+): { readonly _tag: "Ok"; readonly name: string; readonly value: number | { readonly warn?: number; readonly critical?: number } } | {
+  readonly _tag: "Error"
+  readonly message: string
+} => {
+  const defaults = OutboxHealth.defaultThresholds as unknown as Record<string, number | { readonly warn?: number; readonly critical?: number }>
+  const names = () => Object.keys(defaults).sort().join(", ")
+  const eq = text.indexOf("=")
+  if (eq <= 0) return { _tag: "Error", message: `--threshold ${text}: expected name=value (names: ${names()})` }
+  const name = text.slice(0, eq).trim()
+  const raw = text.slice(eq + 1).trim()
+  const current = defaults[name]
+  if (current === undefined) return { _tag: "Error", message: `--threshold ${text}: no threshold "${name}" (names: ${names()})` }
+  const number = (part: string): number | undefined | "invalid" => {
+    if (part.trim() === "") return undefined
+    const n = Number(part)
+    return Number.isFinite(n) && n >= 0 ? n : "invalid"
+  }
+  if (typeof current === "number") {
+    const n = number(raw)
+    return n === undefined || n === "invalid"
+      ? { _tag: "Error", message: `--threshold ${text}: ${name} takes one number >= 0` }
+      : { _tag: "Ok", name, value: n }
+  }
+  const parts = raw.split(",")
+  const [warn, critical] = [number(parts[0] ?? ""), number(parts[1] ?? "")]
+  if (parts.length > 2 || warn === "invalid" || critical === "invalid" || (warn === undefined && critical === undefined)) {
+    return { _tag: "Error", message: `--threshold ${text}: ${name} is a band: warn,critical (numbers >= 0; one side may be empty)` }
+  }
+  const value = { ...current, ...(warn === undefined ? {} : { warn }), ...(critical === undefined ? {} : { critical }) }
+  if (value.warn !== undefined && value.critical !== undefined && value.warn > value.critical) {
+    return { _tag: "Error", message: `--threshold ${text}: warn (${value.warn}) is above critical (${value.critical})` }
+  }
+  return { _tag: "Ok", name, value }
+}
+
+/**
+ * `outbox health [--json] [--checks] [--premake N] [--table T]... [--sink-timeout S] [--threshold name=value]...`.
  *
  * @internal
  */
@@ -398,6 +445,22 @@ export const health = Command.make("health", {
   checks: Flag.Boolean("checks").pipe(
     Flag.withDefault(false),
     Flag.withDescription("also list every check run, its level, its thresholds and its gauge (JSON always has them)")
+  ),
+  thresholds: Flag.String("threshold").pipe(
+    Flag.filterMap(
+      (text) => {
+        const parsed = parseThreshold(text)
+        return parsed._tag === "Ok" ? Option.some(parsed) : Option.none()
+      },
+      (text) => {
+        const parsed = parseThreshold(text)
+        return parsed._tag === "Error" ? parsed.message : text
+      }
+    ),
+    Flag.atLeast(0),
+    Flag.withDescription(
+      "override a check's threshold, name=warn,critical for a band or name=N (repeatable; --checks lists them), e.g. idleInTransactionSeconds=10,60"
+    )
   ),
   sinkTimeout: Flag.Finite("sink-timeout").pipe(
     Flag.filter((seconds) => seconds > 0, (seconds) => `--sink-timeout must be a number of seconds > 0, got ${seconds}`),
@@ -433,7 +496,9 @@ export const health = Command.make("health", {
           partitionsAheadWarn: Math.max(0, options.premake - 1),
           ...(Option.isSome(options.maxPendingAge)
             ? { oldestPendingAgeSeconds: { warn: options.maxPendingAge.value, critical: options.maxPendingAge.value * 6 } }
-            : {})
+            : {}),
+          // --threshold last: it names the threshold, so it wins over the shorthands above
+          ...Object.fromEntries(options.thresholds.map((t) => [t.name, t.value]))
         }
       })))),
     Effect.catchTag("StoreError", (error) =>

@@ -2,27 +2,31 @@
  * Chaos suite (issue 20): real OS processes on this machine against
  * a fresh database on the local PostgreSQL.
  *
- *   npx tsx --conditions=@outbox/source scripts/chaos/main.ts [--quick] [--only a,b] [--seed N] [--ordering key]
+ *   npx tsx --conditions=@outbox/source scripts/chaos/main.ts [--quick] [--only a,b] [--seed N] [--ordering key] [--sink nats]
  *
  * Per scenario: a fresh database (from DATABASE_URL, default
  * postgres://postgres@127.0.0.1:5432/postgres) migrated with
  * `@outbox/sql/OutboxMigrations`; M = 3 relay processes
  * (`packages/runtime/test/fixtures/ordered-relay-process.ts`: OutboxLive from the
  * environment, webhook sink from OUTBOX_SINK_URL); N = 2 producer processes
- * (`producer-process.ts`); one webhook receiver in this process that records
- * every request and answers 204. Each relay incarnation posts to its own path
- * `/r<relay>/<incarnation>`, so every delivery is attributed to a process.
+ * (`producer-process.ts`: producer 0 through the Effect API, producer 1 through
+ * `@outbox/client` in its own `pg` transactions); one webhook receiver in this
+ * process that records every request and answers 204. Each relay incarnation
+ * posts to its own path `/r<relay>/<incarnation>`, so every delivery is
+ * attributed to a process. With `--sink nats` the relays publish to NATS
+ * JetStream instead (`startNatsReceiver`: a stream of the scenario's own, read
+ * by the harness; the outage is a proxy refusing the relays' connections).
  *
  * Scenarios:
  *   relay-kills     every 1-2 s (seeded) a random relay is SIGKILLed and restarted (50 cycles, 5 with --quick)
  *   producer-kills  producers are SIGKILLed mid-transaction and restarted (30 kills, 5 with --quick)
  *   sink-outage     under load the receiver answers 503 (retryable for the webhook sink) for 60 s
- *                   (8 s with --quick), then 204 again; reports the backlog and how fast it drains.
+ *                   (6 s with --quick), then 204 again; reports the backlog and how fast it drains.
  *                   Its producers write max_retries = 10000 (CHAOS_MAX_RETRIES overrides): with the
  *                   default 5 and the fixture's 50 ms..1 s backoff an 8 s outage already dead-letters
  *                   most of the backlog (354 of 512 rows in a trial run)
  *   relay-freeze    a relay is SIGSTOPped while one of its requests is at the receiver (mid-batch,
- *                   holding leases) for lease + 5 s = 8 s, then SIGCONTed (5 times, 2 with --quick);
+ *                   holding leases) for lease + 5 s = 8 s, then SIGCONTed (5 times, once with --quick);
  *                   the receiver answers after 20 ms so that relays are mid-batch most of the time
  *   backend-kills   5 times a second for 30 s (6 s with --quick), pg_terminate_backend of every
  *                   backend of the chaos database but the harness's own connection (the relays' and
@@ -32,13 +36,18 @@
  *                   in use), terminates the processes' backends once and tops up with the freed slots
  *                   (until the server refuses one: "sorry, too many clients already"), holds them for
  *                   20 s (5 s with --quick), then releases them (always, in `finally`)
+ *   pg-restart      on a PostgreSQL server of the harness's own (`TestDatabase.embeddedServer`: the
+ *                   embedded binaries on a free port), restarted under load: fast shutdown (sessions
+ *                   end with 57P01) down 2 s, immediate shutdown (a crash: 57P02, WAL replay) down 1 s,
+ *                   and with the full run fast down 10 s and immediate down 3 s
  *
- * In backend-kills and pool-exhaustion nothing is restarted: every relay and producer must come
- * through by itself; a process that exits fails the scenario (its name and exit code are reported),
- * and so does one that has not delivered / committed again within 15 s of the fault ("all working
- * again after": the latest of the processes' first delivery / commit after it). Their faults start
- * only once every relay has delivered (a relay still booting exits on a refused connection: its
- * startup migration is not retried). Their producers run with CHAOS_CONTINUE_ON_ERROR=1: a
+ * In backend-kills, pool-exhaustion and pg-restart nothing is restarted (but the server): every relay
+ * and producer must come through by itself; a process that exits fails the scenario (its name and
+ * exit code are reported), and so does one that has not delivered / committed again within 15 s of
+ * the fault ("all working again after": the latest of the processes' first delivery / commit after
+ * it). Their faults start once every relay has delivered, so that they hit running processes (a
+ * relay starting while the database is unreachable waits for it: `PgOutboxStore.retryStartup`,
+ * tested in the orders example's database-outage test). Their producers run with CHAOS_CONTINUE_ON_ERROR=1: a
  * transaction whose connection was terminated fails and the producer goes on with the next one, as
  * an application would (the failures are counted; the database decides what committed).
  *
@@ -66,9 +75,16 @@
  * process logs under `scripts/chaos/results/logs/<scenario>/`. Exit code 1 when
  * an invariant fails. A failing scenario's database is kept for inspection.
  */
+import { jetstream, jetstreamManager, StorageType } from "@nats-io/jetstream"
+import { connect as natsConnect } from "@nats-io/transport-node"
 import { PgClient } from "@effect/sql-pg"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
+import * as TcpProxy from "@outbox/testing/TcpProxy"
+import * as TestDatabase from "@outbox/testing/TestDatabase"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
 import * as Redacted from "effect/Redacted"
 import { type ChildProcess, spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
@@ -92,6 +108,10 @@ const QUICK = flag("--quick")
 const ONLY = option("--only")?.split(",").map((s) => s.trim()).filter((s) => s.length > 0)
 const SEED = option("--seed") === undefined ? 20 : Number(option("--seed"))
 const ORDERING = option("--ordering") ?? "none"
+/** Where the relays deliver: the harness's webhook receiver, or NATS JetStream (127.0.0.1:4222) through a proxy of the harness's. */
+const SINK = option("--sink") ?? "webhook"
+if (SINK !== "webhook" && SINK !== "nats") throw new Error(`--sink must be webhook or nats, got ${SINK}`)
+const NATS_PORT = Number(process.env.CHAOS_NATS_PORT ?? 4222)
 if (ORDERING !== "none" && ORDERING !== "key") throw new Error(`--ordering must be none or key, got ${ORDERING}`)
 if (!Number.isFinite(SEED)) throw new Error(`--seed must be a number`)
 
@@ -217,7 +237,7 @@ const sigkill = async (proc: Proc) => {
 // ---------------------------------------------------------------------------
 // database
 
-const withAdmin = <A>(f: (client: pg.Client) => Promise<A>): Promise<A> => withClient(SERVER_URL, f)
+const withAdmin = <A>(server: string, f: (client: pg.Client) => Promise<A>): Promise<A> => withClient(server, f)
 
 const withClient = async <A>(url: string, f: (client: pg.Client) => Promise<A>): Promise<A> => {
   const client = new pg.Client({ connectionString: url })
@@ -229,11 +249,11 @@ const withClient = async <A>(url: string, f: (client: pg.Client) => Promise<A>):
   }
 }
 
-/** A fresh database `chaos_<hex>` on the server, migrated with OutboxMigrations; returns its name and URL. */
-const freshDatabase = async () => {
+/** A fresh database `chaos_<hex>` on `server`, migrated with OutboxMigrations; returns its name and URL. */
+const freshDatabase = async (server: string) => {
   const name = `chaos_${randomBytes(5).toString("hex")}`
-  await withAdmin((admin) => admin.query(`CREATE DATABASE "${name}"`))
-  const url = new URL(SERVER_URL)
+  await withAdmin(server, (admin) => admin.query(`CREATE DATABASE "${name}"`))
+  const url = new URL(server)
   url.pathname = `/${name}`
   await Effect.runPromise(
     OutboxMigrations.run.pipe(Effect.provide(PgClient.layer({ url: Redacted.make(url.toString()), maxConnections: 2 })))
@@ -261,14 +281,15 @@ const installTransitionLog = (url: string) =>
         new_status text,
         old_token bigint,
         new_token bigint,
+        old_locked_until timestamptz,
         app text NOT NULL,
         at timestamptz NOT NULL DEFAULT clock_timestamp()
       )`)
     await client.query(`
       CREATE FUNCTION chaos_record_transition() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN
-        INSERT INTO chaos_transitions (id, old_status, new_status, old_token, new_token, app)
-        VALUES (NEW.id, OLD.status::text, NEW.status::text, OLD.lock_token, NEW.lock_token, current_setting('application_name'));
+        INSERT INTO chaos_transitions (id, old_status, new_status, old_token, new_token, old_locked_until, app)
+        VALUES (NEW.id, OLD.status::text, NEW.status::text, OLD.lock_token, NEW.lock_token, OLD.locked_until, current_setting('application_name'));
         RETURN NULL;
       END $$`)
     await client.query(`
@@ -286,7 +307,23 @@ const relayDatabaseUrl = (url: string, relay: number, incarnation: number) => {
 const relayApp = (relay: number, incarnation: number) => `r${relay}.${incarnation}`
 
 const dropDatabase = (name: string) =>
-  withAdmin((admin) => admin.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`)).catch(() => undefined)
+  withAdmin(SERVER_URL, (admin) => admin.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`)).catch(() => undefined)
+
+/**
+ * pg-restart: a PostgreSQL server of the harness's own (`TestDatabase.embeddedServer`: the embedded
+ * binaries on a free port, its data directory under the OS temp dir), so that restarting it disturbs
+ * nothing else on the machine. Removed by `close`.
+ */
+const startOwnServer = async () => {
+  const scope = Effect.runSync(Scope.make())
+  const server = await Effect.runPromise(TestDatabase.embeddedServer.pipe(Scope.provide(scope)))
+  return {
+    url: server.url,
+    restart: (mode: "fast" | "immediate", downMs: number) =>
+      Effect.runPromise(server.restart({ mode, downFor: Duration.millis(downMs) })),
+    close: () => Effect.runPromise(Scope.close(scope, Exit.void))
+  }
+}
 
 // ---------------------------------------------------------------------------
 // the webhook receiver: every complete request is recorded and answered 204 (503 during an outage,
@@ -375,12 +412,77 @@ const startReceiver = async () => {
   }
 }
 
+/** What a scenario needs of its sink: the webhook receiver above, or `startNatsReceiver`. */
+type Receiver = Awaited<ReturnType<typeof startReceiver>>
+
+/**
+ * `--sink nats`: the relays publish to NATS JetStream through a TCP proxy of the harness's (so that an
+ * outage is the broker refusing connections, and nothing else on the machine is disturbed), into a
+ * stream of the scenario's own (`CHAOS_<hex>`, subjects `chaos_<hex>.>`, in memory, deleted at the end),
+ * each relay incarnation under its own subject prefix `chaos_<hex>.r<relay>.<incarnation>`. The harness
+ * reads the stream directly (not through the proxy) with an ordered consumer: every stored message is a
+ * delivery. JetStream drops a redelivery inside its duplicate window (`Nats-Msg-Id` = tracking id, 2
+ * minutes), so duplicates are what got past it.
+ */
+const startNatsReceiver = async (): Promise<Receiver> => {
+  const tag = randomBytes(4).toString("hex")
+  const stream = `CHAOS_${tag}`
+  const root = `chaos_${tag}`
+  const nc = await natsConnect({ servers: `127.0.0.1:${NATS_PORT}` })
+  const jsm = await jetstreamManager(nc)
+  await jsm.streams.add({ name: stream, subjects: [`${root}.>`], storage: StorageType.Memory })
+  const scope = Effect.runSync(Scope.make())
+  const proxy = await Effect.runPromise(TcpProxy.make({ port: NATS_PORT }).pipe(Scope.provide(scope)))
+  const deliveries: Array<Delivery> = []
+  let malformed = 0
+  const consumer = await jetstream(nc).consumers.get(stream)
+  const messages = await consumer.consume()
+  const reading = (async () => {
+    for await (const m of messages) {
+      const match = new RegExp(`^${root}\\.r(\\d+)\\.(\\d+)\\.`).exec(m.subject)
+      try {
+        const body = m.json<{ trackingId: string; aggregateId: string; payload?: { pid?: string } }>()
+        deliveries.push({
+          trackingId: m.headers?.get("Nats-Msg-Id") || body.trackingId,
+          aggregateId: body.aggregateId,
+          pid: body.payload?.pid,
+          relay: match ? Number(match[1]) : -1,
+          incarnation: match ? Number(match[2]) : -1,
+          status: 204,
+          at: Date.now()
+        })
+      } catch {
+        malformed++
+      }
+    }
+  })()
+  return {
+    deliveries,
+    malformed: () => malformed,
+    /** While on, the proxy refuses every connection (open ones cut): the broker is down for the relays. */
+    setOutage: (on: boolean) => {
+      Effect.runSync(Effect.asVoid(Effect.forkDetach(proxy.setMode(on ? "refuse" : "forward"))))
+    },
+    setLatency: () => undefined,
+    busyRelays: () => [],
+    urlFor: (relay: number, incarnation: number) =>
+      `nats://${proxy.address}?stream=${stream}&subjectPrefix=${root}.r${relay}.${incarnation}`,
+    close: async () => {
+      await messages.close()
+      await reading
+      await jsm.streams.delete(stream).catch(() => undefined)
+      await nc.close()
+      await Effect.runPromise(Scope.close(scope, Exit.void))
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // one scenario
 
 interface Fault {
   readonly at: number
-  readonly kind: "relay" | "producer" | "sink" | "freeze" | "backend" | "pool"
+  readonly kind: "relay" | "producer" | "sink" | "freeze" | "backend" | "pool" | "restart" | "xmin"
   readonly index: number
   /** For producers: whether it had an open transaction when killed (as its last stdout line said). */
   readonly midTransaction?: boolean
@@ -425,6 +527,8 @@ interface ScenarioResult {
   readonly deadLettered: number
   /** Completions whose old lock token was claimed by another session (see `installTransitionLog`): must be 0. */
   readonly staleCompletions: number
+  /** Transitions out of a lease that was still valid, by a session other than its holder (see `leaseViolations`): must be 0. */
+  readonly leaseViolations: number
   /** Highest `retry_count` of a row at the end (failed attempts and reaped leases count). */
   readonly maxRetryCount: number
   /** sink-outage: the outage and the recovery after it. */
@@ -470,20 +574,257 @@ interface ScenarioResult {
     readonly deliveriesDuring: number
     readonly commitsDuring: number
   } | null
+  /** xmin-hold: what a transaction pinning the xmin horizon cost while the load went on. */
+  readonly xmin: XminReport | null
+  /** pg-restart: each restart of the harness's own server, and how long it refused connections. */
+  readonly restarts: ReadonlyArray<{ readonly mode: "fast" | "immediate"; readonly downSeconds: number }> | null
   readonly wallSeconds: number
   readonly database: string
+  /** Whether the database was on the harness's own server (pg-restart: removed with it, never kept). */
+  readonly ownServer: boolean
   readonly samples: {
     readonly lost: ReadonlyArray<unknown>
     readonly phantom: ReadonlyArray<unknown>
     readonly orderViolations: ReadonlyArray<unknown>
     readonly staleCompletions: ReadonlyArray<unknown>
+    readonly leaseViolations: ReadonlyArray<unknown>
   }
 }
 
-type Kind = "relay-kills" | "producer-kills" | "sink-outage" | "relay-freeze" | "backend-kills" | "pool-exhaustion"
+/** Pickup latency (commit to first delivery at the receiver) of the rows created in a window. */
+interface LatencyWindow {
+  readonly window: string
+  readonly events: number
+  readonly p50Ms: number | null
+  readonly p99Ms: number | null
+}
+
+interface XminReport {
+  readonly holdSeconds: number
+  /** Events inserted by the harness's loader (beside the producers') and by everyone during the hold. */
+  readonly loaderEvents: number
+  readonly eventsDuringHold: number
+  /** Sum of n_dead_tup over the outbox's partitions: before the hold, at its end, and after the release + VACUUM. */
+  readonly deadTuplesBefore: number
+  readonly deadTuplesAtEnd: number
+  readonly deadTuplesAfterVacuum: number
+  /** VACUUM (VERBOSE) of the outbox at the end of the hold: dead row versions it could not remove; after the release: removed. */
+  readonly vacuumNotRemovable: number
+  readonly vacuumRemovedAfter: number
+  /** The claim's scan (the lease claim's SELECT ... FOR UPDATE SKIP LOCKED of 100 rows), timed every second. */
+  readonly claimProbe: ReadonlyArray<{ readonly window: string; readonly samples: number; readonly p50Ms: number | null; readonly maxMs: number | null }>
+  readonly pickup: ReadonlyArray<LatencyWindow>
+  /** `outbox health --json` during the hold: its level, and the finding that names the holder. */
+  readonly health: {
+    readonly level: string
+    readonly thresholdArgs: ReadonlyArray<string>
+    readonly named: boolean
+    /** The finding that names the holder: its check, level and message. */
+    readonly finding: { readonly name: string; readonly level: string; readonly message: string } | null
+    /** Every finding of the report, as `name level`. */
+    readonly findings: ReadonlyArray<string>
+  }
+}
+
+type Kind = "relay-kills" | "producer-kills" | "sink-outage" | "relay-freeze" | "backend-kills" | "pool-exhaustion" | "pg-restart" | "xmin-hold"
 
 /** Scenarios in which no process is restarted: each one has to recover by itself, an exit fails. */
-const NO_RESTART: ReadonlyArray<Kind> = ["backend-kills", "pool-exhaustion"]
+const NO_RESTART: ReadonlyArray<Kind> = ["backend-kills", "pool-exhaustion", "pg-restart", "xmin-hold"]
+
+// ---------------------------------------------------------------------------
+// xmin-hold: a transaction pinning the xmin horizon while the load goes on
+
+const XMIN_HOLD_MS = QUICK ? 10_000 : 120_000
+const XMIN_BASELINE_MS = QUICK ? 3_000 : 20_000
+const XMIN_AFTER_MS = QUICK ? 3_000 : 20_000
+/** Events per second the harness's loader inserts (beside the producers): 100,000 over the full 2-minute hold. */
+const XMIN_RATE = QUICK ? 400 : 850
+/** When `outbox health` runs during the hold; the quick hold is shorter than the default warn (60 s): its threshold is lowered. */
+const XMIN_HEALTH_AT_MS = QUICK ? 6_000 : 75_000
+const XMIN_HEALTH_ARGS: ReadonlyArray<string> = QUICK ? ["--threshold", "idleInTransactionSeconds=5,"] : []
+const HOLDER_APP = "chaos-xmin-holder"
+
+const percentile = (sorted: ReadonlyArray<number>, p: number) =>
+  sorted.length === 0 ? null : sorted[Math.min(sorted.length - 1, Math.floor((sorted.length - 1) * p))]!
+
+/** Sum of n_dead_tup over the outbox's partitions. */
+const deadTuples = async (client: pg.Client | pg.Pool) => {
+  const { rows } = await client.query<{ n: string }>(
+    `SELECT coalesce(sum(n_dead_tup), 0)::text AS n FROM pg_stat_user_tables
+     WHERE relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'outbox'::regclass)`
+  )
+  return Number(rows[0]!.n)
+}
+
+/** VACUUM (VERBOSE) of the outbox's partitions: dead row versions removed and not yet removable, from its notices. */
+const vacuumVerbose = async (url: string) =>
+  withClient(url, async (client) => {
+    let removed = 0
+    let notRemovable = 0
+    client.on("notice", (notice) => {
+      for (const m of String(notice.message ?? "").matchAll(/tuples: (\d+) removed, \d+ remain, (\d+) are dead but not yet removable/g)) {
+        removed += Number(m[1])
+        notRemovable += Number(m[2])
+      }
+    })
+    await client.query("VACUUM (VERBOSE) outbox")
+    return { removed, notRemovable }
+  })
+
+/** `outbox health --json` against the chaos database, as an operator would run it. */
+const runHealth = (url: string, args: ReadonlyArray<string>) =>
+  new Promise<{ code: number; stdout: string }>((resolve) => {
+    const child = spawn(process.execPath, ["--conditions=@outbox/source", "--import", "tsx", Path.join(ROOT, "packages/runtime/src/bin.ts"), "health", "--json", ...args], {
+      cwd: ROOT,
+      env: { ...process.env, DATABASE_URL: url },
+      stdio: ["ignore", "pipe", "ignore"]
+    })
+    let stdout = ""
+    child.stdout!.on("data", (chunk: Buffer) => (stdout += chunk.toString("utf8")))
+    child.once("exit", (code) => resolve({ code: code ?? -1, stdout }))
+  })
+
+/**
+ * The xmin-hold fault: a loader inserting XMIN_RATE events/s (plain SQL INSERTs, committed at once,
+ * pid `h.<n>`) through a baseline, a hold and an after window; a session idle in a REPEATABLE READ
+ * transaction (application_name chaos-xmin-holder) pinning the xmin horizon for XMIN_HOLD_MS; the
+ * claim's scan timed every second; `outbox health` during the hold; dead tuples and VACUUM before
+ * the release and after it.
+ */
+const xminHold = async (url: string, faults: Array<Fault>, say: (m: string) => void) => {
+  const loader = new pg.Client({ connectionString: url, application_name: "chaos-loader" } as pg.ClientConfig)
+  await loader.connect()
+  let loaderEvents = 0
+  let loading = true
+  let batch = 0
+  const perTick = Math.max(1, Math.round(XMIN_RATE / 10))
+  const loading_ = (async () => {
+    while (loading) {
+      const tick = Date.now()
+      await loader.query(
+        `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+         SELECT 'Chaos', 'k-' || (g % 20), 'ChaosEvent', jsonb_build_object('pid', 'h.' || $1::text || '.' || g)
+         FROM generate_series(1, $2::int) g`,
+        [batch++, perTick]
+      ).then(() => (loaderEvents += perTick), () => undefined)
+      await sleep(Math.max(0, 100 - (Date.now() - tick)))
+    }
+  })()
+  const probe = new pg.Client({ connectionString: url, application_name: "chaos-claim-probe" } as pg.ClientConfig)
+  await probe.connect()
+  const probes: Array<{ at: number; ms: number }> = []
+  let probing = true
+  const probing_ = (async () => {
+    while (probing) {
+      try {
+        await probe.query("BEGIN")
+        const { rows } = await probe.query<{ "QUERY PLAN": Array<{ "Execution Time": number }> }>(
+          `EXPLAIN (ANALYZE, FORMAT JSON) SELECT id FROM outbox
+           WHERE status IN ('PENDING', 'FAILED') AND (available_at IS NULL OR available_at <= now())
+           ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED`
+        )
+        probes.push({ at: Date.now(), ms: rows[0]!["QUERY PLAN"][0]!["Execution Time"] })
+      } finally {
+        await probe.query("ROLLBACK").catch(() => undefined)
+      }
+      await sleep(1_000)
+    }
+  })()
+
+  const start = Date.now()
+  await sleep(XMIN_BASELINE_MS)
+  const deadTuplesBefore = await deadTuples(probe)
+  const holder = new pg.Client({ connectionString: url, application_name: HOLDER_APP } as pg.ClientConfig)
+  await holder.connect()
+  await holder.query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+  await holder.query("SELECT count(*) FROM outbox")
+  const holdStart = Date.now()
+  const eventsAtHold = loaderEvents
+  say(`xmin-hold: a transaction idle in REPEATABLE READ (${HOLDER_APP}) pins the xmin horizon for ${XMIN_HOLD_MS / 1000} s; loading ${XMIN_RATE} events/s`)
+  await sleep(XMIN_HEALTH_AT_MS)
+  const health = await runHealth(url, XMIN_HEALTH_ARGS)
+  await sleep(Math.max(0, holdStart + XMIN_HOLD_MS - Date.now() - 3_000))
+  const vacuumAtEnd = await vacuumVerbose(url)
+  await sleep(Math.max(0, holdStart + XMIN_HOLD_MS - Date.now()))
+  const deadTuplesAtEnd = await deadTuples(probe)
+  const eventsDuringHold = loaderEvents - eventsAtHold
+  await holder.query("ROLLBACK")
+  await holder.end()
+  const holdEnd = Date.now()
+  faults.push({ at: holdEnd, kind: "xmin", index: 0 })
+  say(`xmin-hold: released after ${((holdEnd - holdStart) / 1000).toFixed(1)} s; VACUUM at its end could not remove ${vacuumAtEnd.notRemovable} dead row versions`)
+  await sleep(XMIN_AFTER_MS)
+  loading = false
+  await loading_
+  await loader.end()
+  const vacuumAfter = await vacuumVerbose(url)
+  const deadTuplesAfterVacuum = await deadTuples(probe)
+  probing = false
+  await probing_
+  await probe.end()
+  const end = Date.now()
+  return {
+    start, end, holdStart, holdEnd, loaderEvents, eventsDuringHold, deadTuplesBefore, deadTuplesAtEnd, deadTuplesAfterVacuum,
+    vacuumNotRemovable: vacuumAtEnd.notRemovable, vacuumRemovedAfter: vacuumAfter.removed, probes, health
+  }
+}
+
+/** The xmin-hold report: latency windows from the rows and the receiver's log, and the health verdict (a failure when it does not name the holder). */
+const xminResult = async (
+  db: pg.Pool,
+  x: Awaited<ReturnType<typeof xminHold>>,
+  deliveries: ReadonlyArray<Delivery>,
+  failures: Array<string>
+): Promise<XminReport> => {
+  const first = new Map<string, number>()
+  for (const d of deliveries) if (!first.has(d.trackingId) || first.get(d.trackingId)! > d.at) first.set(d.trackingId, d.at)
+  const { rows } = await db.query<{ tracking_id: string; created: number }>(
+    `SELECT tracking_id::text, (extract(epoch FROM created_at) * 1000)::float8 AS created FROM outbox WHERE payload->>'pid' LIKE 'h.%'`
+  )
+  const mid = x.holdStart + (x.holdEnd - x.holdStart) / 2
+  const windows: ReadonlyArray<[string, number, number]> = [
+    ["before", x.start, x.holdStart],
+    ["hold, 1st half", x.holdStart, mid],
+    ["hold, 2nd half", mid, x.holdEnd],
+    ["after", x.holdEnd, x.end]
+  ]
+  const pickup = windows.map(([window, from, to]): LatencyWindow => {
+    const latencies = rows.filter((r) => r.created >= from && r.created < to && first.has(r.tracking_id))
+      .map((r) => first.get(r.tracking_id)! - r.created).sort((a, b) => a - b)
+    return { window, events: latencies.length, p50Ms: percentile(latencies, 0.5), p99Ms: percentile(latencies, 0.99) }
+  })
+  const claimProbe = windows.map(([window, from, to]) => {
+    const ms = x.probes.filter((p) => p.at >= from && p.at < to).map((p) => p.ms).sort((a, b) => a - b)
+    return { window, samples: ms.length, p50Ms: percentile(ms, 0.5), maxMs: ms.length === 0 ? null : ms[ms.length - 1]! }
+  })
+  let level = "unreadable"
+  let finding: XminReport["health"]["finding"] = null
+  let findings: ReadonlyArray<string> = []
+  try {
+    const report = JSON.parse(x.health.stdout) as { level: string; findings: ReadonlyArray<{ name: string; level: string; message: string }> }
+    level = report.level
+    const named = report.findings.find((f) => f.message.includes(HOLDER_APP))
+    finding = named === undefined ? null : { name: named.name, level: named.level, message: named.message }
+    findings = report.findings.map((f) => `${f.name} ${f.level}`)
+  } catch {
+    // not JSON: reported as unreadable
+  }
+  const named = finding !== null
+  if (!named) failures.push(`outbox health did not name the session holding the xmin horizon (level ${level})`)
+  return {
+    holdSeconds: (x.holdEnd - x.holdStart) / 1000,
+    loaderEvents: x.loaderEvents,
+    eventsDuringHold: x.eventsDuringHold,
+    deadTuplesBefore: x.deadTuplesBefore,
+    deadTuplesAtEnd: x.deadTuplesAtEnd,
+    deadTuplesAfterVacuum: x.deadTuplesAfterVacuum,
+    vacuumNotRemovable: x.vacuumNotRemovable,
+    vacuumRemovedAfter: x.vacuumRemovedAfter,
+    claimProbe,
+    pickup,
+    health: { level, thresholdArgs: XMIN_HEALTH_ARGS, named, finding, findings }
+  }
+}
 
 const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult> => {
   const started = Date.now()
@@ -492,11 +833,15 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
   Fs.rmSync(logDir, { recursive: true, force: true })
   Fs.mkdirSync(logDir, { recursive: true })
 
-  const database = await freshDatabase()
-  log(`${scenario}: seed ${seed}, database ${database.name}, ordering ${ORDERING}`)
-  const receiver = await startReceiver()
-  const db = new pg.Client({ connectionString: database.url })
-  await db.connect()
+  const own = scenario === "pg-restart" ? await startOwnServer() : undefined
+  const database = await freshDatabase(own?.url ?? SERVER_URL)
+  log(`${scenario}: seed ${seed}, sink ${SINK}, database ${database.name}${own === undefined ? "" : ` on the harness's own server ${own.url}`}, ordering ${ORDERING}`)
+  const receiver: Receiver = SINK === "nats" ? await startNatsReceiver() : await startReceiver()
+  // the harness's checking connection: a pool of one that never closes it while idle (pool-exhaustion
+  // opens it before filling the server) and replaces it when the server ended it (pg-restart)
+  const db = new pg.Pool({ connectionString: database.url, max: 1, idleTimeoutMillis: 0 })
+  db.on("error", () => undefined)
+  await db.query("SELECT 1")
 
   // --- processes --------------------------------------------------------------
   const relayIncarnation = new Array<number>(RELAYS).fill(0)
@@ -536,6 +881,9 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
       {
         DATABASE_URL: database.url,
         CHAOS_PRODUCER: String(i),
+        // producer 0 publishes through the Effect API (the orders example's path), producer 1 through
+        // @outbox/client in its own pg transactions
+        CHAOS_API: i === 1 ? "client" : "effect",
         CHAOS_INCARNATION: String(incarnation),
         CHAOS_SEED: String(seed),
         CHAOS_KEYS: "20",
@@ -586,6 +934,8 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
   const exits: Array<{ name: string; code: number | null; signal: string | null; atSeconds: number }> = []
   let connectionFault: { terminated: number; rounds: number; held: number; target: number; refused: string | null; start: number; end: number } | undefined
   let recoveredSeconds: number | null = null
+  const restarts: Array<{ mode: "fast" | "immediate"; downSeconds: number }> = []
+  let xminReport: Awaited<ReturnType<typeof xminHold>> | undefined
   /** pool-exhaustion: the harness's idle connections, always closed in the `finally` below. */
   const hogs: Array<pg.Client> = []
   try {
@@ -607,8 +957,8 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
     const warm = await waitFor(() => producerCommits >= PRODUCERS && receiver.deliveries.length > 0, 60_000, 100)
     if (!warm) throw new Error(`${scenario}: no commit or no delivery within 60 s (see ${logDir})`)
     if (NO_RESTART.includes(scenario)) {
-      // the connection faults are for running processes: every relay past its boot (startup
-      // migration, which exits the process when it cannot connect) and delivering, every producer committing
+      // the connection faults are for running processes: every relay past its boot and delivering,
+      // every producer committing
       const allUp = await waitFor(() =>
         Array.from({ length: RELAYS }, (_, r) => r).every((r) => receiver.deliveries.some((d) => d.relay === r)) &&
         Array.from({ length: PRODUCERS }, (_, p) => p).every((p) => commitTimes.some((c) => c.producer === p)), 30_000, 50)
@@ -644,10 +994,10 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
     } else if (scenario === "sink-outage") {
       // load first, then the sink answers 503 to everything for the window, then 204 again
       await sleep(QUICK ? 2_000 : 5_000)
-      const outageMs = Math.min(QUICK ? 8_000 : 60_000, FAULT_CAP_MS)
+      const outageMs = Math.min(QUICK ? 6_000 : 60_000, FAULT_CAP_MS)
       receiver.setOutage(true)
       const start = Date.now()
-      log(`${scenario}: sink down (503) for ${outageMs / 1000} s`)
+      log(`${scenario}: sink down (${SINK === "nats" ? "NATS refusing connections" : "503"}) for ${outageMs / 1000} s`)
       await sleep(outageMs)
       const { rows } = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM outbox WHERE status <> 'COMPLETED'`)
       receiver.setOutage(false)
@@ -658,7 +1008,7 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
     } else if (scenario === "relay-freeze") {
       // SIGSTOP a delivering relay for longer than its lease (the other relays' reapers recover its
       // leases and re-claim the events), then SIGCONT: it resumes mid-batch with stale leases
-      const cycles = QUICK ? 2 : 5
+      const cycles = QUICK ? 1 : 5
       const freezeMs = LEASE_SECONDS * 1000 + 5_000
       for (let cycle = 0; cycle < cycles; cycle++) {
         if (Date.now() - faultStart > FAULT_CAP_MS) {
@@ -709,6 +1059,28 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
       const end = Date.now()
       connectionFault = { terminated, rounds, held: 0, target: 0, refused: null, start, end }
       log(`${scenario}: ${terminated} backends terminated in ${rounds} rounds over ${((end - start) / 1000).toFixed(1)} s`)
+    } else if (scenario === "pg-restart") {
+      // the server restarted under load, clean (fast shutdown: every session ends with 57P01 admin
+      // shutdown) and crashed (immediate shutdown: 57P02, WAL replayed at the next start), and down a
+      // while each time (connections refused); nothing is restarted but the server
+      const plan: ReadonlyArray<{ mode: "fast" | "immediate"; downMs: number }> = QUICK
+        ? [{ mode: "fast", downMs: 1_500 }, { mode: "immediate", downMs: 500 }]
+        : [{ mode: "fast", downMs: 2_000 }, { mode: "immediate", downMs: 1_000 }, { mode: "fast", downMs: 10_000 }, { mode: "immediate", downMs: 3_000 }]
+      const start = Date.now()
+      for (const [k, step] of plan.entries()) {
+        await sleep(k === 0 ? 1_000 : QUICK ? 2_000 : 3_000 + Math.floor(random() * 2_000))
+        const down = Date.now()
+        await own!.restart(step.mode, step.downMs)
+        const up = Date.now()
+        restarts.push({ mode: step.mode, downSeconds: (up - down) / 1000 })
+        faults.push({ at: up, kind: "restart", index: k })
+        log(`${scenario}: restart ${k + 1}/${plan.length} (${step.mode}): refused connections for ${((up - down) / 1000).toFixed(1)} s`)
+      }
+      const end = Date.now()
+      connectionFault = { terminated: 0, rounds: plan.length, held: 0, target: 0, refused: null, start, end }
+    } else if (scenario === "xmin-hold") {
+      xminReport = await xminHold(database.url, faults, log)
+      connectionFault = { terminated: 0, rounds: 1, held: 0, target: 0, refused: null, start: xminReport.start, end: xminReport.end }
     } else if (scenario === "pool-exhaustion") {
       // the harness's checking connection (db) is already open; now idle connections to the chaos
       // database until the server refuses one, at most min(300, max_connections - reserved - in use),
@@ -877,6 +1249,20 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
       WHERE t.new_status = 'COMPLETED' AND (c.app IS NULL OR c.app <> t.app)
       ORDER BY t.seq`)
 
+    // no lease taken away while valid: a row leaving PROCESSING (claimed over, reaped, released, retried,
+    // completed) by a session other than its lock token's claimer, while its lease (locked_until as last
+    // renewed) had not expired yet. `at` is clock_timestamp(), after the statement's now(): never a false
+    // alarm. With it, no event can be in two handlers at once while its lease is valid.
+    const { rows: leaseViolations } = await db.query<{ id: string; token: string | null; app: string; holder: string | null; lockedUntil: Date; at: Date }>(`
+      WITH claims AS (
+        SELECT DISTINCT new_token AS token, app FROM chaos_transitions
+        WHERE new_status = 'PROCESSING' AND new_token IS NOT NULL
+      )
+      SELECT t.id::text, t.old_token::text AS token, t.app, c.app AS holder, t.old_locked_until AS "lockedUntil", t.at
+      FROM chaos_transitions t LEFT JOIN claims c ON c.token = t.old_token
+      WHERE t.old_status = 'PROCESSING' AND t.old_locked_until > t.at AND (c.app IS NULL OR c.app <> t.app)
+      ORDER BY t.seq`)
+
     // the check above only means something if every claim names its relay process
     const { rows: attribution } = await db.query<{ unattributed: number }>(
       `SELECT count(*)::int AS unattributed FROM chaos_transitions WHERE new_status = 'PROCESSING' AND app !~ '^r[0-9]+\\.[0-9]+$'`
@@ -949,6 +1335,7 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
     if (rows.length === 0) failures.push("nothing committed")
     if (deadLettered > 0) failures.push(`${deadLettered} dead-lettered`)
     if (staleCompletions.length > 0) failures.push(`${staleCompletions.length} completions by a stale lease holder`)
+    if (leaseViolations.length > 0) failures.push(`${leaseViolations.length} leases taken away while still valid`)
     if (unattributedClaims > 0) failures.push(`${unattributedClaims} claims not attributed to a relay process (application_name)`)
     if (lostRows.length > 0) failures.push(`${lostRows.length} lost`)
     if (phantomDeliveries.length > 0) failures.push(`${phantomDeliveries.length} phantom`)
@@ -989,6 +1376,7 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
       if (scenario === "backend-kills" && connectionFault.terminated === 0) failures.push(`no backend terminated`)
     }
 
+    const xmin = xminReport === undefined ? null : await xminResult(db, xminReport, deliveries, failures)
     const midTransaction = scenario === "producer-kills" ? faults.filter((f) => f.midTransaction === true).length : null
     return {
       scenario,
@@ -1017,19 +1405,24 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
       malformedRequests: receiver.malformed(),
       deadLettered,
       staleCompletions: staleCompletions.length,
+      leaseViolations: leaseViolations.length,
       maxRetryCount,
       outage,
       freezes: freezeReport,
       leaseLostLogged,
       connections,
+      restarts: scenario === "pg-restart" ? restarts : null,
+      xmin,
       wallSeconds: (Date.now() - started) / 1000,
       database: database.name,
+      ownServer: own !== undefined,
       // enough to say precisely what was lost and how (status, attempts, last error of each row)
       samples: {
         lost: lostRows.slice(0, 50),
         phantom: phantomDeliveries.slice(0, 50),
         orderViolations: orderViolations.slice(0, 50),
-        staleCompletions: staleCompletions.slice(0, 50)
+        staleCompletions: staleCompletions.slice(0, 50),
+        leaseViolations: leaseViolations.slice(0, 50)
       }
     }
   } finally {
@@ -1041,6 +1434,7 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
     await Promise.all([...relays, ...producers].map((p) => sigkill(p)))
     await receiver.close()
     await db.end().catch(() => undefined)
+    await own?.close()
   }
 }
 
@@ -1053,18 +1447,20 @@ const SCENARIOS: ReadonlyArray<{ name: Kind; seed: number }> = [
   { name: "sink-outage", seed: SEED * 1000 + 11 },
   { name: "relay-freeze", seed: SEED * 1000 + 13 },
   { name: "backend-kills", seed: SEED * 1000 + 17 },
-  { name: "pool-exhaustion", seed: SEED * 1000 + 19 }
+  { name: "pool-exhaustion", seed: SEED * 1000 + 19 },
+  { name: "pg-restart", seed: SEED * 1000 + 23 },
+  { name: "xmin-hold", seed: SEED * 1000 + 29 }
 ]
 
 /** Run when --only is not given (CI's quick run). */
-const DEFAULT: ReadonlyArray<Kind> = ["relay-kills", "producer-kills", "sink-outage", "relay-freeze", "backend-kills", "pool-exhaustion"]
+const DEFAULT: ReadonlyArray<Kind> = ["relay-kills", "producer-kills", "sink-outage", "relay-freeze", "backend-kills", "pool-exhaustion", "pg-restart", "xmin-hold"]
 
 const pad = (s: string, n: number) => (s.length >= n ? s : s + " ".repeat(n - s.length))
 const lpad = (s: string, n: number) => (s.length >= n ? s : " ".repeat(n - s.length) + s)
 
 const printTable = (results: ReadonlyArray<ScenarioResult>) => {
-  const header = ["scenario", "faults", "committed", "delivered", "lost", "phantom", "dups", "order viol.", "dead", "stale compl.", "recover s", "result"]
-  const widths = [16, 7, 10, 10, 6, 8, 6, 12, 5, 12, 10, 6]
+  const header = ["scenario", "faults", "committed", "delivered", "lost", "phantom", "dups", "order viol.", "dead", "stale compl.", "lease viol.", "recover s", "result"]
+  const widths = [16, 7, 10, 10, 6, 8, 6, 12, 5, 12, 11, 10, 6]
   const line = (cells: ReadonlyArray<string>) =>
     cells.map((c, i) => (i === 0 ? pad(c, widths[i]!) : lpad(c, widths[i]!))).join("  ")
   console.log("")
@@ -1082,6 +1478,7 @@ const printTable = (results: ReadonlyArray<ScenarioResult>) => {
       ORDERING === "key" ? String(r.orderViolations) : `(${r.orderViolations})`,
       String(r.deadLettered),
       String(r.staleCompletions),
+      String(r.leaseViolations),
       r.recoverSeconds === null ? "-" : r.recoverSeconds.toFixed(1),
       r.pass ? "PASS" : "FAIL"
     ]))
@@ -1091,7 +1488,9 @@ const printTable = (results: ReadonlyArray<ScenarioResult>) => {
     if (r.outage !== null) {
       const o = r.outage
       console.log(
-        `${r.scenario}: sink down ${o.seconds.toFixed(1)} s, ${o.rejected} requests answered 503, backlog ${o.backlogAtRecovery} when it came back; ` +
+        `${r.scenario}: sink down ${o.seconds.toFixed(1)} s, ${
+          SINK === "nats" ? "the relays' connections to NATS refused" : `${o.rejected} requests answered 503`
+        }, backlog ${o.backlogAtRecovery} when it came back; ` +
           `first delivery ${o.firstDeliveryAfterSeconds?.toFixed(2) ?? "-"} s after, backlog drained in ${o.drainSeconds?.toFixed(1) ?? "-"} s ` +
           `(max retry_count ${r.maxRetryCount})`
       )
@@ -1109,6 +1508,10 @@ const printTable = (results: ReadonlyArray<ScenarioResult>) => {
       const c = r.connections
       const fault = r.scenario === "backend-kills"
         ? `${c.terminated} backends terminated in ${c.rounds} rounds over ${c.faultSeconds.toFixed(1)} s`
+        : r.xmin !== null
+        ? `a transaction idle ${r.xmin.holdSeconds.toFixed(0)} s pinning the xmin horizon (${r.xmin.eventsDuringHold} events loaded meanwhile)`
+        : r.restarts !== null
+        ? `${r.restarts.length} restarts (${r.restarts.map((x) => `${x.mode}, down ${x.downSeconds.toFixed(1)} s`).join("; ")}) over ${c.faultSeconds.toFixed(1)} s`
         : `${c.held} idle connections held (target ${c.target}${c.refused === null ? "" : `, refused: ${c.refused}`}), the processes' ${c.terminated} backends terminated once, for ${c.faultSeconds.toFixed(1)} s`
       const after = Object.entries(c.firstWorkAfter).map(([k, v]) => `${k} ${v === null ? "-" : v.toFixed(2)}`).join(", ")
       console.log(
@@ -1118,7 +1521,23 @@ const printTable = (results: ReadonlyArray<ScenarioResult>) => {
       )
     }
   }
-  for (const r of results) if (!r.pass) console.log(`${r.scenario}: ${r.failures.join("; ")} (database ${r.database} kept)`)
+  for (const r of results) {
+    if (r.xmin === null) continue
+    const x = r.xmin
+    const ms = (v: number | null) => (v === null ? "-" : `${v.toFixed(1)} ms`)
+    console.log(
+      `${r.scenario}: dead tuples ${x.deadTuplesBefore} before, ${x.deadTuplesAtEnd} at the end of the hold (VACUUM could not remove ${x.vacuumNotRemovable}), ` +
+        `${x.deadTuplesAfterVacuum} after the release and a VACUUM (it removed ${x.vacuumRemovedAfter})`
+    )
+    console.log(`${r.scenario}: claim scan (100 rows) p50/max: ${x.claimProbe.map((c) => `${c.window} ${ms(c.p50Ms)}/${ms(c.maxMs)}`).join("; ")}`)
+    console.log(`${r.scenario}: pickup latency p50/p99 of the loader's events: ${x.pickup.map((w) => `${w.window} ${ms(w.p50Ms)}/${ms(w.p99Ms)} (${w.events})`).join("; ")}`)
+    console.log(`${r.scenario}: outbox health${x.health.thresholdArgs.length === 0 ? "" : ` ${x.health.thresholdArgs.join(" ")}`} during the hold: ${x.health.level} (${x.health.findings.join(", ")})${
+      x.health.finding === null ? ", NOT naming the holder" : `; ${x.health.finding.name} ${x.health.finding.level}: ${x.health.finding.message}`
+    }`)
+  }
+  for (const r of results) {
+    if (!r.pass) console.log(`${r.scenario}: ${r.failures.join("; ")} (${r.ownServer ? `database ${r.database} removed with the harness's own server; logs kept` : `database ${r.database} kept`})`)
+  }
 }
 
 const main = async () => {
@@ -1133,7 +1552,7 @@ const main = async () => {
   for (const s of selected) {
     const result = await runScenario(s.name, s.seed)
     results.push(result)
-    if (result.pass) await dropDatabase(result.database)
+    if (result.pass && !result.ownServer) await dropDatabase(result.database)
   }
   printTable(results)
   const wallSeconds = (Date.now() - started) / 1000
@@ -1141,8 +1560,16 @@ const main = async () => {
   const report = {
     at: new Date().toISOString(),
     node: process.version,
-    options: { quick: QUICK, only: ONLY ?? null, seed: SEED, ordering: ORDERING },
-    setup: { relays: RELAYS, producers: PRODUCERS, concurrency: 2, pollIntervalMs: 50, leaseSeconds: LEASE_SECONDS },
+    options: { quick: QUICK, only: ONLY ?? null, seed: SEED, ordering: ORDERING, sink: SINK },
+    setup: {
+      relays: RELAYS,
+      producers: PRODUCERS,
+      producerApis: ["effect (Outbox.transaction)", "@outbox/client (pg)"],
+      sink: SINK,
+      concurrency: 2,
+      pollIntervalMs: 50,
+      leaseSeconds: LEASE_SECONDS
+    },
     wallSeconds,
     pass: results.every((r) => r.pass),
     results

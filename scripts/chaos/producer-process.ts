@@ -1,9 +1,13 @@
 /**
  * A chaos-suite producer in its own OS process (spawned by `scripts/chaos/main.ts`).
  *
- * Publishes events forever, in transactions of 1-4 events through
- * `Outbox.transaction(Outbox.publishAll(...))` over `PgOutboxStore` and a
- * `PgClient` from `DATABASE_URL`. Each event carries a unique payload id
+ * Publishes events forever, in transactions of 1-4 events, through one of the two
+ * publishing APIs (`CHAOS_API`):
+ * - `effect` (default): `Outbox.transaction(Outbox.publishAll(...))` over
+ *   `PgOutboxStore` and a `PgClient` from `DATABASE_URL`, the orders example's path;
+ * - `client`: `@outbox/client`'s `publish` in the caller's own `pg` transaction
+ *   (`BEGIN`, `publish(client, events)`, `COMMIT` on a `pg.Pool` client), the path of
+ *   an application that does not use Effect. Each event carries a unique payload id
  * `pid = p<producer>.<incarnation>.<tx>.<n>` and one of `CHAOS_KEYS` aggregate ids.
  * A share of the transactions (`CHAOS_HOLD_PROB`) sleeps 50..`CHAOS_HOLD_MAX_MS` ms
  * between the insert and the commit, so that a SIGKILL often lands mid-transaction
@@ -25,10 +29,12 @@
  * each row; unset: the publish default, 5 — `max_retries` is decided by the
  * producer, so OUTBOX_MAX_RETRIES on a relay does not change it),
  * CHAOS_CONTINUE_ON_ERROR (1: a failed transaction, e.g. its connection
- * terminated by the server, is logged to stderr and the loop goes on).
+ * terminated by the server, is logged to stderr and the loop goes on),
+ * CHAOS_API (`effect` or `client`).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { PgClient } from "@effect/sql-pg"
+import { publish } from "@outbox/client"
 import * as Outbox from "@outbox/core/Outbox"
 import type { EventInput } from "@outbox/core/OutboxEvent"
 import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
@@ -36,6 +42,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import pg from "pg"
 
 const env = (name: string, fallback: string) => process.env[name] ?? fallback
 
@@ -61,18 +68,29 @@ const random = prng(seed * 7919 + producer * 104_729 + incarnation)
 
 const say = (line: object) => process.stdout.write(JSON.stringify(line) + "\n")
 
+/** Transaction `tx`'s events (1-4, over `keys` keys), their pids, and how long it stays open before COMMIT. */
+const plan = (tx: number) => {
+  const size = 1 + Math.floor(random() * 4)
+  const inputs: Array<EventInput> = Array.from({ length: size }, (_, n) => ({
+    aggregateType: "Chaos",
+    aggregateId: `k-${Math.floor(random() * keys)}`,
+    eventType: "ChaosEvent",
+    payload: { pid: `p${producer}.${incarnation}.${tx}.${n}` },
+    ...(maxRetries === undefined ? {} : { maxRetries })
+  }))
+  const pids = inputs.map((i) => (i.payload as { pid: string }).pid)
+  const hold = random() < holdProb ? 50 + Math.floor(random() * Math.max(1, holdMaxMs - 50)) : 0
+  return { inputs, pids, hold }
+}
+
+const failed = (tx: number, pids: ReadonlyArray<string>, cause: unknown) => {
+  process.stderr.write(`${new Date().toISOString()} transaction ${tx} failed: ${String(cause).split("\n")[0]}\n`)
+  say({ t: "fail", pids })
+}
+
 const program = Effect.gen(function*() {
   for (let tx = 0;; tx++) {
-    const size = 1 + Math.floor(random() * 4)
-    const inputs: Array<EventInput> = Array.from({ length: size }, (_, n) => ({
-      aggregateType: "Chaos",
-      aggregateId: `k-${Math.floor(random() * keys)}`,
-      eventType: "ChaosEvent",
-      payload: { pid: `p${producer}.${incarnation}.${tx}.${n}` },
-      ...(maxRetries === undefined ? {} : { maxRetries })
-    }))
-    const pids = inputs.map((i) => (i.payload as { pid: string }).pid)
-    const hold = random() < holdProb ? 50 + Math.floor(random() * Math.max(1, holdMaxMs - 50)) : 0
+    const { hold, inputs, pids } = plan(tx)
     const tx_ = Outbox.transaction(
       Outbox.publishAll(inputs).pipe(
         Effect.tap(() => Effect.sync(() => say({ t: "open", pids }))),
@@ -89,13 +107,7 @@ const program = Effect.gen(function*() {
       // committed, and the database stays the source of truth for that)
       const ok = yield* tx_.pipe(
         Effect.as(true),
-        Effect.catchCause((cause) =>
-          Effect.sync(() => {
-            process.stderr.write(`${new Date().toISOString()} transaction ${tx} failed: ${String(cause).split("\n")[0]}\n`)
-            say({ t: "fail", pids })
-            return false
-          })
-        )
+        Effect.catchCause((cause) => Effect.sync(() => (failed(tx, pids, cause), false)))
       )
       if (ok) say({ t: "commit", pids })
       else yield* Effect.sleep(Duration.millis(50))
@@ -104,11 +116,48 @@ const program = Effect.gen(function*() {
   }
 })
 
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+/** The same loop through `@outbox/client`: the caller's `pg` transaction, `publish` inside it. */
+const clientProgram = async (url: string) => {
+  const pool = new pg.Pool({ connectionString: url, max: 2 })
+  // an idle client whose backend was terminated: the pool drops it (without a listener this would crash)
+  pool.on("error", () => undefined)
+  for (let tx = 0;; tx++) {
+    const { hold, inputs, pids } = plan(tx)
+    let client: pg.PoolClient | undefined
+    try {
+      client = await pool.connect()
+      client.on("error", () => undefined)
+      await client.query("BEGIN")
+      await publish(client, inputs)
+      say({ t: "open", pids })
+      if (hold > 0) await sleep(hold)
+      await client.query("COMMIT")
+      client.release()
+      say({ t: "commit", pids })
+    } catch (cause) {
+      // a client whose connection failed is destroyed, not returned to the pool
+      client?.release(cause instanceof Error ? cause : new Error(String(cause)))
+      if (!continueOnError) throw cause
+      failed(tx, pids, cause)
+      await sleep(50)
+    }
+    await sleep(Math.floor(random() * pauseMs))
+  }
+}
+
 const url = process.env.DATABASE_URL
 if (url === undefined) throw new Error("DATABASE_URL is required")
 
-const Store = PgOutboxStore.layerWithoutMigrations().pipe(
-  Layer.provideMerge(PgClient.layer({ url: Redacted.make(url), maxConnections: 2 }))
-)
-
-NodeRuntime.runMain(program.pipe(Effect.provide(Store)))
+if (process.env.CHAOS_API === "client") {
+  clientProgram(url).catch((cause) => {
+    process.stderr.write(`${new Date().toISOString()} ${String(cause)}\n`)
+    process.exit(1)
+  })
+} else {
+  const Store = PgOutboxStore.layerWithoutMigrations().pipe(
+    Layer.provideMerge(PgClient.layer({ url: Redacted.make(url), maxConnections: 2 }))
+  )
+  NodeRuntime.runMain(program.pipe(Effect.provide(Store)))
+}

@@ -25,6 +25,7 @@
 import { PgClient } from "@effect/sql-pg"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -359,12 +360,12 @@ const startPostmaster = (server: ServerSpawn, command: string, args: ReadonlyArr
     return Effect.sync(() => child.kill("SIGINT"))
   })
 
-/** Fast shutdown (SIGINT); waits until the postmaster has exited. */
-const stopPostmaster = (child: ChildProcess.ChildProcess) =>
+/** Fast shutdown (SIGINT), or immediate (SIGQUIT: a crash); waits until the postmaster has exited. */
+const stopPostmaster = (child: ChildProcess.ChildProcess, signal: "SIGINT" | "SIGQUIT" = "SIGINT") =>
   Effect.callback<void>((resume) => {
     if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
     child.once("exit", () => resume(Effect.void))
-    child.kill("SIGINT")
+    child.kill(signal)
   })
 
 /**
@@ -372,10 +373,10 @@ const stopPostmaster = (child: ChildProcess.ChildProcess) =>
  * signal handler that does not close scopes) sends SIGINT (fast shutdown) to
  * the postmaster, so the server does not outlive the process.
  */
-const stopOnProcessExit = (child: ChildProcess.ChildProcess) =>
+const stopOnProcessExit = (child: () => ChildProcess.ChildProcess) =>
   Effect.acquireRelease(
     Effect.sync(() => {
-      const onExit = () => Effect.runSync(Effect.ignore(Effect.try(() => child.kill("SIGINT"))))
+      const onExit = () => Effect.runSync(Effect.ignore(Effect.try(() => child().kill("SIGINT"))))
       process.on("exit", onExit)
       return onExit
     }),
@@ -415,7 +416,44 @@ const stopOnProcessExit = (child: ChildProcess.ChildProcess) =>
  * @category constructors
  * @since 0.1.0
  */
-export const embedded: Effect.Effect<string, TestDatabaseError, Scope.Scope> = Effect.gen(function*() {
+export const embedded: Effect.Effect<string, TestDatabaseError, Scope.Scope> = Effect.map(
+  Effect.suspend(() => embeddedServer),
+  (server) => server.url
+)
+
+/**
+ * An embedded PostgreSQL of `embeddedServer`, which its owner can restart.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface EmbeddedServer {
+  /** The URL of its `postgres` database; the port stays the same across restarts. */
+  readonly url: string
+  /**
+   * Stops the server and starts it again on the same data directory and
+   * port. `fast` (default) is a clean restart: SIGINT, every session ends with
+   * `57P01` (admin shutdown). `immediate` is a crash: SIGQUIT, sessions end
+   * with `57P02` and the next start replays the WAL (crash recovery). The
+   * server stays down `downFor` (default 0) between the two: connections are
+   * refused meanwhile. Completes once it accepts connections again.
+   */
+  readonly restart: (options?: {
+    readonly mode?: "fast" | "immediate" | undefined
+    readonly downFor?: Duration.Input | undefined
+  }) => Effect.Effect<void, TestDatabaseError>
+}
+
+/**
+ * `embedded`, with a handle to restart the server (see `EmbeddedServer`):
+ * for a test or harness of reconnection (the chaos suite's PostgreSQL
+ * restart), on a server of its own so that nothing else on the machine is
+ * disturbed. Stopped and deleted with the scope, as `embedded`.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const embeddedServer: Effect.Effect<EmbeddedServer, TestDatabaseError, Scope.Scope> = Effect.gen(function*() {
   const binaries = yield* cachedBinaries
   const user = yield* serverUser
   const scratch = yield* scratchDirectory
@@ -455,16 +493,21 @@ export const embedded: Effect.Effect<string, TestDatabaseError, Scope.Scope> = E
     Path.join(binaries, "bin", "initdb"),
     [`--pgdata=${dataDirectory}`, "--auth=trust", "--username=postgres", "--lc-messages=C"]
   ).pipe(Effect.mapError(failed("initdb")))
-  const postmaster = yield* Effect.acquireRelease(
-    startPostmaster(
-      server,
-      Path.join(binaries, "bin", "postgres"),
-      ["-D", dataDirectory, "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]
-    ).pipe(Effect.mapError(failed("start"))),
-    stopPostmaster
-  )
-  yield* stopOnProcessExit(postmaster)
-  return `postgres://postgres@127.0.0.1:${port}/postgres`
+  const start = startPostmaster(
+    server,
+    Path.join(binaries, "bin", "postgres"),
+    ["-D", dataDirectory, "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]
+  ).pipe(Effect.mapError(failed("start")))
+  // the running postmaster (replaced by each restart): the scope and a process exit stop this one
+  let child: ChildProcess.ChildProcess = yield* Effect.acquireRelease(start, () => stopPostmaster(child))
+  yield* stopOnProcessExit(() => child)
+  const restart: EmbeddedServer["restart"] = (options) =>
+    Effect.gen(function*() {
+      yield* stopPostmaster(child, options?.mode === "immediate" ? "SIGQUIT" : "SIGINT")
+      yield* Effect.sleep(options?.downFor ?? 0)
+      child = yield* start
+    }).pipe(Effect.uninterruptible)
+  return { url: `postgres://postgres@127.0.0.1:${port}/postgres`, restart }
 })
 
 /**

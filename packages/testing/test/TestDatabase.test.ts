@@ -95,6 +95,23 @@ describe("TestDatabase", () => {
       const rows = yield* queryAt(url.toString(), (sql) => sql<{ user: string }>`SELECT current_user AS user`)
       assert.strictEqual(rows[0]!.user, "embedded_probe")
     }), { timeout: 60_000 })
+
+  it.live("embeddedServer restarts (fast, then immediate: a crash) on the same port; committed rows survive, open sessions end", () =>
+    Effect.gen(function*() {
+      const server = yield* TestDatabase.embeddedServer
+      yield* queryAt(server.url, (sql) => sql`CREATE TABLE survivor (n int)`)
+      yield* queryAt(server.url, (sql) => sql`INSERT INTO survivor VALUES (1)`)
+      // a session open across a restart is ended by it
+      const session = yield* PgClient.makeClient({ url: Redacted.make(server.url) }).pipe(Effect.provide(Reactivity.layer))
+      yield* session`SELECT 1`
+      yield* server.restart({ downFor: "200 millis" })
+      const ended = yield* Effect.flip(session`SELECT 1`)
+      assert.strictEqual(ended._tag, "SqlError")
+      yield* queryAt(server.url, (sql) => sql`INSERT INTO survivor VALUES (2)`)
+      yield* server.restart({ mode: "immediate" })
+      const rows = yield* queryAt(server.url, (sql) => sql<{ n: number }>`SELECT n FROM survivor ORDER BY n`)
+      assert.deepStrictEqual(rows.map((r) => r.n), [1, 2])
+    }).pipe(Effect.scoped), { timeout: 60_000 })
 })
 
 layer(TestDatabase.layer)("TestDatabase.layer shared by a describe block", (it) => {

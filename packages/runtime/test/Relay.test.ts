@@ -60,24 +60,11 @@ const statusOf = (id: bigint) =>
   Effect.flatMap(Effect.service(OutboxStore), (store) =>
     Effect.map(store.get(id), (row) => Option.getOrThrow(row)))
 
-/** The store in context, whose first `failures` claims fail with a StoreError. */
-const flakyClaims = (failures: number) =>
-  Layer.effect(
-    OutboxStore,
-    Effect.map(Effect.service(OutboxStore), (store) => {
-      let left = failures
-      return OutboxStore.of({
-        ...store,
-        claim: (options) =>
-          left-- > 0
-            ? Effect.fail(new StoreError({ operation: "claim", message: "connection reset", retryable: true }))
-            : store.claim(options)
-      })
-    })
-  )
-
-/** Like `flakyClaims`, recording the (TestClock) time of every claim in `times`. */
-const timedFlakyClaims = (failures: number, times: Array<number>) =>
+/**
+ * The store in context, whose first `failures` claims fail with a StoreError;
+ * with `times`, the (TestClock) time of every claim is recorded there.
+ */
+const flakyClaims = (failures: number, times?: Array<number>) =>
   Layer.effect(
     OutboxStore,
     Effect.map(Effect.service(OutboxStore), (store) => {
@@ -86,7 +73,7 @@ const timedFlakyClaims = (failures: number, times: Array<number>) =>
         ...store,
         claim: (options) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) => {
-            times.push(now)
+            times?.push(now)
             return left-- > 0
               ? Effect.fail(new StoreError({ operation: "claim", message: "connection refused", retryable: true }))
               : store.claim(options)
@@ -315,7 +302,7 @@ layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.
           assert.match(relayLines[3]!.text, /still failing: 8 in a row/)
           assert.match(relayLines[4]!.text, /succeed again after 10 failed in a row/)
         }).pipe(
-          Effect.provide(timedFlakyClaims(10, times)),
+          Effect.provide(flakyClaims(10, times)),
           Effect.provide(store.layer),
           Effect.provide(captureLogs(lines)),
           Effect.provide(TestClock.layer())

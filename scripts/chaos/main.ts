@@ -686,7 +686,8 @@ const runHealth = (url: string, args: ReadonlyArray<string>) =>
 
 /**
  * The xmin-hold fault: a loader inserting XMIN_RATE events/s (plain SQL INSERTs, committed at once,
- * pid `h.<n>`) through a baseline, a hold and an after window; a session idle in a REPEATABLE READ
+ * pid `h.<n>`, over 500 keys of its own: with --ordering key, 20 keys would allow only 20 events in
+ * flight, fewer than 850/s need) through a baseline, a hold and an after window; a session idle in a REPEATABLE READ
  * transaction (application_name chaos-xmin-holder) pinning the xmin horizon for XMIN_HOLD_MS; the
  * claim's scan timed every second; `outbox health` during the hold; dead tuples and VACUUM before
  * the release and after it.
@@ -703,7 +704,7 @@ const xminHold = async (url: string, faults: Array<Fault>, say: (m: string) => v
       const tick = Date.now()
       await loader.query(
         `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-         SELECT 'Chaos', 'k-' || (g % 20), 'ChaosEvent', jsonb_build_object('pid', 'h.' || $1::text || '.' || g)
+         SELECT 'Chaos', 'h-' || (($1::int * $2::int + g) % 500), 'ChaosEvent', jsonb_build_object('pid', 'h.' || $1::text || '.' || g)
          FROM generate_series(1, $2::int) g`,
         [batch++, perTick]
       ).then(() => (loaderEvents += perTick), () => undefined)

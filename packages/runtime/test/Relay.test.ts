@@ -309,6 +309,47 @@ layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.
         )
       })
 
+      it.effect("a worker whose leases run short (renewals failing, a pause) delivers none of the rest of its batch and releases it", () =>
+        Effect.gen(function*() {
+          const [e1, e2, e3] = yield* publishEvents("A", "B", "C")
+          const delivered = yield* Ref.make<Array<readonly [bigint, bigint]>>([])
+          // the first delivery takes 25 s of a 30 s lease while every renewal fails: at the second event only
+          // 5 s of the lease are left, less than a heartbeat period (10 s)
+          const { relay, scope } = yield* startRelay(
+            (event) =>
+              Effect.andThen(
+                Ref.update(delivered, (a) => [...a, [event.id, event.lockToken] as const]),
+                event.eventType === "A" ? Effect.sleep("25 seconds") : Effect.void
+              ),
+            { batchSize: 3, minBatchSize: 3, concurrency: 1, pollInterval: Duration.minutes(10) }
+          )
+          yield* advanceUntil(
+            Effect.map(Effect.all([statusOf(e1!.id), statusOf(e2!.id), statusOf(e3!.id)]), (rows) => rows.every((r) => r.status === "COMPLETED")),
+            { step: "1 second", max: "2 minutes" }
+          )
+          const log = yield* Ref.get(delivered)
+          // under the first claim's lease only the first event went out; the other two were released
+          // undelivered (no attempt counted) and delivered under a new claim
+          const [first] = log
+          assert.deepStrictEqual(first, [e1!.id, first![1]])
+          assert.deepStrictEqual(log.filter(([, token]) => token === first![1]).map(([id]) => id), [e1!.id])
+          assert.deepStrictEqual(log.slice(1).map(([id]) => id), [e2!.id, e3!.id])
+          assert.strictEqual((yield* relay.stats).released, 2)
+          for (const e of [e2!, e3!]) assert.strictEqual((yield* statusOf(e.id)).retryCount, 0)
+          yield* Scope.close(scope, Exit.void)
+        }).pipe(
+          Effect.provide(Layer.effect(
+            OutboxStore,
+            Effect.map(Effect.service(OutboxStore), (store) =>
+              OutboxStore.of({
+                ...store,
+                renew: () => Effect.fail(new StoreError({ operation: "renew", message: "connection lost", retryable: true }))
+              }))
+          )),
+          Effect.provide(store.layer),
+          Effect.provide(TestClock.layer())
+        ))
+
       it.effect("graceful shutdown: stops claiming, lets in-flight finish within the deadline, releases the rest", () =>
         Effect.gen(function*() {
           const gate = yield* Deferred.make<void>()

@@ -129,6 +129,12 @@ const PRODUCERS = 2
 const LEASE_SECONDS = 3
 /** How long the system may take to settle once the faults stopped. */
 const SETTLE_DEADLINE_MS = QUICK ? 45_000 : 90_000
+/**
+ * xmin-hold's: the backlog the hold leaves may take minutes to drain, and with --ordering key the relays
+ * (each key's events one at a time, a webhook request each) fall behind the 850 events/s load even before
+ * it (measured: ~650 events/s delivered during the hold); the time it takes is reported as the recovery.
+ */
+const XMIN_SETTLE_DEADLINE_MS = QUICK ? 45_000 : 300_000
 /** Cap on a scenario's fault phase (it stops early, and says so, if it runs over). */
 const FAULT_CAP_MS = QUICK ? 45_000 : 240_000
 
@@ -1187,7 +1193,7 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
         `SELECT count(*) FILTER (WHERE status NOT IN ('COMPLETED', 'DEAD_LETTER'))::int AS open, count(*)::int AS total FROM outbox`
       )
       return rows[0]!.total > 0 && rows[0]!.open === 0
-    }, SETTLE_DEADLINE_MS, 100)
+    }, scenario === "xmin-hold" ? XMIN_SETTLE_DEADLINE_MS : SETTLE_DEADLINE_MS, 100)
     settledAt = Date.now()
     const recoverSeconds = settled ? (settledAt - lastFault) / 1000 : null
     log(`${scenario}: ${settled ? `settled, ${recoverSeconds!.toFixed(1)} s after the last fault` : "NOT settled by the deadline"}`)
@@ -1343,7 +1349,7 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
     if (rolledBackDelivered.length > 0) failures.push(`${rolledBackDelivered.length} rolled-back events delivered`)
     if (payloadMismatch.length > 0) failures.push(`${payloadMismatch.length} deliveries whose body does not match the row`)
     if (ORDERING === "key" && orderViolations.length > 0) failures.push(`${orderViolations.length} per-key order violations`)
-    if (!settled) failures.push(`not settled within ${SETTLE_DEADLINE_MS / 1000} s`)
+    if (!settled) failures.push(`not settled within ${(scenario === "xmin-hold" ? XMIN_SETTLE_DEADLINE_MS : SETTLE_DEADLINE_MS) / 1000} s`)
     if (receiver.malformed() > 0) failures.push(`${receiver.malformed()} malformed requests`)
 
     let connections: ScenarioResult["connections"] = null

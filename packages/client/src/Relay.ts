@@ -25,6 +25,7 @@ import type * as RetryPolicy from "@outbox/core/RetryPolicy"
 import * as OutboxLive from "@outbox/runtime/OutboxLive"
 import * as OutboxTelemetry from "@outbox/runtime/OutboxTelemetry"
 import * as Relay from "@outbox/runtime/Relay"
+import * as PgOutboxStore from "@outbox/sql/PgOutboxStore"
 import * as OtelTracer from "@effect/opentelemetry/OtelTracer"
 import { PgClient } from "@effect/sql-pg"
 import * as Duration from "effect/Duration"
@@ -32,6 +33,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import { otelRegistered } from "./internal/runtime.ts"
 
 /**
@@ -97,6 +99,16 @@ export interface RelayOptions {
   readonly leaseDuration?: Duration.Input | undefined
   readonly shutdownTimeout?: Duration.Input | undefined
   readonly retryPolicy?: RetryPolicy.Policy | undefined
+  /**
+   * How long `createRelay` waits for the database at start (default 30
+   * seconds): a refused or lost connection, a server starting up or out of
+   * connection slots is retried with backoff (`PgOutboxStore.startupRetry`,
+   * a warning per attempt), and the promise rejects with the last error
+   * after this long. The Effect layer waits without end; a promise awaited at
+   * boot should not hang forever on a wrong address. `Infinity` waits as
+   * the layer does. Once running, the relay rides out outages by itself.
+   */
+  readonly startupTimeout?: Duration.Input | undefined
   readonly deadLetterPolicy?: RetryPolicy.Policy | undefined
 }
 
@@ -171,9 +183,15 @@ export const createRelay = (options: RelayOptions): Promise<OutboxRelay> => {
     deadLetterPolicy: options.deadLetterPolicy
   }
   for (const key of Object.keys(config)) if (config[key] === undefined) delete config[key]
+  const startupTimeout = options.startupTimeout === undefined ? Duration.seconds(30) : Duration.fromInputUnsafe(options.startupTimeout)
   const live = OutboxLive.layer({
     config: config as Partial<OutboxConfig.Options>,
-    ...(options.table === undefined ? {} : { store: { table: options.table } }),
+    store: {
+      ...(options.table === undefined ? {} : { table: options.table }),
+      startupRetry: Duration.isFinite(startupTimeout)
+        ? PgOutboxStore.defaultStartupRetry.pipe(Schedule.upTo({ duration: startupTimeout }))
+        : PgOutboxStore.defaultStartupRetry
+    },
     // With an OpenTelemetry SDK registered, the relay traces through it with @effect/opentelemetry's context
     // hook, so a promise handler runs with the producer's trace as its active context and its own
     // instrumentation (HTTP clients, drivers) joins that trace. Without one, the environment's telemetry.

@@ -269,14 +269,19 @@ layer(Live, { timeout: "60 seconds" })("@outbox/client with pg", (it) => {
         assert.deepStrictEqual([row.status, row.retry_count], ["COMPLETED", 2])
       }))
 
-    it.effect("refuses to start without a handler or sink, and rejects when the database cannot be reached", () =>
+    it.effect("refuses to start without a handler or sink, and rejects when the database cannot be reached within startupTimeout", () =>
       Effect.gen(function*() {
         const none = yield* rejection(() => createRelay({ connectionString: "postgres://postgres@127.0.0.1:5432/x" }))
         assert.instanceOf(none, TypeError)
+        const started = Date.now()
         const unreachable = yield* rejection(() =>
-          createRelay({ connectionString: "postgres://postgres@127.0.0.1:1/none", handler: () => undefined })
+          createRelay({ connectionString: "postgres://postgres@127.0.0.1:1/none", handler: () => undefined, startupTimeout: 1_000 })
         )
-        assert.isDefined(unreachable)
+        const waited = Date.now() - started
+        // it kept trying (backoff from 100 ms) for about the timeout, then rejected with the last error
+        assert.isAtLeast(waited, 900)
+        assert.isBelow(waited, 10_000)
+        assert.include(String((unreachable as Error).message), "ECONNREFUSED")
       }))
   })
 })

@@ -827,7 +827,7 @@ export const layer = (options: Options = {}): Layer.Layer<OutboxStore, StoreErro
           const cause = findSqlError(e)
           return new StoreError({
             operation: "migrate",
-            message: `migration failed: ${e.message}`,
+            message: `migration failed: ${describe(e)}`,
             retryable: cause !== undefined && isTransient(cause),
             cause: e
           })

@@ -131,14 +131,15 @@ export interface Options {
    */
   readonly completed?: "keep" | "delete" | undefined
   /**
-   * How `layer` retries a start-up that fails for want of the database: the
+   * How `layer` and `layerWithoutMigrations` retry a start-up that fails for want of the database: the
    * connection refused or lost, the server starting up, shutting down or out
    * of connection slots (`StoreError.retryable`). Each failed attempt logs a
    * warning with the reason; any other failure (authentication, a migration
    * that does not apply, a refused option) fails the layer at once. Default
    * `defaultStartupRetry`: without end, so that a relay started before its
    * database (a deploy, a failover, a full pool) comes up by itself instead
-   * of exiting; bound it with e.g. `Schedule.during("1 minute")` combined in.
+   * of exiting; bound it with e.g. `defaultStartupRetry.pipe(Schedule.upTo({ duration: "1 minute" }))`
+   * (what `@outbox/client`'s `createRelay` does with its `startupTimeout`).
    */
   readonly startupRetry?: Schedule.Schedule<unknown> | undefined
 }

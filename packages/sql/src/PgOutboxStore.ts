@@ -508,22 +508,34 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       RETURNING ${claimedColumns}${keyColumns}
     )`
 
+  /**
+   * The ordered lease claim: the probe, then the claim (`OrderedClaim`). Under
+   * a backlog the probe the last claim ran inside its statement stands in for
+   * the round trip (`reusable`); if that claim then takes nothing, it runs
+   * once more on the probe it just ran, which sees the ids drawn meanwhile.
+   */
   const claimOrdered = (ts: Fragment, options: ClaimOptions & { readonly ordering: Ordering }) =>
     Effect.gen(function*() {
       if (ordered === undefined || orderingRefusal !== undefined) {
         return yield* new StoreError({ operation: "claim", message: orderingRefusal!, retryable: false })
       }
-      const probe = yield* ordered.probe()
-      const rows = yield* (sql`${
-        ordered.statement(ts, options.limit, probe, options.ordering, {
-          claimable: claimable(ts),
-          select: sql.literal("o.id, o.created_at"),
-          finish: sql`, ${leaseLocked(ts, options.leaseDuration)}
-            SELECT c.*, (SELECT nf FROM cursor) FROM claimed c
-            UNION ALL ${ordered.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM claimed)`
-        })
-      }`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>)
-      return ordered.advance(rows)
+      const run = (probe: OrderedClaim.Probe) =>
+        Effect.map(
+          sql`${
+            ordered.statement(ts, options.limit, probe, options.ordering, {
+              claimable: claimable(ts),
+              select: sql.literal("o.id, o.created_at"),
+              finish: sql`, ${leaseLocked(ts, options.leaseDuration)}
+              SELECT c.*, ${ordered.trailer} FROM claimed c
+              UNION ALL ${ordered.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM claimed)`
+            })
+          }`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>,
+          (rows) => ordered.advance(rows, options.limit)
+        )
+      const reused = ordered.reusable()
+      if (reused === undefined) return yield* run(yield* ordered.probe())
+      const rows = yield* run(reused)
+      return rows.length > 0 ? rows : yield* run(ordered.reusable() ?? (yield* ordered.probe()))
     })
 
   // --- the tenant-fair claim (OUTBOX_FAIRNESS=tenant) -----------------------------------------------------------

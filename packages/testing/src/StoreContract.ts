@@ -1255,6 +1255,41 @@ export const suite: {
       )
 
       test(
+        "after a full claim (a backlog), the next claims still see events committed since and still hold back a key with an uncommitted lower id",
+        Effect.gen(function*() {
+          // full claims: PostgreSQL's next claim reuses the probe the full one ran inside its statement
+          const [x1, y1] = yield* publishIds([onKey(1, "x"), onKey(2, "y")])
+          const backlog = yield* claimOrdered(2)
+          assert.deepStrictEqual(ids(backlog), [x1!, y1!])
+          yield* completeAll(backlog)
+          // committed after that probe: the reused probe cannot see it, the claim must not come back empty
+          const [z1] = yield* publishIds([onKey(3, "z")])
+          assert.deepStrictEqual(ids(yield* claimOrdered(1)), [z1!])
+          // z1's claim was full too: a transaction draws a1 and stays open, a2 and b1 commit after it
+          const published = yield* Deferred.make<PublishedEvent>()
+          const commit = yield* Deferred.make<void>()
+          const writer = yield* Outbox.transaction(
+            Effect.tap(
+              Outbox.publish(onKey(4, "a")),
+              (event) => Effect.andThen(Deferred.succeed(published, event), Deferred.await(commit))
+            )
+          ).pipe(Effect.forkChild({ startImmediately: true }))
+          const a1 = (yield* Deferred.await(published)).id
+          const [a2, b1] = yield* publishIds([onKey(5, "a"), onKey(6, "b")])
+          const [b] = yield* claimOrdered(1)
+          assert.strictEqual(b!.id, b1!)
+          // full again, while a1 is uncommitted: a2 stays behind it
+          assert.deepStrictEqual(yield* claimOrdered(1), [])
+          yield* Deferred.succeed(commit, undefined)
+          assert.strictEqual((yield* Fiber.join(writer)).id, a1)
+          const [head] = yield* claimOrdered(1)
+          assert.strictEqual(head!.id, a1)
+          yield* completeAll([head!, b!])
+          assert.deepStrictEqual(ids(yield* claimOrdered(1)), [a2!])
+        })
+      )
+
+      test(
         "a rolled-back transaction's lower id does not hold a key back once it is gone",
         Effect.gen(function*() {
           const published = yield* Deferred.make<void>()

@@ -11,7 +11,10 @@
  * drawn by a transaction that has ended, so it is visible now or never will
  * be (migration `0008_ordering` draws ids under the lane lock). A head is
  * claimed only when its id is ≤ `w` and its lane was free: a key never
- * overtakes an uncommitted lower id of its own.
+ * overtakes an uncommitted lower id of its own. Every claim also runs the
+ * probe inside its statement (after its snapshot), which any later claim
+ * may use instead of probing first: the lease claim does after a full claim
+ * (`reusable`), saving a round trip per claim while a backlog drains.
  *
  * **Heads.** A key's head is its lowest PENDING/FAILED id (the first entry
  * of `<outbox>_ordering_idx` for its hash). It is claimable when it is due,
@@ -111,22 +114,42 @@ export const make = (options: Options) => {
   const laneMask = sql.literal(String(Ordering0008.lanes - 1))
   let cursor = minKey
 
-  /**
-   * The probe; `extra` (a one-row query, e.g. a transaction's bounds) is
-   * evaluated in the same statement.
-   */
-  const probe = (extra?: Fragment): Effect.Effect<Probe, SqlError.SqlError> =>
-    Effect.map(
-      sql<{ w: bigint | string | null; busy: string }>`
-        SELECT s.w, ARRAY(
+  /** The probe's query: the id bound `w`, then (a sub-plan run after it, `s.r`) the lanes a producer holds. */
+  const probeQuery = (extra?: Fragment) =>
+    sql`SELECT s.w, ARRAY(
           SELECT l FROM generate_series(0, ${sql.literal(String(Ordering0008.lanes - 1))}) l
           WHERE s.r AND NOT CASE WHEN pg_try_advisory_lock(${ns}, l) THEN pg_advisory_unlock(${ns}, l) ELSE false END
         )::text AS busy
         FROM (SELECT pg_sequence_last_value(${options.sequence}::regclass) AS w, true AS r) s${
-        extra === undefined ? sql.literal("") : sql` CROSS JOIN (${extra}) extra`
-      }`,
-      (rows) => rows[0] ?? { w: null, busy: "{}" }
-    )
+      extra === undefined ? sql.literal("") : sql` CROSS JOIN (${extra}) extra`
+    }`
+
+  /**
+   * The probe as a statement of its own; `extra` (a one-row query, e.g. a
+   * transaction's bounds) is evaluated in the same statement.
+   */
+  const probe = (extra?: Fragment): Effect.Effect<Probe, SqlError.SqlError> =>
+    Effect.map(sql<{ w: bigint | string | null; busy: string }>`${probeQuery(extra)}`, (rows) => rows[0] ?? { w: null, busy: "{}" })
+
+  /**
+   * The probe the last claim ran inside its statement (CTE `next_probe`), and
+   * whether that claim was full. Any later statement may use it: its lanes
+   * were free and its ids drawn before that statement ended, so before a
+   * later one takes its snapshot. Its only cost is staleness: ids drawn since
+   * are not claimed, and lanes busy then stay excluded, until the next probe.
+   */
+  let carried: { readonly probe: Probe; readonly full: boolean } | undefined
+
+  /**
+   * The probe for the next claim without a round trip of its own, when the
+   * last claim was full: a backlog, where claims follow each other closely
+   * and the ids it cannot see yet come after the backlog's anyway. After a
+   * short or empty claim (a trickle, where a new event is what the claim is
+   * for), `undefined`: the claim probes first. Under 2 workers draining
+   * 1,000 keys the separate probe was 0.9 ms of a 6 ms claim
+   * (bench:ordering, claims of 100).
+   */
+  const reusable = (): Probe | undefined => carried?.full === true ? carried.probe : undefined
 
   /** Whether the key `alias.k`'s head `alias.id` may be claimed (not in flight, committed below, not held). */
   const eligible = (alias: string, p: Probe, ordering: Ordering) => {
@@ -148,7 +171,7 @@ export const make = (options: Options) => {
    */
   const headsCtes = (ts: Fragment, limit: number, p: Probe, ordering: Ordering) => {
     const due = sql`(o.available_at IS NULL OR o.available_at <= ${ts})`
-    return sql`inflight AS MATERIALIZED (
+    return sql`next_probe AS MATERIALIZED (${probeQuery()}), inflight AS MATERIALIZED (
         SELECT DISTINCT ${k("o")} AS k FROM ${T} o WHERE o.status = 'PROCESSING'
       ), win AS (
         SELECT o.id, o.created_at, ${k("o")} AS k FROM ${T} o
@@ -223,21 +246,34 @@ export const make = (options: Options) => {
       ) ${parts.finish}`
 
   /**
-   * Records the walk's next cursor from a claim's rows (each row's last
-   * value) and returns the claimed rows (the row of a claim that took
-   * nothing, which only carries the cursor, dropped).
+   * The columns every row of a claim ends with: the probe run inside the
+   * statement (`w`, `busy`) and the walk's next cursor.
    */
-  const advance = <V extends ReadonlyArray<unknown>>(rows: ReadonlyArray<V>): ReadonlyArray<V> => {
+  const trailer = sql.literal("(SELECT w FROM next_probe), (SELECT busy FROM next_probe), (SELECT nf FROM cursor)")
+
+  /**
+   * Records the walk's next cursor and the statement's probe from a claim of
+   * at most `limit` (each row's last three values), and returns the claimed
+   * rows (the row of a claim that took nothing, which only carries them,
+   * dropped).
+   */
+  const advance = <V extends ReadonlyArray<unknown>>(rows: ReadonlyArray<V>, limit: number): ReadonlyArray<V> => {
     const first = rows[0]
     if (first === undefined) return rows
-    const next = first[first.length - 1]
+    const n = first.length
+    const next = first[n - 1]
     if (next !== undefined && next !== null) cursor = BigInt(next as string | bigint)
-    return first[0] === null ? [] : rows
+    const claimed = first[0] === null ? [] : rows
+    carried = {
+      probe: { w: first[n - 3] as bigint | string | null, busy: (first[n - 2] as string | null) ?? "{}" },
+      full: claimed.length >= limit
+    }
+    return claimed
   }
 
-  /** `SELECT NULL, ..., (cursor)`: the one row of a claim that took nothing (`columns` NULLs before the cursor). */
+  /** `SELECT NULL, ..., trailer`: the one row of a claim that took nothing (`columns` NULLs before the trailer). */
   const emptyRow = (columns: number) =>
-    sql.literal(`SELECT ${Array.from({ length: columns }, () => "NULL").join(", ")}, (SELECT nf FROM cursor)`)
+    sql`${sql.literal(`SELECT ${Array.from({ length: columns }, () => "NULL").join(", ")}`)}, ${trailer}`
 
-  return { probe, statement, advance, emptyRow }
+  return { probe, reusable, statement, advance, emptyRow, trailer }
 }

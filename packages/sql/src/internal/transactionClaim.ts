@@ -169,11 +169,11 @@ export const make = <V>(options: Options<V>) => {
         ordered.statement(ts, claimOptions.limit, probe, claimOptions.ordering, {
           claimable: options.claimable(ts),
           select: sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token${options.keyColumns}`,
-          finish: sql`SELECT l.*, (SELECT nf FROM cursor) FROM locked l
+          finish: sql`SELECT l.*, ${ordered.trailer} FROM locked l
             UNION ALL ${ordered.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM locked)`
         })
       }`.values as Effect.Effect<ReadonlyArray<V & ReadonlyArray<unknown>>, SqlError.SqlError>).pipe(
-        Effect.map(ordered.advance)
+        Effect.map((rows) => ordered.advance(rows, claimOptions.limit))
       ))
 
   /** The batch's `created_at` window (±1 ms). */

@@ -4,9 +4,9 @@
  * transaction-scoped claim, beside the store that runs them.
  *
  * **Two statements.** First the *probe*: the id sequence's last value `w`,
- * then (in a sub-plan run after it) the lanes a producer holds: each lane taken
- * exclusively and given back at once (`pg_try_advisory_lock`, so a producer
- * never waits more than an instant). Then the *claim*, whose READ COMMITTED
+ * then (in a sub-plan run after it) the lanes a producer holds, read from
+ * `pg_locks` (no lock taken: a producer never waits on a probe). Then the
+ * *claim*, whose READ COMMITTED
  * snapshot is taken after the probe: every id ≤ `w` of a free lane was
  * drawn by a transaction that has ended, so it is visible now or never will
  * be (migration `0008_ordering` draws ids under the lane lock). A head is
@@ -114,11 +114,23 @@ export const make = (options: Options) => {
   const laneMask = sql.literal(String(Ordering0008.lanes - 1))
   let cursor = minKey
 
-  /** The probe's query: the id bound `w`, then (a sub-plan run after it, `s.r`) the lanes a producer holds. */
+  /**
+   * The probe's query: the id bound `w`, then (a sub-plan run after it, `s.r`)
+   * the lanes a producer holds, read from `pg_locks`. A producer takes its
+   * lane (a shared advisory lock, granted, in the main lock table: advisory
+   * locks never take the fast path) before it draws an id and keeps it until
+   * its transaction has ended, so a lane absent there had no producer
+   * between drawing an id ≤ `w` and ending. Reading the lock table replaced
+   * taking each of the 256 lanes exclusively for an instant: 0.05 ms against
+   * 0.14–0.25 ms of server time (pgbench, prepared), and a producer never
+   * waits on a probe.
+   */
   const probeQuery = (extra?: Fragment) =>
     sql`SELECT s.w, ARRAY(
-          SELECT l FROM generate_series(0, ${sql.literal(String(Ordering0008.lanes - 1))}) l
-          WHERE s.r AND NOT CASE WHEN pg_try_advisory_lock(${ns}, l) THEN pg_advisory_unlock(${ns}, l) ELSE false END
+          SELECT DISTINCT l.objid::int FROM pg_catalog.pg_locks l
+          WHERE s.r AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+            AND l.classid = (${ns})::oid
+            AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database())
         )::text AS busy
         FROM (SELECT pg_sequence_last_value(${options.sequence}::regclass) AS w, true AS r) s${
       extra === undefined ? sql.literal("") : sql` CROSS JOIN (${extra}) extra`

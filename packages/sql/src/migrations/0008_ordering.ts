@@ -18,10 +18,10 @@
  * out, the trigger draws the row's id itself, while holding a *shared*
  * transaction-level advisory lock on the key's lane (one of 256, from the
  * key's 64-bit hash). Producers never wait for each other (shared locks), and
- * a relay that can take a lane exclusively, for an instant, after reading the
- * sequence's last value, knows that every id of that lane drawn before is
- * committed or rolled back: it claims a head only on a free lane and only up
- * to that value (`PgOutboxStore`). So the id column loses its default (a
+ * a relay that finds a lane free (no granted lock on it in `pg_locks`) after
+ * reading the sequence's last value knows that every id of that lane drawn
+ * before is committed or rolled back: it claims a head only on a free lane and
+ * only up to that value (`PgOutboxStore`, `internal/orderedClaim.ts`). So the id column loses its default (a
  * default would draw the id before the lock); an explicit id (an online
  * migration's copy) is kept and takes no lock.
  *

@@ -535,7 +535,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       const reused = ordered.reusable()
       if (reused === undefined) return yield* run(yield* ordered.probe())
       const rows = yield* run(reused)
-      return rows.length > 0 ? rows : yield* run(ordered.reusable() ?? (yield* ordered.probe()))
+      return rows.length > 0 ? rows : yield* run(ordered.lastProbe() ?? (yield* ordered.probe()))
     })
 
   // --- the tenant-fair claim (OUTBOX_FAIRNESS=tenant) -----------------------------------------------------------

@@ -163,6 +163,9 @@ export const make = (options: Options) => {
    */
   const reusable = (): Probe | undefined => carried?.full === true ? carried.probe : undefined
 
+  /** The probe the last claim ran inside its statement, full or not (`undefined` before the first claim). */
+  const lastProbe = (): Probe | undefined => carried?.probe
+
   /** Whether the key `alias.k`'s head `alias.id` may be claimed (not in flight, committed below, not held). */
   const eligible = (alias: string, p: Probe, ordering: Ordering) => {
     const a = sql.literal(alias)
@@ -287,5 +290,5 @@ export const make = (options: Options) => {
   const emptyRow = (columns: number) =>
     sql`${sql.literal(`SELECT ${Array.from({ length: columns }, () => "NULL").join(", ")}`)}, ${trailer}`
 
-  return { probe, reusable, statement, advance, emptyRow, trailer }
+  return { probe, reusable, lastProbe, statement, advance, emptyRow, trailer }
 }

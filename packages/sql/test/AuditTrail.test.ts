@@ -398,23 +398,27 @@ layer(Live, { timeout: "120 seconds", excludeTestServices: true })("AuditTrail",
     it.effect("two rows swapped in the chain are reported reordered", () =>
       Effect.gen(function*() {
         const audit = yield* AuditTrail.AuditTrail
-        const a = yield* sealedAt(30)
-        const b = yield* sealedAt(31)
+        // a chain of its own making (run alone, or after the tests above)
+        yield* publish(2, "swap")
+        yield* audit.sealAll()
+        const p = Number((yield* audit.head).position) - 1
+        const a = yield* sealedAt(p)
+        const b = yield* sealedAt(p + 1)
         const swap = [
           `UPDATE outbox_audit_log SET chain_pos = -1 WHERE audit_id = ${a.audit_id}`,
-          `UPDATE outbox_audit_log SET chain_pos = 30 WHERE audit_id = ${b.audit_id}`,
-          `UPDATE outbox_audit_log SET chain_pos = 31 WHERE audit_id = ${a.audit_id}`
+          `UPDATE outbox_audit_log SET chain_pos = ${p} WHERE audit_id = ${b.audit_id}`,
+          `UPDATE outbox_audit_log SET chain_pos = ${p + 1} WHERE audit_id = ${a.audit_id}`
         ]
         yield* tamper(...swap)
         const result = yield* audit.verify()
         assert.strictEqual(result.broken?.kind, "reordered")
-        assert.strictEqual(result.broken?.position, 30n)
+        assert.strictEqual(result.broken?.position, BigInt(p))
         assert.strictEqual(result.broken?.auditId, BigInt(b.audit_id))
         assert.include(result.broken?.message ?? "", `audit id ${a.audit_id}`)
         yield* tamper(
           `UPDATE outbox_audit_log SET chain_pos = -1 WHERE audit_id = ${b.audit_id}`,
-          `UPDATE outbox_audit_log SET chain_pos = 30 WHERE audit_id = ${a.audit_id}`,
-          `UPDATE outbox_audit_log SET chain_pos = 31 WHERE audit_id = ${b.audit_id}`
+          `UPDATE outbox_audit_log SET chain_pos = ${p} WHERE audit_id = ${a.audit_id}`,
+          `UPDATE outbox_audit_log SET chain_pos = ${p + 1} WHERE audit_id = ${b.audit_id}`
         )
         assert.isTrue((yield* audit.verify()).ok)
       }))

@@ -17,16 +17,19 @@
  * | `OUTBOX_ORDERING` | `none` | `key`: each ordering key's events in id order, one in flight per key, keys in parallel |
  * | `OUTBOX_ORDERING_DEAD_LETTER` | `continue` | `key` ordering: a dead-lettered head lets its key go on (`continue`) or holds it (`hold`) |
  * | `OUTBOX_FAIRNESS` | `none` | `tenant`: claims take the tenants with work in turn, an equal share each |
+ * | `OUTBOX_FAIRNESS_MAX_IN_FLIGHT` | none | `tenant` fairness: most events of one tenant leased at once (lease claims only) |
  *
  * Bad values fail at start with a `ConfigError` naming the variable.
  *
  * @since 0.1.0
  */
 import * as Config from "effect/Config"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import { PublishSettings } from "./Outbox.ts"
 import * as RetryPolicy from "./RetryPolicy.ts"
@@ -125,6 +128,14 @@ export interface Options {
    * is not applied (the relay warns at start).
    */
   readonly fairness: "none" | "tenant"
+  /**
+   * `tenant` fairness: the most events of one tenant leased at once, across
+   * workers and processes (`OutboxStore.Fairness.maxInFlight`), so a tenant
+   * whose deliveries are slow cannot hold every worker; `undefined` (the
+   * default): no cap. Lease claims only: with `claimMode: "transaction"`
+   * the environment configuration fails at start, and the store refuses it.
+   */
+  readonly fairnessMaxInFlight: number | undefined
   /** Backoff between attempts. */
   readonly retryPolicy: RetryPolicy.Policy
   /** When to stop retrying and dead-letter. */
@@ -151,6 +162,7 @@ export const defaults: Options = {
   ordering: "none",
   orderingDeadLetter: "continue",
   fairness: "none",
+  fairnessMaxInFlight: undefined,
   retryPolicy: RetryPolicy.defaultRetry,
   deadLetterPolicy: RetryPolicy.defaultDeadLetter
 }
@@ -191,6 +203,7 @@ export const config: Config.Config<
     | "ordering"
     | "orderingDeadLetter"
     | "fairness"
+    | "fairnessMaxInFlight"
   >
 > = Config.all({
   batchSize: positiveInt("OUTBOX_BATCH_SIZE", defaults.batchSize),
@@ -209,8 +222,24 @@ export const config: Config.Config<
   orderingDeadLetter: Config.schema(Schema.Literals(["continue", "hold"]), "OUTBOX_ORDERING_DEAD_LETTER").pipe(
     Config.withDefault(defaults.orderingDeadLetter)
   ),
-  fairness: Config.schema(Schema.Literals(["none", "tenant"]), "OUTBOX_FAIRNESS").pipe(Config.withDefault(defaults.fairness))
-})
+  fairness: Config.schema(Schema.Literals(["none", "tenant"]), "OUTBOX_FAIRNESS").pipe(Config.withDefault(defaults.fairness)),
+  fairnessMaxInFlight: Config.schema(Schema.Int.check(Schema.isGreaterThan(0)), "OUTBOX_FAIRNESS_MAX_IN_FLIGHT").pipe(
+    Config.option,
+    Config.map(Option.getOrUndefined)
+  )
+}).pipe(Config.mapEffect((options) =>
+  options.fairness === "tenant" && options.ordering !== "key" && options.fairnessMaxInFlight !== undefined &&
+    options.claimMode === "transaction"
+    ? Effect.fail(
+      new Config.ConfigError(
+        new ConfigProvider.SourceError({
+          message:
+            "OUTBOX_FAIRNESS_MAX_IN_FLIGHT needs OUTBOX_CLAIM_MODE=lease: rows that other transactions hold locked cannot be counted"
+        })
+      )
+    )
+    : Effect.succeed(options)
+))
 
 /**
  * One environment variable a module reads: the catalog entry that
@@ -292,6 +321,12 @@ export const variables: ReadonlyArray<Variable> = [
     default: "`none`",
     description:
       "`tenant`: claims take the tenants with work in turn (tenant: `EventInput.tenant`, else the metadata field `tenant`), so one tenant's backlog delays another's new event by about one batch"
+  },
+  {
+    name: "OUTBOX_FAIRNESS_MAX_IN_FLIGHT",
+    default: undefined,
+    description:
+      "`tenant` fairness: the most events of one tenant leased at once, across workers and processes, so a tenant with slow deliveries cannot hold every worker (unset: no cap; lease claims only)"
   }
 ]
 

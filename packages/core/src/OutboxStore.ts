@@ -96,7 +96,28 @@ export interface Fairness {
    * work, the next claim goes on from where this one stopped.
    */
   readonly maxTenants?: number | undefined
+  /**
+   * Most events of one tenant leased at once (PROCESSING), across every
+   * worker and relay process; `undefined`: no cap. A tenant at its cap gets
+   * no share of a claim until some of its events settle, and one below it
+   * at most the room left, so a tenant whose events are slow to deliver
+   * (a slow webhook) cannot hold every worker. Lease claims only: a claim
+   * in a transaction (`claimInTransaction`) with a cap is refused, since
+   * rows locked by other transactions cannot be counted. A lease that ran
+   * out and is not reaped yet still counts.
+   */
+  readonly maxInFlight?: number | undefined
 }
+
+/**
+ * Why a claim in a transaction (`claimInTransaction`) refuses
+ * `Fairness.maxInFlight`: every store says it the same way.
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const inFlightCapRefusal =
+  "a per-tenant in-flight cap (Fairness.maxInFlight, OUTBOX_FAIRNESS_MAX_IN_FLIGHT) needs lease claims (OUTBOX_CLAIM_MODE=lease): rows that other transactions hold locked cannot be counted"
 
 /**
  * A claim in per-key order (`OUTBOX_ORDERING=key`). Each ordering key's

@@ -52,7 +52,8 @@ describe("OutboxConfig", () => {
       ["OUTBOX_LEASE_SECONDS", "-5"],
       ["OUTBOX_POLL_INTERVAL_MS", "1.5"],
       ["OUTBOX_MAX_RETRIES", "-1"],
-      ["OUTBOX_CONCURRENCY", "two"]
+      ["OUTBOX_CONCURRENCY", "two"],
+      ["OUTBOX_FAIRNESS_MAX_IN_FLIGHT", "0"]
     ] as const
   ) {
     it.effect(`a bad ${name}=${value} fails at start naming the variable`, () =>
@@ -61,4 +62,23 @@ describe("OutboxConfig", () => {
         assert.include(String(error), name)
       }))
   }
+
+  it.effect("OUTBOX_FAIRNESS_MAX_IN_FLIGHT: unset is no cap; a number caps each tenant's leased events", () =>
+    Effect.gen(function*() {
+      assert.isUndefined((yield* load({ OUTBOX_FAIRNESS: "tenant" })).fairnessMaxInFlight)
+      const config = yield* load({ OUTBOX_FAIRNESS: "tenant", OUTBOX_FAIRNESS_MAX_IN_FLIGHT: "20" })
+      assert.strictEqual(config.fairnessMaxInFlight, 20)
+    }))
+
+  it.effect("OUTBOX_FAIRNESS_MAX_IN_FLIGHT with OUTBOX_CLAIM_MODE=transaction fails at start, naming both", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(
+        load({ OUTBOX_FAIRNESS: "tenant", OUTBOX_FAIRNESS_MAX_IN_FLIGHT: "20", OUTBOX_CLAIM_MODE: "transaction" })
+      )
+      assert.include(String(error), "OUTBOX_FAIRNESS_MAX_IN_FLIGHT")
+      assert.include(String(error), "OUTBOX_CLAIM_MODE=lease")
+      // lease claims take it
+      const lease = yield* load({ OUTBOX_FAIRNESS: "tenant", OUTBOX_FAIRNESS_MAX_IN_FLIGHT: "20", OUTBOX_CLAIM_MODE: "lease" })
+      assert.strictEqual(lease.fairnessMaxInFlight, 20)
+    }))
 })

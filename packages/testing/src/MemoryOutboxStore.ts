@@ -49,7 +49,10 @@
  *   out before goes first). The cursor moves when the claim is made (a
  *   rolled-back `claimInTransaction` keeps it moved). With `ordering` too,
  *   the claim is ordered and `fairness` is not applied (as `Fairness`
- *   documents); a `maxTenants` under 1 counts as 1.
+ *   documents); a `maxTenants` under 1 counts as 1. With `maxInFlight`, a
+ *   tenant with that many rows PROCESSING is left out of the turn, and one
+ *   with fewer gets at most the room left; `claimInTransaction` refuses a
+ *   cap (a `StoreError`), as PostgreSQL does.
  *
  * **Time**: every "now" comes from Effect's `Clock`, so `TestClock` drives
  * leases, reaping and backoff.
@@ -76,6 +79,7 @@ import {
   type ClaimOptions,
   type EventRecord,
   type Fairness,
+  inFlightCapRefusal,
   type Ordering,
   OutboxStore,
   type Publisher,
@@ -370,15 +374,24 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
    * `lastTenant` to the last tenant that got rows. The rows come back in id
    * order.
    */
-  const pickFair = (maxTenants: number, limit: number, now: number): Array<Row> => {
+  const pickFair = (maxTenants: number, maxInFlight: number | undefined, limit: number, now: number): Array<Row> => {
     if (limit === 0) return []
-    /** Each tenant's oldest claimable rows (no tenant can take more than `limit`). */
+    /** Each tenant's rows PROCESSING, when a cap applies. */
+    const inFlight = new Map<string, number>()
+    if (maxInFlight !== undefined) {
+      for (const row of rows.values()) {
+        if (row.status === "PROCESSING") inFlight.set(row.tenant, (inFlight.get(row.tenant) ?? 0) + 1)
+      }
+    }
+    /** Each tenant's oldest claimable rows (no tenant can take more than `limit`, nor than its room under the cap). */
     const byTenant = new Map<string, Array<Row>>()
     for (const row of ordered()) {
       if (!claimable(row, now)) continue
+      const room = maxInFlight === undefined ? limit : Math.min(limit, maxInFlight - (inFlight.get(row.tenant) ?? 0))
+      if (room <= 0) continue
       const candidates = byTenant.get(row.tenant)
       if (candidates === undefined) byTenant.set(row.tenant, [row])
-      else if (candidates.length < limit) candidates.push(row)
+      else if (candidates.length < room) candidates.push(row)
     }
     if (byTenant.size === 0) return []
     const tenants = Array.from(byTenant.keys()).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
@@ -419,7 +432,9 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
     if (options.ordering !== undefined) return pickOrdered(options.ordering, limit, now)
     if (options.fairness !== undefined) {
       const maxTenants = Math.max(1, Math.trunc(options.fairness.maxTenants ?? defaultMaxTenants) || 1)
-      return pickFair(maxTenants, limit, now)
+      const cap = options.fairness.maxInFlight
+      if (cap !== undefined && operation === "claimInTransaction") return refuse(inFlightCapRefusal)
+      return pickFair(maxTenants, cap === undefined ? undefined : Math.max(1, Math.trunc(cap) || 1), limit, now)
     }
     const picked: Array<Row> = []
     for (const row of ordered()) {

@@ -1500,6 +1500,50 @@ export const suite: {
         })
       )
 
+      test(
+        "with maxInFlight, a tenant at its cap is left out of the turn and one below it gets at most the room left; settling makes room",
+        Effect.gen(function*() {
+          const a = yield* publishIds(Array.from({ length: 6 }, (_, i) => ofTenant(i + 1, "a")))
+          const b = yield* publishIds(Array.from({ length: 6 }, (_, i) => ofTenant(i + 7, "b")))
+          const capped = (limit: number) =>
+            OutboxStore.use((s) => s.claim({ limit, leaseDuration: lease, fairness: { maxInFlight: 2 } }))
+          // shares of 5 each, cut to the cap of 2
+          const first = yield* capped(10)
+          assert.deepStrictEqual(ids(first), [a[0]!, a[1]!, b[0]!, b[1]!])
+          // both tenants at their cap: nothing, though 8 events wait
+          assert.deepStrictEqual(ids(yield* capped(10)), [])
+          // one of a's settles: a has room for one, b still none
+          yield* completeAll([first[0]!])
+          assert.deepStrictEqual(ids(yield* capped(10)), [a[2]!])
+          // a tenant below its cap gets no more than the room left, whatever its share
+          yield* completeAll(first.slice(2))
+          assert.deepStrictEqual(ids(yield* capped(1)), [b[2]!])
+          assert.deepStrictEqual(ids(yield* capped(10)), [b[3]!])
+          // without a cap the same claim takes what waits
+          assert.deepStrictEqual(ids(yield* claimFair(10)), [a[3]!, a[4]!, a[5]!, b[4]!, b[5]!])
+        })
+      )
+
+      if (options.claimInTransaction !== "refused") {
+        test(
+          "claimInTransaction refuses a per-tenant in-flight cap: a non-retryable StoreError, nothing locked",
+          Effect.gen(function*() {
+            const store = yield* OutboxStore
+            const published = yield* publishIds([ofTenant(1, "a"), ofTenant(2, "b")])
+            const error = yield* Effect.flip(
+              store.claimInTransaction(
+                { limit: 10, timeout: txTimeout, fairness: { maxInFlight: 1 } },
+                (events) => Effect.succeed(settled(events))
+              )
+            )
+            assert.instanceOf(error, StoreError)
+            assert.isFalse((error as StoreError).retryable)
+            assert.include((error as StoreError).message, "maxInFlight")
+            assert.deepStrictEqual(ids(yield* claim()), published)
+          })
+        )
+      }
+
       if (options.claimInTransaction !== "refused") {
         test(
           "claimInTransaction with fairness locks the same shares; other fair claims never take the rows it holds",

@@ -15,10 +15,12 @@ import type { Fairness, Ordering } from "@outbox/core/OutboxStore"
  * @internal
  */
 export const claimOrder = (
-  config: Pick<Options, "ordering" | "orderingDeadLetter" | "fairness">
+  config: Pick<Options, "ordering" | "orderingDeadLetter" | "fairness"> & {
+    readonly fairnessMaxInFlight?: number | undefined
+  }
 ): { readonly ordering?: Ordering; readonly fairness?: Fairness } =>
   config.ordering === "key"
     ? { ordering: { deadLetter: config.orderingDeadLetter } }
     : config.fairness === "tenant"
-    ? { fairness: {} }
+    ? { fairness: config.fairnessMaxInFlight === undefined ? {} : { maxInFlight: config.fairnessMaxInFlight } }
     : {}

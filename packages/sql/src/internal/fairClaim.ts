@@ -14,6 +14,14 @@
  * first next time (kept by the store, shared by its workers: a race only
  * makes two claims overlap).
  *
+ * **In-flight caps** (`Fairness.maxInFlight`): the claim counts each
+ * tenant's rows PROCESSING once (`flying`: a scan of the in-flight rows,
+ * over the partial index of leased rows, so its cost follows what is in
+ * flight, not the backlog), leaves a tenant at its cap out of the turn and
+ * gives the others at most the room they have left. Two claims at once may
+ * both see the same room, so a tenant can briefly exceed its cap by what
+ * one claim takes (at most `cap`); lease claims only.
+ *
  * @internal
  */
 import type { Fairness } from "@outbox/core/OutboxStore"
@@ -61,6 +69,11 @@ export const make = (options: Options) => {
     parts: { readonly claimable: Fragment; readonly select: Fragment; readonly finish: Fragment }
   ) => {
     const max = Math.max(1, Math.trunc(fairness.maxTenants ?? defaultMaxTenants))
+    const cap = fairness.maxInFlight === undefined ? undefined : Math.max(1, Math.trunc(fairness.maxInFlight) || 1)
+    // the room each tenant has under its cap: its rows PROCESSING (the leased index), counted once per claim
+    const room = cap === undefined
+      ? sql.literal(String(Math.max(1, Math.trunc(limit))))
+      : sql`${cap} - coalesce((SELECT f.c FROM flying f WHERE f.t = w.t), 0)`
     const due = sql`(o.available_at IS NULL OR o.available_at <= ${ts})`
     const from = cursor
     // from the tenant after the cursor to the end, then from the start up to the cursor
@@ -84,14 +97,19 @@ export const make = (options: Options) => {
     const before = from === undefined
       ? sql`before AS (SELECT NULL::text COLLATE "C" AS t, 0 AS n WHERE false)`
       : walk("before", noBound, sql`${tenant("o")} <= ${from}`)
-    return sql`WITH RECURSIVE ${after}, ${before}, walked AS (
+    const flying = cap === undefined ? sql.literal("") : sql`, flying AS MATERIALIZED (
+        SELECT ${tenant("o")} AS t, count(*) AS c FROM ${T} o WHERE o.status = 'PROCESSING' GROUP BY 1
+      )`
+    return sql`WITH RECURSIVE ${after}, ${before}${flying}, walked AS (
         SELECT a.t, a.n FROM after a
         UNION ALL
         SELECT b.t, b.n + (SELECT count(*) FROM after) FROM before b
         ${from === undefined ? sql.literal("") : sql`WHERE b.t <= ${from}`}
+      ), roomy AS (
+        SELECT w.t, w.n, ${room} AS room FROM walked w
       ), taken AS MATERIALIZED (
-        SELECT w.t, w.n FROM walked w
-        WHERE EXISTS (
+        SELECT w.t, w.n, w.room FROM roomy w
+        WHERE w.room > 0 AND EXISTS (
           SELECT 1 FROM ${T} o
           WHERE ${tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND ${due})
         ORDER BY w.n LIMIT ${max}
@@ -102,7 +120,7 @@ export const make = (options: Options) => {
           SELECT ${parts.select} FROM ${T} o
           WHERE ${tenant("o")} = tk.t AND ${parts.claimable}
           ORDER BY ${tenant("o")}, o.id
-          LIMIT (SELECT s FROM share)
+          LIMIT least((SELECT s FROM share), tk.room)
           FOR UPDATE OF o SKIP LOCKED) l
         LIMIT ${options.limit(limit)}
       ) ${parts.finish}`

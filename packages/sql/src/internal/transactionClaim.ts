@@ -24,7 +24,13 @@
  */
 import { StoreError } from "@outbox/core/OutboxError"
 import type { OutboxEvent } from "@outbox/core/OutboxEvent"
-import { type EventKey, settleable, type TransactionClaimOptions, type TransactionOutcome } from "@outbox/core/OutboxStore"
+import {
+  type EventKey,
+  inFlightCapRefusal,
+  settleable,
+  type TransactionClaimOptions,
+  type TransactionOutcome
+} from "@outbox/core/OutboxStore"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
@@ -244,6 +250,9 @@ export const make = <V>(options: Options<V>) => {
     const fairness = ordering === undefined ? claimOptions.fairness : undefined
     if (fairness !== undefined && typeof options.fair === "string") {
       return Effect.fail(new StoreError({ operation, message: options.fair, retryable: false }))
+    }
+    if (fairness?.maxInFlight !== undefined) {
+      return Effect.fail(new StoreError({ operation, message: `${operation}: ${inFlightCapRefusal}`, retryable: false }))
     }
     if (ordering !== undefined && typeof options.ordered === "string") {
       return Effect.fail(new StoreError({ operation, message: options.ordered, retryable: false }))

@@ -68,7 +68,7 @@ const run = (options: {
         inFlight.set(e.aggregateId, now)
         maxInFlight = Math.max(maxInFlight, now)
         yield* Effect.sleep("10 millis")
-        inFlight.set(e.aggregateId, now - 1)
+        inFlight.set(e.aggregateId, inFlight.get(e.aggregateId)! - 1)
         const attempt = (attempts.get(e.id) ?? 0) + 1
         attempts.set(e.id, attempt)
         const ok = !options.fails(e, attempt)

@@ -133,7 +133,8 @@ export interface Options {
    * workers and processes (`OutboxStore.Fairness.maxInFlight`), so a tenant
    * whose deliveries are slow cannot hold every worker; `undefined` (the
    * default): no cap. Lease claims only: with `claimMode: "transaction"`
-   * the environment configuration fails at start, and the store refuses it.
+   * (or without `fairness: "tenant"`) the environment configuration fails
+   * at start, and the store refuses a capped claim in a transaction.
    */
   readonly fairnessMaxInFlight: number | undefined
   /** Backoff between attempts. */
@@ -227,19 +228,18 @@ export const config: Config.Config<
     Config.option,
     Config.map(Option.getOrUndefined)
   )
-}).pipe(Config.mapEffect((options) =>
-  options.fairness === "tenant" && options.ordering !== "key" && options.fairnessMaxInFlight !== undefined &&
-    options.claimMode === "transaction"
-    ? Effect.fail(
-      new Config.ConfigError(
-        new ConfigProvider.SourceError({
-          message:
-            "OUTBOX_FAIRNESS_MAX_IN_FLIGHT needs OUTBOX_CLAIM_MODE=lease: rows that other transactions hold locked cannot be counted"
-        })
-      )
-    )
-    : Effect.succeed(options)
-))
+}).pipe(Config.mapEffect((options) => {
+  const problem = options.fairnessMaxInFlight === undefined
+    ? undefined
+    : options.fairness !== "tenant"
+    ? "OUTBOX_FAIRNESS_MAX_IN_FLIGHT caps tenants' claims: it needs OUTBOX_FAIRNESS=tenant"
+    : options.claimMode === "transaction" && options.ordering !== "key"
+    ? "OUTBOX_FAIRNESS_MAX_IN_FLIGHT needs OUTBOX_CLAIM_MODE=lease: rows that other transactions hold locked cannot be counted"
+    : undefined
+  return problem === undefined
+    ? Effect.succeed(options)
+    : Effect.fail(new Config.ConfigError(new ConfigProvider.SourceError({ message: problem })))
+}))
 
 /**
  * One environment variable a module reads: the catalog entry that

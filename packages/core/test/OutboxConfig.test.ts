@@ -81,4 +81,10 @@ describe("OutboxConfig", () => {
       const lease = yield* load({ OUTBOX_FAIRNESS: "tenant", OUTBOX_FAIRNESS_MAX_IN_FLIGHT: "20", OUTBOX_CLAIM_MODE: "lease" })
       assert.strictEqual(lease.fairnessMaxInFlight, 20)
     }))
+
+  it.effect("OUTBOX_FAIRNESS_MAX_IN_FLIGHT without OUTBOX_FAIRNESS=tenant fails at start instead of capping nothing", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(load({ OUTBOX_FAIRNESS_MAX_IN_FLIGHT: "20" }))
+      assert.include(String(error), "OUTBOX_FAIRNESS=tenant")
+    }))
 })

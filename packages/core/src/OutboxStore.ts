@@ -130,7 +130,8 @@ export const inFlightCapRefusal =
  * - so a key with an event PROCESSING, or whose head waits out a backoff or
  *   a schedule, is *blocked*: none of its events is claimed, while every
  *   other key's head is;
- * - one claim takes at most one event per key, oldest head first.
+ * - one claim takes each key's head, oldest head first, and with `run`
+ *   above 1 also the events that follow a taken head (a *run*).
  *
  * PostgreSQL also guards against a transaction that drew a lower id of the
  * key and has not committed yet (see `PgOutboxStore`).
@@ -149,6 +150,28 @@ export interface Ordering {
    * stall (a ledger, a state machine that cannot skip a transition).
    */
   readonly deadLetter: "continue" | "hold"
+  /**
+   * Most events of one key a claim takes (default 1: heads only). Above 1,
+   * once the heads are taken the claim fills the room left under `limit`
+   * with the events that follow each taken head in id order: at most
+   * `run - 1` and at most an equal share of the room per key
+   * (`ceil(room / keys)`), so every key with a free head gets its head
+   * before any key gets a second event. A run stops before the first event
+   * that is not claimable now: not due (a backoff, a schedule), above what
+   * the claim may see of its key (an uncommitted lower id), or, with
+   * `hold`, past a dead letter.
+   *
+   * **Why**: heads only, one key's events go one per claim → deliver →
+   * complete round (~4.6 ms on PostgreSQL: 219 events/s over one key), and a
+   * drain over few keys is bound by the rounds.
+   *
+   * **The caller's duty**: a run's events are all in flight at once, so
+   * the caller delivers them in id order, one after the other, and once one
+   * fails (a retry, a dead letter, a lost lease) it must not deliver the
+   * rest of that key's run but give their leases back (`release`): else a
+   * later event would reach the consumer before its predecessor's retry.
+   */
+  readonly run?: number | undefined
 }
 
 /**

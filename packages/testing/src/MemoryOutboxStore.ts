@@ -362,7 +362,29 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
       const lowest = uncommitted.get(head.orderingKey)
       if (lowest === undefined || lowest > head.id) picked.push(head)
     }
-    return picked
+    const room = limit - picked.length
+    const run = ordering.run ?? 1
+    if (run <= 1 || room <= 0 || picked.length === 0) return picked
+    // the runs (`Ordering.run`): each taken head's next events, up to an equal share of the room, each run
+    // up to the first event not claimable now; then the oldest of them, up to the room
+    const share = Math.min(run - 1, Math.ceil(room / picked.length))
+    const runs = new Map<string, { readonly head: Row; readonly rows: Array<Row>; open: boolean }>()
+    for (const head of picked) runs.set(head.orderingKey, { head, rows: [], open: true })
+    for (const row of ordered()) {
+      const r = runs.get(row.orderingKey)
+      if (r === undefined || !r.open || row.id <= r.head.id) continue
+      if (row.status === "DEAD_LETTER") {
+        if (hold) r.open = false
+        continue
+      }
+      if (row.status !== "PENDING" && row.status !== "FAILED") continue
+      const lowest = uncommitted.get(row.orderingKey)
+      if (r.rows.length >= share || !claimable(row, now) || (lowest !== undefined && lowest < row.id)) r.open = false
+      else r.rows.push(row)
+    }
+    const followers = Array.from(runs.values()).flatMap((r) => r.rows).sort((a, b) => (a.id < b.id ? -1 : 1))
+    // in id order, as PostgreSQL returns a claim: a key's run after its head
+    return [...picked, ...followers.slice(0, room)].sort((a, b) => (a.id < b.id ? -1 : 1))
   }
 
   /**

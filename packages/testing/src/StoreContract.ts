@@ -79,8 +79,8 @@ const claim = (limit = 100, leaseDuration: Duration.Duration = lease) =>
   Effect.flatMap(OutboxStore, (store) => store.claim({ limit, leaseDuration }))
 
 /** An ordered claim (`OUTBOX_ORDERING=key`). */
-const claimOrdered = (limit = 100, deadLetter: Ordering["deadLetter"] = "continue") =>
-  Effect.flatMap(OutboxStore, (store) => store.claim({ limit, leaseDuration: lease, ordering: { deadLetter } }))
+const claimOrdered = (limit = 100, deadLetter: Ordering["deadLetter"] = "continue", run?: number) =>
+  Effect.flatMap(OutboxStore, (store) => store.claim({ limit, leaseDuration: lease, ordering: { deadLetter, run } }))
 
 /** A tenant-fair claim (`OUTBOX_FAIRNESS=tenant`); `maxTenants` `undefined`: the default (64). */
 const claimFair = (limit = 100, maxTenants?: number) =>
@@ -1124,6 +1124,61 @@ export const suite: {
           assert.deepStrictEqual(yield* claimOrdered(10), [])
         })
       )
+
+      test(
+        "with run, an ordered claim takes the heads, then fills the room with the events after them: an equal share per key, in id order",
+        Effect.gen(function*() {
+          // keys: a = [0, 2, 4, 6], b = [1, 3], c = [5]
+          const p = yield* publishIds([
+            onKey(1, "a"),
+            onKey(2, "b"),
+            onKey(3, "a"),
+            onKey(4, "b"),
+            onKey(5, "a"),
+            onKey(6, "c"),
+            onKey(7, "a")
+          ])
+          // 3 heads, room 2: one more event each of the two oldest runs
+          const first = yield* claimOrdered(5, "continue", 10)
+          assert.deepStrictEqual(ids(first), [p[0]!, p[1]!, p[2]!, p[3]!, p[5]!])
+          assert.strictEqual(new Set(first.map((e) => e.lockToken)).size, 1)
+          assert.deepStrictEqual(yield* claimOrdered(5, "continue", 10), [])
+          yield* completeAll(first)
+          // one key left: its head and the rest of its run
+          assert.deepStrictEqual(ids(yield* claimOrdered(5, "continue", 10)), [p[4]!, p[6]!])
+          // run 2 caps a key at two events per claim
+          const [q1, q2, q3] = yield* publishIds([onKey(8, "d"), onKey(9, "d"), onKey(10, "d")])
+          assert.deepStrictEqual(ids(yield* claimOrdered(10, "continue", 2)), [q1!, q2!])
+          assert.strictEqual((yield* row(q3!)).status, "PENDING")
+        })
+      )
+
+      for (const deadLetter of ["continue", "hold"] as const) {
+        test(
+          `a run stops before an event that is not due${
+            deadLetter === "continue" ? ", and goes past a dead letter with deadLetter continue" : " and, with hold, before a dead letter"
+          }`,
+          Effect.gen(function*() {
+            const [a1, a2, a3, a4, a5, b1] = yield* publishIds([
+              onKey(1, "a"),
+              onKey(2, "a"),
+              onKey(3, "a"),
+              onKey(4, "a", { availableAt: at(5 * 60_000) }),
+              onKey(5, "a"),
+              onKey(6, "b")
+            ])
+            // a dead letter above a key's head: an unordered claim took a1 and a2, a1 was released
+            const plain = yield* claim(2)
+            assert.deepStrictEqual(ids(plain), [a1!, a2!])
+            yield* OutboxStore.use((s) => s.deadLetter(leaseOf(plain[1]!), { error: "cannot parse" }))
+            yield* OutboxStore.use((s) => s.release([leaseOf(plain[0]!)]))
+            const claimed = yield* claimOrdered(100, deadLetter, 100)
+            assert.deepStrictEqual(ids(claimed), deadLetter === "continue" ? [a1!, a3!, b1!] : [a1!, b1!])
+            assert.strictEqual((yield* row(a4!)).status, "PENDING")
+            assert.strictEqual((yield* row(a5!)).status, "PENDING")
+          })
+        )
+      }
 
       test(
         "a key with an event in flight is blocked even when that event is not its head (rows claimed before ordering was switched on)",

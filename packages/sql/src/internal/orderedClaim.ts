@@ -255,14 +255,74 @@ export const make = (options: Options) => {
       readonly finish: Fragment
     }
   ) =>
-    sql`WITH RECURSIVE ${headsCtes(ts, limit, p, ordering)}, locked AS (
+    sql`WITH RECURSIVE ${headsCtes(ts, limit, p, ordering)}, ${
+      (ordering.run ?? 1) > 1 ? sql`locked_heads AS MATERIALIZED` : sql.literal("locked AS")
+    } (
         SELECT l.* FROM (SELECT h.id, h.created_at FROM heads h ORDER BY h.id) h
         CROSS JOIN LATERAL (
           SELECT ${parts.select} FROM ${T} o
           WHERE o.id = h.id AND o.created_at = h.created_at AND ${parts.claimable}
           FOR UPDATE OF o SKIP LOCKED) l
         LIMIT ${options.limit(limit)}
-      ) ${parts.finish}`
+      )${(ordering.run ?? 1) > 1 ? runCtes(ts, limit, p, ordering, parts) : sql.literal("")} ${parts.finish}`
+
+  /**
+   * With `Ordering.run` above 1: the CTE `locked` of the heads taken
+   * (`locked_heads`) and the runs that follow them. Each taken head's key
+   * is read on along `<outbox>_ordering_idx` (one range scan per key,
+   * at most its share of the room left), up to the first event not
+   * claimable now (not due, above the probe's `w`, past a held dead
+   * letter: `bool_and` over the key's events in id order); the oldest of
+   * those, up to the room, are locked in id order (`SKIP LOCKED`), and a
+   * run keeps only its events up to the first it could not lock.
+   */
+  const runCtes = (
+    ts: Fragment,
+    limit: number,
+    p: Probe,
+    ordering: Ordering,
+    parts: { readonly claimable: Fragment; readonly select: Fragment }
+  ) => {
+    const held = ordering.deadLetter === "hold"
+      ? sql`AND NOT EXISTS (
+          SELECT 1 FROM ${T} d
+          WHERE d.status = 'DEAD_LETTER' AND ${k("d")} = rk.k AND d.id > rk.id AND d.id < o.id)`
+      : sql.literal("")
+    return sql`, run_keys AS MATERIALIZED (
+        SELECT h.k, h.id FROM heads h WHERE h.id IN (SELECT lh.id FROM locked_heads lh)
+      ), room AS MATERIALIZED (
+        SELECT (${limit}::int - (SELECT count(*) FROM run_keys))::int AS n,
+               greatest((SELECT count(*) FROM run_keys), 1)::int AS keys
+      ), candidates AS MATERIALIZED (
+        SELECT c.k, c.id, c.created_at FROM run_keys rk CROSS JOIN LATERAL (
+          SELECT s.k, s.id, s.created_at, bool_and(s.ok) OVER (ORDER BY s.id) AS prefix
+          FROM (
+            SELECT ${k("o")} AS k, o.id, o.created_at,
+                   ((o.available_at IS NULL OR o.available_at <= ${ts}) AND o.id <= ${p.w ?? "0"}::bigint ${held}) AS ok
+            FROM ${T} o
+            WHERE o.status IN ('PENDING', 'FAILED') AND ${k("o")} = rk.k AND o.id > rk.id
+            ORDER BY ${k("o")}, o.id
+            LIMIT least(${(ordering.run ?? 1) - 1}::int, ceil((SELECT n FROM room)::numeric / (SELECT keys FROM room))::int)
+          ) s
+        ) c
+        WHERE c.prefix AND (SELECT n FROM room) > 0
+        ORDER BY c.id
+        LIMIT greatest((SELECT n FROM room), 0)
+      ), locked_runs AS MATERIALIZED (
+        SELECT l.* FROM (SELECT c.id, c.created_at FROM candidates c ORDER BY c.id) c
+        CROSS JOIN LATERAL (
+          SELECT ${parts.select} FROM ${T} o
+          WHERE o.id = c.id AND o.created_at = c.created_at AND ${parts.claimable}
+          FOR UPDATE OF o SKIP LOCKED) l
+      ), locked AS (
+        SELECT * FROM locked_heads
+        UNION ALL
+        SELECT r.* FROM locked_runs r
+        WHERE NOT EXISTS (
+          SELECT 1 FROM candidates c JOIN candidates gap ON gap.k = c.k AND gap.id < c.id
+          WHERE c.id = r.id AND NOT EXISTS (SELECT 1 FROM locked_runs x WHERE x.id = gap.id))
+      )`
+  }
 
   /**
    * The columns every row of a claim ends with: the probe run inside the

@@ -70,7 +70,7 @@
  */
 import { OutboxConfig } from "@outbox/core/OutboxConfig"
 import { DeliveryError, type LeaseLost, type StoreError } from "@outbox/core/OutboxError"
-import type { OutboxEvent } from "@outbox/core/OutboxEvent"
+import { defaultOrderingKey, type OutboxEvent } from "@outbox/core/OutboxEvent"
 import { OutboxSink } from "@outbox/core/OutboxSink"
 import { type Ordering, OutboxStore } from "@outbox/core/OutboxStore"
 import * as RetryPolicy from "@outbox/core/RetryPolicy"
@@ -238,8 +238,28 @@ export const make = Effect.gen(function*() {
    * claim there waits for the worker's next wake-up.
    */
   const claimPermit = ordering === undefined ? undefined : Semaphore.makeUnsafe(1)
+  /**
+   * `OUTBOX_ORDERING=key` with a sink that delivers one event at a time, in
+   * lease mode: claims take *runs* (`Ordering.run`), a key's head and the
+   * events after it, up to the claim's limit (an equal share of the room per
+   * key). A batch delivers in id order, one event after the other, so a key's
+   * run reaches the sink in order; once one of its events fails (or its lease
+   * is lost) the rest of that key's run is released, not delivered
+   * (`stopKey`), so no later event overtakes the retry. Heads only, one key
+   * went at one event per claim → deliver → complete round: 219 events/s
+   * (bench:ordering). Not with a batch sink (a broker's `deliverBatch`
+   * publishes a batch at once: a failed publish could not hold back the
+   * later events of its key) nor in transaction mode.
+   */
+  const runs = ordering !== undefined && config.claimMode !== "transaction" && sink.deliverBatch === undefined
   const claim = (limit: number) => {
-    const claimed = Effect.suspend(() => instruments.claim(store.claim({ limit, leaseDuration: config.leaseDuration, ...order })))
+    const claimed = Effect.suspend(() =>
+      instruments.claim(store.claim({
+        limit,
+        leaseDuration: config.leaseDuration,
+        ...(runs ? { ordering: { ...ordering, run: limit } } : order)
+      }))
+    )
     return claimPermit === undefined ? claimed : Semaphore.withPermit(claimPermit, claimed)
   }
 
@@ -305,6 +325,28 @@ export const make = Effect.gen(function*() {
       )
       /** Takes the delivered events out of this batch's hands. */
       const takeDelivered = () => delivered.splice(0)
+      /**
+       * With runs: `event` failed or its lease was lost, so the rest of its
+       * key's run in this batch is given back (released, fenced) and counts
+       * as lost here: none of it is delivered after `event`. A release that
+       * fails leaves them to the reaper; they are not delivered either way.
+       */
+      const stopKey = (event: OutboxEvent): Effect.Effect<void> => {
+        const key = event.orderingKey ?? defaultOrderingKey(event)
+        const rest: Array<OutboxEvent> = []
+        for (let j = next; j < events.length; j++) {
+          const later = events[j]!
+          if (!isLost(later) && (later.orderingKey ?? defaultOrderingKey(later)) === key) rest.push(later)
+        }
+        if (rest.length === 0) return Effect.void
+        lost ??= new Set()
+        for (const later of rest) lost.add(later.id)
+        return fenced("release", store.release(rest)).pipe(
+          Effect.flatMap((gone) => count("released", rest.length - gone.length)),
+          Effect.catchTag("StoreError", (error) =>
+            Effect.logWarning(`releasing ${rest.length} later event(s) of key ${key} failed; the reaper will: ${error.message}`))
+        )
+      }
       /** Times `events[next]`'s delivery. */
       const stopwatch = instruments.stopwatch()
       /** Records a failed delivery (rare: a generator is fine here). */
@@ -313,6 +355,7 @@ export const make = Effect.gen(function*() {
           if (Cause.hasInterruptsOnly(cause)) return yield* Effect.interrupt
           next++ // no longer held: the retry or dead letter settles its lease
           const outcome = yield* handleFailure(event, Cause.squash(cause))
+          if (runs) yield* stopKey(event)
           if (outcome !== undefined) instruments.delivered(event, outcome, seconds)
           if (traced) yield* instruments.processFailed(outcome, cause)
         })
@@ -350,8 +393,11 @@ export const make = Effect.gen(function*() {
       const deliverTraced = (event: OutboxEvent, traced: boolean) => deliverOne(event, traced ? sampledAfter : unsampledAfter)
       /** Delivers `events[next..]` in order, one after the other. */
       const deliverRest = (): Effect.Effect<void, StoreError> => {
-        // a lease lost while we were busy: someone else owns the event now
-        while (next < events.length && isLost(events[next]!)) next++
+        // a lease lost while we were busy: someone else owns the event now (and, with runs, the rest of its key)
+        while (next < events.length && isLost(events[next]!)) {
+          const gone = events[next++]!
+          if (runs) return Effect.flatMap(stopKey(gone), deliverRest)
+        }
         if (next === events.length) return Effect.void
         if (!leaseRemains()) return expired
         const event = events[next]!

@@ -54,7 +54,7 @@ const run = (options: {
   readonly done: (seen: ReadonlyArray<Seen>) => boolean
   readonly during?: (seen: ReadonlyArray<Seen>) => Effect.Effect<void, Error>
   /** Counts the store's claims running at once (each yields first, so that overlaps show on the memory store too). */
-  readonly claims?: { running: number; most: number }
+  readonly claims?: { running: number; most: number; nonEmpty?: number }
 }) =>
   Effect.gen(function*() {
     yield* Outbox.transaction(Outbox.publishAll(options.inputs))
@@ -88,7 +88,14 @@ const run = (options: {
               Effect.sync(() => {
                 claims.most = Math.max(claims.most, ++claims.running)
               }),
-              () => Effect.andThen(Effect.yieldNow, inner.claim(claimOptions)),
+              () =>
+                Effect.andThen(
+                  Effect.yieldNow,
+                  Effect.tap(inner.claim(claimOptions), (claimed) =>
+                    Effect.sync(() => {
+                      if (claimed.length > 0) claims.nonEmpty = (claims.nonEmpty ?? 0) + 1
+                    }))
+                ),
               () => Effect.sync(() => void claims.running--)
             )
         }))
@@ -174,6 +181,26 @@ layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.
           const unordered = { running: 0, most: 0 }
           yield* run({ inputs, ordering: "none", fails: never, backoff: Duration.millis(200), done, claims: unordered })
           assert.isAbove(unordered.most, 1)
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
+
+      it.effect("over one key a claim takes a run of its events: in order, in a few claims, a failure holding back the rest of its run", () =>
+        Effect.gen(function*() {
+          const inputs = Array.from({ length: 40 }, (_, n) => event("hot", n))
+          // one failing first attempt mid-run: the events after it in its batch go back, and follow its retry
+          const fails = (e: OutboxEvent, attempt: number) => attempt === 1 && (e.payload as { n: number }).n === 13
+          const claims = { running: 0, most: 0, nonEmpty: 0 }
+          const result = yield* run({
+            inputs,
+            ordering: "key",
+            fails,
+            backoff: Duration.millis(200),
+            done: (seen) => seen.filter((s) => s.ok).length >= inputs.length,
+            claims
+          })
+          assert.deepStrictEqual(successesByKey(result.seen).get("hot"), Array.from({ length: 40 }, (_, n) => n))
+          assert.strictEqual(result.maxInFlight, 1)
+          // heads only, that was one claim per event (40); runs of up to 8 (the batch size, from 4) take about a third
+          assert.isAtMost(claims.nonEmpty, 15)
         }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
 
       it.effect("a head waiting out a 1-minute backoff blocks its key only: the other keys drain meanwhile", () =>

@@ -274,7 +274,8 @@ export const make = (options: Options) => {
    * claimable now (not due, above the probe's `w`, past a held dead
    * letter: `bool_and` over the key's events in id order); the oldest of
    * those, up to the room, are locked in id order (`SKIP LOCKED`), and a
-   * run keeps only its events up to the first it could not lock.
+   * run keeps only its events up to the first it could not lock (its n-th
+   * locked event must be its n-th candidate).
    */
   const runCtes = (
     ts: Fragment,
@@ -294,8 +295,9 @@ export const make = (options: Options) => {
         SELECT (${limit}::int - (SELECT count(*) FROM run_keys))::int AS n,
                greatest((SELECT count(*) FROM run_keys), 1)::int AS keys
       ), candidates AS MATERIALIZED (
-        SELECT c.k, c.id, c.created_at FROM run_keys rk CROSS JOIN LATERAL (
-          SELECT s.k, s.id, s.created_at, bool_and(s.ok) OVER (ORDER BY s.id) AS prefix
+        SELECT c.k, c.id, c.created_at, c.rn FROM run_keys rk CROSS JOIN LATERAL (
+          SELECT s.k, s.id, s.created_at, bool_and(s.ok) OVER (ORDER BY s.id) AS prefix,
+                 row_number() OVER (ORDER BY s.id) AS rn
           FROM (
             SELECT ${k("o")} AS k, o.id, o.created_at,
                    ((o.available_at IS NULL OR o.available_at <= ${ts}) AND o.id <= ${p.w ?? "0"}::bigint ${held}) AS ok
@@ -314,13 +316,15 @@ export const make = (options: Options) => {
           SELECT ${parts.select} FROM ${T} o
           WHERE o.id = c.id AND o.created_at = c.created_at AND ${parts.claimable}
           FOR UPDATE OF o SKIP LOCKED) l
+      ), run_prefix AS (
+        SELECT x.id FROM (
+          SELECT c.id, c.rn, row_number() OVER (PARTITION BY c.k ORDER BY c.id) AS got
+          FROM candidates c WHERE c.id IN (SELECT r.id FROM locked_runs r)
+        ) x WHERE x.got = x.rn
       ), locked AS (
         SELECT * FROM locked_heads
         UNION ALL
-        SELECT r.* FROM locked_runs r
-        WHERE NOT EXISTS (
-          SELECT 1 FROM candidates c JOIN candidates gap ON gap.k = c.k AND gap.id < c.id
-          WHERE c.id = r.id AND NOT EXISTS (SELECT 1 FROM locked_runs x WHERE x.id = gap.id))
+        SELECT r.* FROM locked_runs r WHERE r.id IN (SELECT p.id FROM run_prefix p)
       )`
   }
 

@@ -29,7 +29,8 @@
  * - An ordered claim (`ordering`, `OUTBOX_ORDERING=key`, either claim) takes
  *   only each key's *head* (its lowest-id row that is not COMPLETED, nor
  *   DEAD_LETTER unless `deadLetter: "hold"`), when it is PENDING or FAILED,
- *   due and unlocked; at most one per key, oldest head first. A key is
+ *   due and unlocked; oldest head first, and with `run` above 1 then the
+ *   events after each taken head (`Ordering.run`). A key is
  *   blocked while any of its rows is PROCESSING or locked by an open
  *   `claimInTransaction`, and while an open transaction of this store holds
  *   an unpublished row of the key with a lower id than the head (its id was

@@ -249,9 +249,10 @@ export const make = Effect.gen(function*() {
    * went at one event per claim → deliver → complete round: 219 events/s
    * (bench:ordering). Not with a batch sink (a broker's `deliverBatch`
    * publishes a batch at once: a failed publish could not hold back the
-   * later events of its key) nor in transaction mode.
+   * later events of its key). Transaction mode does the same in
+   * `internal/transactionWorker.ts`.
    */
-  const runs = ordering !== undefined && config.claimMode !== "transaction" && sink.deliverBatch === undefined
+  const runs = ordering !== undefined && sink.deliverBatch === undefined
   const claim = (limit: number) => {
     const claimed = Effect.suspend(() =>
       instruments.claim(store.claim({

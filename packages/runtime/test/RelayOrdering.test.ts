@@ -55,6 +55,7 @@ const run = (options: {
   readonly during?: (seen: ReadonlyArray<Seen>) => Effect.Effect<void, Error>
   /** Counts the store's claims running at once (each yields first, so that overlaps show on the memory store too). */
   readonly claims?: { running: number; most: number; nonEmpty?: number }
+  readonly claimMode?: "lease" | "transaction"
 }) =>
   Effect.gen(function*() {
     yield* Outbox.transaction(Outbox.publishAll(options.inputs))
@@ -83,6 +84,11 @@ const run = (options: {
       Effect.map(Effect.service(OutboxStore), (inner) =>
         OutboxStore.of({
           ...inner,
+          claimInTransaction: (claimOptions, use) =>
+            Effect.tap(inner.claimInTransaction(claimOptions, use), (claimed) =>
+              Effect.sync(() => {
+                if (claimed.length > 0) claims.nonEmpty = (claims.nonEmpty ?? 0) + 1
+              })),
           claim: (claimOptions) =>
             Effect.acquireUseRelease(
               Effect.sync(() => {
@@ -110,6 +116,7 @@ const run = (options: {
           minBatchSize: 4,
           batchSize: 8,
           ordering: options.ordering,
+          claimMode: options.claimMode ?? "lease",
           retryPolicy: RetryPolicy.exponential({ base: options.backoff, cap: options.backoff })
         }))
       ),
@@ -183,7 +190,8 @@ layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.
           assert.isAbove(unordered.most, 1)
         }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
 
-      it.effect("over one key a claim takes a run of its events: in order, in a few claims, a failure holding back the rest of its run", () =>
+      for (const claimMode of ["lease", "transaction"] as const) {
+      it.effect(`over one key a claim takes a run of its events (${claimMode} claims): in order, in a few claims, a failure holding back the rest of its run`, () =>
         Effect.gen(function*() {
           const inputs = Array.from({ length: 40 }, (_, n) => event("hot", n))
           // one failing first attempt mid-run: the events after it in its batch go back, and follow its retry
@@ -195,13 +203,15 @@ layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.
             fails,
             backoff: Duration.millis(200),
             done: (seen) => seen.filter((s) => s.ok).length >= inputs.length,
-            claims
+            claims,
+            claimMode
           })
           assert.deepStrictEqual(successesByKey(result.seen).get("hot"), Array.from({ length: 40 }, (_, n) => n))
           assert.strictEqual(result.maxInFlight, 1)
           // heads only, that was one claim per event (40); runs of up to 8 (the batch size, from 4) take about a third
           assert.isAtMost(claims.nonEmpty, 15)
         }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
+      }
 
       it.effect("a head waiting out a 1-minute backoff blocks its key only: the other keys drain meanwhile", () =>
         Effect.gen(function*() {

@@ -1366,6 +1366,35 @@ export const suite: {
 
       if (options.claimInTransaction !== "refused") {
         test(
+          "claimInTransaction with ordering and run locks each key's run; the events it leaves unsettled stay claimable, in order",
+          Effect.gen(function*() {
+            const store = yield* OutboxStore
+            // keys: a = [0, 1, 2], b = [3]
+            const p = yield* publishIds([onKey(1, "a"), onKey(2, "a"), onKey(3, "a"), onKey(4, "b")])
+            const claimed = yield* store.claimInTransaction(
+              { limit: 10, timeout: txTimeout, ordering: { deadLetter: "continue", run: 10 } },
+              (events) =>
+                Effect.gen(function*() {
+                  assert.deepStrictEqual(ids(events), [p[0]!, p[1]!, p[2]!, p[3]!])
+                  // while it holds them, no other ordered claim takes any of the keys
+                  assert.deepStrictEqual(yield* claimOrdered(10, "continue", 10), [])
+                  // a's first event delivered, its second failed: the third is left as it was
+                  return {
+                    completed: [events[0]!, events[3]!],
+                    retried: [{ event: events[1]!, error: "failed", delay: Duration.zero }],
+                    deadLettered: []
+                  }
+                })
+            )
+            assert.strictEqual(claimed.length, 4)
+            assert.strictEqual((yield* row(p[2]!)).status, "PENDING")
+            assert.strictEqual((yield* row(p[2]!)).retryCount, 0)
+            // the retried event is a's head again, the one left unsettled follows it
+            assert.deepStrictEqual(ids(yield* claimOrdered(10, "continue", 10)), [p[1]!, p[2]!])
+          })
+        )
+
+        test(
           "claimInTransaction with ordering locks one head per key, skips keys in flight, and its locks hold the keys for other ordered claims",
           Effect.gen(function*() {
             const store = yield* OutboxStore

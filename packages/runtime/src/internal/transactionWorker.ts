@@ -46,7 +46,7 @@
  */
 import type { OutboxConfig } from "@outbox/core/OutboxConfig"
 import { DeliveryError, type StoreError } from "@outbox/core/OutboxError"
-import type { OutboxEvent } from "@outbox/core/OutboxEvent"
+import { defaultOrderingKey, type OutboxEvent } from "@outbox/core/OutboxEvent"
 import type { OutboxSink } from "@outbox/core/OutboxSink"
 import type { OutboxStore, TransactionOutcome } from "@outbox/core/OutboxStore"
 import type * as RetryPolicy from "@outbox/core/RetryPolicy"
@@ -109,7 +109,18 @@ export const make = Effect.fnUntraced(function*(options: Options) {
   const tracerEnabled = yield* References.TracerEnabled
   /** Delivering stops here; the last quarter of the timeout is for the settlement and the commit. */
   const budget = deliveryBudget(config)
-  const claimOptions = { timeout: config.transactionTimeout, ...claimOrder(config) }
+  const order = claimOrder(config)
+  /**
+   * Runs (`Ordering.run`), as in lease mode: with per-key ordering and a sink
+   * that delivers one event at a time, a claim takes a key's events after its
+   * head too; once one fails, the rest of its key's run is not delivered nor
+   * settled, so it stays PENDING, claimable after its predecessor's retry.
+   */
+  const runs = order.ordering !== undefined && sink.deliverBatch === undefined
+  const claimOptions = (limit: number) => ({
+    timeout: config.transactionTimeout,
+    ...(runs ? { ordering: { ...order.ordering!, run: limit } } : order)
+  })
 
   /** Delivers `events` in order within the budget; what happened to each, for the settlement. */
   const deliver = (events: ReadonlyArray<OutboxEvent>, settlement: Settlement) =>
@@ -117,15 +128,19 @@ export const make = Effect.fnUntraced(function*(options: Options) {
       // recorded after the fact (the claim ran inside the store's transaction), counted in the claim metrics
       const { span } = yield* instruments.claim(Effect.succeed(events))
       yield* options.count("claimed", events.length)
-      /** `events[next]` is in delivery; the ones before it are settled. */
+      /** `events[next]` is in delivery; the ones before it are settled (or, with runs, left as they were). */
       let next = 0
       const stopwatch = instruments.stopwatch()
+      /** With runs: the keys whose event failed in this batch; their later events are left unsettled. */
+      let stopped: Set<string> | undefined
+      const keyOf = (event: OutboxEvent) => event.orderingKey ?? defaultOrderingKey(event)
 
       /** A failed delivery of `events[next]`: retry or dead letter (the lease mode's decision). */
       const failed = (error: unknown, seconds: number) =>
         Effect.map(Failure.decide(policy, events[next]!, error), ({ decision, text }): RelayInstruments.Outcome => {
           const event = events[next]!
           next++
+          if (runs) (stopped ??= new Set()).add(keyOf(event))
           if (decision._tag === "Retry") settlement.retried.push({ event, error: text, delay: decision.delay })
           else settlement.deadLettered.push({ event, error: text })
           const outcome = decision._tag === "Retry" ? "retried" : "dead_lettered"
@@ -160,6 +175,7 @@ export const make = Effect.fnUntraced(function*(options: Options) {
       const sampledAfter = afterDelivery(done, true)
       const deliverTraced = (event: OutboxEvent, traced: boolean) => deliverOne(event, traced ? sampledAfter : unsampledAfter)
       const deliverRest = (): Effect.Effect<void> => {
+        if (stopped !== undefined) while (next < events.length && stopped.has(keyOf(events[next]!))) next++
         if (next === events.length) return Effect.void
         const event = events[next]!
         return instruments.tracing
@@ -229,7 +245,7 @@ export const make = Effect.fnUntraced(function*(options: Options) {
   return (limit: number): Effect.Effect<number, StoreError> =>
     Effect.suspend(() => {
       const settlement: Settlement = { completed: [], retried: [], deadLettered: [] }
-      return store.claimInTransaction({ limit, ...claimOptions }, (events) => deliver(events, settlement)).pipe(
+      return store.claimInTransaction({ limit, ...claimOptions(limit) }, (events) => deliver(events, settlement)).pipe(
         // an empty poll makes no span (as the lease claim): the transaction and its statements run untraced
         Effect.withTracerEnabled(false),
         Effect.flatMap((events) =>

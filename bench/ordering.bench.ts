@@ -148,7 +148,8 @@ const plan = (limit: number) =>
     return yield* sql.withTransaction(Effect.gen(function*() {
       const probe = yield* claim.probe()
       const ts = sql.literal("now()")
-      const statement = claim.statement(ts, limit, probe, { deadLetter: "continue" }, {
+      // as the relay claims with a one-at-a-time sink: heads, then runs in the room left
+      const statement = claim.statement(ts, limit, probe, { deadLetter: "continue", run: limit }, {
         claimable: sql.literal("status IN ('PENDING', 'FAILED') AND (available_at IS NULL OR available_at <= now())"),
         select: sql.literal("o.id, o.created_at"),
         finish: sql.literal("SELECT count(*) FROM locked")

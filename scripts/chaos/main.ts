@@ -524,6 +524,8 @@ interface ScenarioResult {
   readonly payloadMismatch: number
   readonly duplicates: number
   readonly orderViolations: number
+  /** Redeliveries of a key's events after later ones that were delivered before too (runs, after a kill). */
+  readonly rewinds: number
   readonly settled: boolean
   readonly recoverSeconds: number | null
   readonly statuses: Record<string, number>
@@ -1222,17 +1224,25 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
     const delivered = rows.length - lostRows.length
     const duplicates = deliveries.length - phantomDeliveries.length - delivered
 
-    // per key, in arrival order: a successful delivery of an id lower than one of the key already
-    // delivered is a violation (a redelivery of the highest one so far is at-least-once, allowed)
+    // per key, in arrival order: the first successful delivery of an id lower than one of the key
+    // already delivered is a violation. A redelivery is at-least-once, allowed: of the highest id so far
+    // (a head redelivered), or, with runs (OUTBOX_ORDERING_RUN > 1), of ids of a run a killed relay had
+    // delivered and not completed, which come again after the later ones of that run: a *rewind*,
+    // counted apart (the inbox drops them)
     const highest = new Map<string, bigint>()
+    const firstSeen = new Set<string>()
     const orderViolations: Array<{ key: string; id: string; after: string; relay: number; at: number }> = []
+    let rewinds = 0
     for (const d of deliveries) {
       const row = byTracking.get(d.trackingId)
       if (row === undefined) continue
       const id = BigInt(row.id)
       const max = highest.get(row.aggregate_id)
+      const again = firstSeen.has(d.trackingId)
+      firstSeen.add(d.trackingId)
       if (max !== undefined && id < max) {
-        orderViolations.push({ key: row.aggregate_id, id: row.id, after: String(max), relay: d.relay, at: d.at })
+        if (again) rewinds++
+        else orderViolations.push({ key: row.aggregate_id, id: row.id, after: String(max), relay: d.relay, at: d.at })
       } else highest.set(row.aggregate_id, id)
     }
 
@@ -1405,6 +1415,7 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
       payloadMismatch: payloadMismatch.length,
       duplicates,
       orderViolations: orderViolations.length,
+      rewinds,
       settled,
       recoverSeconds,
       statuses,
@@ -1491,6 +1502,14 @@ const printTable = (results: ReadonlyArray<ScenarioResult>) => {
     ]))
   }
   if (ORDERING !== "key") console.log("(order violations in parentheses: informational, OUTBOX_ORDERING=none)")
+  else {
+    const rewound = results.filter((r) => r.rewinds > 0)
+    if (rewound.length > 0) {
+      console.log(`rewinds (redeliveries of a run's events after later ones delivered before, among the duplicates): ${
+        rewound.map((r) => `${r.scenario} ${r.rewinds}`).join(", ")
+      }`)
+    }
+  }
   for (const r of results) {
     if (r.outage !== null) {
       const o = r.outage

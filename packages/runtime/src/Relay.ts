@@ -242,7 +242,7 @@ export const make = Effect.gen(function*() {
    * `OUTBOX_ORDERING=key` with a sink that delivers one event at a time, in
    * lease mode: claims take *runs* (`Ordering.run`), a key's head and the
    * events after it, up to the claim's limit (an equal share of the room per
-   * key). A batch delivers in id order, one event after the other, so a key's
+   * key; at most `OUTBOX_ORDERING_RUN`). A batch delivers in id order, one event after the other, so a key's
    * run reaches the sink in order; once one of its events fails (or its lease
    * is lost) the rest of that key's run is released, not delivered
    * (`stopKey`), so no later event overtakes the retry. Heads only, one key
@@ -252,13 +252,13 @@ export const make = Effect.gen(function*() {
    * later events of its key). Transaction mode does the same in
    * `internal/transactionWorker.ts`.
    */
-  const runs = ordering !== undefined && sink.deliverBatch === undefined
+  const runs = ordering !== undefined && sink.deliverBatch === undefined && config.orderingRun > 1
   const claim = (limit: number) => {
     const claimed = Effect.suspend(() =>
       instruments.claim(store.claim({
         limit,
         leaseDuration: config.leaseDuration,
-        ...(runs ? { ordering: { ...ordering, run: limit } } : order)
+        ...(runs ? { ordering: { ...ordering, run: Math.min(limit, config.orderingRun) } } : order)
       }))
     )
     return claimPermit === undefined ? claimed : Semaphore.withPermit(claimPermit, claimed)

@@ -116,10 +116,10 @@ export const make = Effect.fnUntraced(function*(options: Options) {
    * head too; once one fails, the rest of its key's run is not delivered nor
    * settled, so it stays PENDING, claimable after its predecessor's retry.
    */
-  const runs = order.ordering !== undefined && sink.deliverBatch === undefined
+  const runs = order.ordering !== undefined && sink.deliverBatch === undefined && config.orderingRun > 1
   const claimOptions = (limit: number) => ({
     timeout: config.transactionTimeout,
-    ...(runs ? { ordering: { ...order.ordering!, run: limit } } : order)
+    ...(runs ? { ordering: { ...order.ordering!, run: Math.min(limit, config.orderingRun) } } : order)
   })
 
   /** Delivers `events` in order within the budget; what happened to each, for the settlement. */

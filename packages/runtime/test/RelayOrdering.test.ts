@@ -56,6 +56,7 @@ const run = (options: {
   /** Counts the store's claims running at once (each yields first, so that overlaps show on the memory store too). */
   readonly claims?: { running: number; most: number; nonEmpty?: number }
   readonly claimMode?: "lease" | "transaction"
+  readonly orderingRun?: number
 }) =>
   Effect.gen(function*() {
     yield* Outbox.transaction(Outbox.publishAll(options.inputs))
@@ -117,6 +118,7 @@ const run = (options: {
           batchSize: 8,
           ordering: options.ordering,
           claimMode: options.claimMode ?? "lease",
+          ...(options.orderingRun === undefined ? {} : { orderingRun: options.orderingRun }),
           retryPolicy: RetryPolicy.exponential({ base: options.backoff, cap: options.backoff })
         }))
       ),
@@ -191,7 +193,7 @@ layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.
         }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
 
       for (const claimMode of ["lease", "transaction"] as const) {
-      it.effect(`over one key a claim takes a run of its events (${claimMode} claims): in order, in a few claims, a failure holding back the rest of its run`, () =>
+      it.effect(`over one key a claim takes a run of its events (${claimMode} claims): in order, in a few claims, a failure holding back the rest of its run; OUTBOX_ORDERING_RUN=1 heads only`, () =>
         Effect.gen(function*() {
           const inputs = Array.from({ length: 40 }, (_, n) => event("hot", n))
           // one failing first attempt mid-run: the events after it in its batch go back, and follow its retry
@@ -210,6 +212,20 @@ layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.
           assert.strictEqual(result.maxInFlight, 1)
           // heads only, that was one claim per event (40); runs of up to 8 (the batch size, from 4) take about a third
           assert.isAtMost(claims.nonEmpty, 15)
+          // OUTBOX_ORDERING_RUN=1: heads only, one claim per event
+          const headsOnly = { running: 0, most: 0, nonEmpty: 0 }
+          const again = yield* run({
+            inputs,
+            ordering: "key",
+            fails: () => false,
+            backoff: Duration.millis(200),
+            done: (seen) => seen.filter((s) => s.ok).length >= inputs.length,
+            claims: headsOnly,
+            claimMode,
+            orderingRun: 1
+          })
+          assert.deepStrictEqual(successesByKey(again.seen).get("hot"), Array.from({ length: 40 }, (_, n) => n))
+          assert.strictEqual(headsOnly.nonEmpty, 40)
         }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
       }
 

@@ -239,11 +239,11 @@ export const make = Effect.gen(function*() {
    */
   const claimPermit = ordering === undefined ? undefined : Semaphore.makeUnsafe(1)
   /**
-   * `OUTBOX_ORDERING=key` with a sink that delivers one event at a time, in
-   * lease mode: claims take *runs* (`Ordering.run`), a key's head and the
-   * events after it, up to the claim's limit (an equal share of the room per
-   * key; at most `OUTBOX_ORDERING_RUN`). A batch delivers in id order, one event after the other, so a key's
-   * run reaches the sink in order; once one of its events fails (or its lease
+   * `OUTBOX_ORDERING=key` with a sink that delivers one event at a time:
+   * claims take *runs* (`Ordering.run`), a key's head and the events after
+   * it, up to the claim's limit (an equal share of the room per key; at most
+   * `OUTBOX_ORDERING_RUN`). A batch delivers in id order, one event after the
+   * other, so a key's run reaches the sink in order; once one of its events fails (or its lease
    * is lost) the rest of that key's run is released, not delivered
    * (`stopKey`), so no later event overtakes the retry. Heads only, one key
    * went at one event per claim → deliver → complete round: 219 events/s

@@ -123,12 +123,17 @@ const clientProgram = async (url: string) => {
   const pool = new pg.Pool({ connectionString: url, max: 2 })
   // an idle client whose backend was terminated: the pool drops it (without a listener this would crash)
   pool.on("error", () => undefined)
+  // a checked-out client's connection error fails its query; the listener keeps it from crashing the
+  // process. Attached when the client connects, not after each checkout: a backend terminated right after
+  // its start-up sends its FATAL in the same read as ReadyForQuery, so the error was emitted while the pool
+  // handed the new client out, before the checkout's code ran (backend-kills, CI 2026-12-03: producer 1
+  // exited on an unhandled 'error' event); and one listener per checkout piled up on reused clients
+  pool.on("connect", (client) => client.on("error", () => undefined))
   for (let tx = 0;; tx++) {
     const { hold, inputs, pids } = plan(tx)
     let client: pg.PoolClient | undefined
     try {
       client = await pool.connect()
-      client.on("error", () => undefined)
       await client.query("BEGIN")
       await publish(client, inputs)
       say({ t: "open", pids })

@@ -114,7 +114,8 @@ export interface Options {
    * (`OutboxStore.Ordering`). What it costs: a claim looks for each key's
    * head, slower than taking the oldest rows (see the README's "Per-key
    * ordering" for the measured drain), and one key's events go one at a
-   * time, at the pace of one round trip to the sink plus one completion.
+   * time: a claim takes a run of them (`orderingRun`), or, with heads only,
+   * one per round trip to the sink plus one completion.
    */
   readonly ordering: "none" | "key"
   /** `key` ordering: what a dead-lettered head does to its key (`OutboxStore.Ordering.deadLetter`). */

@@ -132,6 +132,19 @@ export const defaultOrderingKey = (event: { readonly aggregateType: string; read
   `${event.aggregateType}:${event.aggregateId}`
 
 /**
+ * The ordering key of an event: the explicit one, else the default
+ * (`defaultOrderingKey`), as the stores keep it.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const orderingKeyOf = (event: {
+  readonly orderingKey?: string | undefined
+  readonly aggregateType: string
+  readonly aggregateId: string
+}): string => event.orderingKey ?? defaultOrderingKey(event)
+
+/**
  * The tenant of an event as the stores compute it for tenant-fair claiming:
  * the explicit one, else the metadata field `tenant` when it is a string,
  * else `""` (events without a tenant share one turn).

@@ -70,7 +70,7 @@
  */
 import { OutboxConfig } from "@outbox/core/OutboxConfig"
 import { DeliveryError, type LeaseLost, type StoreError } from "@outbox/core/OutboxError"
-import { defaultOrderingKey, type OutboxEvent } from "@outbox/core/OutboxEvent"
+import { orderingKeyOf, type OutboxEvent } from "@outbox/core/OutboxEvent"
 import { OutboxSink } from "@outbox/core/OutboxSink"
 import { type Ordering, OutboxStore } from "@outbox/core/OutboxStore"
 import * as RetryPolicy from "@outbox/core/RetryPolicy"
@@ -333,11 +333,11 @@ export const make = Effect.gen(function*() {
        * fails leaves them to the reaper; they are not delivered either way.
        */
       const stopKey = (event: OutboxEvent): Effect.Effect<void> => {
-        const key = event.orderingKey ?? defaultOrderingKey(event)
+        const key = orderingKeyOf(event)
         const rest: Array<OutboxEvent> = []
         for (let j = next; j < events.length; j++) {
           const later = events[j]!
-          if (!isLost(later) && (later.orderingKey ?? defaultOrderingKey(later)) === key) rest.push(later)
+          if (!isLost(later) && orderingKeyOf(later) === key) rest.push(later)
         }
         if (rest.length === 0) return Effect.void
         lost ??= new Set()

@@ -67,8 +67,8 @@
  */
 import { LeaseLost, StoreError } from "@outbox/core/OutboxError"
 import {
-  defaultOrderingKey,
   effectiveTenant,
+  orderingKeyOf,
   type EventData,
   type EventStatus,
   type Lease,
@@ -271,7 +271,7 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
               metadataJson: JSON.stringify(metadata),
               maxRetries: event.maxRetries ?? defaultMaxRetries,
               createdAt: now,
-              orderingKey: event.orderingKey ?? defaultOrderingKey(event),
+              orderingKey: orderingKeyOf(event),
               tenant: effectiveTenant({ tenant: event.tenant, metadata }),
               status: "PENDING",
               retryCount: 0,

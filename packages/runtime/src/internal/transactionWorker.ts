@@ -46,7 +46,7 @@
  */
 import type { OutboxConfig } from "@outbox/core/OutboxConfig"
 import { DeliveryError, type StoreError } from "@outbox/core/OutboxError"
-import { defaultOrderingKey, type OutboxEvent } from "@outbox/core/OutboxEvent"
+import { orderingKeyOf, type OutboxEvent } from "@outbox/core/OutboxEvent"
 import type { OutboxSink } from "@outbox/core/OutboxSink"
 import type { OutboxStore, TransactionOutcome } from "@outbox/core/OutboxStore"
 import type * as RetryPolicy from "@outbox/core/RetryPolicy"
@@ -133,14 +133,13 @@ export const make = Effect.fnUntraced(function*(options: Options) {
       const stopwatch = instruments.stopwatch()
       /** With runs: the keys whose event failed in this batch; their later events are left unsettled. */
       let stopped: Set<string> | undefined
-      const keyOf = (event: OutboxEvent) => event.orderingKey ?? defaultOrderingKey(event)
 
       /** A failed delivery of `events[next]`: retry or dead letter (the lease mode's decision). */
       const failed = (error: unknown, seconds: number) =>
         Effect.map(Failure.decide(policy, events[next]!, error), ({ decision, text }): RelayInstruments.Outcome => {
           const event = events[next]!
           next++
-          if (runs) (stopped ??= new Set()).add(keyOf(event))
+          if (runs) (stopped ??= new Set()).add(orderingKeyOf(event))
           if (decision._tag === "Retry") settlement.retried.push({ event, error: text, delay: decision.delay })
           else settlement.deadLettered.push({ event, error: text })
           const outcome = decision._tag === "Retry" ? "retried" : "dead_lettered"
@@ -175,7 +174,7 @@ export const make = Effect.fnUntraced(function*(options: Options) {
       const sampledAfter = afterDelivery(done, true)
       const deliverTraced = (event: OutboxEvent, traced: boolean) => deliverOne(event, traced ? sampledAfter : unsampledAfter)
       const deliverRest = (): Effect.Effect<void> => {
-        if (stopped !== undefined) while (next < events.length && stopped.has(keyOf(events[next]!))) next++
+        if (stopped !== undefined) while (next < events.length && stopped.has(orderingKeyOf(events[next]!))) next++
         if (next === events.length) return Effect.void
         const event = events[next]!
         return instruments.tracing

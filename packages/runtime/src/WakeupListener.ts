@@ -14,7 +14,7 @@
  *   only while a worker waits, and lets go at the first notification it
  *   causes: the relay then knows events are coming and claims them, and the
  *   producers that follow commit without NOTIFY. It takes the gate again at
- *   most every `rearmAfter` (10 ms), and claims once more whenever it does,
+ *   most every `rearmAfter` (3 ms), and claims once more whenever it does,
  *   which finds what was committed meanwhile: under a steady flow the relay
  *   is woken at most about once per `rearmAfter`, and most producers never
  *   notify. Idle, it holds the gate and costs nothing. Measured costs
@@ -101,9 +101,20 @@ export interface Options {
   readonly reconnectMax?: Duration.Input | undefined
   /**
    * The shortest time between letting go of the gate and taking it again
-   * (default 10 ms): at most one window in which producers notify per
+   * (default 3 ms): at most one window in which producers notify per
    * period, and at most that much added latency for events committed by a
    * steady flow of producers (the relay claims them when it takes the gate).
+   *
+   * Why 3 ms: `bench:peers` W2 (500 one-event transactions/s, 2 lease
+   * workers) on a quiet machine, 2026-12-04, paired runs: 10 ms gave p50
+   * 4.1 / p90 9.6–9.9 / p99 13–14 ms (the 10 ms is visible in the p90), 3 ms
+   * 2.5–2.9 / 4.6–5.2 / 9.6–11 ms, 1 ms 2.2–2.9 / 3.9–5.0 / 8.8–10 ms. The
+   * cost is claims: the relay's CPU at that rate rose from 94–105 % of a core
+   * (Node + backends) at 10 ms to 119–127 % at 3 ms and 133–141 % at 1 ms
+   * (graphile-worker beside it: 101–111 %); 16 producers beside a relay
+   * (`bench/notify.bench.ts`) committed 2,218–2,332 tx/s against
+   * 2,383–2,509 at 10 ms. A busy relay never re-arms, so a backlog pays
+   * nothing; an idle one holds the gate and pays nothing either.
    */
   readonly rearmAfter?: Duration.Input | undefined
   /** The longest the listener waits for the gate (default 50 ms; see `PgWakeup`). */
@@ -152,7 +163,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   /** Failed attempts since the listener last listened: the reconnect backoff's exponent. */
   const failures = yield* Ref.make(0)
 
-  const rearmAfter = Duration.toMillis(Duration.fromInputUnsafe(options.rearmAfter ?? Duration.millis(10)))
+  const rearmAfter = Duration.toMillis(Duration.fromInputUnsafe(options.rearmAfter ?? Duration.millis(3)))
   /** While another relay's gate covers us: how long before trying again anyway (it may have gone away). */
   const othersCheck = Duration.seconds(1)
   /** The longest pause between two `arm`s while a long transaction keeps them timing out. */

@@ -18,7 +18,7 @@
  *    sink) p50 / p99 / max against the batch-handling time (the backlog's
  *    drain time per claim round); target: p99 ≤ 2 batch-handling times.
  * 4. **Plans at 1M pending rows** (BENCH_PLAN_ROWS) over 1,000 keys, and
- *    over 1 key: `EXPLAIN (ANALYZE, BUFFERS)` of the ordered claim's locking
+ *    over 1 key (and over 1,000 keys in one worker's slice of 4): `EXPLAIN (ANALYZE, BUFFERS)` of the ordered claim's locking
  *    query (the lease claim is the same query under an `UPDATE`), rolled
  *    back; printed, so that "index scans throughout" can be checked.
  *
@@ -135,7 +135,7 @@ const fairnessRun = (fairness: "none" | "tenant") =>
   }))
 
 /** The ordered claim's locking query, as `PgOutboxStore`'s transaction claim sends it, under EXPLAIN ANALYZE. */
-const plan = (limit: number) =>
+const plan = (limit: number, slice?: { readonly index: number; readonly count: number }) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const [seq] = yield* sql<{ seq: string }>`SELECT pg_get_serial_sequence('outbox', 'id') AS seq`
@@ -149,7 +149,7 @@ const plan = (limit: number) =>
       const probe = yield* claim.probe()
       const ts = sql.literal("now()")
       // as the relay claims with a one-at-a-time sink: heads, then runs in the room left
-      const statement = claim.statement(ts, limit, probe, { deadLetter: "continue", run: limit }, {
+      const statement = claim.statement(ts, limit, probe, { deadLetter: "continue", run: limit, slice }, {
         claimable: sql.literal("status IN ('PENDING', 'FAILED') AND (available_at IS NULL OR available_at <= now())"),
         select: sql.literal("o.id, o.created_at"),
         finish: sql.literal("SELECT count(*) FROM locked")
@@ -243,14 +243,19 @@ const main = Effect.gen(function*() {
   if (PLAN_ROWS > 0) {
     for (const [label, keys] of [[`${KEYS} keys`, KEYS], ["1 key", 1]] as const) {
       yield* run(preload(PLAN_ROWS, keys))
+      // and a worker's slice (2 workers: 4 slices), as the relay claims while a backlog drains
+      const variants = keys > 1 ? [undefined, { index: 0, count: 4 }] : [undefined]
       for (const limit of PLAN_LIMITS) {
-        const lines = yield* run(plan(limit))
-        const s = summary(lines)
-        plans[`${label}, limit ${limit}`] = { ...s, plan: lines }
-        console.log(
-          `\nThe ordered claim of ${limit} at ${PLAN_ROWS.toLocaleString()} pending rows over ${label}: ${s.executionMs} ms, ${s.seqScansOnOutbox} sequential scans of a non-empty outbox partition`
-        )
-        if (process.env.BENCH_PLAN_QUIET === undefined) for (const line of lines) console.log(`  ${line}`)
+        for (const slice of variants) {
+          const lines = yield* run(plan(limit, slice))
+          const s = summary(lines)
+          const of = slice === undefined ? "" : `, slice ${slice.index + 1} of ${slice.count}`
+          plans[`${label}, limit ${limit}${of}`] = { ...s, plan: lines }
+          console.log(
+            `\nThe ordered claim of ${limit}${of} at ${PLAN_ROWS.toLocaleString()} pending rows over ${label}: ${s.executionMs} ms, ${s.seqScansOnOutbox} sequential scans of a non-empty outbox partition`
+          )
+          if (process.env.BENCH_PLAN_QUIET === undefined) for (const line of lines) console.log(`  ${line}`)
+        }
       }
     }
   }

@@ -172,6 +172,17 @@ export interface Ordering {
    * later event would reach the consumer before its predecessor's retry.
    */
   readonly run?: number | undefined
+  /**
+   * Only keys of this slice (default: all): the keys' hash space cut into
+   * `count` equal ranges, of which this claim looks at the `index`-th
+   * (0-based). The workers of one relay draining a backlog each claim their
+   * own slice, so their claims read disjoint rows and run side by side;
+   * without slices two ordered claims at once read the same oldest rows and
+   * the later one finds the heads the earlier one locked. A slice changes
+   * which keys a claim considers, never the ordering rules within a key:
+   * any slicing is correct, and a store may ignore it.
+   */
+  readonly slice?: { readonly index: number; readonly count: number } | undefined
 }
 
 /**

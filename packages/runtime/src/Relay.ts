@@ -239,6 +239,21 @@ export const make = Effect.gen(function*() {
    */
   const claimPermit = ordering === undefined ? undefined : Semaphore.makeUnsafe(1)
   /**
+   * `OUTBOX_ORDERING=key`, lease claims, several workers: while a backlog
+   * drains (after a full claim) each worker claims its own slices of the
+   * keys (`Ordering.slice`: worker i of n takes slices 2i and 2i+1 of 2n in
+   * turn), side by side and without the permit: their claims read disjoint
+   * rows. Two slices each, so that a worker's next claim does not meet its
+   * own last batch, whose keys stay in flight until its completion (run
+   * beside that claim) commits. A short claim of a slice is followed at once
+   * by one of the whole key space (under the permit), which also finds the
+   * keys of a slice whose worker is busy. bench:ordering, 200,000 events
+   * over 1,000 keys, 2 workers, ordered as a share of unordered at claims of
+   * 100 / 250 / 1,000: 58 / 56 / 50 % with the permit alone (2026-12-03), 62
+   * / 60 / 68 % with slices (2026-12-04, same machine, quieter).
+   */
+  const sliced = ordering !== undefined && config.concurrency > 1 && config.claimMode === "lease"
+  /**
    * `OUTBOX_ORDERING=key` with a sink that delivers one event at a time:
    * claims take *runs* (`Ordering.run`), a key's head and the events after
    * it, up to the claim's limit (an equal share of the room per key; at most
@@ -253,15 +268,22 @@ export const make = Effect.gen(function*() {
    * `internal/transactionWorker.ts`.
    */
   const runs = ordering !== undefined && sink.deliverBatch === undefined && config.orderingRun > 1
-  const claim = (limit: number) => {
+  const claim = (limit: number, slice?: Ordering["slice"]) => {
     const claimed = Effect.suspend(() =>
       instruments.claim(store.claim({
         limit,
         leaseDuration: config.leaseDuration,
-        ...(runs ? { ordering: { ...ordering, run: Math.min(limit, config.orderingRun) } } : order)
+        ...(ordering === undefined ? order : {
+          ordering: {
+            ...ordering,
+            ...(runs ? { run: Math.min(limit, config.orderingRun) } : {}),
+            ...(slice === undefined ? {} : { slice })
+          }
+        })
       }))
     )
-    return claimPermit === undefined ? claimed : Semaphore.withPermit(claimPermit, claimed)
+    // claims of disjoint slices read disjoint rows: side by side
+    return claimPermit === undefined || slice !== undefined ? claimed : Semaphore.withPermit(claimPermit, claimed)
   }
 
   // --- deliver ---------------------------------------------------------------
@@ -528,10 +550,10 @@ export const make = Effect.gen(function*() {
     ? yield* TransactionWorker.make({ store, sink, config, instruments, policy, count })
     : undefined
 
-  const iteration = (pending: { fiber: Fiber.Fiber<void> | undefined }, limit: number) =>
+  const iteration = (pending: { fiber: Fiber.Fiber<void> | undefined }, limit: number, slice?: Ordering["slice"]) =>
     Effect.gen(function*() {
       const claimedAt = clock.currentTimeMillisUnsafe()
-      const { events, span } = yield* claim(limit)
+      const { events, span } = yield* claim(limit, slice)
       if (events.length === 0) return 0
       yield* count("claimed", events.length)
       yield* processBatch(events, span, pending, claimedAt)
@@ -613,10 +635,16 @@ export const make = Effect.gen(function*() {
           yield* Effect.raceFirst(Effect.sleep(yield* backoff(failures)), Deferred.await(stop))
           return -1
         })
+      /** Whether this worker's last claim came back full: a backlog, drained by slices (`sliced`). */
+      let full = false
+      let turn = 0
       while (!(yield* Deferred.isDone(stop))) {
         const started = clock.currentTimeMillisUnsafe()
         const unblocks = unblocked?.count
-        const claimed = yield* (inTransaction === undefined ? iteration(pending, limit) : inTransaction(limit)).pipe(
+        const slice: Ordering["slice"] = full && sliced
+          ? { index: (index - 1) * 2 + (turn++ % 2), count: 2 * config.concurrency }
+          : undefined
+        const claimed: number = yield* (inTransaction === undefined ? iteration(pending, limit, slice) : inTransaction(limit)).pipe(
           Effect.catchCause((cause) => Cause.hasInterruptsOnly(cause) ? Effect.failCause(cause) : failed(cause))
         )
         if (claimed < 0) continue
@@ -626,9 +654,14 @@ export const make = Effect.gen(function*() {
           }`)
           failures = 0
         }
-        limit = BatchLimit.next(batchBounds, limit, claimed, clock.currentTimeMillisUnsafe() - started)
-        // a key unblocked during the claim may have a head for it now: claim again rather than wait
-        if (claimed === 0 && unblocks === unblocked?.count) yield* idle
+        full = claimed >= limit
+        // a short claim of one slice says nothing of the backlog: the limit stays for the whole space's claim
+        if (slice === undefined || full) {
+          limit = BatchLimit.next(batchBounds, limit, claimed, clock.currentTimeMillisUnsafe() - started)
+        }
+        // a key unblocked during the claim may have a head for it now: claim again rather than wait; an
+        // empty slice says nothing of the others: claim the whole key space before waiting
+        if (claimed === 0 && unblocks === unblocked?.count && slice === undefined) yield* idle
       }
     }).pipe(Effect.annotateLogs({ module: "Relay", fiber: `worker-${index}` }))
 

@@ -550,7 +550,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
               UNION ALL ${ordered.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM claimed)`
             })
           }`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>,
-          (rows) => ordered.advance(rows, options.limit)
+          (rows) => ordered.advance(rows, options.limit, options.ordering.slice)
         )
       const reused = ordered.reusable()
       if (reused === undefined) return yield* run(yield* ordered.probe())

@@ -139,6 +139,21 @@ const OpenTransactions = Context.Reference<ReadonlyMap<symbol, TransactionBuffer
   { defaultValue: () => new Map() }
 )
 
+/**
+ * The slice (`Ordering.slice`) of `count` that an ordering key falls in: its
+ * 32-bit FNV-1a hash, the hash space cut into `count` equal ranges.
+ * PostgreSQL slices its own key hash the same way; which slice a key falls
+ * in differs between the stores, and nothing depends on it.
+ */
+const sliceOf = (key: string, count: number): number => {
+  let h = 0x811c9dc5
+  for (let i = 0; i < key.length; i++) {
+    h ^= key.charCodeAt(i)
+    h = Math.imul(h, 0x01000193)
+  }
+  return Math.floor(((h >>> 0) * count) / 2 ** 32)
+}
+
 /** Marks an ordering key with a row in flight in `pickOrdered`. */
 const blocked: unique symbol = Symbol("blocked")
 
@@ -344,7 +359,9 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
     const keys = new Map<string, Row | typeof blocked>()
     /** The heads, in id order (the order they are found in). */
     const heads: Array<Row> = []
+    const slice = ordering.slice !== undefined && ordering.slice.count > 1 ? ordering.slice : undefined
     for (const row of ordered()) {
+      if (slice !== undefined && sliceOf(row.orderingKey, slice.count) !== slice.index) continue
       const state = keys.get(row.orderingKey)
       if (state === blocked) continue
       if (row.status === "PROCESSING" || locked.has(row.id)) {

@@ -1125,6 +1125,81 @@ export const suite: {
         })
       )
 
+      for (const run of [undefined, 4]) test(
+        `a key whose head waits out a backoff, with its later events filling the oldest rows, never stalls the other keys: they drain claim after claim (${run === undefined ? "heads only" : "with runs"})`,
+        Effect.gen(function*() {
+          {
+            const [stuckKey, ...others] = ["stuck", "x", "y", "z"]
+            const stuck = yield* publishIds(Array.from({ length: 12 }, (_, i) => onKey(i + 1, stuckKey!)))
+            for (let n = 0; n < 10; n++) yield* publishIds(others.map((k, i) => onKey(100 + 10 * n + i, k)))
+            const [head] = yield* claimOrdered(1)
+            assert.strictEqual(head!.id, stuck[0]!)
+            yield* OutboxStore.use((s) => s.retry(leaseOf(head!), { error: "e", delay: Duration.minutes(1) }))
+            // claims of 4: their window of the oldest due rows holds only the stuck key's; the walk finds the rest
+            const taken: Array<OutboxEvent> = []
+            for (let i = 0; i < 40 && taken.length < 30; i++) {
+              const batch = yield* claimOrdered(4, "continue", run)
+              taken.push(...batch)
+              yield* completeAll(batch)
+            }
+            assert.strictEqual(taken.length, 30, `run ${run}: the other keys' 30 events`)
+            for (const key of others) {
+              const of = ids(taken.filter((e) => e.aggregateId === key))
+              assert.strictEqual(of.length, 10, key)
+              assert.deepStrictEqual(of, [...of].sort((a, b) => (a < b ? -1 : 1)), `${key} in order`)
+            }
+          }
+        })
+      )
+
+      test(
+        "with slice, an ordered claim takes only its slice's keys: the slices of a count partition the keys, each key's rules unchanged (window, walk and runs)",
+        Effect.gen(function*() {
+          const sliced = (index: number, count: number, limit: number, run?: number) =>
+            Effect.flatMap(OutboxStore, (store) =>
+              store.claim({ limit, leaseDuration: lease, ordering: { deadLetter: "continue", run, slice: { index, count } } }))
+          // key z's backlog in front (the window of a small claim sees only z), then 24 keys of 3 events each
+          const z = yield* publishIds(Array.from({ length: 20 }, (_, i) => onKey(i + 1, "z")))
+          const keys = Array.from({ length: 24 }, (_, i) => `k${i}`)
+          const rest = yield* publishIds(keys.flatMap((k, i) => [onKey(100 + i, k), onKey(200 + i, k), onKey(300 + i, k)]))
+          const firstOf = new Map<string, bigint>([["Order:z", z[0]!]])
+          keys.forEach((k, i) => firstOf.set(`Order:${k}`, rest[3 * i]!))
+          // claims of 3 per slice, each slice until it comes back empty: heads only, each key in one slice only
+          const count = 3
+          const sliceOfKey = new Map<string, number>()
+          const taken: Array<OutboxEvent> = []
+          for (let index = 0; index < count; index++) {
+            for (let round = 0; round < 30; round++) {
+              const batch = yield* sliced(index, count, 3)
+              if (batch.length === 0) break
+              for (const event of batch) {
+                const key = event.orderingKey ?? ""
+                assert.strictEqual(sliceOfKey.get(key) ?? index, index, `${key} claimed by two slices`)
+                sliceOfKey.set(key, index)
+                assert.strictEqual(event.id, firstOf.get(key), `${key}: not its head`)
+                taken.push(event)
+              }
+            }
+          }
+          assert.strictEqual(taken.length, 25, "every key's head, once")
+          assert.isAbove(new Set(sliceOfKey.values()).size, 1, "the keys spread over the slices")
+          // every head in flight: no slice, and no unsliced claim, takes a key's next event
+          for (let index = 0; index < count; index++) assert.deepStrictEqual(yield* sliced(index, count, 100), [])
+          assert.deepStrictEqual(yield* claimOrdered(100), [])
+          yield* completeAll(taken)
+          // with runs: each slice's keys' next events in id order, nothing of another slice
+          const seen: Array<bigint> = []
+          for (let index = 0; index < count; index++) {
+            const batch = yield* sliced(index, count, 1000, 50)
+            for (const event of batch) assert.strictEqual(sliceOfKey.get(event.orderingKey ?? ""), index)
+            assert.deepStrictEqual(ids(batch), [...ids(batch)].sort((a, b) => (a < b ? -1 : 1)))
+            seen.push(...ids(batch))
+          }
+          const expected = [...z.slice(1), ...keys.flatMap((_, i) => [rest[3 * i + 1]!, rest[3 * i + 2]!])]
+          assert.deepStrictEqual(seen.sort((a, b) => (a < b ? -1 : 1)), expected.sort((a, b) => (a < b ? -1 : 1)))
+        })
+      )
+
       test(
         "with run, an ordered claim takes the heads, then fills the room with the events after them: an equal share per key, in id order",
         Effect.gen(function*() {

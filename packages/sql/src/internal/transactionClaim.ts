@@ -179,7 +179,7 @@ export const make = <V>(options: Options<V>) => {
             UNION ALL ${ordered.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM locked)`
         })
       }`.values as Effect.Effect<ReadonlyArray<V & ReadonlyArray<unknown>>, SqlError.SqlError>).pipe(
-        Effect.map((rows) => ordered.advance(rows, claimOptions.limit))
+        Effect.map((rows) => ordered.advance(rows, claimOptions.limit, claimOptions.ordering.slice))
       ))
 
   /** The batch's `created_at` window (±1 ms). */

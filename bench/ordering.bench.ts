@@ -24,6 +24,7 @@
  *
  * Environment: BENCH_EVENTS, BENCH_ROUNDS (default 2: best of),
  * BENCH_BATCHES, BENCH_ONE_KEY_EVENTS, BENCH_PLAN_ROWS (0 skips the plans),
+ * BENCH_CLAIM_MODE (`transaction`: the drains in that claim mode),
  * DATABASE_URL (else testcontainers or embedded PostgreSQL, as the tests).
  * Writes `bench/results/ordering.json`.
  */
@@ -49,6 +50,8 @@ const PLAN_LIMITS = (process.env.BENCH_PLAN_LIMITS ?? "100").split(",").map(Numb
 const FAIR_BACKLOG = Number(process.env.BENCH_FAIR_BACKLOG ?? 100_000)
 /** BENCH_FIXED=1: fixed claims of the limit (`minBatchSize` = `batchSize`) instead of the adaptive limit. */
 const FIXED = process.env.BENCH_FIXED === "1"
+/** `BENCH_CLAIM_MODE=transaction`: the drains in the transaction claim mode (default `lease`). */
+const CLAIM_MODE = process.env.BENCH_CLAIM_MODE === "transaction" ? "transaction" : "lease"
 const KEYS = 1_000
 const WORKERS = 2
 
@@ -74,6 +77,7 @@ const drain = (n: number, ordering: "none" | "key", batch: number) =>
         Layer.provide(OutboxSink.layerHandler(() => Effect.void)),
         Layer.provide(OutboxConfig.layer({
           ordering,
+          claimMode: CLAIM_MODE,
           batchSize: batch,
           ...(FIXED ? { minBatchSize: batch } : {}),
           concurrency: WORKERS,

@@ -48,7 +48,7 @@ import type { OutboxConfig } from "@outbox/core/OutboxConfig"
 import { DeliveryError, type StoreError } from "@outbox/core/OutboxError"
 import { orderingKeyOf, type OutboxEvent } from "@outbox/core/OutboxEvent"
 import type { OutboxSink } from "@outbox/core/OutboxSink"
-import type { OutboxStore, TransactionOutcome } from "@outbox/core/OutboxStore"
+import type { Ordering, OutboxStore, TransactionOutcome } from "@outbox/core/OutboxStore"
 import type * as RetryPolicy from "@outbox/core/RetryPolicy"
 import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
@@ -117,9 +117,15 @@ export const make = Effect.fnUntraced(function*(options: Options) {
    * settled, so it stays PENDING, claimable after its predecessor's retry.
    */
   const runs = order.ordering !== undefined && sink.deliverBatch === undefined && config.orderingRun > 1
-  const claimOptions = (limit: number) => ({
+  const claimOptions = (limit: number, slice: Ordering["slice"]) => ({
     timeout: config.transactionTimeout,
-    ...(runs ? { ordering: { ...order.ordering!, run: Math.min(limit, config.orderingRun) } } : order)
+    ...(order.ordering === undefined ? order : {
+      ordering: {
+        ...order.ordering,
+        ...(runs ? { run: Math.min(limit, config.orderingRun) } : {}),
+        ...(slice === undefined ? {} : { slice })
+      }
+    })
   })
 
   /** Delivers `events` in order within the budget; what happened to each, for the settlement. */
@@ -241,10 +247,11 @@ export const make = Effect.fnUntraced(function*(options: Options) {
       }
     })
 
-  return (limit: number): Effect.Effect<number, StoreError> =>
+  /** One iteration: a claim of at most `limit` (of `slice` of the keys, under per-key ordering), delivered and settled. */
+  return (limit: number, slice?: Ordering["slice"]): Effect.Effect<number, StoreError> =>
     Effect.suspend(() => {
       const settlement: Settlement = { completed: [], retried: [], deadLettered: [] }
-      return store.claimInTransaction({ limit, ...claimOptions(limit) }, (events) => deliver(events, settlement)).pipe(
+      return store.claimInTransaction({ limit, ...claimOptions(limit, slice) }, (events) => deliver(events, settlement)).pipe(
         // an empty poll makes no span (as the lease claim): the transaction and its statements run untraced
         Effect.withTracerEnabled(false),
         Effect.flatMap((events) =>

@@ -91,6 +91,7 @@ import * as Schedule from "effect/Schedule"
 import * as Semaphore from "effect/Semaphore"
 import type * as Tracer from "effect/Tracer"
 import * as BatchLimit from "./internal/batchLimit.ts"
+import * as ClaimSlices from "./internal/claimSlices.ts"
 import { claimOrder } from "./internal/claimOrder.ts"
 import * as Failure from "./internal/failure.ts"
 import * as RelayInstruments from "./internal/relayInstruments.ts"
@@ -240,17 +241,9 @@ export const make = Effect.gen(function*() {
   const claimPermit = ordering === undefined ? undefined : Semaphore.makeUnsafe(1)
   /**
    * `OUTBOX_ORDERING=key`, several workers (either claim mode): while a backlog
-   * drains (after a full claim) each worker claims its own slices of the
-   * keys (`Ordering.slice`: worker i of n takes slices 2i and 2i+1 of 2n in
-   * turn), side by side and without the permit: their claims read disjoint
-   * rows. Two slices each, so that a worker's next claim does not meet its
-   * own last batch, whose keys stay in flight until its completion (run
-   * beside that claim) commits. A short claim of a slice is followed at once
-   * by one of the whole key space (under the permit), which also finds the
-   * keys of a slice whose worker is busy. bench:ordering, 200,000 events
-   * over 1,000 keys, 2 workers, ordered as a share of unordered at claims of
-   * 100 / 250 / 1,000: 58 / 56 / 50 % with the permit alone (2026-12-03), 62
-   * / 60 / 68 % with slices (2026-12-04, same machine, quieter).
+   * drains each worker claims its own slices of the keys, side by side and
+   * without the permit (`internal/claimSlices.ts`: which slice, when, and
+   * what it measured).
    */
   const sliced = ordering !== undefined && config.concurrency > 1
   /**
@@ -635,24 +628,11 @@ export const make = Effect.gen(function*() {
           yield* Effect.raceFirst(Effect.sleep(yield* backoff(failures)), Deferred.await(stop))
           return -1
         })
-      /** Whether this worker's last claim came back full: a backlog, drained by slices (`sliced`). */
-      let full = false
-      let turn = 0
-      /**
-       * Full claims of the whole space still to go before slices are tried again, after a short claim of a
-       * slice (`backoff` of them, doubling to 64, back to 1 after a full claim of a slice): a backlog over one
-       * key or a few leaves most slices empty, and each empty one cost a claim (in transaction mode a
-       * transaction: one key drained at 7,249 events/s against 14,710 without slices).
-       */
-      let skipSlices = 0
-      let sliceBackoff = 1
+      const slices = ClaimSlices.make(index - 1, sliced ? config.concurrency : 1)
       while (!(yield* Deferred.isDone(stop))) {
         const started = clock.currentTimeMillisUnsafe()
         const unblocks = unblocked?.count
-        const slice: Ordering["slice"] = full && sliced && skipSlices === 0
-          ? { index: (index - 1) * 2 + (turn++ % 2), count: 2 * config.concurrency }
-          : undefined
-        if (full && sliced && skipSlices > 0) skipSlices--
+        const slice = slices.next()
         const claimed: number = yield* (inTransaction === undefined ? iteration(pending, limit, slice) : inTransaction(limit, slice)).pipe(
           Effect.catchCause((cause) => Cause.hasInterruptsOnly(cause) ? Effect.failCause(cause) : failed(cause))
         )
@@ -663,14 +643,8 @@ export const make = Effect.gen(function*() {
           }`)
           failures = 0
         }
-        full = claimed >= limit
-        if (slice !== undefined) {
-          if (full) sliceBackoff = 1
-          else {
-            skipSlices = sliceBackoff
-            sliceBackoff = Math.min(sliceBackoff * 2, 64)
-          }
-        }
+        const full = claimed >= limit
+        slices.claimed(slice, full)
         // a short claim of one slice says nothing of the backlog: the limit stays for the whole space's claim
         if (slice === undefined || full) {
           limit = BatchLimit.next(batchBounds, limit, claimed, clock.currentTimeMillisUnsafe() - started)

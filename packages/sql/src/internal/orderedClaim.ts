@@ -132,10 +132,8 @@ const maxKey = 9223372036854775807n
 /**
  * The key hashes of `Ordering.slice` (inclusive bounds): the 2^64 hash values
  * cut into `count` ranges of equal width, the last one ending at `maxKey`.
- *
- * @internal
  */
-export const sliceBounds = (slice: Ordering["slice"]): { readonly lo: bigint; readonly hi: bigint } => {
+const sliceBounds = (slice: Ordering["slice"]): { readonly lo: bigint; readonly hi: bigint } => {
   if (slice === undefined || slice.count <= 1) return { lo: minKey, hi: maxKey }
   const count = BigInt(slice.count)
   const index = BigInt(Math.min(Math.max(slice.index, 0), slice.count - 1))

@@ -140,8 +140,9 @@ export interface Options {
    * it has drained. `tenant`: claims take the tenants with work in turn
    * (`OutboxStore.Fairness`; the tenant is `EventInput.tenant`, else the
    * metadata field `tenant`), so another tenant's new event waits about one
-   * batch. With `ordering: "key"` the claims follow the keys and fairness
-   * is not applied (the relay warns at start).
+   * batch. With `ordering: "key"` too, each key's events stay in order and
+   * the claims take the keys' heads tenant by tenant in turn (without the
+   * per-tenant cap: the relay warns at start when it is set).
    */
   readonly fairness: "none" | "tenant"
   /**

@@ -84,8 +84,14 @@ export interface ClaimOptions {
  * `limit / tenants` per claim, and another tenant's new event is claimed by
  * the next claim, not after the backlog. Shares one tenant does not use are
  * not handed to the others within the claim (the next claim evens it out).
- * With `ordering` too, the claim is ordered and fairness is not applied (a
- * fair claim does not know keys; the relay warns at start).
+ * With `ordering` too, the claim is ordered (heads and runs, as `Ordering`
+ * says) and takes its heads tenant by tenant in turn: every tenant's oldest
+ * claimable head, then every tenant's second, ..., the oldest first within a
+ * turn; besides the heads an ordered claim finds by age, it looks at the
+ * oldest due events of up to `maxTenants` tenants in turn (PostgreSQL), so
+ * another tenant's new event is still claimed by the next claim. An ordered
+ * claim does not apply `maxInFlight` (a key's run is in flight as a whole;
+ * the relay warns at start when both are set).
  *
  * @category models
  * @since 0.1.0

@@ -266,7 +266,8 @@ export const make = Effect.gen(function*() {
       instruments.claim(store.claim({
         limit,
         leaseDuration: config.leaseDuration,
-        ...(ordering === undefined ? order : {
+        ...order,
+        ...(ordering === undefined ? {} : {
           ordering: {
             ...ordering,
             ...(runs ? { run: Math.min(limit, config.orderingRun) } : {}),
@@ -655,8 +656,10 @@ export const make = Effect.gen(function*() {
       }
     }).pipe(Effect.annotateLogs({ module: "Relay", fiber: `worker-${index}` }))
 
-  if (config.ordering === "key" && config.fairness === "tenant") {
-    yield* Effect.logWarning("OUTBOX_FAIRNESS=tenant is not applied with OUTBOX_ORDERING=key: claims follow the keys only")
+  if (config.ordering === "key" && config.fairness === "tenant" && config.fairnessMaxInFlight !== undefined) {
+    yield* Effect.logWarning(
+      "OUTBOX_FAIRNESS_MAX_IN_FLIGHT is not applied with OUTBOX_ORDERING=key: claims take each key's events in order and tenants in turn, without a per-tenant cap"
+    )
   }
   if (config.concurrency > 1 && ordering === undefined) {
     yield* Effect.logWarning(

@@ -85,6 +85,84 @@ const run = (maxInFlight: number | undefined) =>
     return { most, asked, delivered }
   })
 
+/**
+ * Relays tenant `a`'s 60 events (6 on each of 10 keys, interleaved) and then
+ * tenant `b`'s 2 (one key) with per-key ordering, 2 workers, claims of 4:
+ * the deliveries in the order the sink saw them.
+ */
+const runOrdered = (fairness: "none" | "tenant", claimMode: "lease" | "transaction") =>
+  Effect.gen(function*() {
+    const inputs: ReadonlyArray<EventInput> = [
+      ...Array.from({ length: 60 }, (_, n) => ({ ...event("a", n), aggregateId: `a-${n % 10}` })),
+      ...Array.from({ length: 2 }, (_, n) => ({ ...event("b", n), aggregateId: "b-0" }))
+    ]
+    yield* Outbox.transaction(Outbox.publishAll(inputs))
+    const seen: Array<{ readonly key: string; readonly id: bigint; readonly tenant: string }> = []
+    const sink = OutboxSink.layerHandler((e) =>
+      Effect.andThen(
+        Effect.sync(() => seen.push({ key: e.orderingKey ?? e.aggregateId, id: e.id, tenant: e.tenant ?? "" })),
+        Effect.sleep("10 millis")
+      )
+    )
+    const scope = yield* Scope.make()
+    yield* Layer.buildWithScope(
+      Relay.layer.pipe(
+        Layer.provide(sink),
+        Layer.provide(OutboxConfig.layer({
+          pollInterval: Duration.millis(50),
+          concurrency: 2,
+          minBatchSize: 4,
+          batchSize: 4,
+          ordering: "key",
+          fairness,
+          claimMode
+        }))
+      ),
+      scope
+    )
+    yield* advanceUntil(Effect.sync(() => seen.length >= inputs.length), { step: "10 millis", max: "5 minutes" })
+    // the sink records a delivery as it starts: the last one still sleeps, and the relay lets it finish
+    const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+    yield* advanceUntil(Effect.sync(() => closing.pollUnsafe() !== undefined), { step: "10 millis", max: "1 minute" })
+    return seen
+  })
+
+/** Every key's deliveries in strictly increasing id order, each event once. */
+const assertInKeyOrder = (seen: ReadonlyArray<{ readonly key: string; readonly id: bigint }>) => {
+  const last = new Map<string, bigint>()
+  for (const { id, key } of seen) {
+    const before = last.get(key)
+    assert.isTrue(before === undefined || before < id, `${key}: ${id} after ${before}`)
+    last.set(key, id)
+  }
+  assert.strictEqual(new Set(seen.map((s) => s.id)).size, seen.length)
+}
+
+layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.orDie), {
+  timeout: "120 seconds",
+  excludeTestServices: true
+})("Relay with OUTBOX_ORDERING=key and OUTBOX_FAIRNESS=tenant under TestClock", (it) => {
+  for (const store of RelayTestKit.stores) {
+    describe(store.name, () => {
+      for (const claimMode of ["lease", "transaction"] as const) {
+      it.effect(`${claimMode} claims: each key in id order; tenant b's new event goes in the first claims, not behind a's backlog (as it does without fairness)`, () =>
+        Effect.gen(function*() {
+          const fair = yield* runOrdered("tenant", claimMode)
+          assert.strictEqual(fair.length, 62)
+          assertInKeyOrder(fair)
+          // the first claims of the two workers (4 each) include b's first event
+          const firstOfB = fair.findIndex((s) => s.tenant === "b")
+          assert.isAtMost(firstOfB, 7)
+          const unfair = yield* runOrdered("none", claimMode)
+          assert.strictEqual(unfair.length, 62)
+          assertInKeyOrder(unfair)
+          assert.isAbove(unfair.findIndex((s) => s.tenant === "b"), 7, "without fairness b waits behind a's heads")
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
+      }
+    })
+  }
+})
+
 layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.orDie), {
   timeout: "120 seconds",
   excludeTestServices: true

@@ -539,6 +539,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       if (ordered === undefined || orderingRefusal !== undefined) {
         return yield* new StoreError({ operation: "claim", message: orderingRefusal!, retryable: false })
       }
+      const turn = yield* fairTurn(options.fairness, "claim")
       const run = (probe: OrderedClaim.Probe) =>
         Effect.map(
           sql`${
@@ -548,9 +549,12 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
               finish: sql`, ${leaseLocked(ts, options.leaseDuration)}
               SELECT c.*, ${ordered.trailer} FROM claimed c
               UNION ALL ${ordered.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM claimed)`
-            })
+            }, turn)
           }`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>,
-          (rows) => ordered.advance(rows, options.limit, options.ordering.slice)
+          (rows) => {
+            const claimed = ordered.advance(rows, options.limit, options.ordering.slice)
+            return turn === undefined ? claimed : fair!.advance(claimed, 13)
+          }
         )
       const reused = ordered.reusable()
       if (reused === undefined) return yield* run(yield* ordered.probe())
@@ -566,6 +570,20 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     : fair === undefined
     ? `tenant-fair claiming (OUTBOX_FAIRNESS=tenant) needs migration 0009_tenant on ${tableName}: run npx outbox migrate`
     : undefined
+
+  /**
+   * The tenants' turn of an ordered claim with `fairness` (`OrderedClaim.Turn`;
+   * `undefined` without fairness), or the refusal when the table has no tenant.
+   */
+  const fairTurn = (
+    fairness: Fairness | undefined,
+    operation: "claim" | "claimInTransaction"
+  ): Effect.Effect<OrderedClaim.Turn | undefined, StoreError> =>
+    fairness === undefined
+      ? Effect.succeed(undefined)
+      : fair === undefined || fairnessRefusal !== undefined
+      ? Effect.fail(new StoreError({ operation, message: fairnessRefusal!, retryable: false }))
+      : Effect.succeed(fair.orderedTurn(fairness))
 
   const claimFair = (ts: Fragment, options: ClaimOptions & { readonly fairness: Fairness }) =>
     Effect.gen(function*() {

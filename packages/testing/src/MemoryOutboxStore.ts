@@ -49,8 +49,11 @@
  *   starts after the last tenant that got rows (so a tenant the limit ran
  *   out before goes first). The cursor moves when the claim is made (a
  *   rolled-back `claimInTransaction` keeps it moved). With `ordering` too,
- *   the claim is ordered and `fairness` is not applied (as `Fairness`
- *   documents); a `maxTenants` under 1 counts as 1. With `maxInFlight`, a
+ *   the claim is ordered and takes the claimable heads tenant by tenant in
+ *   turn (every tenant's oldest head, then every tenant's second, ..., the
+ *   oldest first within a turn), then the runs (as `Fairness` documents;
+ *   this store sees every head, so `maxTenants` and `maxInFlight` do not
+ *   apply there); a `maxTenants` under 1 counts as 1. With `maxInFlight`, a
  *   tenant with that many rows PROCESSING is left out of the turn, and one
  *   with fewer gets at most the room left; `claimInTransaction` refuses a
  *   cap (a `StoreError`), as PostgreSQL does.
@@ -152,6 +155,22 @@ const sliceOf = (key: string, count: number): number => {
     h = Math.imul(h, 0x01000193)
   }
   return Math.floor(((h >>> 0) * count) / 2 ** 32)
+}
+
+/**
+ * `heads` (in id order) tenant by tenant in turn, as an ordered fair claim
+ * takes them: each one's rank within its tenant, then its id.
+ */
+const byTurn = (heads: ReadonlyArray<Row>): Array<Row> => {
+  const seen = new Map<string, number>()
+  return heads
+    .map((row) => {
+      const rank = (seen.get(row.tenant) ?? 0) + 1
+      seen.set(row.tenant, rank)
+      return { row, rank }
+    })
+    .sort((a, b) => a.rank - b.rank || (a.row.id < b.row.id ? -1 : a.row.id > b.row.id ? 1 : 0))
+    .map(({ row }) => row)
 }
 
 /** Marks an ordering key with a row in flight in `pickOrdered`. */
@@ -345,7 +364,7 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
    * uncommitted row of a lower id; then the claimable heads, oldest first,
    * up to `limit`.
    */
-  const pickOrdered = (ordering: Ordering, limit: number, now: number): Array<Row> => {
+  const pickOrdered = (ordering: Ordering, limit: number, now: number, fair = false): Array<Row> => {
     const hold = ordering.deadLetter === "hold"
     /** The lowest uncommitted id of each key. */
     const uncommitted = new Map<string, bigint>()
@@ -373,16 +392,16 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
         heads.push(row)
       }
     }
-    const picked: Array<Row> = []
-    for (const head of heads) {
-      if (picked.length >= limit) break
-      if (keys.get(head.orderingKey) !== head || !claimable(head, now)) continue
+    const free = heads.filter((head) => {
+      if (keys.get(head.orderingKey) !== head || !claimable(head, now)) return false
       const lowest = uncommitted.get(head.orderingKey)
-      if (lowest === undefined || lowest > head.id) picked.push(head)
-    }
+      return lowest === undefined || lowest > head.id
+    })
+    // with fairness, tenant by tenant in turn: every tenant's oldest head, then every tenant's second, ...
+    const picked = (fair ? byTurn(free) : free).slice(0, Math.max(limit, 0))
     const room = limit - picked.length
     const run = ordering.run ?? 1
-    if (run <= 1 || room <= 0 || picked.length === 0) return picked
+    if (run <= 1 || room <= 0 || picked.length === 0) return picked.sort(byId)
     // the runs (`Ordering.run`): each taken head's next events, up to an equal share of the room, each run
     // up to the first event not claimable now; then the oldest of them, up to the room
     const share = Math.min(run - 1, Math.ceil(room / picked.length))
@@ -455,7 +474,7 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
    * The rows a claim takes: `pickOrdered` with `ordering`, `pickFair` with
    * `fairness`, else the claimable rows in id order. A `StoreError` (nothing
    * taken) for a negative `limit` (rounded like PostgreSQL's LIMIT), a
-   * (ordering wins over fairness).
+   * (with both, the ordered claim takes its heads tenant by tenant).
    */
   const pick = (
     operation: "claim" | "claimInTransaction",
@@ -469,7 +488,7 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
     const refuse = (message: string) => new StoreError({ operation, message: `${operation}: ${message}`, retryable: false })
     const limit = Math.round(options.limit)
     if (!(limit >= 0)) return refuse("LIMIT must not be negative")
-    if (options.ordering !== undefined) return pickOrdered(options.ordering, limit, now)
+    if (options.ordering !== undefined) return pickOrdered(options.ordering, limit, now, options.fairness !== undefined)
     if (options.fairness !== undefined) {
       const maxTenants = Math.max(1, Math.trunc(options.fairness.maxTenants ?? defaultMaxTenants) || 1)
       const cap = options.fairness.maxInFlight

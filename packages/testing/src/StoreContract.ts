@@ -1648,14 +1648,37 @@ export const suite: {
       )
 
       test(
-        "with ordering and fairness together the claim is ordered (one event per key), fairness not applied",
+        "with ordering and fairness together: one event per key in id order, heads taken tenant by tenant in turn, so another tenant's new event is not held back by a backlog",
         Effect.gen(function*() {
           const store = yield* OutboxStore
-          // tenant a: two events of one key; tenant b: one event
-          const published = yield* publishIds([ofTenant(1, "a"), ofTenant(2, "a", { aggregateId: "order-1" }), ofTenant(3, "b")])
-          const both = { ordering: { deadLetter: "continue" }, fairness: {} } as const
-          const claimed = yield* store.claim({ limit: 10, leaseDuration: lease, ...both })
-          assert.deepStrictEqual(ids(claimed), [published[0], published[2]])
+          const both = (limit: number, run?: number) =>
+            store.claim({ limit, leaseDuration: lease, ordering: { deadLetter: "continue", run }, fairness: {} })
+          // tenant a: 3 events on each of 20 keys (interleaved), then tenant b: 2 events of one key
+          const a = yield* publishIds(Array.from({ length: 60 }, (_, i) => ofTenant(i + 1, "a", { aggregateId: `a-${i % 20}` })))
+          const b = yield* publishIds([ofTenant(61, "b", { aggregateId: "b-0" }), ofTenant(62, "b", { aggregateId: "b-0" })])
+          // a's oldest head, b's head (the turn's first of each tenant, oldest first), then a's next heads
+          const first = yield* both(4)
+          assert.deepStrictEqual(ids(first), [a[0]!, a[1]!, a[2]!, b[0]!])
+          // b's key is in flight: its second event waits; a's next keys' heads
+          assert.deepStrictEqual(ids(yield* both(4)), [a[3]!, a[4]!, a[5]!, a[6]!])
+          yield* completeAll(first)
+          // b's second event is its key's head now; a's keys 0-2 have their second events as heads again
+          assert.deepStrictEqual(ids(yield* both(3)), [a[7]!, a[8]!, b[1]!])
+          // with runs: a head per key in turn first, then the runs of the heads taken
+          const rest = yield* both(1000, 1000)
+          const seen = new Map<string, bigint>()
+          for (const event of rest) {
+            const before = seen.get(event.orderingKey!)
+            assert.isTrue(before === undefined || before < event.id, "a key's events in id order")
+            seen.set(event.orderingKey!, event.id)
+            assert.strictEqual(event.tenant, "a")
+          }
+          // the rest of every key not in flight: keys a-3 to a-8 and b-0 are, so none of their events is taken
+          const expected = a.filter((_, i) => {
+            const key = i % 20
+            return key <= 2 ? i >= 20 : key >= 9
+          })
+          assert.deepStrictEqual(ids(rest), expected)
         })
       )
 
@@ -1726,6 +1749,21 @@ export const suite: {
             const records = yield* Effect.forEach([...a, b1!], row)
             assert.deepStrictEqual(records.slice(0, 2).map((r) => r.status), ["COMPLETED", "COMPLETED"])
             assert.strictEqual(records[6]!.status, "COMPLETED")
+          })
+        )
+
+        test(
+          "claimInTransaction with ordering and fairness takes heads tenant by tenant in turn; a per-tenant cap is not refused there (an ordered claim does not apply it)",
+          Effect.gen(function*() {
+            const store = yield* OutboxStore
+            const a = yield* publishIds(Array.from({ length: 12 }, (_, i) => ofTenant(i + 1, "a", { aggregateId: `a-${i % 6}` })))
+            const [b1] = yield* publishIds([ofTenant(13, "b", { aggregateId: "b-0" })])
+            const claimed = yield* store.claimInTransaction(
+              { limit: 3, timeout: txTimeout, ordering: { deadLetter: "continue" }, fairness: { maxInFlight: 1 } },
+              (events) => Effect.succeed(settled(events))
+            )
+            assert.deepStrictEqual(ids(claimed), [a[0]!, a[1]!, b1!])
+            assert.strictEqual((yield* row(b1!)).status, "COMPLETED")
           })
         )
       }

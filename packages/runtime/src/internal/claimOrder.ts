@@ -9,8 +9,10 @@ import type { Options } from "@outbox/core/OutboxConfig"
 import type { Fairness, Ordering } from "@outbox/core/OutboxStore"
 
 /**
- * `ordering` and `fairness` of a claim. Per-key ordering wins where both
- * are set (the relay warns at start): a fair claim does not know keys.
+ * `ordering` and `fairness` of a claim. With both, the claim is ordered and
+ * takes its heads tenant by tenant in turn (`Fairness`); the per-tenant cap
+ * (`maxInFlight`) is not applied to ordered claims (the relay warns at
+ * start when it is set).
  *
  * @internal
  */
@@ -18,9 +20,12 @@ export const claimOrder = (
   config: Pick<Options, "ordering" | "orderingDeadLetter" | "fairness"> & {
     readonly fairnessMaxInFlight?: number | undefined
   }
-): { readonly ordering?: Ordering; readonly fairness?: Fairness } =>
-  config.ordering === "key"
-    ? { ordering: { deadLetter: config.orderingDeadLetter } }
-    : config.fairness === "tenant"
-    ? { fairness: config.fairnessMaxInFlight === undefined ? {} : { maxInFlight: config.fairnessMaxInFlight } }
-    : {}
+): { readonly ordering?: Ordering; readonly fairness?: Fairness } => {
+  const ordering: Ordering | undefined = config.ordering === "key" ? { deadLetter: config.orderingDeadLetter } : undefined
+  const fairness: Fairness | undefined = config.fairness !== "tenant"
+    ? undefined
+    : config.fairnessMaxInFlight === undefined || ordering !== undefined
+    ? {}
+    : { maxInFlight: config.fairnessMaxInFlight }
+  return { ...(ordering === undefined ? {} : { ordering }), ...(fairness === undefined ? {} : { fairness }) }
+}

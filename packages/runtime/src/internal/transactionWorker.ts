@@ -119,7 +119,8 @@ export const make = Effect.fnUntraced(function*(options: Options) {
   const runs = order.ordering !== undefined && sink.deliverBatch === undefined && config.orderingRun > 1
   const claimOptions = (limit: number, slice: Ordering["slice"]) => ({
     timeout: config.transactionTimeout,
-    ...(order.ordering === undefined ? order : {
+    ...order,
+    ...(order.ordering === undefined ? {} : {
       ordering: {
         ...order.ordering,
         ...(runs ? { run: Math.min(limit, config.orderingRun) } : {}),

@@ -28,6 +28,7 @@ import type { Fairness } from "@outbox/core/OutboxStore"
 import type * as SqlClient from "effect/sql/SqlClient"
 import type { Fragment } from "effect/sql/Statement"
 import * as TenantMigration from "../migrations/0009_tenant.ts"
+import type * as OrderedClaim from "./orderedClaim.ts"
 
 /**
  * What the statement needs from the store.
@@ -57,26 +58,17 @@ export const make = (options: Options) => {
   /** The last tenant the previous claim took (`undefined`: start from the first). */
   let cursor: string | undefined
 
+  /** Tenants a claim visits: `Fairness.maxTenants`, else the default. */
+  const maxTenants = (fairness: Fairness) => Math.max(1, Math.trunc(fairness.maxTenants ?? defaultMaxTenants))
+
   /**
-   * The claim: `select` (columns of `o`) of the rows locked, in the CTE
-   * `locked`; `finish` turns it into the result, whose rows carry their
-   * tenant at `tenantAt` (see `advance`).
+   * The CTEs `after`, `before` and `walked (t, n)` (the statement starts
+   * `WITH RECURSIVE`): the tenants with claimable rows in turn order, from
+   * the one after the cursor to the last, then from the first up to the
+   * cursor, `n` their place in the turn, at most `max` of them.
    */
-  const statement = (
-    ts: Fragment,
-    limit: number,
-    fairness: Fairness,
-    parts: { readonly claimable: Fragment; readonly select: Fragment; readonly finish: Fragment }
-  ) => {
-    const max = Math.max(1, Math.trunc(fairness.maxTenants ?? defaultMaxTenants))
-    const cap = fairness.maxInFlight === undefined ? undefined : Math.max(1, Math.trunc(fairness.maxInFlight) || 1)
-    // the room each tenant has under its cap: its rows PROCESSING (the leased index), counted once per claim
-    const room = cap === undefined
-      ? sql.literal(String(Math.max(1, Math.trunc(limit))))
-      : sql`${cap} - coalesce((SELECT f.c FROM flying f WHERE f.t = w.t), 0)`
-    const due = sql`(o.available_at IS NULL OR o.available_at <= ${ts})`
+  const turn = (max: number) => {
     const from = cursor
-    // from the tenant after the cursor to the end, then from the start up to the cursor
     const walk = (name: string, first: Fragment, bound: Fragment) =>
       sql`${sql.literal(name)} AS (
         SELECT f.t, 1 AS n FROM (
@@ -97,15 +89,36 @@ export const make = (options: Options) => {
     const before = from === undefined
       ? sql`before AS (SELECT NULL::text COLLATE "C" AS t, 0 AS n WHERE false)`
       : walk("before", noBound, sql`${tenant("o")} <= ${from}`)
-    const flying = cap === undefined ? sql.literal("") : sql`, flying AS MATERIALIZED (
-        SELECT ${tenant("o")} AS t, count(*) AS c FROM ${T} o WHERE o.status = 'PROCESSING' GROUP BY 1
-      )`
-    return sql`WITH RECURSIVE ${after}, ${before}${flying}, walked AS (
+    return sql`${after}, ${before}, walked AS (
         SELECT a.t, a.n FROM after a
         UNION ALL
         SELECT b.t, b.n + (SELECT count(*) FROM after) FROM before b
         ${from === undefined ? sql.literal("") : sql`WHERE b.t <= ${from}`}
-      ), roomy AS (
+      )`
+  }
+
+  /**
+   * The claim: `select` (columns of `o`) of the rows locked, in the CTE
+   * `locked`; `finish` turns it into the result, whose rows carry their
+   * tenant at `tenantAt` (see `advance`).
+   */
+  const statement = (
+    ts: Fragment,
+    limit: number,
+    fairness: Fairness,
+    parts: { readonly claimable: Fragment; readonly select: Fragment; readonly finish: Fragment }
+  ) => {
+    const max = maxTenants(fairness)
+    const cap = fairness.maxInFlight === undefined ? undefined : Math.max(1, Math.trunc(fairness.maxInFlight) || 1)
+    // the room each tenant has under its cap: its rows PROCESSING (the leased index), counted once per claim
+    const room = cap === undefined
+      ? sql.literal(String(Math.max(1, Math.trunc(limit))))
+      : sql`${cap} - coalesce((SELECT f.c FROM flying f WHERE f.t = w.t), 0)`
+    const due = sql`(o.available_at IS NULL OR o.available_at <= ${ts})`
+    const flying = cap === undefined ? sql.literal("") : sql`, flying AS MATERIALIZED (
+        SELECT ${tenant("o")} AS t, count(*) AS c FROM ${T} o WHERE o.status = 'PROCESSING' GROUP BY 1
+      )`
+    return sql`WITH RECURSIVE ${turn(max)}${flying}, roomy AS (
         SELECT w.t, w.n, ${room} AS room FROM walked w
       ), taken AS MATERIALIZED (
         SELECT w.t, w.n, w.room FROM roomy w
@@ -148,5 +161,8 @@ export const make = (options: Options) => {
     return rows
   }
 
-  return { statement, advance }
+  /** The tenants' turn of an ordered claim with `fairness` (`OrderedClaim.statement`). */
+  const orderedTurn = (fairness: Fairness): OrderedClaim.Turn => ({ turn, tenant, max: maxTenants(fairness) })
+
+  return { statement, advance, orderedTurn }
 }

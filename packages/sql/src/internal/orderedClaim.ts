@@ -111,6 +111,31 @@ export interface Probe {
   readonly busy: string
 }
 
+/**
+ * Tenant-fair ordered claims (`OUTBOX_ORDERING=key` with
+ * `OUTBOX_FAIRNESS=tenant`): the tenants in turn (`FairClaim`'s walk of
+ * `<outbox>_tenant_idx`, CTE `walked (t, n)`) and a row's tenant.
+ *
+ * @internal
+ */
+export interface Turn {
+  /** The CTEs ending in `walked (t, n)`, at most `max` tenants. */
+  readonly turn: (max: number) => Fragment
+  /** The tenant of the row `alias`, as the tenant index has it. */
+  readonly tenant: (alias: string) => Fragment
+  /** Tenants a claim visits. */
+  readonly max: number
+}
+
+/**
+ * Each visited tenant's oldest due rows a fair ordered claim looks at for
+ * heads: a tenant whose new event is newer than another tenant's backlog has
+ * it found here, not only when the window reaches it. Four, so that a
+ * blocked key (in flight, in backoff) at a tenant's front does not hide the
+ * tenant's other keys from this part of the claim.
+ */
+const tenantRows = 4
+
 /** The walk's most keys per claim. */
 const maxSteps = 64
 
@@ -229,7 +254,7 @@ export const make = (options: Options) => {
    * The CTEs up to `heads (k, id, created_at)` and `cursor (nf)`, for a
    * claim of at most `limit` (the statement starts `WITH RECURSIVE`).
    */
-  const headsCtes = (ts: Fragment, limit: number, p: Probe, ordering: Ordering) => {
+  const headsCtes = (ts: Fragment, limit: number, p: Probe, ordering: Ordering, fair?: Turn) => {
     const due = sql`(o.available_at IS NULL OR o.available_at <= ${ts})`
     const sliced = ordering.slice !== undefined && ordering.slice.count > 1
     const { lo, hi } = sliceBounds(ordering.slice)
@@ -287,10 +312,24 @@ export const make = (options: Options) => {
           WHERE o.status IN ('PENDING', 'FAILED') AND ${k("o")} > wk.k AND ${k("o")} <= ${String(hi)}::bigint
           ORDER BY ${k("o")}, o.id LIMIT 1) nx
         WHERE wk.steps < (SELECT steps FROM budget)
-      ), heads AS (
+      )${
+      fair === undefined ? sql.literal("") : sql`, ${fair.turn(fair.max)}, tenant_heads AS MATERIALIZED (
+        SELECT c.k, c.id, c.created_at FROM walked w CROSS JOIN LATERAL (
+          SELECT ${k("o")} AS k, o.id, o.created_at FROM ${T} o
+          WHERE ${fair.tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND ${due} ${inSlice}
+          ORDER BY ${fair.tenant("o")}, o.id LIMIT ${tenantRows}) c
+        WHERE ${eligible("c", p, ordering)}
+          AND c.id = (SELECT o.id FROM ${T} o WHERE o.status IN ('PENDING', 'FAILED') AND ${k("o")} = c.k
+                      ORDER BY ${k("o")}, o.id LIMIT 1)
+      )`
+    }, heads AS (
         SELECT wh.k, wh.id, wh.created_at FROM window_heads wh
         UNION
-        SELECT wk.k, wk.id, wk.created_at FROM walk wk WHERE wk.due AND ${eligible("wk", p, ordering)}
+        SELECT wk.k, wk.id, wk.created_at FROM walk wk WHERE wk.due AND ${eligible("wk", p, ordering)}${
+      fair === undefined ? sql.literal("") : sql`
+        UNION
+        SELECT th.k, th.id, th.created_at FROM tenant_heads th`
+    }
       ), cursor AS (
         SELECT CASE WHEN max(wk.steps) IS NULL THEN ${String(cursor)}::bigint
                     WHEN max(wk.steps) < (SELECT steps FROM budget) OR max(wk.k) >= ${String(hi)}::bigint
@@ -315,12 +354,23 @@ export const make = (options: Options) => {
       readonly claimable: Fragment
       readonly select: Fragment
       readonly finish: Fragment
-    }
+    },
+    fair?: Turn
   ) =>
-    sql`WITH RECURSIVE ${headsCtes(ts, limit, p, ordering)}, ${
+    sql`WITH RECURSIVE ${headsCtes(ts, limit, p, ordering, fair)}, ${
       (ordering.run ?? 1) > 1 ? sql`locked_heads AS MATERIALIZED` : sql.literal("locked AS")
     } (
-        SELECT l.* FROM (SELECT h.id, h.created_at FROM heads h ORDER BY h.id) h
+        SELECT l.* FROM (${
+      fair === undefined
+        ? sql`SELECT h.id, h.created_at FROM heads h ORDER BY h.id`
+        // tenant by tenant in turn: each head's rank in its tenant, then its id (the tenant read by id: a
+        // nested loop of index lookups, so no plan can hash a partition to join the heads)
+        : sql`SELECT h.id, h.created_at FROM (
+            SELECT h.id, h.created_at, row_number() OVER (PARTITION BY x.t ORDER BY h.id) AS rn
+            FROM heads h CROSS JOIN LATERAL (
+              SELECT ${fair.tenant("o")} AS t FROM ${T} o WHERE o.id = h.id AND o.created_at = h.created_at) x
+          ) h ORDER BY h.rn, h.id`
+    }) h
         CROSS JOIN LATERAL (
           SELECT ${parts.select} FROM ${T} o
           WHERE o.id = h.id AND o.created_at = h.created_at AND ${parts.claimable}

@@ -168,18 +168,29 @@ export const make = <V>(options: Options<V>) => {
   const claimOrdered = (
     ordered: ReturnType<typeof OrderedClaim.make>,
     ts: Fragment,
-    claimOptions: TransactionClaimOptions & { readonly ordering: NonNullable<TransactionClaimOptions["ordering"]> }
+    claimOptions: TransactionClaimOptions & { readonly ordering: NonNullable<TransactionClaimOptions["ordering"]> },
+    fair?: ReturnType<typeof FairClaim.make>
   ) =>
     Effect.flatMap(ordered.probe(bounds(claimOptions.timeout)), (probe) =>
       (sql`${
-        ordered.statement(ts, claimOptions.limit, probe, claimOptions.ordering, {
-          claimable: options.claimable(ts),
-          select: sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token${options.keyColumns}`,
-          finish: sql`SELECT l.*, ${ordered.trailer} FROM locked l
+        ordered.statement(
+          ts,
+          claimOptions.limit,
+          probe,
+          claimOptions.ordering,
+          {
+            claimable: options.claimable(ts),
+            select: sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token${options.keyColumns}`,
+            finish: sql`SELECT l.*, ${ordered.trailer} FROM locked l
             UNION ALL ${ordered.emptyRow(14)} WHERE NOT EXISTS (SELECT 1 FROM locked)`
-        })
+          },
+          fair === undefined || claimOptions.fairness === undefined ? undefined : fair.orderedTurn(claimOptions.fairness)
+        )
       }`.values as Effect.Effect<ReadonlyArray<V & ReadonlyArray<unknown>>, SqlError.SqlError>).pipe(
-        Effect.map((rows) => ordered.advance(rows, claimOptions.limit, claimOptions.ordering.slice))
+        Effect.map((rows) => {
+          const claimed = ordered.advance(rows, claimOptions.limit, claimOptions.ordering.slice)
+          return fair === undefined ? claimed : fair.advance(claimed, 13)
+        })
       ))
 
   /** The batch's `created_at` window (±1 ms). */
@@ -247,11 +258,12 @@ export const make = <V>(options: Options<V>) => {
         })
       )
     const ordering = claimOptions.ordering
-    const fairness = ordering === undefined ? claimOptions.fairness : undefined
+    const fairness = claimOptions.fairness
     if (fairness !== undefined && typeof options.fair === "string") {
       return Effect.fail(new StoreError({ operation, message: options.fair, retryable: false }))
     }
-    if (fairness?.maxInFlight !== undefined) {
+    // an ordered claim does not apply the cap (`Fairness.maxInFlight`): nothing to refuse there
+    if (ordering === undefined && fairness?.maxInFlight !== undefined) {
       return Effect.fail(new StoreError({ operation, message: `${operation}: ${inFlightCapRefusal}`, retryable: false }))
     }
     if (ordering !== undefined && typeof options.ordered === "string") {
@@ -260,7 +272,12 @@ export const make = <V>(options: Options<V>) => {
     const body = Effect.gen(function*() {
       const ts = yield* now
       const rows = ordering !== undefined
-        ? yield* claimOrdered(options.ordered as ReturnType<typeof OrderedClaim.make>, ts, { ...claimOptions, ordering })
+        ? yield* claimOrdered(
+          options.ordered as ReturnType<typeof OrderedClaim.make>,
+          ts,
+          { ...claimOptions, ordering },
+          fairness === undefined ? undefined : options.fair as ReturnType<typeof FairClaim.make>
+        )
         : fairness !== undefined
         ? yield* claimFair(options.fair as ReturnType<typeof FairClaim.make>, ts, { ...claimOptions, fairness })
         : yield* claim(ts, claimOptions)

@@ -14,7 +14,8 @@
  * 3. **Fairness**: a backlog of BENCH_FAIR_BACKLOG events (default 100,000; 0 skips it) of
  *    tenant `a` drains while tenant `b` publishes 10 events/s, one
  *    transaction each; the relay (2 workers, claims of up to 1,000) with
- *    `OUTBOX_FAIRNESS=none` and `tenant`; `b`'s pickup latency (publish →
+ *    `OUTBOX_FAIRNESS=none`, `tenant`, and `tenant` with
+ *    `OUTBOX_ORDERING=key` (a's backlog over 1,000 keys); `b`'s pickup latency (publish →
  *    sink) p50 / p99 / max against the batch-handling time (the backlog's
  *    drain time per claim round); target: p99 ≤ 2 batch-handling times.
  * 4. **Plans at 1M pending rows** (BENCH_PLAN_ROWS) over 1,000 keys, and
@@ -104,7 +105,7 @@ const preloadTenant = (n: number) =>
  * The fairness run: the relay drains tenant `a`'s backlog while tenant `b`
  * publishes one event every 100 ms; `b`'s latencies (ms) and the drain's time.
  */
-const fairnessRun = (fairness: "none" | "tenant") =>
+const fairnessRun = (fairness: "none" | "tenant", ordering: "none" | "key" = "none") =>
   Effect.scoped(Effect.gen(function*() {
     const latencies: Array<number> = []
     let drainedA = 0
@@ -117,7 +118,7 @@ const fairnessRun = (fairness: "none" | "tenant") =>
             else if (++drainedA === FAIR_BACKLOG) doneA = performance.now()
           })
         )),
-        Layer.provide(OutboxConfig.layer({ fairness, concurrency: WORKERS, pollInterval: Duration.millis(10) }))
+        Layer.provide(OutboxConfig.layer({ fairness, ordering, concurrency: WORKERS, pollInterval: Duration.millis(10) }))
       )
     )
     const relay = Context.get(context, Relay.Relay)
@@ -226,17 +227,18 @@ const main = Effect.gen(function*() {
       `\nFairness — tenant a's backlog of ${FAIR_BACKLOG.toLocaleString()} events drains while tenant b publishes 10 events/s; ${WORKERS} workers, claims up to 1,000`
     )
     console.log(`  OUTBOX_FAIRNESS   b events   b pickup p50 / p99 / max ms   backlog drain s   batch-handling ms   p99 / batch   target ≤ 2`)
-    for (const mode of ["none", "tenant"] as const) {
+    // the last row: fairness with OUTBOX_ORDERING=key (a's backlog over 1,000 keys, each key in order)
+    for (const [mode, ordering] of [["none", "none"], ["tenant", "none"], ["tenant", "key"]] as const) {
       yield* run(preloadTenant(FAIR_BACKLOG))
-      const r = yield* run(fairnessRun(mode))
+      const r = yield* run(fairnessRun(mode, ordering))
       // a batch of 1,000 handled by one worker (claim, deliver, complete): the drain's time per batch, per worker
       const batchMs = (r.drainSeconds * 1000 * WORKERS) / (FAIR_BACKLOG / 1000)
       const p50 = percentile(r.latencies, 50)
       const p99 = percentile(r.latencies, 99)
       const max = r.latencies[r.latencies.length - 1] ?? NaN
-      fairness.push({ fairness: mode, events: r.latencies.length, p50, p99, max, drainSeconds: r.drainSeconds, batchMs })
+      fairness.push({ fairness: mode, ordering, events: r.latencies.length, p50, p99, max, drainSeconds: r.drainSeconds, batchMs })
       console.log(
-        `  ${mode.padEnd(15)}   ${String(r.latencies.length).padStart(8)}   ${`${fmt(p50)} / ${fmt(p99)} / ${fmt(max)}`.padStart(27)}   ${
+        `  ${(ordering === "key" ? `${mode}, key order` : mode).padEnd(15)}   ${String(r.latencies.length).padStart(8)}   ${`${fmt(p50)} / ${fmt(p99)} / ${fmt(max)}`.padStart(27)}   ${
           fmt(r.drainSeconds, 2).padStart(15)
         }   ${fmt(batchMs, 1).padStart(17)}   ${fmt(p99 / batchMs, 2).padStart(11)}   ${mode === "tenant" ? (p99 <= 2 * batchMs ? "yes" : "no") : ""}`
       )

@@ -1683,6 +1683,28 @@ export const suite: {
       )
 
       test(
+        "with ordering and fairness, a claim of one slice of the keys never takes the next event of a key in flight, whichever slice the key has",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const [x1, x2] = yield* publishIds([ofTenant(1, "a", { aggregateId: "x" }), ofTenant(2, "a", { aggregateId: "x" })])
+          const [first] = yield* claimOrdered(1)
+          assert.strictEqual(first!.id, x1!)
+          for (const index of [0, 1]) {
+            const claimed = yield* store.claim({
+              limit: 10,
+              leaseDuration: lease,
+              ordering: { deadLetter: "continue", slice: { index, count: 2 } },
+              fairness: {}
+            })
+            assert.notInclude(ids(claimed), x2!, `slice ${index} of 2`)
+          }
+          yield* completeAll([first!])
+          // once x's first event is completed, its second is a head (some slice's claim, or the whole space's, takes it)
+          assert.deepStrictEqual(ids(yield* claimOrdered(10)), [x2!])
+        })
+      )
+
+      test(
         "with maxInFlight, a tenant at its cap is left out of the turn and one below it gets at most the room left; settling makes room",
         Effect.gen(function*() {
           const a = yield* publishIds(Array.from({ length: 6 }, (_, i) => ofTenant(i + 1, "a")))

@@ -237,7 +237,7 @@ export const make = (options: Options) => {
   const lastProbe = (): Probe | undefined => carried?.probe
 
   /** Whether the key `alias.k`'s head `alias.id` may be claimed (not in flight, committed below, not held). */
-  const eligible = (alias: string, p: Probe, ordering: Ordering) => {
+  const eligible = (alias: string, p: Probe, ordering: Ordering, inflight = "inflight") => {
     const a = sql.literal(alias)
     const held = ordering.deadLetter === "hold"
       ? sql`AND coalesce((
@@ -245,7 +245,7 @@ export const make = (options: Options) => {
           WHERE d.status = 'DEAD_LETTER' AND ${k("d")} = ${a}.k
           ORDER BY ${k("d")}, d.id LIMIT 1) > ${a}.id, true)`
       : sql.literal("")
-    return sql`NOT EXISTS (SELECT 1 FROM inflight i WHERE i.k = ${a}.k)
+    return sql`NOT EXISTS (SELECT 1 FROM ${sql.literal(inflight)} i WHERE i.k = ${a}.k)
       AND ${a}.id <= ${p.w ?? "0"}::bigint AND NOT (((${a}.k & ${laneMask})::int) = ANY (${p.busy}::int[]))
       ${held}`
   }
@@ -313,12 +313,18 @@ export const make = (options: Options) => {
           ORDER BY ${k("o")}, o.id LIMIT 1) nx
         WHERE wk.steps < (SELECT steps FROM budget)
       )${
-      fair === undefined ? sql.literal("") : sql`, ${fair.turn(fair.max)}, tenant_heads AS MATERIALIZED (
+      fair === undefined ? sql.literal("") : sql`, ${fair.turn(fair.max)}${
+        // not limited to the slice: a tenant's new event is found by the next claim, whichever slice it has;
+        // so its key's rows in flight are looked up outside the slice too
+        sliced
+          ? sql`, inflight_all AS MATERIALIZED (SELECT DISTINCT ${k("o")} AS k FROM ${T} o WHERE o.status = 'PROCESSING')`
+          : sql.literal("")
+      }, tenant_heads AS MATERIALIZED (
         SELECT c.k, c.id, c.created_at FROM walked w CROSS JOIN LATERAL (
           SELECT ${k("o")} AS k, o.id, o.created_at FROM ${T} o
-          WHERE ${fair.tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND ${due} ${inSlice}
+          WHERE ${fair.tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND ${due}
           ORDER BY ${fair.tenant("o")}, o.id LIMIT ${tenantRows}) c
-        WHERE ${eligible("c", p, ordering)}
+        WHERE ${eligible("c", p, ordering, sliced ? "inflight_all" : "inflight")}
           AND c.id = (SELECT o.id FROM ${T} o WHERE o.status IN ('PENDING', 'FAILED') AND ${k("o")} = c.k
                       ORDER BY ${k("o")}, o.id LIMIT 1)
       )`

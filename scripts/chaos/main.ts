@@ -2,7 +2,7 @@
  * Chaos suite (issue 20): real OS processes on this machine against
  * a fresh database on the local PostgreSQL.
  *
- *   npx tsx --conditions=@outbox/source scripts/chaos/main.ts [--quick] [--only a,b] [--seed N] [--ordering key] [--sink nats]
+ *   npx tsx --conditions=@outbox/source scripts/chaos/main.ts [--quick] [--only a,b] [--seed N] [--ordering key] [--fairness tenant] [--sink nats]
  *
  * Per scenario: a fresh database (from DATABASE_URL, default
  * postgres://postgres@127.0.0.1:5432/postgres) migrated with
@@ -108,6 +108,9 @@ const QUICK = flag("--quick")
 const ONLY = option("--only")?.split(",").map((s) => s.trim()).filter((s) => s.length > 0)
 const SEED = option("--seed") === undefined ? 20 : Number(option("--seed"))
 const ORDERING = option("--ordering") ?? "none"
+/** `--fairness tenant`: the relays claim tenant-fairly (the producers' events are spread over three tenants). */
+const FAIRNESS = option("--fairness") ?? "none"
+if (FAIRNESS !== "none" && FAIRNESS !== "tenant") throw new Error(`--fairness must be none or tenant, got ${FAIRNESS}`)
 /** Where the relays deliver: the harness's webhook receiver, or NATS JetStream (127.0.0.1:4222) through a proxy of the harness's. */
 const SINK = option("--sink") ?? "webhook"
 if (SINK !== "webhook" && SINK !== "nats") throw new Error(`--sink must be webhook or nats, got ${SINK}`)
@@ -508,6 +511,7 @@ interface ScenarioResult {
   readonly scenario: string
   readonly seed: number
   readonly ordering: string
+  readonly fairness: string
   readonly pass: boolean
   readonly failures: ReadonlyArray<string>
   readonly faults: number
@@ -844,7 +848,7 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
 
   const own = scenario === "pg-restart" ? await startOwnServer() : undefined
   const database = await freshDatabase(own?.url ?? SERVER_URL)
-  log(`${scenario}: seed ${seed}, sink ${SINK}, database ${database.name}${own === undefined ? "" : ` on the harness's own server ${own.url}`}, ordering ${ORDERING}`)
+  log(`${scenario}: seed ${seed}, sink ${SINK}, database ${database.name}${own === undefined ? "" : ` on the harness's own server ${own.url}`}, ordering ${ORDERING}, fairness ${FAIRNESS}`)
   const receiver: Receiver = SINK === "nats" ? await startNatsReceiver() : await startReceiver()
   // the harness's checking connection: a pool of one that never closes it while idle (pool-exhaustion
   // opens it before filling the server) and replaces it when the server ended it (pg-restart)
@@ -866,6 +870,7 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
         OUTBOX_POLL_INTERVAL_MS: "50",
         OUTBOX_LEASE_SECONDS: String(LEASE_SECONDS),
         OUTBOX_ORDERING: ORDERING,
+        OUTBOX_FAIRNESS: FAIRNESS,
         OUTBOX_PG_POOL_MAX: "4"
       },
       `relay ${i}.${incarnation}`,
@@ -1399,6 +1404,7 @@ const runScenario = async (scenario: Kind, seed: number): Promise<ScenarioResult
       scenario,
       seed,
       ordering: ORDERING,
+      fairness: FAIRNESS,
       pass: failures.length === 0,
       failures,
       faults: faults.length,
@@ -1586,7 +1592,7 @@ const main = async () => {
   const report = {
     at: new Date().toISOString(),
     node: process.version,
-    options: { quick: QUICK, only: ONLY ?? null, seed: SEED, ordering: ORDERING, sink: SINK },
+    options: { quick: QUICK, only: ONLY ?? null, seed: SEED, ordering: ORDERING, fairness: FAIRNESS, sink: SINK },
     setup: {
       relays: RELAYS,
       producers: PRODUCERS,

@@ -71,13 +71,18 @@ const say = (line: object) => process.stdout.write(JSON.stringify(line) + "\n")
 /** Transaction `tx`'s events (1-4, over `keys` keys), their pids, and how long it stays open before COMMIT. */
 const plan = (tx: number) => {
   const size = 1 + Math.floor(random() * 4)
-  const inputs: Array<EventInput> = Array.from({ length: size }, (_, n) => ({
+  const inputs: Array<EventInput> = Array.from({ length: size }, (_, n) => {
+    const key = Math.floor(random() * keys)
+    return {
     aggregateType: "Chaos",
-    aggregateId: `k-${Math.floor(random() * keys)}`,
+    aggregateId: `k-${key}`,
+    // three tenants (OUTBOX_FAIRNESS=tenant takes them in turn); a key stays within its tenant
+    tenant: `t-${key % 3}`,
     eventType: "ChaosEvent",
     payload: { pid: `p${producer}.${incarnation}.${tx}.${n}` },
     ...(maxRetries === undefined ? {} : { maxRetries })
-  }))
+  }
+  })
   const pids = inputs.map((i) => (i.payload as { pid: string }).pid)
   const hold = random() < holdProb ? 50 + Math.floor(random() * Math.max(1, holdMaxMs - 50)) : 0
   return { inputs, pids, hold }

@@ -18,7 +18,7 @@
  * | `OUTBOX_ORDERING_DEAD_LETTER` | `continue` | `key` ordering: a dead-lettered head lets its key go on (`continue`) or holds it (`hold`) |
  * | `OUTBOX_ORDERING_RUN` | 1000 | `key` ordering: most events of one key per claim (a run); 1: heads only |
  * | `OUTBOX_FAIRNESS` | `none` | `tenant`: claims take the tenants with work in turn, an equal share each |
- * | `OUTBOX_FAIRNESS_MAX_IN_FLIGHT` | none | `tenant` fairness: most events of one tenant leased at once (lease claims only) |
+ * | `OUTBOX_FAIRNESS_MAX_IN_FLIGHT` | none | `tenant` fairness: most events of one tenant leased at once (lease claims only; not with `key` ordering) |
  *
  * Bad values fail at start with a `ConfigError` naming the variable.
  *
@@ -346,13 +346,13 @@ export const variables: ReadonlyArray<Variable> = [
     name: "OUTBOX_FAIRNESS",
     default: "`none`",
     description:
-      "`tenant`: claims take the tenants with work in turn (tenant: `EventInput.tenant`, else the metadata field `tenant`), so one tenant's backlog delays another's new event by about one batch"
+      "`tenant`: claims take the tenants with work in turn (tenant: `EventInput.tenant`, else the metadata field `tenant`), so one tenant's backlog delays another's new event by about one batch; with `OUTBOX_ORDERING=key` too, each key stays in order and the keys' heads are taken tenant by tenant"
   },
   {
     name: "OUTBOX_FAIRNESS_MAX_IN_FLIGHT",
     default: undefined,
     description:
-      "`tenant` fairness: the most events of one tenant leased at once, across workers and processes, so a tenant with slow deliveries cannot hold every worker (unset: no cap; lease claims only)"
+      "`tenant` fairness: the most events of one tenant leased at once, across workers and processes, so a tenant with slow deliveries cannot hold every worker (unset: no cap; lease claims only; not applied with `OUTBOX_ORDERING=key`)"
   }
 ]
 

@@ -57,6 +57,15 @@
  * sorted it instead of scanning the claimable index in id order (22 ms of
  * a 25 ms claim of 250).
  *
+ * **With fairness** (`Turn`, `OUTBOX_FAIRNESS=tenant`): the heads also come
+ * from the oldest due rows of each tenant in turn (`tenantRows` of each of up
+ * to `Fairness.maxTenants`, along `<outbox>_tenant_idx`), each checked as its
+ * key's lowest PENDING/FAILED row, whatever the slice (against every key in
+ * flight, then: `inflight_all`); and the heads are locked tenant by tenant in
+ * turn (each head's rank within its tenant, then its id) instead of oldest
+ * first. So another tenant's new event, newer than a backlog that fills the
+ * window, is taken by the next claim.
+ *
  * Then the heads are locked oldest first, each on its own and re-checked on
  * its newest version (`FOR UPDATE SKIP LOCKED` in a lateral sub-query): two
  * claimers never both take a head, and a head another claimer holds makes

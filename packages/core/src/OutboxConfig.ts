@@ -18,7 +18,7 @@
  * | `OUTBOX_ORDERING_DEAD_LETTER` | `continue` | `key` ordering: a dead-lettered head lets its key go on (`continue`) or holds it (`hold`) |
  * | `OUTBOX_ORDERING_RUN` | 1000 | `key` ordering: most events of one key per claim (a run); 1: heads only |
  * | `OUTBOX_FAIRNESS` | `none` | `tenant`: claims take the tenants with work in turn, an equal share each |
- * | `OUTBOX_FAIRNESS_MAX_IN_FLIGHT` | none | `tenant` fairness: most events of one tenant leased at once (lease claims only; not with `key` ordering) |
+ * | `OUTBOX_FAIRNESS_MAX_IN_FLIGHT` | none | `tenant` fairness: most events of one tenant leased at once (lease claims only) |
  *
  * Bad values fail at start with a `ConfigError` naming the variable.
  *
@@ -141,8 +141,7 @@ export interface Options {
    * (`OutboxStore.Fairness`; the tenant is `EventInput.tenant`, else the
    * metadata field `tenant`), so another tenant's new event waits about one
    * batch. With `ordering: "key"` too, each key's events stay in order and
-   * the claims take the keys' heads tenant by tenant in turn (without the
-   * per-tenant cap: the relay warns at start when it is set).
+   * the claims take the keys' heads tenant by tenant in turn.
    */
   readonly fairness: "none" | "tenant"
   /**
@@ -253,7 +252,7 @@ export const config: Config.Config<
     ? undefined
     : options.fairness !== "tenant"
     ? "OUTBOX_FAIRNESS_MAX_IN_FLIGHT caps tenants' claims: it needs OUTBOX_FAIRNESS=tenant"
-    : options.claimMode === "transaction" && options.ordering !== "key"
+    : options.claimMode === "transaction"
     ? "OUTBOX_FAIRNESS_MAX_IN_FLIGHT needs OUTBOX_CLAIM_MODE=lease: rows that other transactions hold locked cannot be counted"
     : undefined
   return problem === undefined
@@ -352,7 +351,7 @@ export const variables: ReadonlyArray<Variable> = [
     name: "OUTBOX_FAIRNESS_MAX_IN_FLIGHT",
     default: undefined,
     description:
-      "`tenant` fairness: the most events of one tenant leased at once, across workers and processes, so a tenant with slow deliveries cannot hold every worker (unset: no cap; lease claims only; not applied with `OUTBOX_ORDERING=key`)"
+      "`tenant` fairness: the most events of one tenant leased at once, across workers and processes, so a tenant with slow deliveries cannot hold every worker (unset: no cap; lease claims only; with `OUTBOX_ORDERING=key` a capped claim takes heads only)"
   }
 ]
 

@@ -89,9 +89,9 @@ export interface ClaimOptions {
  * claimable head, then every tenant's second, ..., the oldest first within a
  * turn; besides the heads an ordered claim finds by age, it looks at the
  * oldest due events of up to `maxTenants` tenants in turn (PostgreSQL), so
- * another tenant's new event is still claimed by the next claim. An ordered
- * claim does not apply `maxInFlight` (a key's run is in flight as a whole;
- * the relay warns at start when both are set).
+ * another tenant's new event is still claimed by the next claim. With
+ * `maxInFlight` too, an ordered claim takes heads only (a run's events would
+ * all be in flight at once), each tenant's up to its room under the cap.
  *
  * @category models
  * @since 0.1.0

@@ -70,13 +70,20 @@ describe("OutboxConfig", () => {
       assert.strictEqual(config.fairnessMaxInFlight, 20)
     }))
 
-  it.effect("OUTBOX_FAIRNESS_MAX_IN_FLIGHT with OUTBOX_CLAIM_MODE=transaction fails at start, naming both", () =>
+  it.effect("OUTBOX_FAIRNESS_MAX_IN_FLIGHT with OUTBOX_CLAIM_MODE=transaction fails at start, naming both, with key order too", () =>
     Effect.gen(function*() {
-      const error = yield* Effect.flip(
-        load({ OUTBOX_FAIRNESS: "tenant", OUTBOX_FAIRNESS_MAX_IN_FLIGHT: "20", OUTBOX_CLAIM_MODE: "transaction" })
-      )
-      assert.include(String(error), "OUTBOX_FAIRNESS_MAX_IN_FLIGHT")
-      assert.include(String(error), "OUTBOX_CLAIM_MODE=lease")
+      for (const ordering of ["none", "key"]) {
+        const error = yield* Effect.flip(
+          load({
+            OUTBOX_FAIRNESS: "tenant",
+            OUTBOX_FAIRNESS_MAX_IN_FLIGHT: "20",
+            OUTBOX_CLAIM_MODE: "transaction",
+            OUTBOX_ORDERING: ordering
+          })
+        )
+        assert.include(String(error), "OUTBOX_FAIRNESS_MAX_IN_FLIGHT")
+        assert.include(String(error), "OUTBOX_CLAIM_MODE=lease")
+      }
       // lease claims take it
       const lease = yield* load({ OUTBOX_FAIRNESS: "tenant", OUTBOX_FAIRNESS_MAX_IN_FLIGHT: "20", OUTBOX_CLAIM_MODE: "lease" })
       assert.strictEqual(lease.fairnessMaxInFlight, 20)

@@ -656,11 +656,6 @@ export const make = Effect.gen(function*() {
       }
     }).pipe(Effect.annotateLogs({ module: "Relay", fiber: `worker-${index}` }))
 
-  if (config.ordering === "key" && config.fairness === "tenant" && config.fairnessMaxInFlight !== undefined) {
-    yield* Effect.logWarning(
-      "OUTBOX_FAIRNESS_MAX_IN_FLIGHT is not applied with OUTBOX_ORDERING=key: claims take each key's events in order and tenants in turn, without a per-tenant cap"
-    )
-  }
   if (config.concurrency > 1 && ordering === undefined) {
     yield* Effect.logWarning(
       `OUTBOX_CONCURRENCY=${config.concurrency}: events are claimed by ${config.concurrency} workers in parallel, so their order is not kept (OUTBOX_ORDERING=key keeps each key's)`

@@ -52,8 +52,9 @@
  *   the claim is ordered and takes the claimable heads tenant by tenant in
  *   turn (every tenant's oldest head, then every tenant's second, ..., the
  *   oldest first within a turn), then the runs (as `Fairness` documents;
- *   this store sees every head, so `maxTenants` and `maxInFlight` do not
- *   apply there); a `maxTenants` under 1 counts as 1. With `maxInFlight`, a
+ *   this store sees every head, so `maxTenants` does not apply there; with
+ *   `maxInFlight`, heads only, each tenant's up to its room); a
+ *   `maxTenants` under 1 counts as 1. With `maxInFlight`, a
  *   tenant with that many rows PROCESSING is left out of the turn, and one
  *   with fewer gets at most the room left; `claimInTransaction` refuses a
  *   cap (a `StoreError`), as PostgreSQL does.
@@ -364,7 +365,13 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
    * uncommitted row of a lower id; then the claimable heads, oldest first,
    * up to `limit`.
    */
-  const pickOrdered = (ordering: Ordering, limit: number, now: number, fair = false): Array<Row> => {
+  const pickOrdered = (
+    ordering: Ordering,
+    limit: number,
+    now: number,
+    fair = false,
+    maxInFlight?: number | undefined
+  ): Array<Row> => {
     const hold = ordering.deadLetter === "hold"
     /** The lowest uncommitted id of each key. */
     const uncommitted = new Map<string, bigint>()
@@ -397,14 +404,29 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
       const lowest = uncommitted.get(head.orderingKey)
       return lowest === undefined || lowest > head.id
     })
-    // with fairness, tenant by tenant in turn: every tenant's oldest head, then every tenant's second, ...
-    const picked = (fair ? byTurn(free) : free).slice(0, Math.max(limit, 0))
-    const room = limit - picked.length
-    const run = ordering.run ?? 1
-    if (run <= 1 || room <= 0 || picked.length === 0) return picked.sort(byId)
+    // with fairness, tenant by tenant in turn: every tenant's oldest head, then every tenant's second, ...;
+    // under a cap, each tenant's heads up to its room (its rows PROCESSING counted)
+    const turned = fair ? byTurn(free) : free
+    const room = new Map<string, number>()
+    if (maxInFlight !== undefined) {
+      for (const row of rows.values()) {
+        if (row.status === "PROCESSING") room.set(row.tenant, (room.get(row.tenant) ?? 0) + 1)
+      }
+    }
+    const capped = maxInFlight === undefined ? turned : turned.filter((head) => {
+      const used = room.get(head.tenant) ?? 0
+      if (used >= maxInFlight) return false
+      room.set(head.tenant, used + 1)
+      return true
+    })
+    const picked = capped.slice(0, Math.max(limit, 0))
+    const left = limit - picked.length
+    // a capped claim takes heads only: a run's events would all be in flight at once
+    const run = maxInFlight === undefined ? ordering.run ?? 1 : 1
+    if (run <= 1 || left <= 0 || picked.length === 0) return picked.sort(byId)
     // the runs (`Ordering.run`): each taken head's next events, up to an equal share of the room, each run
     // up to the first event not claimable now; then the oldest of them, up to the room
-    const share = Math.min(run - 1, Math.ceil(room / picked.length))
+    const share = Math.min(run - 1, Math.ceil(left / picked.length))
     const runs = new Map<string, { readonly head: Row; readonly rows: Array<Row>; open: boolean }>()
     for (const head of picked) runs.set(head.orderingKey, { head, rows: [], open: true })
     for (const row of ordered()) {
@@ -421,7 +443,7 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
     }
     const followers = Array.from(runs.values()).flatMap((r) => r.rows).sort((a, b) => (a.id < b.id ? -1 : 1))
     // in id order, as PostgreSQL returns a claim: a key's run after its head
-    return [...picked, ...followers.slice(0, room)].sort((a, b) => (a.id < b.id ? -1 : 1))
+    return [...picked, ...followers.slice(0, left)].sort((a, b) => (a.id < b.id ? -1 : 1))
   }
 
   /**
@@ -488,12 +510,13 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
     const refuse = (message: string) => new StoreError({ operation, message: `${operation}: ${message}`, retryable: false })
     const limit = Math.round(options.limit)
     if (!(limit >= 0)) return refuse("LIMIT must not be negative")
-    if (options.ordering !== undefined) return pickOrdered(options.ordering, limit, now, options.fairness !== undefined)
+    const rawCap = options.fairness?.maxInFlight
+    if (rawCap !== undefined && operation === "claimInTransaction") return refuse(inFlightCapRefusal)
+    const cap = rawCap === undefined ? undefined : Math.max(1, Math.trunc(rawCap) || 1)
+    if (options.ordering !== undefined) return pickOrdered(options.ordering, limit, now, options.fairness !== undefined, cap)
     if (options.fairness !== undefined) {
       const maxTenants = Math.max(1, Math.trunc(options.fairness.maxTenants ?? defaultMaxTenants) || 1)
-      const cap = options.fairness.maxInFlight
-      if (cap !== undefined && operation === "claimInTransaction") return refuse(inFlightCapRefusal)
-      return pickFair(maxTenants, cap === undefined ? undefined : Math.max(1, Math.trunc(cap) || 1), limit, now)
+      return pickFair(maxTenants, cap, limit, now)
     }
     const picked: Array<Row> = []
     for (const row of ordered()) {

@@ -1705,6 +1705,29 @@ export const suite: {
       )
 
       test(
+        "with ordering, fairness and maxInFlight: heads only, each tenant's up to the room under its cap; settling makes room",
+        Effect.gen(function*() {
+          const store = yield* OutboxStore
+          const capped = (limit: number, run?: number) =>
+            store.claim({ limit, leaseDuration: lease, ordering: { deadLetter: "continue", run }, fairness: { maxInFlight: 2 } })
+          // a: 2 events on each of 4 keys; b: 2 events on one key
+          const a = yield* publishIds(Array.from({ length: 8 }, (_, i) => ofTenant(i + 1, "a", { aggregateId: `a-${i % 4}` })))
+          const b = yield* publishIds([ofTenant(9, "b", { aggregateId: "b-0" }), ofTenant(10, "b", { aggregateId: "b-0" })])
+          // heads in turn, 2 of a (its cap), b's one head; no run even when asked for (a run would be in flight at once)
+          const first = yield* capped(10, 10)
+          assert.deepStrictEqual(ids(first), [a[0]!, a[1]!, b[0]!])
+          // a is at its cap; b's key is in flight
+          assert.deepStrictEqual(yield* capped(10, 10), [])
+          // one of a's settles: room for one more of a's heads (the next key's; a-0's second event too is a head now)
+          yield* completeAll([first[0]!])
+          assert.deepStrictEqual(ids(yield* capped(10)), [a[2]!])
+          // in flight: a-1, a-2 (a at its cap) and b-0
+          const rows = yield* Effect.forEach([...a, ...b], row)
+          assert.strictEqual(rows.filter((r) => r.status === "PROCESSING" && r.tenant === "a").length, 2)
+        })
+      )
+
+      test(
         "with maxInFlight, a tenant at its cap is left out of the turn and one below it gets at most the room left; settling makes room",
         Effect.gen(function*() {
           const a = yield* publishIds(Array.from({ length: 6 }, (_, i) => ofTenant(i + 1, "a")))
@@ -1730,19 +1753,21 @@ export const suite: {
 
       if (options.claimInTransaction !== "refused") {
         test(
-          "claimInTransaction refuses a per-tenant in-flight cap: a non-retryable StoreError, nothing locked",
+          "claimInTransaction refuses a per-tenant in-flight cap, ordered or not: a non-retryable StoreError, nothing locked",
           Effect.gen(function*() {
             const store = yield* OutboxStore
             const published = yield* publishIds([ofTenant(1, "a"), ofTenant(2, "b")])
-            const error = yield* Effect.flip(
-              store.claimInTransaction(
-                { limit: 10, timeout: txTimeout, fairness: { maxInFlight: 1 } },
-                (events) => Effect.succeed(settled(events))
+            for (const ordering of [undefined, { deadLetter: "continue" } as const]) {
+              const error = yield* Effect.flip(
+                store.claimInTransaction(
+                  { limit: 10, timeout: txTimeout, fairness: { maxInFlight: 1 }, ordering },
+                  (events) => Effect.succeed(settled(events))
+                )
               )
-            )
-            assert.instanceOf(error, StoreError)
-            assert.isFalse((error as StoreError).retryable)
-            assert.include((error as StoreError).message, "maxInFlight")
+              assert.instanceOf(error, StoreError)
+              assert.isFalse((error as StoreError).retryable)
+              assert.include((error as StoreError).message, "maxInFlight")
+            }
             assert.deepStrictEqual(ids(yield* claim()), published)
           })
         )
@@ -1775,13 +1800,13 @@ export const suite: {
         )
 
         test(
-          "claimInTransaction with ordering and fairness takes heads tenant by tenant in turn; a per-tenant cap is not refused there (an ordered claim does not apply it)",
+          "claimInTransaction with ordering and fairness takes heads tenant by tenant in turn",
           Effect.gen(function*() {
             const store = yield* OutboxStore
             const a = yield* publishIds(Array.from({ length: 12 }, (_, i) => ofTenant(i + 1, "a", { aggregateId: `a-${i % 6}` })))
             const [b1] = yield* publishIds([ofTenant(13, "b", { aggregateId: "b-0" })])
             const claimed = yield* store.claimInTransaction(
-              { limit: 3, timeout: txTimeout, ordering: { deadLetter: "continue" }, fairness: { maxInFlight: 1 } },
+              { limit: 3, timeout: txTimeout, ordering: { deadLetter: "continue" }, fairness: {} },
               (events) => Effect.succeed(settled(events))
             )
             assert.deepStrictEqual(ids(claimed), [a[0]!, a[1]!, b1!])

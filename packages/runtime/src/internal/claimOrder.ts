@@ -10,9 +10,7 @@ import type { Fairness, Ordering } from "@outbox/core/OutboxStore"
 
 /**
  * `ordering` and `fairness` of a claim. With both, the claim is ordered and
- * takes its heads tenant by tenant in turn (`Fairness`); the per-tenant cap
- * (`maxInFlight`) is not applied to ordered claims (the relay warns at
- * start when it is set).
+ * takes its heads tenant by tenant in turn (`Fairness`).
  *
  * @internal
  */
@@ -24,7 +22,7 @@ export const claimOrder = (
   const ordering: Ordering | undefined = config.ordering === "key" ? { deadLetter: config.orderingDeadLetter } : undefined
   const fairness: Fairness | undefined = config.fairness !== "tenant"
     ? undefined
-    : config.fairnessMaxInFlight === undefined || ordering !== undefined
+    : config.fairnessMaxInFlight === undefined
     ? {}
     : { maxInFlight: config.fairnessMaxInFlight }
   return { ...(ordering === undefined ? {} : { ordering }), ...(fairness === undefined ? {} : { fairness }) }

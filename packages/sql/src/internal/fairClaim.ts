@@ -162,7 +162,12 @@ export const make = (options: Options) => {
   }
 
   /** The tenants' turn of an ordered claim with `fairness` (`OrderedClaim.statement`). */
-  const orderedTurn = (fairness: Fairness): OrderedClaim.Turn => ({ turn, tenant, max: maxTenants(fairness) })
+  const orderedTurn = (fairness: Fairness): OrderedClaim.Turn => ({
+    turn,
+    tenant,
+    max: maxTenants(fairness),
+    cap: fairness.maxInFlight === undefined ? undefined : Math.max(1, Math.trunc(fairness.maxInFlight) || 1)
+  })
 
   return { statement, advance, orderedTurn }
 }

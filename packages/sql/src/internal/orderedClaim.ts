@@ -134,6 +134,13 @@ export interface Turn {
   readonly tenant: (alias: string) => Fragment
   /** Tenants a claim visits. */
   readonly max: number
+  /**
+   * `Fairness.maxInFlight`: a tenant's heads are taken only up to its room
+   * under the cap (its rows PROCESSING counted once per claim), and the
+   * claim takes heads only (no runs: a run's events are all in flight at
+   * once).
+   */
+  readonly cap?: number | undefined
 }
 
 /**
@@ -371,27 +378,38 @@ export const make = (options: Options) => {
       readonly finish: Fragment
     },
     fair?: Turn
-  ) =>
-    sql`WITH RECURSIVE ${headsCtes(ts, limit, p, ordering, fair)}, ${
-      (ordering.run ?? 1) > 1 ? sql`locked_heads AS MATERIALIZED` : sql.literal("locked AS")
-    } (
+  ) => {
+    // a capped claim takes heads only: a run's events would all be in flight at once
+    const order: Ordering = fair?.cap === undefined ? ordering : { ...ordering, run: 1 }
+    const runs = (order.run ?? 1) > 1
+    return sql`WITH RECURSIVE ${headsCtes(ts, limit, p, order, fair)}${
+      fair?.cap === undefined ? sql.literal("") : sql`, flying AS MATERIALIZED (
+        SELECT ${fair.tenant("o")} AS t, count(*) AS c FROM ${T} o WHERE o.status = 'PROCESSING' GROUP BY 1
+      )`
+    }, ${runs ? sql`locked_heads AS MATERIALIZED` : sql.literal("locked AS")} (
         SELECT l.* FROM (${
       fair === undefined
         ? sql`SELECT h.id, h.created_at FROM heads h ORDER BY h.id`
         // tenant by tenant in turn: each head's rank in its tenant, then its id (the tenant read by id: a
-        // nested loop of index lookups, so no plan can hash a partition to join the heads)
+        // nested loop of index lookups, so no plan can hash a partition to join the heads); under a cap,
+        // only the ranks within the tenant's room
         : sql`SELECT h.id, h.created_at FROM (
-            SELECT h.id, h.created_at, row_number() OVER (PARTITION BY x.t ORDER BY h.id) AS rn
+            SELECT h.id, h.created_at, x.t, row_number() OVER (PARTITION BY x.t ORDER BY h.id) AS rn
             FROM heads h CROSS JOIN LATERAL (
               SELECT ${fair.tenant("o")} AS t FROM ${T} o WHERE o.id = h.id AND o.created_at = h.created_at) x
-          ) h ORDER BY h.rn, h.id`
+          ) h ${
+          fair.cap === undefined
+            ? sql.literal("")
+            : sql`WHERE h.rn <= ${fair.cap}::int - coalesce((SELECT f.c FROM flying f WHERE f.t = h.t), 0)`
+        } ORDER BY h.rn, h.id`
     }) h
         CROSS JOIN LATERAL (
           SELECT ${parts.select} FROM ${T} o
           WHERE o.id = h.id AND o.created_at = h.created_at AND ${parts.claimable}
           FOR UPDATE OF o SKIP LOCKED) l
         LIMIT ${options.limit(limit)}
-      )${(ordering.run ?? 1) > 1 ? runCtes(ts, limit, p, ordering, parts) : sql.literal("")} ${parts.finish}`
+      )${runs ? runCtes(ts, limit, p, order, parts) : sql.literal("")} ${parts.finish}`
+  }
 
   /**
    * With `Ordering.run` above 1: the CTE `locked` of the heads taken

@@ -262,8 +262,7 @@ export const make = <V>(options: Options<V>) => {
     if (fairness !== undefined && typeof options.fair === "string") {
       return Effect.fail(new StoreError({ operation, message: options.fair, retryable: false }))
     }
-    // an ordered claim does not apply the cap (`Fairness.maxInFlight`): nothing to refuse there
-    if (ordering === undefined && fairness?.maxInFlight !== undefined) {
+    if (fairness?.maxInFlight !== undefined) {
       return Effect.fail(new StoreError({ operation, message: `${operation}: ${inFlightCapRefusal}`, retryable: false }))
     }
     if (ordering !== undefined && typeof options.ordered === "string") {

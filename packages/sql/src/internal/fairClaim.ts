@@ -60,6 +60,9 @@ export const make = (options: Options) => {
 
   /** Tenants a claim visits: `Fairness.maxTenants`, else the default. */
   const maxTenants = (fairness: Fairness) => Math.max(1, Math.trunc(fairness.maxTenants ?? defaultMaxTenants))
+  /** `Fairness.maxInFlight` as a whole number of at least 1; `undefined`: no cap. */
+  const capOf = (fairness: Fairness) =>
+    fairness.maxInFlight === undefined ? undefined : Math.max(1, Math.trunc(fairness.maxInFlight) || 1)
 
   /**
    * The CTEs `after`, `before` and `walked (t, n)` (the statement starts
@@ -109,7 +112,7 @@ export const make = (options: Options) => {
     parts: { readonly claimable: Fragment; readonly select: Fragment; readonly finish: Fragment }
   ) => {
     const max = maxTenants(fairness)
-    const cap = fairness.maxInFlight === undefined ? undefined : Math.max(1, Math.trunc(fairness.maxInFlight) || 1)
+    const cap = capOf(fairness)
     // the room each tenant has under its cap: its rows PROCESSING (the leased index), counted once per claim
     const room = cap === undefined
       ? sql.literal(String(Math.max(1, Math.trunc(limit))))
@@ -166,7 +169,7 @@ export const make = (options: Options) => {
     turn,
     tenant,
     max: maxTenants(fairness),
-    cap: fairness.maxInFlight === undefined ? undefined : Math.max(1, Math.trunc(fairness.maxInFlight) || 1)
+    cap: capOf(fairness)
   })
 
   return { statement, advance, orderedTurn }

@@ -170,7 +170,7 @@ const byTurn = (heads: ReadonlyArray<Row>): Array<Row> => {
       seen.set(row.tenant, rank)
       return { row, rank }
     })
-    .sort((a, b) => a.rank - b.rank || (a.row.id < b.row.id ? -1 : a.row.id > b.row.id ? 1 : 0))
+    .sort((a, b) => a.rank - b.rank || byId(a.row, b.row))
     .map(({ row }) => row)
 }
 
@@ -358,6 +358,15 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
       )
     })
 
+  /** Each tenant's rows PROCESSING: what a per-tenant cap (`Fairness.maxInFlight`) counts. */
+  const processingByTenant = (): Map<string, number> => {
+    const counts = new Map<string, number>()
+    for (const row of rows.values()) {
+      if (row.status === "PROCESSING") counts.set(row.tenant, (counts.get(row.tenant) ?? 0) + 1)
+    }
+    return counts
+  }
+
   /**
    * The rows an ordered claim takes (see `Ordering`), in one pass over the
    * visible rows: each key's head, unless the key is blocked by a row in
@@ -407,16 +416,11 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
     // with fairness, tenant by tenant in turn: every tenant's oldest head, then every tenant's second, ...;
     // under a cap, each tenant's heads up to its room (its rows PROCESSING counted)
     const turned = fair ? byTurn(free) : free
-    const room = new Map<string, number>()
-    if (maxInFlight !== undefined) {
-      for (const row of rows.values()) {
-        if (row.status === "PROCESSING") room.set(row.tenant, (room.get(row.tenant) ?? 0) + 1)
-      }
-    }
-    const capped = maxInFlight === undefined ? turned : turned.filter((head) => {
-      const used = room.get(head.tenant) ?? 0
-      if (used >= maxInFlight) return false
-      room.set(head.tenant, used + 1)
+    const inFlight = maxInFlight === undefined ? undefined : processingByTenant()
+    const capped = inFlight === undefined ? turned : turned.filter((head) => {
+      const used = inFlight.get(head.tenant) ?? 0
+      if (used >= maxInFlight!) return false
+      inFlight.set(head.tenant, used + 1)
       return true
     })
     const picked = capped.slice(0, Math.max(limit, 0))
@@ -458,12 +462,7 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
   const pickFair = (maxTenants: number, maxInFlight: number | undefined, limit: number, now: number): Array<Row> => {
     if (limit === 0) return []
     /** Each tenant's rows PROCESSING, when a cap applies. */
-    const inFlight = new Map<string, number>()
-    if (maxInFlight !== undefined) {
-      for (const row of rows.values()) {
-        if (row.status === "PROCESSING") inFlight.set(row.tenant, (inFlight.get(row.tenant) ?? 0) + 1)
-      }
-    }
+    const inFlight = maxInFlight === undefined ? new Map<string, number>() : processingByTenant()
     /** Each tenant's oldest claimable rows (no tenant can take more than `limit`, nor than its room under the cap). */
     const byTenant = new Map<string, Array<Row>>()
     for (const row of ordered()) {
@@ -495,8 +494,9 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
   /**
    * The rows a claim takes: `pickOrdered` with `ordering`, `pickFair` with
    * `fairness`, else the claimable rows in id order. A `StoreError` (nothing
-   * taken) for a negative `limit` (rounded like PostgreSQL's LIMIT), a
-   * (with both, the ordered claim takes its heads tenant by tenant).
+   * taken) for a negative `limit` (rounded like PostgreSQL's LIMIT), and
+   * for a per-tenant cap in `claimInTransaction`. With both `ordering` and
+   * `fairness`, the ordered claim takes its heads tenant by tenant.
    */
   const pick = (
     operation: "claim" | "claimInTransaction",

@@ -40,7 +40,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as OrderedClaim from "../packages/sql/src/internal/orderedClaim.ts"
-import { fmt, openDatabase, percentile, runMain, timed, writeResults } from "./shared.ts"
+import { fmt, machineCpu, openDatabase, percentile, runMain, timed, writeResults } from "./shared.ts"
 
 const EVENTS = Number(process.env.BENCH_EVENTS ?? 200_000)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
@@ -89,6 +89,21 @@ const drain = (n: number, ordering: "none" | "key", batch: number) =>
     const relay = Context.get(context, Relay.Relay)
     while ((yield* relay.stats).completed < n) yield* Effect.sleep("5 millis")
   }))
+
+/**
+ * `drain`, timed, with its CPU per event in µs: this process's (the relay) and the rest of the machine's
+ * (PostgreSQL's backends, mostly; `/proc/stat` of every core minus this process), since a drain on this
+ * machine is CPU-bound and which side an ordered claim costs more on is the question.
+ */
+const measuredDrain = (n: number, ordering: "none" | "key", batch: number) =>
+  Effect.gen(function*() {
+    const before = machineCpu()
+    const t = yield* timed(drain(n, ordering, batch))
+    const after = machineCpu()
+    const jiffy = 1 / 100 // USER_HZ
+    const machineSeconds = ((after.total - after.idle) - (before.total - before.idle)) * jiffy
+    return { seconds: t.seconds, nodeUs: (t.cpuSeconds / n) * 1e6, restUs: (Math.max(0, machineSeconds - t.cpuSeconds) / n) * 1e6 }
+  })
 
 /** `n` PENDING events of tenant `a` (metadata), then VACUUM ANALYZE. */
 const preloadTenant = (n: number) =>
@@ -182,7 +197,9 @@ const main = Effect.gen(function*() {
   console.log(
     `Per-key ordering — drain ${EVENTS.toLocaleString()} queued events over ${KEYS} keys, ${WORKERS} workers, no-op sink, best of ${ROUNDS}, node ${process.version}`
   )
-  console.log(`  claim limit   unordered ev/s   ordered ev/s   ordered/unordered   target ≥ 70 %   each round's pair`)
+  console.log(
+    `  claim limit   unordered ev/s   ordered ev/s   ordered/unordered   target ≥ 70 %   each round's pair   CPU µs/event, unordered → ordered (Node + rest of the machine)`
+  )
   const drains: Array<Record<string, unknown>> = []
   for (const batch of BATCHES) {
     let unordered = Infinity
@@ -190,21 +207,23 @@ const main = Effect.gen(function*() {
     // each round's ordered / unordered, drained back to back: on a machine whose speed drifts between runs
     // (2× on this one), a pair's ratio is steadier than a ratio of two bests that may come from different rounds
     const pairs: Array<number> = []
+    const cpu: Array<string> = []
     for (let round = 0; round < ROUNDS; round++) {
       yield* run(preload(EVENTS, KEYS))
-      const u = (yield* run(timed(drain(EVENTS, "none", batch)))).seconds
+      const u = yield* run(measuredDrain(EVENTS, "none", batch))
       yield* run(preload(EVENTS, KEYS))
-      const o = (yield* run(timed(drain(EVENTS, "key", batch)))).seconds
-      unordered = Math.min(unordered, u)
-      ordered = Math.min(ordered, o)
-      pairs.push(u / o)
+      const o = yield* run(measuredDrain(EVENTS, "key", batch))
+      unordered = Math.min(unordered, u.seconds)
+      ordered = Math.min(ordered, o.seconds)
+      pairs.push(u.seconds / o.seconds)
+      cpu.push(`${fmt(u.nodeUs, 1)} + ${fmt(u.restUs, 1)} → ${fmt(o.nodeUs, 1)} + ${fmt(o.restUs, 1)}`)
     }
     const ratio = unordered / ordered
     drains.push({ batch, unorderedEventsPerSec: EVENTS / unordered, orderedEventsPerSec: EVENTS / ordered, ratio, pairs })
     console.log(
       `  ${String(batch).padStart(11)}   ${fmt(EVENTS / unordered).padStart(14)}   ${fmt(EVENTS / ordered).padStart(12)}   ${
         fmt(ratio * 100, 1).padStart(15)
-      } %   ${(ratio >= 0.7 ? "yes" : "no").padEnd(13)}   ${pairs.map((r) => `${fmt(r * 100, 1)} %`).join(", ")}`
+      } %   ${(ratio >= 0.7 ? "yes" : "no").padEnd(13)}   ${pairs.map((r) => `${fmt(r * 100, 1)} %`).join(", ").padEnd(17)}   ${cpu.join("; ")}`
     )
   }
 

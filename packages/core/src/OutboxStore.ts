@@ -162,7 +162,11 @@ export interface Ordering {
    * with the events that follow each taken head in id order: at most
    * `run - 1` and at most an equal share of the room per key
    * (`ceil(room / keys)`), so every key with a free head gets its head
-   * before any key gets a second event. A run stops before the first event
+   * before any key gets a second event. When the room is smaller than the
+   * heads taken, it goes to the keys of the oldest heads, one event each:
+   * a claim then reads as many runs as it has room for, not every taken
+   * key's (on PostgreSQL a claim of 250 read 246 runs for 4 events, 6.5 of
+   * its 15 ms). A run stops before the first event
    * that is not claimable now: not due (a backoff, a schedule), above what
    * the claim may see of its key (an uncommitted lower id), or, with
    * `hold`, past a dead letter.

@@ -430,9 +430,11 @@ export const makeWith = (options: Options = {}): Effect.Effect<OutboxStore["Serv
     if (run <= 1 || left <= 0 || picked.length === 0) return picked.sort(byId)
     // the runs (`Ordering.run`): each taken head's next events, up to an equal share of the room, each run
     // up to the first event not claimable now; then the oldest of them, up to the room
-    const share = Math.min(run - 1, Math.ceil(left / picked.length))
+    // a room smaller than the heads taken goes to the oldest heads' keys (as PgOutboxStore reads only theirs)
+    const runHeads = picked.length > left ? [...picked].sort(byId).slice(0, left) : picked
+    const share = Math.min(run - 1, Math.ceil(left / runHeads.length))
     const runs = new Map<string, { readonly head: Row; readonly rows: Array<Row>; open: boolean }>()
-    for (const head of picked) runs.set(head.orderingKey, { head, rows: [], open: true })
+    for (const head of runHeads) runs.set(head.orderingKey, { head, rows: [], open: true })
     for (const row of ordered()) {
       const r = runs.get(row.orderingKey)
       if (r === undefined || !r.open || row.id <= r.head.id) continue

@@ -1228,6 +1228,26 @@ export const suite: {
         })
       )
 
+      test(
+        "with run, when the room is smaller than the heads taken, it goes to the oldest heads' keys, one event each",
+        Effect.gen(function*() {
+          // keys: a = [0, 5], b = [1, 2], c = [3, 4]; heads 0, 1, 3; room 1
+          const p = yield* publishIds([
+            onKey(1, "a"),
+            onKey(2, "b"),
+            onKey(3, "b"),
+            onKey(4, "c"),
+            onKey(5, "c"),
+            onKey(6, "a")
+          ])
+          // a's run (the oldest head's), not b's lower-id event: the claim reads one run, not all three
+          assert.deepStrictEqual(ids(yield* claimOrdered(4, "continue", 10)), [p[0]!, p[1]!, p[3]!, p[5]!])
+          // room 2 of 3 heads: a's and b's runs
+          const q = yield* publishIds([onKey(7, "d"), onKey(8, "e"), onKey(9, "f"), onKey(10, "f"), onKey(11, "e"), onKey(12, "d")])
+          assert.deepStrictEqual(ids(yield* claimOrdered(5, "continue", 10)), [q[0]!, q[1]!, q[2]!, q[4]!, q[5]!])
+        })
+      )
+
       for (const deadLetter of ["continue", "hold"] as const) {
         test(
           `a run stops before an event that is not due${

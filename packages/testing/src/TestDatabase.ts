@@ -620,6 +620,25 @@ export const serverUrlOrEmbedded: Effect.Effect<string, TestDatabaseError, Scope
 // databases
 
 /**
+ * A statement that waits, on the server, up to 2 s for the sessions still
+ * connected to database `name` to end on their own (polling
+ * `pg_stat_activity` every 10 ms). A client closed just before may not have
+ * gone yet: `pg`'s `Pool.end()` resolves once it has *asked* its idle clients
+ * to end, and a backend that `DROP DATABASE ... WITH (FORCE)` terminates
+ * before it has read the client's goodbye sends it a FATAL error, which the
+ * client emits with no listener left: an uncaught exception in the test file
+ * being torn down (a CI run of 2026-12-04 failed on one, every test passed).
+ */
+const settle = (name: string) =>
+  `DO $settle$ BEGIN
+     FOR i IN 1..200 LOOP
+       PERFORM pg_catalog.pg_stat_clear_snapshot();
+       EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE datname = '${name}');
+       PERFORM pg_catalog.pg_sleep(0.01);
+     END LOOP;
+   END $settle$`
+
+/**
  * Creates a database with a random name (`outbox_test_<hex>`) on the server
  * at `server` (any database URL with the right to `CREATE DATABASE`), and
  * drops it `WITH (FORCE)` when the scope closes. The admin connection is
@@ -643,9 +662,13 @@ export const freshDatabase = (
           admin.unsafe(`CREATE DATABASE "${name}"`).pipe(Effect.mapError(fail(`cannot create database ${name}`)))
       ),
       () =>
-        withConnection(server, (admin) => admin.unsafe(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`)).pipe(
-          Effect.ignore
-        )
+        withConnection(
+          server,
+          (admin) =>
+            admin.unsafe(settle(name)).pipe(
+              Effect.andThen(admin.unsafe(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`))
+            )
+        ).pipe(Effect.ignore)
     ).pipe(Effect.as(TestDatabase.of({ name, url: withDatabase(server, name) })))
   })
 

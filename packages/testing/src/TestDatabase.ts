@@ -633,7 +633,7 @@ const settle = (name: string) =>
   `DO $settle$ BEGIN
      FOR i IN 1..200 LOOP
        PERFORM pg_catalog.pg_stat_clear_snapshot();
-       EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE datname = '${name}');
+       EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE datname = '${name.replaceAll("'", "''")}');
        PERFORM pg_catalog.pg_sleep(0.01);
      END LOOP;
    END $settle$`

@@ -417,7 +417,7 @@ export const make = (options: Options) => {
    * taken heads, at most as many as the room left (`run_keys`: a claim of
    * 250 that took 246 heads read all 246 keys' runs for 4 events, 6.5 ms of
    * 15, and the ordered drain at claims of 250 went from 62–66 % of the
-   * unordered one to 70–71 %), are read on along `<outbox>_ordering_idx`
+   * unordered one to 68–71 %), are read on along `<outbox>_ordering_idx`
    * (one range scan per key, at most its share of the room left), up to the first event not
    * claimable now (not due, above the probe's `w`, past a held dead
    * letter: `bool_and` over the key's events in id order); the oldest of
@@ -440,8 +440,8 @@ export const make = (options: Options) => {
     return sql`, taken_keys AS MATERIALIZED (
         SELECT h.k, h.id FROM heads h WHERE h.id IN (SELECT lh.id FROM locked_heads lh)
       ), room AS MATERIALIZED (
-        SELECT (${limit}::int - (SELECT count(*) FROM taken_keys))::int AS n,
-               greatest(least((SELECT count(*) FROM taken_keys), ${limit}::int - (SELECT count(*) FROM taken_keys)), 1)::int AS keys
+        SELECT t.n, greatest(least(t.taken, t.n), 1) AS keys
+        FROM (SELECT (${limit}::int - count(*))::int AS n, count(*)::int AS taken FROM taken_keys) t
       ), run_keys AS MATERIALIZED (
         SELECT tk.k, tk.id FROM taken_keys tk ORDER BY tk.id LIMIT greatest((SELECT n FROM room), 0)
       ), candidates AS MATERIALIZED (

@@ -1248,6 +1248,48 @@ export const suite: {
         })
       )
 
+      // A claim may read its runs from the oldest due rows it already holds (PgOutboxStore: the window) instead
+      // of the key's own index; these room-of-one claims are where a run read there, without the rules, is wrong
+      test(
+        "with run, a run from the claim's oldest rows still stops before an event that is not due",
+        Effect.gen(function*() {
+          // keys: a = [a1, a2 (not due), a3], b = [b1]; the 3 oldest due rows are a1, a3, b1: heads a1, b1, room 1
+          const [a1, a2, a3, b1] = yield* publishIds([
+            onKey(1, "a"),
+            onKey(2, "a", { availableAt: at(5 * 60_000) }),
+            onKey(3, "a"),
+            onKey(4, "b")
+          ])
+          assert.deepStrictEqual(ids(yield* claimOrdered(3, "continue", 10)), [a1!, b1!])
+          assert.strictEqual((yield* row(a2!)).status, "PENDING")
+          assert.strictEqual((yield* row(a3!)).status, "PENDING")
+        })
+      )
+
+      for (const deadLetter of ["continue", "hold"] as const) {
+        test(
+          `with run, a run from the claim's oldest rows goes past a dead letter only with deadLetter continue (${deadLetter})`,
+          Effect.gen(function*() {
+            // keys: b = [b1, b2 (dead letter), b3], a = [a1], c = [c1]; the 4 oldest due rows are b1, a1, b3, c1
+            const [b1, b2, a1, b3, c1] = yield* publishIds([
+              onKey(1, "b"),
+              onKey(2, "b"),
+              onKey(3, "a"),
+              onKey(4, "b"),
+              onKey(5, "c")
+            ])
+            // b2 dead-lettered above b's head: an unordered claim took b1 and b2, b1 was released
+            const plain = yield* claim(2)
+            assert.deepStrictEqual(ids(plain), [b1!, b2!])
+            yield* OutboxStore.use((s) => s.deadLetter(leaseOf(plain[1]!), { error: "cannot parse" }))
+            yield* OutboxStore.use((s) => s.release([leaseOf(plain[0]!)]))
+            // heads b1, a1 and c1, room 1: b's run (the oldest head's) is b3, past the dead letter or not at all
+            const claimed = yield* claimOrdered(4, deadLetter, 10)
+            assert.deepStrictEqual(ids(claimed), deadLetter === "continue" ? [b1!, a1!, b3!, c1!] : [b1!, a1!, c1!])
+          })
+        )
+      }
+
       for (const deadLetter of ["continue", "hold"] as const) {
         test(
           `a run stops before an event that is not due${

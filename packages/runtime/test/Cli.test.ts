@@ -78,6 +78,9 @@ layer(TestDatabase.layer, { timeout: "120 seconds" })("npx outbox", (it) => {
     it.effect("maintain --tenant-table ensures one tenant's months, sweeps all, and applies per-tenant retention", () =>
       Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
+        // the outbox the injected tenant name tries to drop (migrated here too, so the test stands alone under -t)
+        const migrated = yield* outbox("migrate")
+        assert.strictEqual(migrated.code, 0, migrated.stderr)
         yield* sql.unsafe(`CREATE TABLE tenant_events (tenant_id text NOT NULL, created_at timestamptz NOT NULL, body jsonb)
           PARTITION BY LIST (tenant_id)`)
         const acme = yield* outbox("partitions", "maintain", "--tenant-table", "tenant_events", "--tenant", "acme'; DROP TABLE outbox; --", "--months-ahead", "2", "--json")

@@ -419,12 +419,12 @@ export const make = (options: Options) => {
     }, ${runs ? sql`locked_heads AS MATERIALIZED` : sql.literal("locked AS")} (${
       fair === undefined
         ? lockAll("heads", parts, limit)
-        : sql`
-        SELECT l.* FROM (${
         // tenant by tenant in turn: each head's rank in its tenant, then its id (the tenant read by id: a
         // nested loop of index lookups, so no plan can hash a partition to join the heads); under a cap,
-        // only the ranks within the tenant's room
-        sql`SELECT h.id, h.created_at FROM (
+        // only the ranks within the tenant's room; each head locked on its own, in that order
+        : sql`
+        SELECT l.* FROM (
+          SELECT h.id, h.created_at FROM (
             SELECT h.id, h.created_at, x.t, row_number() OVER (PARTITION BY x.t ORDER BY h.id) AS rn
             FROM heads h CROSS JOIN LATERAL (
               SELECT ${fair.tenant("o")} AS t FROM ${T} o WHERE o.id = h.id AND o.created_at = h.created_at) x
@@ -432,8 +432,7 @@ export const make = (options: Options) => {
           fair.cap === undefined
             ? sql.literal("")
             : sql`WHERE h.rn <= ${fair.cap}::int - coalesce((SELECT f.c FROM flying f WHERE f.t = h.t), 0)`
-        } ORDER BY h.rn, h.id`
-      }) h
+        } ORDER BY h.rn, h.id) h
         CROSS JOIN LATERAL (
           SELECT ${parts.select} FROM ${T} o
           WHERE o.id = h.id AND o.created_at = h.created_at AND ${parts.claimable}

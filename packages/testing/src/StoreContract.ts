@@ -111,6 +111,19 @@ const row = (id: bigint): Effect.Effect<EventRecord, unknown, OutboxStore> =>
 
 const ids = (events: ReadonlyArray<{ readonly id: bigint }>) => events.map((e) => e.id)
 
+/**
+ * A dead letter above a key's head, as rows claimed before ordering was
+ * switched on leave one: an unordered claim takes the two oldest events,
+ * `head` and `next` (of one key), dead-letters `next` and releases `head`.
+ */
+const deadLetterAboveHead = (head: bigint, next: bigint) =>
+  Effect.gen(function*() {
+    const plain = yield* claim(2)
+    assert.deepStrictEqual(ids(plain), [head, next])
+    yield* OutboxStore.use((s) => s.deadLetter(leaseOf(plain[1]!), { error: "cannot parse" }))
+    yield* OutboxStore.use((s) => s.release([leaseOf(plain[0]!)]))
+  })
+
 /** Publishes `count` events of each tenant, one tenant after the other; returns each tenant's ids, oldest first. */
 const publishTenants = (tenants: ReadonlyArray<string>, count: number) =>
   Effect.gen(function*() {
@@ -1278,11 +1291,7 @@ export const suite: {
               onKey(4, "b"),
               onKey(5, "c")
             ])
-            // b2 dead-lettered above b's head: an unordered claim took b1 and b2, b1 was released
-            const plain = yield* claim(2)
-            assert.deepStrictEqual(ids(plain), [b1!, b2!])
-            yield* OutboxStore.use((s) => s.deadLetter(leaseOf(plain[1]!), { error: "cannot parse" }))
-            yield* OutboxStore.use((s) => s.release([leaseOf(plain[0]!)]))
+            yield* deadLetterAboveHead(b1!, b2!)
             // heads b1, a1 and c1, room 1: b's run (the oldest head's) is b3, past the dead letter or not at all
             const claimed = yield* claimOrdered(4, deadLetter, 10)
             assert.deepStrictEqual(ids(claimed), deadLetter === "continue" ? [b1!, a1!, b3!, c1!] : [b1!, a1!, c1!])
@@ -1304,11 +1313,7 @@ export const suite: {
               onKey(5, "a"),
               onKey(6, "b")
             ])
-            // a dead letter above a key's head: an unordered claim took a1 and a2, a1 was released
-            const plain = yield* claim(2)
-            assert.deepStrictEqual(ids(plain), [a1!, a2!])
-            yield* OutboxStore.use((s) => s.deadLetter(leaseOf(plain[1]!), { error: "cannot parse" }))
-            yield* OutboxStore.use((s) => s.release([leaseOf(plain[0]!)]))
+            yield* deadLetterAboveHead(a1!, a2!)
             const claimed = yield* claimOrdered(100, deadLetter, 100)
             assert.deepStrictEqual(ids(claimed), deadLetter === "continue" ? [a1!, a3!, b1!] : [a1!, b1!])
             assert.strictEqual((yield* row(a4!)).status, "PENDING")

@@ -22,6 +22,13 @@
  *    over 1 key (and over 1,000 keys in one worker's slice of 4): `EXPLAIN (ANALYZE, BUFFERS)` of the ordered claim's locking
  *    query (the lease claim is the same query under an `UPDATE`), rolled
  *    back; printed, so that "index scans throughout" can be checked.
+ * 5. **One claim's server time by state** (BENCH_CLAIM_COST_RUNS, default
+ *    200 runs per state; 0 skips it): at 200,000 pending rows over 1,000
+ *    keys, with 200 rows in flight and 0 or 3,000 rows not yet due
+ *    (scheduled, or in backoff), the median execution time of a claim of
+ *    100 (`EXPLAIN (ANALYZE, TIMING OFF)`, rolled back): the ordered claim
+ *    (in one worker's slice, and over the whole key space) beside the
+ *    unordered claim's locking query.
  *
  * Environment: BENCH_EVENTS, BENCH_ROUNDS (default 2: best of),
  * BENCH_BATCHES, BENCH_ONE_KEY_EVENTS, BENCH_PLAN_ROWS (0 skips the plans),
@@ -39,6 +46,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
+import type { Fragment } from "effect/sql/Statement"
 import * as OrderedClaim from "../packages/sql/src/internal/orderedClaim.ts"
 import { fmt, machineCpu, openDatabase, percentile, runMain, timed, writeResults } from "./shared.ts"
 
@@ -49,6 +57,8 @@ const ONE_KEY_EVENTS = Number(process.env.BENCH_ONE_KEY_EVENTS ?? 2_000)
 const PLAN_ROWS = Number(process.env.BENCH_PLAN_ROWS ?? 1_000_000)
 const PLAN_LIMITS = (process.env.BENCH_PLAN_LIMITS ?? "100").split(",").map(Number)
 const FAIR_BACKLOG = Number(process.env.BENCH_FAIR_BACKLOG ?? 100_000)
+/** Runs per state of the claim-cost section (0 skips it). */
+const CLAIM_COST_RUNS = Number(process.env.BENCH_CLAIM_COST_RUNS ?? 200)
 /** BENCH_FIXED=1: fixed claims of the limit (`minBatchSize` = `batchSize`) instead of the adaptive limit. */
 const FIXED = process.env.BENCH_FIXED === "1"
 /** `BENCH_CLAIM_MODE=transaction`: the drains in the transaction claim mode (default `lease`). */
@@ -154,8 +164,13 @@ const fairnessRun = (fairness: "none" | "tenant", ordering: "none" | "key" = "no
     return { latencies: latencies.sort((x, y) => x - y), drainSeconds: (doneA - t0) / 1000, published }
   }))
 
-/** The ordered claim's locking query, as `PgOutboxStore`'s transaction claim sends it, under EXPLAIN ANALYZE. */
-const plan = (limit: number, slice?: { readonly index: number; readonly count: number }) =>
+type Slice = { readonly index: number; readonly count: number }
+
+/**
+ * The ordered claim's locking query, as the relay claims with a one-at-a-time sink (heads, then runs in
+ * the room left), built after a probe in the current transaction.
+ */
+const orderedLocking = (limit: number, slice?: Slice) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const [seq] = yield* sql<{ seq: string }>`SELECT pg_get_serial_sequence('outbox', 'id') AS seq`
@@ -165,22 +180,72 @@ const plan = (limit: number, slice?: { readonly index: number; readonly count: n
       sequence: seq?.seq ?? "outbox_id_seq",
       limit: (n) => sql.literal(String(Math.trunc(n)))
     })
+    const probe = yield* claim.probe()
+    return claim.statement(sql.literal("now()"), limit, probe, { deadLetter: "continue", run: limit, slice }, {
+      claimable: sql.literal("status IN ('PENDING', 'FAILED') AND (available_at IS NULL OR available_at <= now())"),
+      select: sql.literal("o.id, o.created_at"),
+      finish: sql.literal("SELECT count(*) FROM locked")
+    })
+  })
+
+/** `EXPLAIN (ANALYZE, ...)` of `statement` in a transaction that is rolled back: the plan's lines. */
+const explained = (options: string, statement: Effect.Effect<Fragment, unknown, SqlClient.SqlClient>) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
     return yield* sql.withTransaction(Effect.gen(function*() {
-      const probe = yield* claim.probe()
-      const ts = sql.literal("now()")
-      // as the relay claims with a one-at-a-time sink: heads, then runs in the room left
-      const statement = claim.statement(ts, limit, probe, { deadLetter: "continue", run: limit, slice }, {
-        claimable: sql.literal("status IN ('PENDING', 'FAILED') AND (available_at IS NULL OR available_at <= now())"),
-        select: sql.literal("o.id, o.created_at"),
-        finish: sql.literal("SELECT count(*) FROM locked")
-      })
-      const rows = yield* sql<{ "QUERY PLAN": string }>`EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) ${statement}`
+      const rows = yield* sql<{ "QUERY PLAN": string }>`EXPLAIN (${sql.literal(options)}) ${yield* statement}`
       return yield* Effect.fail({ plan: rows.map((r) => r["QUERY PLAN"]) })
     })).pipe(Effect.catch((e: unknown) =>
       typeof e === "object" && e !== null && "plan" in e
         ? Effect.succeed((e as { plan: ReadonlyArray<string> }).plan)
         : Effect.fail(e)
     ))
+  })
+
+/** The ordered claim's locking query under EXPLAIN ANALYZE (rolled back). */
+const plan = (limit: number, slice?: Slice) => explained("ANALYZE, BUFFERS, COSTS OFF", orderedLocking(limit, slice))
+
+/**
+ * The server's execution time of a query (ms, `EXPLAIN (ANALYZE, TIMING OFF)`: no per-node clock reads),
+ * the median of `n` runs, each rolled back, so every run meets the same rows.
+ */
+const executionMs = (n: number, statement: Effect.Effect<Fragment, unknown, SqlClient.SqlClient>) =>
+  Effect.gen(function*() {
+    const times: Array<number> = []
+    for (let i = 0; i < n; i++) {
+      const lines = yield* explained("ANALYZE, TIMING OFF, COSTS OFF", statement)
+      times.push(Number(/Execution Time: ([\d.]+) ms/.exec(lines.join("\n"))?.[1]))
+    }
+    return percentile(times.sort((a, b) => a - b), 50)
+  })
+
+/**
+ * A drain's state at 200,000 pending rows over 1,000 keys: the oldest 20,000 completed (their entries
+ * still in the claimable index, not vacuumed), the next 200 in flight, and `waiting` of the newest not due
+ * (scheduled, or in backoff).
+ */
+const claimCostState = (waiting: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* preload(220_000, KEYS)
+    yield* sql`UPDATE outbox SET status = 'COMPLETED', processed_at = now() WHERE id <= (SELECT min(id) FROM outbox) + 19999`
+    yield* sql`UPDATE outbox SET status = 'PROCESSING', locked_until = now() + interval '1 hour', lock_token = 1
+               WHERE id IN (SELECT id FROM outbox WHERE status = 'PENDING' ORDER BY id LIMIT 200)`
+    if (waiting > 0) {
+      yield* sql`UPDATE outbox SET available_at = now() + interval '1 hour'
+                 WHERE id IN (SELECT id FROM outbox WHERE status = 'PENDING' ORDER BY id DESC LIMIT ${waiting})`
+    }
+  })
+
+/** The unordered claim's locking query (the lease claim's CTE), for comparison. */
+const unorderedLocking = (limit: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    return sql`WITH locked AS (
+          SELECT id, created_at FROM outbox
+          WHERE status IN ('PENDING', 'FAILED') AND (available_at IS NULL OR available_at <= now())
+          ORDER BY id LIMIT ${sql.literal(String(limit))} FOR UPDATE SKIP LOCKED)
+        SELECT count(*) FROM locked`
   })
 
 const summary = (lines: ReadonlyArray<string>) => {
@@ -264,6 +329,25 @@ const main = Effect.gen(function*() {
     }
   }
 
+  // 5. what one claim of 100 costs the server, by state: the ordered claim beside the unordered one's locking
+  const claimCosts: Array<Record<string, unknown>> = []
+  if (CLAIM_COST_RUNS > 0) {
+    console.log(
+      `\nOne claim of 100 at 200,000 pending rows over ${KEYS} keys (20,000 completed before them, 200 in flight), server execution ms, median of ${CLAIM_COST_RUNS}`
+    )
+    console.log(`  rows not due   unordered (locking)   ordered, slice 1 of 4   ordered, whole key space`)
+    for (const waiting of [0, 3_000]) {
+      yield* run(claimCostState(waiting))
+      const unordered = yield* run(executionMs(CLAIM_COST_RUNS, unorderedLocking(100)))
+      const sliced = yield* run(executionMs(CLAIM_COST_RUNS, orderedLocking(100, { index: 1, count: 4 })))
+      const whole = yield* run(executionMs(CLAIM_COST_RUNS, orderedLocking(100)))
+      claimCosts.push({ waiting, unorderedMs: unordered, orderedSliceMs: sliced, orderedMs: whole })
+      console.log(
+        `  ${String(waiting).padStart(12)}   ${fmt(unordered, 3).padStart(19)}   ${fmt(sliced, 3).padStart(21)}   ${fmt(whole, 3).padStart(24)}`
+      )
+    }
+  }
+
   const plans: Record<string, unknown> = {}
   if (PLAN_ROWS > 0) {
     for (const [label, keys] of [[`${KEYS} keys`, KEYS], ["1 key", 1]] as const) {
@@ -284,7 +368,7 @@ const main = Effect.gen(function*() {
       }
     }
   }
-  writeResults("ordering", { events: EVENTS, keys: KEYS, workers: WORKERS, rounds: ROUNDS, drains, fairness, oneKey: oneKey === undefined ? undefined : { events: ONE_KEY_EVENTS, eventsPerSec: ONE_KEY_EVENTS / oneKey.seconds }, plans })
+  writeResults("ordering", { events: EVENTS, keys: KEYS, workers: WORKERS, rounds: ROUNDS, drains, fairness, claimCosts, oneKey: oneKey === undefined ? undefined : { events: ONE_KEY_EVENTS, eventsPerSec: ONE_KEY_EVENTS / oneKey.seconds }, plans })
 })
 
 runMain(main)

@@ -582,25 +582,40 @@ export const make = Effect.gen(function*() {
     })
 
   /**
-   * A worker's wait after a claim that found nothing (one per worker): the
-   * poll interval or a wake-up, whichever comes first. A wake-up that came
-   * since the worker last waited (one during its claim, say) sends it to
-   * claim again at once, so none is lost, and any number of them count as
-   * one. While it waits it counts as idle in `Wakeup`: the listener asks
-   * producers to notify only while some worker waits.
+   * A worker's wait after a claim that found nothing: the poll interval or a
+   * wake-up, whichever comes first. A wake-up goes to one worker, the first
+   * to see it: one that came since a worker of this relay last took one (one
+   * during a claim, say) sends the next worker that waits to claim again at
+   * once, so none is lost, and any number of them count as one. While it
+   * waits it counts as idle in `Wakeup`: the listener asks producers to
+   * notify only while some worker waits.
+   *
+   * One worker, not all: one claim takes everything committed before it (up
+   * to its limit; a full claim is followed by the next at once), so the
+   * others' claims found nothing. A worker left waiting joins a burst at the
+   * next wake-up, the listener's re-arm at most `rearmAfter` later.
    */
+  let taken = 0
   const idleWait = (): Effect.Effect<void> => {
     if (wakeup === undefined) return poll
-    let seen = 0
+    const waitForTurn = (seen: number): Effect.Effect<void> =>
+      Effect.flatMap(Effect.raceFirst(Effect.as(poll, true), Effect.as(wakeup.await(seen), false)), (polled) =>
+        polled ? Effect.void : Effect.flatMap(wakeup.generation, (now) => {
+          if (now > taken) {
+            taken = now
+            return Effect.void
+          }
+          // another worker took it
+          return waitForTurn(now)
+        }))
     return Effect.gen(function*() {
       const now = yield* wakeup.generation
-      if (now > seen) {
-        seen = now
+      if (now > taken) {
+        taken = now
         return
       }
       yield* wakeup.setIdle(true)
-      yield* Effect.raceFirst(poll, wakeup.await(seen)).pipe(Effect.ensuring(wakeup.setIdle(false)))
-      seen = yield* wakeup.generation
+      yield* waitForTurn(now).pipe(Effect.ensuring(wakeup.setIdle(false)))
     })
   }
 

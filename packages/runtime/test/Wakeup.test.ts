@@ -128,6 +128,33 @@ describe("Wakeup", () => {
     }).pipe(Effect.scoped, Effect.provide([countingStore(counter), Wakeup.layer]))
   })
 
+  it.effect("a wake-up sends one idle worker to claim, not every one; the others wait for the next", () => {
+    const counter: ClaimCounter = { claims: 0, onClaim: undefined }
+    return Effect.gen(function*() {
+      const wakeup = yield* Wakeup.Wakeup
+      const delivered = yield* Ref.make<Array<string>>([])
+      yield* Layer.build(relayLayer((id) => Ref.update(delivered, (a) => [...a, id]), { concurrency: 3 }))
+      yield* turn
+      assert.strictEqual((yield* wakeup.idleWorkers).workers, 3)
+      const idleClaims = counter.claims
+      yield* publish("one")
+      yield* wakeup.wake
+      yield* turn
+      assert.deepStrictEqual(yield* Ref.get(delivered), ["one"])
+      // the woken worker's claim (it took "one") and the one after it (nothing): the other two stayed waiting
+      assert.strictEqual(counter.claims - idleClaims, 2)
+      assert.strictEqual((yield* wakeup.idleWorkers).workers, 3)
+      // the next wake-up sends one of them again
+      yield* wakeup.wake
+      yield* turn
+      assert.strictEqual(counter.claims - idleClaims, 3)
+      // and the poll still ends every worker's wait
+      yield* TestClock.adjust("1 minute")
+      yield* turn
+      assert.isAtLeast(counter.claims - idleClaims, 5)
+    }).pipe(Effect.scoped, Effect.provide([countingStore(counter), Wakeup.layer]))
+  })
+
   it.effect("a burst of wake-ups while the worker is busy costs it one extra claim, not one per wake-up", () => {
     const counter: ClaimCounter = { claims: 0, onClaim: undefined }
     return Effect.gen(function*() {

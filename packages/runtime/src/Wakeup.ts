@@ -16,7 +16,10 @@
  * claim comes back empty, waits for a wake-up *after* that count
  * (`await(seen)`): one that came while it was claiming ends the wait at
  * once. A thousand notifications while the workers are busy are a thousand
- * increments of a number, and cost each worker at most one extra claim.
+ * increments of a number, and cost at most one extra claim.
+ * The relay hands each wake-up to one worker, the first to see it (the
+ * others see it taken and wait on), since one claim takes everything
+ * committed before it.
  *
  * **Idle workers.** Workers report when they start and stop waiting
  * (`setIdle`); the listener asks producers for notifications only while at

@@ -24,8 +24,9 @@
  *    back; printed, so that "index scans throughout" can be checked.
  * 5. **One claim's server time by state** (BENCH_CLAIM_COST_RUNS, default
  *    200 runs per state; 0 skips it): at 200,000 pending rows over 1,000
- *    keys, with 200 rows in flight and 0 or 3,000 rows not yet due
- *    (scheduled, or in backoff), the median execution time of a claim of
+ *    keys, with 200 rows in flight, and no rows not yet due, 3,000 of the
+ *    newest not due (in backoff, or scheduled), or 100,000 scheduled a week
+ *    ahead and inserted before the backlog, the median execution time of a claim of
  *    100 (`EXPLAIN (ANALYZE, TIMING OFF)`, rolled back): the ordered claim
  *    (in one worker's slice, and over the whole key space) beside the
  *    unordered claim's locking query.
@@ -47,6 +48,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { Fragment } from "effect/sql/Statement"
+import * as OldestClaim from "../packages/sql/src/internal/oldestClaim.ts"
 import * as OrderedClaim from "../packages/sql/src/internal/orderedClaim.ts"
 import { fmt, machineCpu, openDatabase, percentile, runMain, timed, writeResults } from "./shared.ts"
 
@@ -219,33 +221,51 @@ const executionMs = (n: number, statement: Effect.Effect<Fragment, unknown, SqlC
     return percentile(times.sort((a, b) => a - b), 50)
   })
 
+/** A state of the claim-cost section: rows not due among the newest (`newest`), or scheduled ahead and inserted before the backlog (`ahead`). */
+interface CostState {
+  readonly label: string
+  readonly newest: number
+  readonly ahead: number
+}
+
 /**
  * A drain's state at 200,000 pending rows over 1,000 keys: the oldest 20,000 completed (their entries
- * still in the claimable index, not vacuumed), the next 200 in flight, and `waiting` of the newest not due
- * (scheduled, or in backoff).
+ * still in the claimable index, not vacuumed), the next 200 in flight; then `newest` of the newest rows not
+ * due (in backoff, or scheduled), or `ahead` rows of other keys scheduled a week ahead and inserted before the
+ * backlog (reminders published last week), so that their ids come first.
  */
-const claimCostState = (waiting: number) =>
+const claimCostState = (state: CostState) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
-    yield* preload(220_000, KEYS)
-    yield* sql`UPDATE outbox SET status = 'COMPLETED', processed_at = now() WHERE id <= (SELECT min(id) FROM outbox) + 19999`
+    yield* sql`TRUNCATE outbox`
+    if (state.ahead > 0) {
+      yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, available_at)
+                 SELECT 'Reminder', g::text, 'Remind', jsonb_build_object('n', g), now() + interval '7 days'
+                 FROM generate_series(1, ${state.ahead}::int) g`
+    }
+    for (let from = 1; from <= 220_000; from += 100_000) {
+      const to = Math.min(220_000, from + 99_999)
+      yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+                 SELECT 'Order', (g % ${KEYS})::text, 'OrderCreated', jsonb_build_object('n', g)
+                 FROM generate_series(${from}::int, ${to}::int) g`
+    }
+    yield* sql`VACUUM ANALYZE outbox`
+    yield* sql`UPDATE outbox SET status = 'COMPLETED', processed_at = now()
+               WHERE aggregate_type = 'Order' AND id <= (SELECT min(id) FROM outbox WHERE aggregate_type = 'Order') + 19999`
     yield* sql`UPDATE outbox SET status = 'PROCESSING', locked_until = now() + interval '1 hour', lock_token = 1
-               WHERE id IN (SELECT id FROM outbox WHERE status = 'PENDING' ORDER BY id LIMIT 200)`
-    if (waiting > 0) {
+               WHERE id IN (SELECT id FROM outbox WHERE status = 'PENDING' AND aggregate_type = 'Order' ORDER BY id LIMIT 200)`
+    if (state.newest > 0) {
       yield* sql`UPDATE outbox SET available_at = now() + interval '1 hour'
-                 WHERE id IN (SELECT id FROM outbox WHERE status = 'PENDING' ORDER BY id DESC LIMIT ${waiting})`
+                 WHERE id IN (SELECT id FROM outbox WHERE status = 'PENDING' ORDER BY id DESC LIMIT ${state.newest})`
     }
   })
 
-/** The unordered claim's locking query (the lease claim's CTE), for comparison. */
+/** The unordered claim's locking query (the lease claim's CTEs, `internal/oldestClaim.ts`), for comparison. */
 const unorderedLocking = (limit: number) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
-    return sql`WITH locked AS (
-          SELECT id, created_at FROM outbox
-          WHERE status IN ('PENDING', 'FAILED') AND (available_at IS NULL OR available_at <= now())
-          ORDER BY id LIMIT ${sql.literal(String(limit))} FOR UPDATE SKIP LOCKED)
-        SELECT count(*) FROM locked`
+    const oldest = OldestClaim.make({ sql, table: sql.literal("outbox"), limit: (n) => sql.literal(String(Math.trunc(n))) })
+    return sql`WITH ${oldest(sql.literal("now()"), limit, sql.literal("o.id, o.created_at"))} SELECT count(*) FROM locked`
   })
 
 const summary = (lines: ReadonlyArray<string>) => {
@@ -335,15 +355,20 @@ const main = Effect.gen(function*() {
     console.log(
       `\nOne claim of 100 at 200,000 pending rows over ${KEYS} keys (20,000 completed before them, 200 in flight), server execution ms, median of ${CLAIM_COST_RUNS}`
     )
-    console.log(`  rows not due   unordered (locking)   ordered, slice 1 of 4   ordered, whole key space`)
-    for (const waiting of [0, 3_000]) {
-      yield* run(claimCostState(waiting))
+    console.log(`  rows not due                                    unordered (locking)   ordered, slice 1 of 4   ordered, whole key space`)
+    const states: ReadonlyArray<CostState> = [
+      { label: "none", newest: 0, ahead: 0 },
+      { label: "3,000 of the newest (backoff, scheduled)", newest: 3_000, ahead: 0 },
+      { label: "100,000 a week ahead, before the backlog", newest: 0, ahead: 100_000 }
+    ]
+    for (const state of states) {
+      yield* run(claimCostState(state))
       const unordered = yield* run(executionMs(CLAIM_COST_RUNS, unorderedLocking(100)))
       const sliced = yield* run(executionMs(CLAIM_COST_RUNS, orderedLocking(100, { index: 1, count: 4 })))
       const whole = yield* run(executionMs(CLAIM_COST_RUNS, orderedLocking(100)))
-      claimCosts.push({ waiting, unorderedMs: unordered, orderedSliceMs: sliced, orderedMs: whole })
+      claimCosts.push({ state, unorderedMs: unordered, orderedSliceMs: sliced, orderedMs: whole })
       console.log(
-        `  ${String(waiting).padStart(12)}   ${fmt(unordered, 3).padStart(19)}   ${fmt(sliced, 3).padStart(21)}   ${fmt(whole, 3).padStart(24)}`
+        `  ${state.label.padEnd(44)}   ${fmt(unordered, 3).padStart(19)}   ${fmt(sliced, 3).padStart(21)}   ${fmt(whole, 3).padStart(24)}`
       )
     }
   }

@@ -64,6 +64,12 @@ export interface OutboxTables {
   readonly tenantIndex: string
   /** Partial index of the claimable rows that have an `available_at`, by it (`<outbox>_waiting_idx`, migration 0008). */
   readonly waitingIndex: string
+  /**
+   * The claimable rows due at once (`available_at IS NULL`) by id (migration
+   * `0010_ready_index`): the unordered claim's oldest rows, so that rows
+   * scheduled ahead are not read past on every claim.
+   */
+  readonly readyIndex: string
   /** The consumers' idempotency store. */
   readonly inbox: string
   /** The append-only log of dead-letter redrives. */
@@ -118,6 +124,7 @@ const derived = (outbox: string): OutboxTables => ({
   orderingDeadIndex: `${outbox}_ordering_dead_idx`,
   tenantIndex: `${outbox}_tenant_idx`,
   waitingIndex: `${outbox}_waiting_idx`,
+  readyIndex: `${outbox}_ready_idx`,
   defaultPartition: `${outbox}_default`,
   partitionPrefix: `${outbox}_p`,
   channel: `${outbox}${wakeupChannelSuffix}`,
@@ -149,6 +156,7 @@ export const make = Effect.fnUntraced(function*(outbox: string = "outbox") {
   yield* Identifier.validate(tables.leasedIndex, "index name")
   yield* Identifier.validate(tables.deadLetterIndex, "index name")
   yield* Identifier.validate(tables.orderingDeadIndex, "index name")
+  yield* Identifier.validate(tables.readyIndex, "index name")
   yield* Identifier.validate(`${tables.partitionPrefix}20000101`, "partition name")
   yield* Identifier.validate(tables.channel, "channel name")
   return tables

@@ -81,6 +81,7 @@ import * as FairClaim from "./internal/fairClaim.ts"
 import * as OrderedClaim from "./internal/orderedClaim.ts"
 import * as OrderingMigration from "./migrations/0008_ordering.ts"
 import * as TenantMigration from "./migrations/0009_tenant.ts"
+import * as OldestClaim from "./internal/oldestClaim.ts"
 import * as TransactionClaim from "./internal/transactionClaim.ts"
 
 /**
@@ -476,6 +477,9 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const claimedColumns = sql.literal(
     "o.id, o.tracking_id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.metadata, o.retry_count, o.max_retries, o.created_at, o.locked_until, o.lock_token"
   )
+  /** The CTEs of the unordered claims' oldest rows (`internal/oldestClaim.ts`). */
+  const oldestClaimable = OldestClaim.make({ sql, table: T, limit: limitLiteral })
+
   /** Claims from one table (the plain store, and the legacy table while the flag is unset). */
   const claimOne = (
     table: Fragment,
@@ -485,13 +489,15 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     keyed = false
   ) =>
     sql`
-      WITH locked AS (
+      WITH ${
+      table === T ? oldestClaimable(ts, options.limit, sql.literal("o.id, o.created_at")) : sql`locked AS (
         SELECT id, created_at FROM ${table}
         WHERE ${claimable(ts)}
         ORDER BY id
         LIMIT ${limitLiteral(options.limit)}
         FOR UPDATE SKIP LOCKED
-      )
+      )`
+    }
       UPDATE ${table} o
       SET ${leaseSet(ts, options.leaseDuration, stamp)}
       WHERE ${isLocked}
@@ -829,6 +835,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     timeSource,
     plus,
     claimable,
+    oldestClaimable,
     limit: limitLiteral,
     columns: sql.literal(
       "o.id, o.tracking_id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.metadata, o.retry_count, o.max_retries, o.created_at"

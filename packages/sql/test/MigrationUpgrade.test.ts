@@ -18,7 +18,12 @@ import { fileURLToPath } from "node:url"
  * The outbox migrations added since release 0.1.0, as the migrator reports them applied: what an upgrade
  * runs (a new migration is appended here).
  */
-const sinceRelease: ReadonlyArray<readonly [number, string]> = [[7, "wakeup_trigger"], [8, "ordering"], [9, "tenant"]]
+const sinceRelease: ReadonlyArray<readonly [number, string]> = [
+  [7, "wakeup_trigger"],
+  [8, "ordering"],
+  [9, "tenant"],
+  [10, "ready_index"]
+]
 
 /**
  * The data after an upgrade equals the data before, but for the outbox ledger, which gains one row per

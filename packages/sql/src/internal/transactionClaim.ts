@@ -59,6 +59,8 @@ export interface Options<V> {
   readonly plus: (base: Fragment, duration: Duration.Duration) => Fragment
   /** The store's claimable-row predicate (the lease claim's). */
   readonly claimable: (ts: Fragment) => Fragment
+  /** The store's CTEs `ready`, `due` and `locked` of the oldest claimable rows (`internal/oldestClaim.ts`). */
+  readonly oldestClaimable: (ts: Fragment, limit: number, select: Fragment, from?: Fragment) => Fragment
   /** The store's LIMIT literal. */
   readonly limit: (limit: number) => Fragment
   /** `o.id, ..., o.created_at`: the columns before `locked_until, lock_token` that `toEvent` reads. */
@@ -128,13 +130,15 @@ export const make = <V>(options: Options<V>) => {
   // next statement and the idle time after this one.
   const claim = (ts: Fragment, claimOptions: TransactionClaimOptions) =>
     sql`
-      WITH bounds AS MATERIALIZED (${bounds(claimOptions.timeout)})
-      SELECT ${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token
-      FROM ${T} o CROSS JOIN bounds
-      WHERE ${options.claimable(ts)}
-      ORDER BY o.id
-      LIMIT ${options.limit(claimOptions.limit)}
-      FOR UPDATE OF o SKIP LOCKED`.values as Effect.Effect<ReadonlyArray<V>, SqlError.SqlError>
+      WITH bounds AS MATERIALIZED (${bounds(claimOptions.timeout)}), ${
+      options.oldestClaimable(
+        ts,
+        claimOptions.limit,
+        sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token`,
+        sql.literal(" CROSS JOIN bounds")
+      )
+    }
+      SELECT * FROM locked`.values as Effect.Effect<ReadonlyArray<V>, SqlError.SqlError>
 
   /**
    * The fair claim in the transaction: the bounds first (a statement of

@@ -27,6 +27,7 @@ import * as LeaseClaimedAt from "./0006_lease_claimed_at.ts"
 import * as WakeupTrigger from "./0007_wakeup_trigger.ts"
 import * as Ordering from "./0008_ordering.ts"
 import * as Tenant from "./0009_tenant.ts"
+import * as ReadyIndex from "./0010_ready_index.ts"
 import * as CreateAuditLog from "./audit/0001_create_audit_log.ts"
 
 /**
@@ -66,7 +67,8 @@ export const outbox: MigrationSet = {
     { name: "0006_lease_claimed_at", run: LeaseClaimedAt.migration },
     { name: "0007_wakeup_trigger", run: WakeupTrigger.migration },
     { name: "0008_ordering", run: Ordering.migration },
-    { name: "0009_tenant", run: Tenant.migration }
+    { name: "0009_tenant", run: Tenant.migration },
+    { name: "0010_ready_index", run: ReadyIndex.migration }
   ]
 }
 

@@ -683,10 +683,24 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
    * The snapshot's counts, each reading at most `snapshotMaxRows` rows (the
    * backlog's first by id, through the claimable partial index; the dead
    * letters through theirs), not the whole backlog as `outbox_stats` does.
+   * The oldest pending age is measured as `outbox_stats` measures it, from
+   * when the oldest row due now became due: over the first rows due at once
+   * by id (`<outbox>_ready_idx`, at most `snapshotMaxRows`) and the scheduled
+   * row due first (`<outbox>_waiting_idx`), so rows scheduled ahead neither
+   * age the backlog nor are read past.
    */
   const gaugeCounts = sql`
     WITH backlog AS (
-      SELECT created_at FROM ${sql.literal(T)} WHERE status IN ('PENDING', 'FAILED') ORDER BY id LIMIT ${snapshotMaxRows}
+      SELECT 1 FROM ${sql.literal(T)} WHERE status IN ('PENDING', 'FAILED') ORDER BY id LIMIT ${snapshotMaxRows}
+    ), ready AS (
+      SELECT created_at FROM ${sql.literal(T)} WHERE status IN ('PENDING', 'FAILED') AND available_at IS NULL
+      ORDER BY id LIMIT ${snapshotMaxRows}
+    ), due AS (
+      SELECT least(
+        (SELECT min(created_at) FROM ready),
+        (SELECT available_at FROM ${sql.literal(T)}
+         WHERE status IN ('PENDING', 'FAILED') AND available_at IS NOT NULL AND available_at <= now()
+         ORDER BY available_at LIMIT 1)) AS since
     ), dead AS (
       SELECT 1 FROM ${sql.literal(T)} WHERE status = 'DEAD_LETTER' LIMIT ${snapshotMaxRows}
     ), leased AS (
@@ -696,7 +710,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       FROM ${sql.literal(T)} WHERE status = 'PROCESSING'
     )
     SELECT (SELECT count(*) FROM backlog)::float8 AS backlog,
-           coalesce(extract(epoch FROM now() - (SELECT min(created_at) FROM backlog)), 0)::float8 AS oldest_pending_age_seconds,
+           coalesce(extract(epoch FROM now() - (SELECT since FROM due)), 0)::float8 AS oldest_pending_age_seconds,
            (SELECT count(*) FROM dead)::float8 AS dead_letter,
            l.processing::float8 AS processing,
            coalesce(extract(epoch FROM now() - l.oldest_overdue_until), 0)::float8 AS lease_overdue_seconds,

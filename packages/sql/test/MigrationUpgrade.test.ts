@@ -22,7 +22,8 @@ const sinceRelease: ReadonlyArray<readonly [number, string]> = [
   [7, "wakeup_trigger"],
   [8, "ordering"],
   [9, "tenant"],
-  [10, "ready_index"]
+  [10, "ready_index"],
+  [11, "stats_due_age"]
 ]
 
 /**

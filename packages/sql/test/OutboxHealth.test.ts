@@ -199,6 +199,30 @@ layer(Live, { timeout: "60 seconds", excludeTestServices: true })("OutboxHealth 
       assert.isTrue(stats.oldestPendingAgeSeconds >= 1200)
     }))
 
+  it.effect("rows scheduled ahead do not age the backlog: its age runs from when the oldest due row became due", () =>
+    Effect.gen(function*() {
+      yield* reset
+      const sql = yield* SqlClient.SqlClient
+      // published a week ago for a week ahead (the DEFAULT partition takes last week's created_at)
+      yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at, available_at)
+                 VALUES ('Reminder', 'r1', 'Remind', '{}', now() - interval '7 days', now() + interval '7 days')`
+      const ages = Effect.gen(function*() {
+        const snapshot = yield* Effect.flatMap(OutboxHealth.make(), (h) => h.snapshot)
+        const stats = yield* Effect.flatMap(OutboxHealth.make(), (h) => h.stats)
+        return [snapshot.oldestPendingAgeSeconds, stats.oldestPendingAgeSeconds]
+      })
+      // nothing due: no age (it read 7 days before)
+      assert.deepStrictEqual(yield* ages, [0, 0])
+      assert.strictEqual((yield* Effect.flatMap(OutboxHealth.make(), (h) => h.stats)).counts.pending, 1)
+      // a row published 10 minutes ago, due at once; and one scheduled, due 30 minutes ago (published a day ago)
+      yield* insert("PENDING", 1)
+      yield* sql`UPDATE outbox SET created_at = now() - interval '10 minutes' WHERE aggregate_type = 'Order'`
+      for (const age of yield* ages) assert.isTrue(age >= 600 && age < 700, String(age))
+      yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at, available_at)
+                 VALUES ('Reminder', 'r2', 'Remind', '{}', now() - interval '1 day', now() - interval '30 minutes')`
+      for (const age of yield* ages) assert.isTrue(age >= 1800 && age < 1900, String(age))
+    }))
+
   it.effect("a lease held for an hour under a live heartbeat is a long-held lease, not a stuck one", () =>
     Effect.gen(function*() {
       yield* reset

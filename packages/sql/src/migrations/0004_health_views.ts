@@ -22,12 +22,19 @@ export const defaultRowsCap = 100_000
  * The body of `outbox_stats` over the (quoted) table `t`. Its last column,
  * `lease_held_seconds`, came with migration 0006 (`claimed_at`):
  * `CREATE OR REPLACE VIEW` may only append columns.
+ *
+ * `oldest_pending_at` is when the oldest row due now became due (its
+ * `available_at`, else its `created_at`), since migration 0011
+ * (`0011_stats_due_age`): it was the oldest `created_at` of every PENDING or
+ * FAILED row, so an event published last week for next week read as a
+ * week-old backlog, and the backlog-age check raised a false alarm.
  */
 export const statsSelect = (t: string) =>
   `WITH backlog AS (
      SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending,
             count(*) FILTER (WHERE status = 'FAILED') AS failed,
-            min(created_at) AS oldest_pending_at
+            min(coalesce(available_at, created_at)) FILTER (WHERE available_at IS NULL OR available_at <= now())
+              AS oldest_pending_at
      FROM ${t} WHERE status IN ('PENDING', 'FAILED')
    ), leased AS (
      SELECT count(*) AS processing,
@@ -58,7 +65,7 @@ export const statsView = (t: string) => `CREATE OR REPLACE VIEW outbox_stats AS
    ${statsSelect(t)}`
 
 export const statsComment = `COMMENT ON VIEW outbox_stats IS
-   'Outbox counts by status (exact over the partial indexes; completed_estimate from reltuples), oldest pending age, overdue and longest-held leases'`
+   'Outbox counts by status (exact over the partial indexes; completed_estimate from reltuples), oldest pending age (since the oldest due row became due), overdue and longest-held leases'`
 
 /**
  * The body of `outbox_throughput` over the (quoted) table `t`, with the

@@ -78,10 +78,10 @@ import * as SqlEnv from "./SqlEnv.ts"
 import { findSqlError, isTransient, serverMessage } from "./internal/sqlError.ts"
 import { fromSqlError, mapSqlError } from "./internal/storeError.ts"
 import * as FairClaim from "./internal/fairClaim.ts"
+import * as OldestClaim from "./internal/oldestClaim.ts"
 import * as OrderedClaim from "./internal/orderedClaim.ts"
 import * as OrderingMigration from "./migrations/0008_ordering.ts"
 import * as TenantMigration from "./migrations/0009_tenant.ts"
-import * as OldestClaim from "./internal/oldestClaim.ts"
 import * as TransactionClaim from "./internal/transactionClaim.ts"
 
 /**

@@ -291,17 +291,17 @@ export const make = (options: Options) => {
         hi === maxKey ? null : String(hi + 1n)
       }::bigint), ${k("o")})`
       : sql.literal("")
-    // window_heads: the rows not yet due join the window's rows in the sort that picks each key's lowest
-    // row, so a key whose lowest row is not due has no head there (a correlated NOT EXISTS per candidate
-    // scanned `waiting` once per candidate: 8.45 ms against 3.19 for a sliced claim of 100 beside 3,000 rows
-    // not due, bench:ordering section 5); past `maxWaiting` (`waiting` cut short) each candidate is also
-    // checked with an index probe
     // win: the oldest due rows of the slice, from the rows due at once by id (`<outbox>_ready_idx`) and the
-    // scheduled ones due by now (`win_due`, by their time): along the claimable index, the window read past
-    // every row scheduled ahead of the backlog on every claim (26.6–27.6 ms against 4.7–4.9 for a sliced claim of
-    // 100 with 100,000 of them, bench:ordering section 5; with none, 1.44–1.64 against 1.47–1.51). When `win_due` is full it may miss a due row below the
-    // window's last id, and the window must hold every due row up to its last id (the heads' and the runs'
-    // rules): then it is read along the claimable index, as before
+    // scheduled ones due by now (`win_due`, by their time). Along the claimable index, the window read past
+    // every row scheduled ahead of the backlog on every claim: 26.6–27.6 ms against 4.7–4.9 for a sliced
+    // claim of 100 with 100,000 of them (bench:ordering section 5; with none, 1.44–1.64 against 1.47–1.51).
+    // When `win_due` is full it may miss a due row below the window's last id, and the window must hold every
+    // due row up to its last id (the heads' and the runs' rules): then it is read along the claimable index.
+    //
+    // window_heads: the rows not yet due join the window's rows in the sort that picks each key's lowest row,
+    // so a key whose lowest row is not due has no head there (a correlated NOT EXISTS scanned `waiting` once
+    // per candidate: 8.45 ms against 3.19 for a sliced claim of 100 beside 3,000 rows not due, section 5);
+    // past `maxWaiting` (`waiting` cut short) each candidate is also checked with an index probe
     const windowRows = options.limit((ordering.run ?? 1) > 1 ? limit : 2 * limit)
     return sql`next_probe AS MATERIALIZED (${probeQuery()}), inflight AS MATERIALIZED (
         SELECT DISTINCT ${k("o")} AS k FROM ${T} o WHERE o.status = 'PROCESSING' ${inSlice}
@@ -320,7 +320,8 @@ export const make = (options: Options) => {
          ORDER BY u.id LIMIT ${windowRows})
         UNION ALL
         (SELECT o.id, o.created_at, ${k("o")} AS k FROM ${T} o
-         WHERE o.status IN ('PENDING', 'FAILED') AND ${due} ${inSlice} AND (SELECT count(*) FROM win_due) >= ${windowRows}
+         WHERE o.status IN ('PENDING', 'FAILED') AND ${due} ${inSlice}
+           AND (SELECT count(*) FROM win_due) >= ${windowRows}
          ORDER BY o.id LIMIT ${windowRows})
       ), waiting AS MATERIALIZED (
         SELECT ${k("o")} AS k, o.id FROM ${T} o

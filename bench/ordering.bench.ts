@@ -48,6 +48,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { Fragment } from "effect/sql/Statement"
+import * as FairClaim from "../packages/sql/src/internal/fairClaim.ts"
 import * as OldestClaim from "../packages/sql/src/internal/oldestClaim.ts"
 import * as OrderedClaim from "../packages/sql/src/internal/orderedClaim.ts"
 import { fmt, machineCpu, openDatabase, percentile, runMain, timed, writeResults } from "./shared.ts"
@@ -268,6 +269,18 @@ const unorderedLocking = (limit: number) =>
     return sql`WITH ${oldest(sql.literal("now()"), limit, sql.literal("o.id, o.created_at"))} SELECT count(*) FROM locked`
   })
 
+/** The tenant-fair claim's locking query (`internal/fairClaim.ts`, the default fairness), for comparison. */
+const fairLocking = (limit: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const fair = FairClaim.make({ sql, table: sql.literal("outbox"), limit: (n) => sql.literal(String(Math.trunc(n))) })
+    return fair.statement(sql.literal("now()"), limit, {}, {
+      claimable: sql.literal("o.status IN ('PENDING', 'FAILED') AND (o.available_at IS NULL OR o.available_at <= now())"),
+      select: sql.literal("o.id, o.created_at"),
+      finish: sql.literal("SELECT count(*) FROM locked")
+    })
+  })
+
 const summary = (lines: ReadonlyArray<string>) => {
   const text = lines.join("\n")
   const execution = /Execution Time: ([\d.]+) ms/.exec(text)?.[1]
@@ -355,7 +368,9 @@ const main = Effect.gen(function*() {
     console.log(
       `\nOne claim of 100 at 200,000 pending rows over ${KEYS} keys (20,000 completed before them, 200 in flight), server execution ms, median of ${CLAIM_COST_RUNS}`
     )
-    console.log(`  rows not due                                    unordered (locking)   ordered, slice 1 of 4   ordered, whole key space`)
+    console.log(
+      `  rows not due                                    unordered (locking)   ordered, slice 1 of 4   ordered, whole key space   tenant-fair`
+    )
     const states: ReadonlyArray<CostState> = [
       { label: "none", newest: 0, ahead: 0 },
       { label: "3,000 of the newest (backoff, scheduled)", newest: 3_000, ahead: 0 },
@@ -366,9 +381,12 @@ const main = Effect.gen(function*() {
       const unordered = yield* run(executionMs(CLAIM_COST_RUNS, unorderedLocking(100)))
       const sliced = yield* run(executionMs(CLAIM_COST_RUNS, orderedLocking(100, { index: 1, count: 4 })))
       const whole = yield* run(executionMs(CLAIM_COST_RUNS, orderedLocking(100)))
-      claimCosts.push({ state, unorderedMs: unordered, orderedSliceMs: sliced, orderedMs: whole })
+      const fair = yield* run(executionMs(CLAIM_COST_RUNS, fairLocking(100)))
+      claimCosts.push({ state, unorderedMs: unordered, orderedSliceMs: sliced, orderedMs: whole, fairMs: fair })
       console.log(
-        `  ${state.label.padEnd(44)}   ${fmt(unordered, 3).padStart(19)}   ${fmt(sliced, 3).padStart(21)}   ${fmt(whole, 3).padStart(24)}`
+        `  ${state.label.padEnd(44)}   ${fmt(unordered, 3).padStart(19)}   ${fmt(sliced, 3).padStart(21)}   ${
+          fmt(whole, 3).padStart(24)
+        }   ${fmt(fair, 3).padStart(11)}`
       )
     }
   }

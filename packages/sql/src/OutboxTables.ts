@@ -60,8 +60,17 @@ export interface OutboxTables {
   readonly orderingIndex: string
   /** Partial index of each ordering key's dead letters (`<outbox>_ordering_dead_idx`). */
   readonly orderingDeadIndex: string
-  /** Partial index of the claimable rows by tenant and id (`<outbox>_tenant_idx`, migration 0009). */
+  /**
+   * Partial index of the claimable rows by tenant and id (`<outbox>_tenant_idx`, migration 0009); replaced
+   * by `tenantDueIndex` (migration 0012), which drops it.
+   */
   readonly tenantIndex: string
+  /**
+   * Partial index of the claimable rows by tenant, then when each became due (`-infinity`: at once), then id
+   * (`<outbox>_tenant_due_idx`, migration `0012_tenant_due_index`): the tenant-fair claim's, so that rows
+   * scheduled ahead are not read past on every claim.
+   */
+  readonly tenantDueIndex: string
   /** Partial index of the claimable rows that have an `available_at`, by it (`<outbox>_waiting_idx`, migration 0008). */
   readonly waitingIndex: string
   /**
@@ -123,6 +132,7 @@ const derived = (outbox: string): OutboxTables => ({
   orderingIndex: `${outbox}_ordering_idx`,
   orderingDeadIndex: `${outbox}_ordering_dead_idx`,
   tenantIndex: `${outbox}_tenant_idx`,
+  tenantDueIndex: `${outbox}_tenant_due_idx`,
   waitingIndex: `${outbox}_waiting_idx`,
   readyIndex: `${outbox}_ready_idx`,
   defaultPartition: `${outbox}_default`,
@@ -157,6 +167,7 @@ export const make = Effect.fnUntraced(function*(outbox: string = "outbox") {
   yield* Identifier.validate(tables.deadLetterIndex, "index name")
   yield* Identifier.validate(tables.orderingDeadIndex, "index name")
   yield* Identifier.validate(tables.readyIndex, "index name")
+  yield* Identifier.validate(tables.tenantDueIndex, "index name")
   yield* Identifier.validate(`${tables.partitionPrefix}20000101`, "partition name")
   yield* Identifier.validate(tables.channel, "channel name")
   return tables

@@ -23,7 +23,8 @@ const sinceRelease: ReadonlyArray<readonly [number, string]> = [
   [8, "ordering"],
   [9, "tenant"],
   [10, "ready_index"],
-  [11, "stats_due_age"]
+  [11, "stats_due_age"],
+  [12, "tenant_due_index"]
 ]
 
 /**

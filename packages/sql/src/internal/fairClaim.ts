@@ -4,12 +4,13 @@
  * transaction-scoped claim, beside the store that runs them.
  *
  * **Tenants in turn.** One statement walks the tenants that have claimable
- * rows along `<outbox>_tenant_idx` (a loose index scan: one descent per
+ * rows along `<outbox>_tenant_due_idx` (a loose index scan: one descent per
  * tenant, whatever its backlog), from the one after the previous claim's
  * last tenant, wrapping around, at most `maxTenants`; keeps those with a due
  * row; gives each an equal share of the limit (at least one) and locks each
  * tenant's oldest due rows, `FOR UPDATE SKIP LOCKED`, in a lateral
- * sub-query over the same index. The last tenant (in turn order) that got
+ * sub-query over the same index (`<outbox>_tenant_due_idx`, by tenant, then
+ * when the row became due, then id: `oldestDue`). The last tenant (in turn order) that got
  * rows is the next claim's cursor, so a tenant the limit ran out before goes
  * first next time (kept by the store, shared by its workers: a race only
  * makes two claims overlap).
@@ -28,6 +29,7 @@ import type { Fairness } from "@outbox/core/OutboxStore"
 import type * as SqlClient from "effect/sql/SqlClient"
 import type { Fragment } from "effect/sql/Statement"
 import * as TenantMigration from "../migrations/0009_tenant.ts"
+import * as TenantDueMigration from "../migrations/0012_tenant_due_index.ts"
 import type * as OrderedClaim from "./orderedClaim.ts"
 
 /**
@@ -55,6 +57,40 @@ const defaultMaxTenants = 64
 export const make = (options: Options) => {
   const { sql, table: T } = options
   const tenant = (alias: string) => sql.literal(TenantMigration.effectiveTenant(alias))
+  const dueAt = sql.literal(TenantDueMigration.dueAt("o"))
+
+  /**
+   * The oldest rows due at `ts` of the tenant `t` (`select` of the row `o`,
+   * which has its `id`, and `where` holds), at most `limit`, in id order;
+   * locked (`FOR UPDATE SKIP LOCKED`) when `lock`. Read from the two ranges
+   * of the tenant in `<outbox>_tenant_due_idx` (migration 0012): the rows
+   * due at once by id, and the scheduled rows up to `ts` by their time, each
+   * up to `limit`; so the rows scheduled ahead, at the end of the tenant's
+   * range, are never read. Along one range by id instead (before
+   * 2026-12-06), a claim read past every row of the tenant scheduled ahead.
+   *
+   * **Gotcha**: when locking, a part's rows beyond `limit` of both are
+   * locked until the statement's transaction ends, without being taken
+   * (another worker skips them meanwhile), as in `internal/oldestClaim.ts`.
+   */
+  const oldestDue = (
+    t: Fragment,
+    ts: Fragment,
+    limit: Fragment,
+    parts: { readonly select: Fragment; readonly where: Fragment; readonly lock: boolean }
+  ) => {
+    const lock = sql.literal(parts.lock ? "FOR UPDATE OF o SKIP LOCKED" : "")
+    // each part a sub-query of its own: FOR UPDATE is not allowed in a UNION's branches
+    return sql`SELECT b.* FROM (
+          SELECT * FROM (SELECT ${parts.select} FROM ${T} o
+           WHERE ${tenant("o")} = ${t} AND ${dueAt} = '-infinity'::timestamptz AND ${parts.where}
+           ORDER BY o.id LIMIT ${limit} ${lock}) r
+          UNION ALL
+          SELECT * FROM (SELECT ${parts.select} FROM ${T} o
+           WHERE ${tenant("o")} = ${t} AND ${dueAt} > '-infinity'::timestamptz AND ${dueAt} <= ${ts} AND ${parts.where}
+           ORDER BY ${dueAt} LIMIT ${limit} ${lock}) s) b
+        ORDER BY b.id LIMIT ${limit}`
+  }
   /** The last tenant the previous claim took (`undefined`: start from the first). */
   let cursor: string | undefined
 
@@ -117,7 +153,6 @@ export const make = (options: Options) => {
     const room = cap === undefined
       ? sql.literal(String(Math.max(1, Math.trunc(limit))))
       : sql`${cap} - coalesce((SELECT f.c FROM flying f WHERE f.t = w.t), 0)`
-    const due = sql`(o.available_at IS NULL OR o.available_at <= ${ts})`
     const flying = cap === undefined ? sql.literal("") : sql`, flying AS MATERIALIZED (
         SELECT ${tenant("o")} AS t, count(*) AS c FROM ${T} o WHERE o.status = 'PROCESSING' GROUP BY 1
       )`
@@ -127,17 +162,18 @@ export const make = (options: Options) => {
         SELECT w.t, w.n, w.room FROM roomy w
         WHERE w.room > 0 AND EXISTS (
           SELECT 1 FROM ${T} o
-          WHERE ${tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND ${due})
+          WHERE ${tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND ${dueAt} <= ${ts})
         ORDER BY w.n LIMIT ${max}
       ), share AS (
         SELECT greatest(1, ceil(${limit}::numeric / greatest((SELECT count(*) FROM taken), 1)))::int AS s
       ), locked AS (
-        SELECT l.* FROM taken tk CROSS JOIN LATERAL (
-          SELECT ${parts.select} FROM ${T} o
-          WHERE ${tenant("o")} = tk.t AND ${parts.claimable}
-          ORDER BY ${tenant("o")}, o.id
-          LIMIT least((SELECT s FROM share), tk.room)
-          FOR UPDATE OF o SKIP LOCKED) l
+        SELECT l.* FROM taken tk CROSS JOIN LATERAL (${
+      oldestDue(sql`tk.t`, ts, sql`least((SELECT s FROM share), tk.room)`, {
+        select: parts.select,
+        where: parts.claimable,
+        lock: true
+      })
+    }) l
         LIMIT ${options.limit(limit)}
       ) ${parts.finish}`
   }
@@ -168,6 +204,7 @@ export const make = (options: Options) => {
   const orderedTurn = (fairness: Fairness): OrderedClaim.Turn => ({
     turn,
     tenant,
+    oldestDue,
     max: maxTenants(fairness),
     cap: capOf(fairness)
   })

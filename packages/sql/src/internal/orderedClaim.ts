@@ -59,7 +59,7 @@
  *
  * **With fairness** (`Turn`, `OUTBOX_FAIRNESS=tenant`): the heads also come
  * from the oldest due rows of each tenant in turn (`tenantRows` of each of up
- * to `Fairness.maxTenants`, along `<outbox>_tenant_idx`), each checked as its
+ * to `Fairness.maxTenants`, along `<outbox>_tenant_due_idx`), each checked as its
  * key's lowest PENDING/FAILED row, whatever the slice (against every key in
  * flight, then: `inflight_all`); and the heads are locked tenant by tenant in
  * turn (each head's rank within its tenant, then its id) instead of oldest
@@ -125,7 +125,8 @@ export interface Probe {
 /**
  * Tenant-fair ordered claims (`OUTBOX_ORDERING=key` with
  * `OUTBOX_FAIRNESS=tenant`): the tenants in turn (`FairClaim`'s walk of
- * `<outbox>_tenant_idx`, CTE `walked (t, n)`) and a row's tenant.
+ * `<outbox>_tenant_due_idx`, CTE `walked (t, n)`), a row's tenant and a
+ * tenant's oldest due rows.
  *
  * @internal
  */
@@ -134,6 +135,13 @@ export interface Turn {
   readonly turn: (max: number) => Fragment
   /** The tenant of the row `alias`, as the tenant index has it. */
   readonly tenant: (alias: string) => Fragment
+  /** The oldest due rows of a tenant, along the tenant index (`FairClaim`'s `oldestDue`). */
+  readonly oldestDue: (
+    t: Fragment,
+    ts: Fragment,
+    limit: Fragment,
+    parts: { readonly select: Fragment; readonly where: Fragment; readonly lock: boolean }
+  ) => Fragment
   /** Tenants a claim visits. */
   readonly max: number
   /**
@@ -373,10 +381,13 @@ export const make = (options: Options) => {
           ? sql`, inflight_all AS MATERIALIZED (SELECT DISTINCT ${k("o")} AS k FROM ${T} o WHERE o.status = 'PROCESSING')`
           : sql.literal("")
       }, tenant_heads AS MATERIALIZED (
-        SELECT c.k, c.id, c.created_at FROM walked w CROSS JOIN LATERAL (
-          SELECT ${k("o")} AS k, o.id, o.created_at FROM ${T} o
-          WHERE ${fair.tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND ${due}
-          ORDER BY ${fair.tenant("o")}, o.id LIMIT ${tenantRows}) c
+        SELECT c.k, c.id, c.created_at FROM walked w CROSS JOIN LATERAL (${
+        fair.oldestDue(sql`w.t`, ts, sql.literal(String(tenantRows)), {
+          select: sql`${k("o")} AS k, o.id, o.created_at`,
+          where: sql.literal("o.status IN ('PENDING', 'FAILED')"),
+          lock: false
+        })
+      }) c
         WHERE ${eligible("c", p, ordering, sliced ? "inflight_all" : "inflight")}
           AND c.id = (SELECT o.id FROM ${T} o WHERE o.status IN ('PENDING', 'FAILED') AND ${k("o")} = c.k
                       ORDER BY ${k("o")}, o.id LIMIT 1)

@@ -10,7 +10,7 @@
  * row; gives each an equal share of the limit (at least one) and locks each
  * tenant's oldest due rows, `FOR UPDATE SKIP LOCKED`, in a lateral
  * sub-query over the same index (`<outbox>_tenant_due_idx`, by tenant, then
- * when the row became due, then id: `oldestDue`). The last tenant (in turn order) that got
+ * `available_at`, due at once first, then id: `oldestDue`). The last tenant (in turn order) that got
  * rows is the next claim's cursor, so a tenant the limit ran out before goes
  * first next time (kept by the store, shared by its workers: a race only
  * makes two claims overlap).
@@ -29,7 +29,6 @@ import type { Fairness } from "@outbox/core/OutboxStore"
 import type * as SqlClient from "effect/sql/SqlClient"
 import type { Fragment } from "effect/sql/Statement"
 import * as TenantMigration from "../migrations/0009_tenant.ts"
-import * as TenantDueMigration from "../migrations/0012_tenant_due_index.ts"
 import type * as OrderedClaim from "./orderedClaim.ts"
 
 /**
@@ -57,14 +56,14 @@ const defaultMaxTenants = 64
 export const make = (options: Options) => {
   const { sql, table: T } = options
   const tenant = (alias: string) => sql.literal(TenantMigration.effectiveTenant(alias))
-  const dueAt = sql.literal(TenantDueMigration.dueAt("o"))
 
   /**
    * The oldest rows due at `ts` of the tenant `t` (`select` of the row `o`,
    * which has its `id`, and `where` holds), at most `limit`, in id order;
    * locked (`FOR UPDATE SKIP LOCKED`) when `lock`. Read from the two ranges
    * of the tenant in `<outbox>_tenant_due_idx` (migration 0012): the rows
-   * due at once by id, and the scheduled rows up to `ts` by their time, each
+   * due at once (no `available_at`) by id, and the scheduled rows up to `ts`
+   * by their time, each
    * up to `limit`; so the rows scheduled ahead, at the end of the tenant's
    * range, are never read. Along one range by id instead (before
    * 2026-12-06), a claim read past every row of the tenant scheduled ahead.
@@ -80,15 +79,17 @@ export const make = (options: Options) => {
     parts: { readonly select: Fragment; readonly where: Fragment; readonly lock: boolean }
   ) => {
     const lock = sql.literal(parts.lock ? "FOR UPDATE OF o SKIP LOCKED" : "")
+    // the index's order in full (a tenant's rows due at once, then its scheduled rows): no sort
+    const order = sql`${tenant("o")}, o.available_at NULLS FIRST, o.id`
     // each part a sub-query of its own: FOR UPDATE is not allowed in a UNION's branches
     return sql`SELECT b.* FROM (
           SELECT * FROM (SELECT ${parts.select} FROM ${T} o
-           WHERE ${tenant("o")} = ${t} AND ${dueAt} = '-infinity'::timestamptz AND ${parts.where}
-           ORDER BY o.id LIMIT ${limit} ${lock}) r
+           WHERE ${tenant("o")} = ${t} AND o.available_at IS NULL AND ${parts.where}
+           ORDER BY ${order} LIMIT ${limit} ${lock}) r
           UNION ALL
           SELECT * FROM (SELECT ${parts.select} FROM ${T} o
-           WHERE ${tenant("o")} = ${t} AND ${dueAt} > '-infinity'::timestamptz AND ${dueAt} <= ${ts} AND ${parts.where}
-           ORDER BY ${dueAt} LIMIT ${limit} ${lock}) s) b
+           WHERE ${tenant("o")} = ${t} AND o.available_at IS NOT NULL AND o.available_at <= ${ts} AND ${parts.where}
+           ORDER BY ${order} LIMIT ${limit} ${lock}) s) b
         ORDER BY b.id LIMIT ${limit}`
   }
   /** The last tenant the previous claim took (`undefined`: start from the first). */
@@ -160,9 +161,12 @@ export const make = (options: Options) => {
         SELECT w.t, w.n, ${room} AS room FROM walked w
       ), taken AS MATERIALIZED (
         SELECT w.t, w.n, w.room FROM roomy w
-        WHERE w.room > 0 AND EXISTS (
+        WHERE w.room > 0 AND (EXISTS (
           SELECT 1 FROM ${T} o
-          WHERE ${tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND ${dueAt} <= ${ts})
+          WHERE ${tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND o.available_at IS NULL
+        ) OR EXISTS (
+          SELECT 1 FROM ${T} o
+          WHERE ${tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND o.available_at <= ${ts}))
         ORDER BY w.n LIMIT ${max}
       ), share AS (
         SELECT greatest(1, ceil(${limit}::numeric / greatest((SELECT count(*) FROM taken), 1)))::int AS s

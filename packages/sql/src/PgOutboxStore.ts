@@ -77,6 +77,7 @@ import * as PublishStatement from "./PublishStatement.ts"
 import * as SqlEnv from "./SqlEnv.ts"
 import { findSqlError, isTransient, serverMessage } from "./internal/sqlError.ts"
 import { fromSqlError, mapSqlError } from "./internal/storeError.ts"
+import * as ClaimHorizon from "./internal/claimHorizon.ts"
 import * as FairClaim from "./internal/fairClaim.ts"
 import * as OldestClaim from "./internal/oldestClaim.ts"
 import * as OrderedClaim from "./internal/orderedClaim.ts"
@@ -479,6 +480,10 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   )
   /** The CTEs of the unordered claims' oldest rows (`internal/oldestClaim.ts`). */
   const oldestClaimable = OldestClaim.make({ sql, table: T, limit: limitLiteral })
+  // the unordered claims' horizon (migration 0013): the partitions below it are not read
+  const [horizonFunction] = mode !== "plain" ? [] : yield* sql<{ ok: boolean }>`
+    SELECT to_regprocedure('outbox_claim_horizon(regclass,interval)') IS NOT NULL AS ok`.pipe(mapSqlError("configure"))
+  const claimHorizon = ClaimHorizon.make({ sql, table: quotedT, enabled: horizonFunction?.ok === true })
 
   /** Claims from one table (the plain store, and the legacy table while the flag is unset). */
   const claimOne = (
@@ -486,11 +491,14 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     stamp: boolean,
     ts: Fragment,
     options: { readonly limit: number; readonly leaseDuration: Duration.Duration },
-    keyed = false
+    keyed = false,
+    horizon: Fragment = sql.literal("")
   ) =>
     sql`
       WITH ${
-      table === T ? oldestClaimable(ts, options.limit, sql.literal("o.id, o.created_at")) : sql`locked AS (
+      table === T
+        ? oldestClaimable(ts, options.limit, sql.literal("o.id, o.created_at"), sql.literal(""), horizon)
+        : sql`locked AS (
         SELECT id, created_at FROM ${table}
         WHERE ${claimable(ts)}
         ORDER BY id
@@ -500,7 +508,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     }
       UPDATE ${table} o
       SET ${leaseSet(ts, options.leaseDuration, stamp)}
-      WHERE ${isLocked}
+      WHERE ${isLocked}${horizon}
       RETURNING ${claimedColumns}${keyed ? keyColumns : sql.literal("")}`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>
 
   // --- the ordered claim (OUTBOX_ORDERING=key) ---------------------------------------------------------------------
@@ -621,7 +629,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       return rows.map(toEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
     }
     const statement: Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError> = mode === "plain"
-      ? claimOne(T, stampT, ts, options, true)
+      ? Effect.flatMap(claimHorizon, (horizon) => claimOne(T, stampT, ts, options, true, horizon))
       : mode === "legacy"
       // The mirror is a second statement: its fresh snapshot sees a copy a
       // concurrent backfill committed while the claim waited for the row.
@@ -836,6 +844,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     plus,
     claimable,
     oldestClaimable,
+    claimHorizon,
     limit: limitLiteral,
     columns: sql.literal(
       "o.id, o.tracking_id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.metadata, o.retry_count, o.max_retries, o.created_at"

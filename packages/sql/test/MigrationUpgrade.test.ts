@@ -24,7 +24,8 @@ const sinceRelease: ReadonlyArray<readonly [number, string]> = [
   [9, "tenant"],
   [10, "ready_index"],
   [11, "stats_due_age"],
-  [12, "tenant_due_index"]
+  [12, "tenant_due_index"],
+  [13, "claim_horizon"]
 ]
 
 /**

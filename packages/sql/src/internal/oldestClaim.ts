@@ -44,21 +44,28 @@ export interface Options {
 /**
  * The CTEs `ready`, `due` and `locked` (a statement's `WITH` list): `locked`
  * is the oldest `limit` claimable rows at `ts` (`select` of the row `o`,
- * joined to `from`), locked, in id order.
+ * joined to `from`, within the claim horizon `horizon`: `internal/claimHorizon.ts`),
+ * locked, in id order.
  *
  * @internal
  */
 export const make = (options: Options) => {
   const { sql, table: T } = options
-  return (ts: Fragment, limit: number, select: Fragment, from: Fragment = sql.literal("")): Fragment =>
+  return (
+    ts: Fragment,
+    limit: number,
+    select: Fragment,
+    from: Fragment = sql.literal(""),
+    horizon: Fragment = sql.literal("")
+  ): Fragment =>
     sql`ready AS (
         SELECT ${select} FROM ${T} o${from}
-        WHERE o.status IN ('PENDING', 'FAILED') AND o.available_at IS NULL
+        WHERE o.status IN ('PENDING', 'FAILED') AND o.available_at IS NULL${horizon}
         ORDER BY o.id LIMIT ${options.limit(limit)}
         FOR UPDATE OF o SKIP LOCKED
       ), due AS (
         SELECT ${select} FROM ${T} o${from}
-        WHERE o.status IN ('PENDING', 'FAILED') AND o.available_at IS NOT NULL AND o.available_at <= ${ts}
+        WHERE o.status IN ('PENDING', 'FAILED') AND o.available_at IS NOT NULL AND o.available_at <= ${ts}${horizon}
         ORDER BY o.available_at LIMIT ${options.limit(limit)}
         FOR UPDATE OF o SKIP LOCKED
       ), locked AS (

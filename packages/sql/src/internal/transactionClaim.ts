@@ -60,7 +60,9 @@ export interface Options<V> {
   /** The store's claimable-row predicate (the lease claim's). */
   readonly claimable: (ts: Fragment) => Fragment
   /** The store's CTEs `ready`, `due` and `locked` of the oldest claimable rows (`internal/oldestClaim.ts`). */
-  readonly oldestClaimable: (ts: Fragment, limit: number, select: Fragment, from?: Fragment) => Fragment
+  readonly oldestClaimable: (ts: Fragment, limit: number, select: Fragment, from?: Fragment, horizon?: Fragment) => Fragment
+  /** The unordered claims' horizon (`internal/claimHorizon.ts`). */
+  readonly claimHorizon: Effect.Effect<Fragment, SqlError.SqlError>
   /** The store's LIMIT literal. */
   readonly limit: (limit: number) => Fragment
   /** `o.id, ..., o.created_at`: the columns before `locked_until, lock_token` that `toEvent` reads. */
@@ -129,16 +131,18 @@ export const make = <V>(options: Options<V>) => {
   // found (nothing to bound otherwise), and `set_config` takes effect for the
   // next statement and the idle time after this one.
   const claim = (ts: Fragment, claimOptions: TransactionClaimOptions) =>
-    sql`
+    Effect.flatMap(options.claimHorizon, (horizon) =>
+      sql`
       WITH bounds AS MATERIALIZED (${bounds(claimOptions.timeout)}), ${
-      options.oldestClaimable(
-        ts,
-        claimOptions.limit,
-        sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token`,
-        sql.literal(" CROSS JOIN bounds")
-      )
-    }
-      SELECT * FROM locked`.values as Effect.Effect<ReadonlyArray<V>, SqlError.SqlError>
+        options.oldestClaimable(
+          ts,
+          claimOptions.limit,
+          sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token`,
+          sql.literal(" CROSS JOIN bounds"),
+          horizon
+        )
+      }
+      SELECT * FROM locked`.values as Effect.Effect<ReadonlyArray<V>, SqlError.SqlError>)
 
   /**
    * The fair claim in the transaction: the bounds first (a statement of

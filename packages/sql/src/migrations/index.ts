@@ -30,6 +30,7 @@ import * as Tenant from "./0009_tenant.ts"
 import * as ReadyIndex from "./0010_ready_index.ts"
 import * as StatsDueAge from "./0011_stats_due_age.ts"
 import * as TenantDueIndex from "./0012_tenant_due_index.ts"
+import * as ClaimHorizon from "./0013_claim_horizon.ts"
 import * as CreateAuditLog from "./audit/0001_create_audit_log.ts"
 
 /**
@@ -72,7 +73,8 @@ export const outbox: MigrationSet = {
     { name: "0009_tenant", run: Tenant.migration },
     { name: "0010_ready_index", run: ReadyIndex.migration },
     { name: "0011_stats_due_age", run: StatsDueAge.migration },
-    { name: "0012_tenant_due_index", run: TenantDueIndex.migration }
+    { name: "0012_tenant_due_index", run: TenantDueIndex.migration },
+    { name: "0013_claim_horizon", run: ClaimHorizon.migration }
   ]
 }
 

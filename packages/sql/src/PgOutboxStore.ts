@@ -534,11 +534,11 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
    * CTE `locked` leased (PROCESSING, one fresh token, `locked_until`), as
    * `toEvent` reads them.
    */
-  const leaseLocked = (ts: Fragment, leaseDuration: Duration.Duration) =>
+  const leaseLocked = (ts: Fragment, leaseDuration: Duration.Duration, horizon: Fragment = sql.literal("")) =>
     sql`claimed AS (
       UPDATE ${T} o
       SET ${leaseSet(ts, leaseDuration, stampT)}
-      WHERE ${isLocked}
+      WHERE ${isLocked}${horizon}
       RETURNING ${claimedColumns}${keyColumns}
     )`
 
@@ -604,11 +604,13 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       if (fair === undefined || fairnessRefusal !== undefined) {
         return yield* new StoreError({ operation: "claim", message: fairnessRefusal!, retryable: false })
       }
+      const horizon = yield* claimHorizon
       const rows = yield* (sql`${
         fair.statement(ts, options.limit, options.fairness, {
           claimable: claimable(ts),
           select: sql.literal("o.id, o.created_at"),
-          finish: sql`, ${leaseLocked(ts, options.leaseDuration)} SELECT * FROM claimed`
+          finish: sql`, ${leaseLocked(ts, options.leaseDuration, horizon)} SELECT * FROM claimed`,
+          horizon
         })
       }`.values as Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError>)
       return fair.advance(rows, 13)

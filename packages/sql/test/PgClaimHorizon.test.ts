@@ -48,6 +48,15 @@ const claims = {
     store.claimInTransaction(
       { limit: 10, timeout: Duration.seconds(5) },
       (events) => Effect.succeed({ completed: events, retried: [], deadLettered: [] })
+    )),
+  "tenant-fair lease": Effect.flatMap(
+    OutboxStore,
+    (store) => store.claim({ limit: 10, leaseDuration: Duration.seconds(30), fairness: {} })
+  ),
+  "tenant-fair transaction": Effect.flatMap(OutboxStore, (store) =>
+    store.claimInTransaction(
+      { limit: 10, timeout: Duration.seconds(5), fairness: {} },
+      (events) => Effect.succeed({ completed: events, retried: [], deadLettered: [] })
     ))
 }
 

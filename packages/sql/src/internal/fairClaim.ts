@@ -105,20 +105,22 @@ export const make = (options: Options) => {
    * The CTEs `after`, `before` and `walked (t, n)` (the statement starts
    * `WITH RECURSIVE`): the tenants with claimable rows in turn order, from
    * the one after the cursor to the last, then from the first up to the
-   * cursor, `n` their place in the turn, at most `max` of them.
+   * cursor, `n` their place in the turn, at most `max` of them; within the
+   * claim horizon `horizon` (`internal/claimHorizon.ts`; none for the
+   * ordered claim).
    */
-  const turn = (max: number) => {
+  const turn = (max: number, horizon: Fragment = sql.literal("")) => {
     const from = cursor
     const walk = (name: string, first: Fragment, bound: Fragment) =>
       sql`${sql.literal(name)} AS (
         SELECT f.t, 1 AS n FROM (
           SELECT ${tenant("o")} AS t FROM ${T} o
-          WHERE o.status IN ('PENDING', 'FAILED') AND ${first}
+          WHERE o.status IN ('PENDING', 'FAILED') AND ${first}${horizon}
           ORDER BY 1 LIMIT 1) f
         UNION ALL
         SELECT nx.t, w.n + 1 FROM ${sql.literal(name)} w CROSS JOIN LATERAL (
           SELECT ${tenant("o")} AS t FROM ${T} o
-          WHERE o.status IN ('PENDING', 'FAILED') AND ${tenant("o")} > w.t AND ${bound}
+          WHERE o.status IN ('PENDING', 'FAILED') AND ${tenant("o")} > w.t AND ${bound}${horizon}
           ORDER BY 1 LIMIT 1) nx
         WHERE w.n < ${max}
       )`
@@ -146,8 +148,15 @@ export const make = (options: Options) => {
     ts: Fragment,
     limit: number,
     fairness: Fairness,
-    parts: { readonly claimable: Fragment; readonly select: Fragment; readonly finish: Fragment }
+    parts: {
+      readonly claimable: Fragment
+      readonly select: Fragment
+      readonly finish: Fragment
+      /** The claim horizon (`internal/claimHorizon.ts`). */
+      readonly horizon?: Fragment | undefined
+    }
   ) => {
+    const horizon = parts.horizon ?? sql.literal("")
     const max = maxTenants(fairness)
     const cap = capOf(fairness)
     // the room each tenant has under its cap: its rows PROCESSING (the leased index), counted once per claim
@@ -157,16 +166,16 @@ export const make = (options: Options) => {
     const flying = cap === undefined ? sql.literal("") : sql`, flying AS MATERIALIZED (
         SELECT ${tenant("o")} AS t, count(*) AS c FROM ${T} o WHERE o.status = 'PROCESSING' GROUP BY 1
       )`
-    return sql`WITH RECURSIVE ${turn(max)}${flying}, roomy AS (
+    return sql`WITH RECURSIVE ${turn(max, horizon)}${flying}, roomy AS (
         SELECT w.t, w.n, ${room} AS room FROM walked w
       ), taken AS MATERIALIZED (
         SELECT w.t, w.n, w.room FROM roomy w
         WHERE w.room > 0 AND (EXISTS (
           SELECT 1 FROM ${T} o
-          WHERE ${tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND o.available_at IS NULL
+          WHERE ${tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND o.available_at IS NULL${horizon}
         ) OR EXISTS (
           SELECT 1 FROM ${T} o
-          WHERE ${tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND o.available_at <= ${ts}))
+          WHERE ${tenant("o")} = w.t AND o.status IN ('PENDING', 'FAILED') AND o.available_at <= ${ts}${horizon}))
         ORDER BY w.n LIMIT ${max}
       ), share AS (
         SELECT greatest(1, ceil(${limit}::numeric / greatest((SELECT count(*) FROM taken), 1)))::int AS s
@@ -174,7 +183,7 @@ export const make = (options: Options) => {
         SELECT l.* FROM taken tk CROSS JOIN LATERAL (${
       oldestDue(sql`tk.t`, ts, sql`least((SELECT s FROM share), tk.room)`, {
         select: parts.select,
-        where: parts.claimable,
+        where: sql`${parts.claimable}${horizon}`,
         lock: true
       })
     }) l

@@ -131,7 +131,7 @@ export interface Probe {
  * @internal
  */
 export interface Turn {
-  /** The CTEs ending in `walked (t, n)`, at most `max` tenants. */
+  /** The CTEs ending in `walked (t, n)`, at most `max` tenants (the ordered claim has no claim horizon). */
   readonly turn: (max: number) => Fragment
   /** The tenant of the row `alias`, as the tenant index has it. */
   readonly tenant: (alias: string) => Fragment

@@ -155,12 +155,13 @@ export const make = <V>(options: Options<V>) => {
     claimOptions: TransactionClaimOptions & { readonly fairness: NonNullable<TransactionClaimOptions["fairness"]> }
   ) =>
     Effect.andThen(
-      bounds(claimOptions.timeout),
-      (sql`${
+      Effect.flatMap(bounds(claimOptions.timeout), () => options.claimHorizon),
+      (horizon) => (sql`${
         fair.statement(ts, claimOptions.limit, claimOptions.fairness, {
           claimable: options.claimable(ts),
           select: sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token${options.keyColumns}`,
-          finish: sql.literal("SELECT * FROM locked")
+          finish: sql.literal("SELECT * FROM locked"),
+          horizon
         })
       }`.values as Effect.Effect<ReadonlyArray<V & ReadonlyArray<unknown>>, SqlError.SqlError>).pipe(
         Effect.map((rows) => fair.advance(rows, 13))

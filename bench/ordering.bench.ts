@@ -31,6 +31,11 @@
  *    100 (`EXPLAIN (ANALYZE, TIMING OFF)`, rolled back): the ordered claim
  *    (in one worker's slice, and over the whole key space) beside the
  *    unordered claim's and the tenant-fair claim's locking queries.
+ * 6. **One claim's server time by partition count** (BENCH_PARTITION_DAYS,
+ *    default "30,365": past days of partitions added in steps, empty, as an
+ *    outbox kept without retention; "" skips it): the unordered and the
+ *    tenant-fair claims with the claim horizon (`internal/claimHorizon.ts`)
+ *    and without it, and the ordered claim (which has none).
  *
  * Environment: BENCH_EVENTS, BENCH_ROUNDS (default 2: best of),
  * BENCH_BATCHES, BENCH_ONE_KEY_EVENTS, BENCH_PLAN_ROWS (0 skips the plans),
@@ -49,6 +54,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { Fragment } from "effect/sql/Statement"
+import * as ClaimHorizon from "../packages/sql/src/internal/claimHorizon.ts"
 import * as FairClaim from "../packages/sql/src/internal/fairClaim.ts"
 import * as OldestClaim from "../packages/sql/src/internal/oldestClaim.ts"
 import * as OrderedClaim from "../packages/sql/src/internal/orderedClaim.ts"
@@ -61,6 +67,8 @@ const ONE_KEY_EVENTS = Number(process.env.BENCH_ONE_KEY_EVENTS ?? 2_000)
 const PLAN_ROWS = Number(process.env.BENCH_PLAN_ROWS ?? 1_000_000)
 const PLAN_LIMITS = (process.env.BENCH_PLAN_LIMITS ?? "100").split(",").map(Number)
 const FAIR_BACKLOG = Number(process.env.BENCH_FAIR_BACKLOG ?? 100_000)
+/** Past days of partitions the partition-count section adds, in steps (`BENCH_PARTITION_DAYS`, "" skips it). */
+const PARTITION_DAYS = (process.env.BENCH_PARTITION_DAYS ?? "30,365").split(",").filter((d) => d.trim() !== "").map(Number)
 /** Runs per state of the claim-cost section (0 skips it). */
 const CLAIM_COST_RUNS = Number(process.env.BENCH_CLAIM_COST_RUNS ?? 200)
 /** BENCH_FIXED=1: fixed claims of the limit (`minBatchSize` = `batchSize`) instead of the adaptive limit. */
@@ -268,23 +276,32 @@ const claimCostState = (state: CostState) =>
     }
   })
 
+/**
+ * The claim horizon the store would take now (`internal/claimHorizon.ts`), or none (`false`: the claims as
+ * before it).
+ */
+const horizonOf = (use: boolean) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) => ClaimHorizon.make({ sql, table: "\"outbox\"", enabled: use }))
+
 /** The unordered claim's locking query (the lease claim's CTEs, `internal/oldestClaim.ts`), for comparison. */
-const unorderedLocking = (limit: number) =>
+const unorderedLocking = (limit: number, horizon = true) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const oldest = OldestClaim.make({ sql, table: sql.literal("outbox"), limit: (n) => sql.literal(String(Math.trunc(n))) })
-    return sql`WITH ${oldest(sql.literal("now()"), limit, sql.literal("o.id, o.created_at"))} SELECT count(*) FROM locked`
+    const bound = yield* horizonOf(horizon)
+    return sql`WITH ${oldest(sql.literal("now()"), limit, sql.literal("o.id, o.created_at"), sql.literal(""), bound)} SELECT count(*) FROM locked`
   })
 
 /** The tenant-fair claim's locking query (`internal/fairClaim.ts`, the default fairness), for comparison. */
-const fairLocking = (limit: number) =>
+const fairLocking = (limit: number, horizon = true) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const fair = FairClaim.make({ sql, table: sql.literal("outbox"), limit: (n) => sql.literal(String(Math.trunc(n))) })
     return fair.statement(sql.literal("now()"), limit, {}, {
       claimable: sql.literal("o.status IN ('PENDING', 'FAILED') AND (o.available_at IS NULL OR o.available_at <= now())"),
       select: sql.literal("o.id, o.created_at"),
-      finish: sql.literal("SELECT count(*) FROM locked")
+      finish: sql.literal("SELECT count(*) FROM locked"),
+      horizon: yield* horizonOf(horizon)
     })
   })
 
@@ -400,6 +417,40 @@ const main = Effect.gen(function*() {
     }
   }
 
+  // 6. what one claim costs by the partitions the outbox has: past days kept (no retention, the default), empty
+  const byPartitions: Array<Record<string, unknown>> = []
+  if (PARTITION_DAYS.length > 0 && CLAIM_COST_RUNS > 0) {
+    console.log(
+      `\nOne claim of 100 at 200,000 pending rows by the outbox's partitions (past days kept, empty), server execution ms, median of ${CLAIM_COST_RUNS}`
+    )
+    console.log(`  partitions   unordered, no horizon   unordered   ordered, slice 1 of 4   tenant-fair, no horizon   tenant-fair`)
+    let made = 0
+    for (const days of [0, ...PARTITION_DAYS]) {
+      if (days > made) {
+        yield* run(Effect.flatMap(SqlClient.SqlClient, (sql) =>
+          sql`SELECT outbox_ensure_daily_partitions((now() AT TIME ZONE 'UTC')::date - ${days}::int, ${days - made - 1}::int)`))
+        made = days
+      }
+      yield* run(claimCostState({ label: "none", newest: 0, ahead: 0 }))
+      const [count] = yield* run(Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_inherits WHERE inhparent = 'outbox'::regclass`))
+      const row = {
+        partitions: count!.n,
+        unorderedNoHorizonMs: yield* run(executionMs(CLAIM_COST_RUNS, unorderedLocking(100, false))),
+        unorderedMs: yield* run(executionMs(CLAIM_COST_RUNS, unorderedLocking(100))),
+        orderedSliceMs: yield* run(executionMs(CLAIM_COST_RUNS, orderedLocking(100, { index: 1, count: 4 }))),
+        fairNoHorizonMs: yield* run(executionMs(CLAIM_COST_RUNS, fairLocking(100, false))),
+        fairMs: yield* run(executionMs(CLAIM_COST_RUNS, fairLocking(100)))
+      }
+      byPartitions.push(row)
+      console.log(
+        `  ${String(row.partitions).padStart(10)}   ${fmt(row.unorderedNoHorizonMs, 3).padStart(21)}   ${fmt(row.unorderedMs, 3).padStart(9)}   ${
+          fmt(row.orderedSliceMs, 3).padStart(21)
+        }   ${fmt(row.fairNoHorizonMs, 3).padStart(23)}   ${fmt(row.fairMs, 3).padStart(11)}`
+      )
+    }
+  }
+
   const plans: Record<string, unknown> = {}
   if (PLAN_ROWS > 0) {
     for (const [label, keys] of [[`${KEYS} keys`, KEYS], ["1 key", 1]] as const) {
@@ -420,7 +471,7 @@ const main = Effect.gen(function*() {
       }
     }
   }
-  writeResults("ordering", { events: EVENTS, keys: KEYS, workers: WORKERS, rounds: ROUNDS, drains, fairness, claimCosts, oneKey: oneKey === undefined ? undefined : { events: ONE_KEY_EVENTS, eventsPerSec: ONE_KEY_EVENTS / oneKey.seconds }, plans })
+  writeResults("ordering", { events: EVENTS, keys: KEYS, workers: WORKERS, rounds: ROUNDS, drains, fairness, claimCosts, byPartitions, oneKey: oneKey === undefined ? undefined : { events: ONE_KEY_EVENTS, eventsPerSec: ONE_KEY_EVENTS / oneKey.seconds }, plans })
 })
 
 runMain(main)

@@ -281,7 +281,7 @@ const claimCostState = (state: CostState) =>
  * before it).
  */
 const horizonOf = (use: boolean) =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) => ClaimHorizon.make({ sql, table: "\"outbox\"", enabled: use }))
+  Effect.flatMap(SqlClient.SqlClient, (sql) => ClaimHorizon.make({ sql, table: "\"outbox\"", enabled: use }).bound)
 
 /** The unordered claim's locking query (the lease claim's CTEs, `internal/oldestClaim.ts`), for comparison. */
 const unorderedLocking = (limit: number, horizon = true) =>

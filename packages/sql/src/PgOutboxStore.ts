@@ -483,7 +483,8 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   // the unordered claims' horizon (migration 0013): the partitions below it are not read
   const [horizonFunction] = mode !== "plain" ? [] : yield* sql<{ ok: boolean }>`
     SELECT to_regprocedure('outbox_claim_horizon(regclass,interval)') IS NOT NULL AS ok`.pipe(mapSqlError("configure"))
-  const claimHorizon = ClaimHorizon.make({ sql, table: quotedT, enabled: horizonFunction?.ok === true })
+  const horizon = ClaimHorizon.make({ sql, table: quotedT, enabled: horizonFunction?.ok === true })
+  const claimHorizon = horizon.bound
 
   /** Claims from one table (the plain store, and the legacy table while the flag is unset). */
   const claimOne = (
@@ -688,7 +689,9 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
    */
   const onCopiesOf = (group: ReturnType<typeof groupByToken>[number], ids: string) =>
     sql`id = ANY(${ids}::bigint[])
-      AND created_at >= ${group.from} AND created_at < ${group.to} AND lock_token = ${group.token}`
+      AND created_at >= ${group.from} AND created_at < ${group.to} AND lock_token = ${group.token}${
+      mode === "plain" ? horizon.settleBound(group.from) : sql.literal("")
+    }`
   const fencedUpdate = (set: Fragment, group: ReturnType<typeof groupByToken>[number], ids: string) => {
     const onCopies = onCopiesOf(group, ids)
     const onLegacy = sql`id = ANY(${ids}::bigint[]) AND lock_token = ${group.token}`
@@ -847,6 +850,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     claimable,
     oldestClaimable,
     claimHorizon,
+    settleBound: horizon.settleBound,
     limit: limitLiteral,
     columns: sql.literal(
       "o.id, o.tracking_id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.metadata, o.retry_count, o.max_retries, o.created_at"

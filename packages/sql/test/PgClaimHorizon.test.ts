@@ -115,6 +115,26 @@ layer(Live, { timeout: "60 seconds" })("PgOutboxStore's unordered claims within 
       }))
   }
 
+  it.effect("rows an ordered claim took below the horizon are settled: their statements leave the horizon out", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const store = yield* OutboxStore
+      yield* setUp
+      yield* publish(1, "a")
+      // the horizon is taken (today's partition) and kept
+      assert.strictEqual((yield* claims.lease).length, 1)
+      yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at)
+                 VALUES ('Order', 'late', 'OrderCreated', '{}'::jsonb, now() - interval '10 days')`
+      yield* publish(1, "b")
+      // the ordered claim has no horizon: it takes the late row too
+      const claimed = yield* store.claim({ limit: 10, leaseDuration: Duration.seconds(30), ordering: { deadLetter: "continue" } })
+      assert.deepStrictEqual(claimed.map((e) => e.aggregateId), ["late", "b1"])
+      // a completion bounded by the horizon would miss the late row and fail with LeaseLost
+      yield* store.complete(claimed)
+      const rows = yield* sql<{ status: string }>`SELECT status FROM outbox WHERE aggregate_id IN ('late', 'b1') ORDER BY id`
+      assert.deepStrictEqual(rows.map((r) => r.status), ["COMPLETED", "COMPLETED"])
+    }))
+
   it.effect("a row in the DEFAULT partition leaves no horizon: it is claimed at once", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

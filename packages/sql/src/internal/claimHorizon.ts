@@ -59,18 +59,41 @@ export interface Options {
 }
 
 /**
- * The bound of the row `o` an unordered claim adds to each scan of the
- * outbox (`AND o.created_at >= '...'`, or nothing: no horizon), taken again
- * once `refreshMillis` have passed on Effect's `Clock`.
+ * The claim horizon of a store.
  *
  * @internal
  */
-export const make = (options: Options): Effect.Effect<Fragment, SqlError.SqlError> => {
+export interface ClaimHorizon {
+  /**
+   * The bound of the row `o` an unordered claim adds to each scan of the
+   * outbox (`AND o.created_at >= '...'`, or nothing: no horizon), taken
+   * again once `refreshMillis` have passed on Effect's `Clock`.
+   */
+  readonly bound: Effect.Effect<Fragment, SqlError.SqlError>
+  /**
+   * The bound a statement settling leased rows whose `created_at` are all at
+   * or after `from` may add (`AND created_at >= '...'`, unqualified): the
+   * horizon last taken when `from` is not below it, else nothing (a row an
+   * ordered claim took below it). Every row of such a batch is at or after
+   * it, so the bound changes nothing but the plan: the partitions below it
+   * are pruned when the statement is planned, not locked and checked at
+   * run time. A completion of 100 at 370 partitions: 0.9–1.0 ms against
+   * 1.8 (generic plans, psql).
+   */
+  readonly settleBound: (from: Date) => Fragment
+}
+
+/**
+ * The claim horizon of the outbox `options.table`.
+ *
+ * @internal
+ */
+export const make = (options: Options): ClaimHorizon => {
   const { sql } = options
   const none = sql.literal("")
-  if (!options.enabled) return Effect.succeed(none)
-  let kept: { readonly bound: Fragment; readonly takenAt: number } | undefined
-  return Effect.flatMap(Clock.currentTimeMillis, (now) =>
+  if (!options.enabled) return { bound: Effect.succeed(none), settleBound: () => none }
+  let kept: { readonly bound: Fragment; readonly at: Date | undefined; readonly settle: Fragment; readonly takenAt: number } | undefined
+  const bound = Effect.flatMap(Clock.currentTimeMillis, (now) =>
     // taken again once `refreshMillis` have passed, or when the clock went back
     kept !== undefined && now >= kept.takenAt && now - kept.takenAt < refreshMillis
       ? Effect.succeed(kept.bound)
@@ -78,11 +101,24 @@ export const make = (options: Options): Effect.Effect<Fragment, SqlError.SqlErro
         sql<{ h: Date | string | null }>`SELECT outbox_claim_horizon(${options.table}::regclass, ${lagSeconds} * interval '1 second') AS h`,
         (rows) => {
           const h = rows[0]?.h
-          const bound = h === null || h === undefined
-            ? none
-            : sql.literal(` AND o.created_at >= '${new Date(h).toISOString()}'::timestamptz`)
-          kept = { bound, takenAt: now }
-          return bound
+          if (h === null || h === undefined) {
+            kept = { bound: none, at: undefined, settle: none, takenAt: now }
+            return none
+          }
+          const at = new Date(h)
+          const literal = `'${at.toISOString()}'::timestamptz`
+          kept = {
+            bound: sql.literal(` AND o.created_at >= ${literal}`),
+            at,
+            settle: sql.literal(` AND created_at >= ${literal}`),
+            takenAt: now
+          }
+          return kept.bound
         }
       ))
+  return {
+    bound,
+    settleBound: (from) =>
+      kept === undefined || kept.at === undefined || from.getTime() < kept.at.getTime() ? none : kept.settle
+  }
 }

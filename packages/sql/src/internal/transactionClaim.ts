@@ -63,6 +63,8 @@ export interface Options<V> {
   readonly oldestClaimable: (ts: Fragment, limit: number, select: Fragment, from?: Fragment, horizon?: Fragment) => Fragment
   /** The unordered claims' horizon (`internal/claimHorizon.ts`). */
   readonly claimHorizon: Effect.Effect<Fragment, SqlError.SqlError>
+  /** The horizon's bound for settling rows created at or after a time (`ClaimHorizon.settleBound`). */
+  readonly settleBound: (from: Date) => Fragment
   /** The store's LIMIT literal. */
   readonly limit: (limit: number) => Fragment
   /** `o.id, ..., o.created_at`: the columns before `locked_until, lock_token` that `toEvent` reads. */
@@ -211,7 +213,8 @@ export const make = <V>(options: Options<V>) => {
       if (t < min) min = t
       if (t > max) max = t
     }
-    return sql`created_at >= ${new Date(min - 1)} AND created_at < ${new Date(max + 1)}`
+    const from = new Date(min - 1)
+    return sql`created_at >= ${from} AND created_at < ${new Date(max + 1)}${options.settleBound(from)}`
   }
   const idArray = (keys: ReadonlyArray<EventKey>) => `{${keys.map((k) => k.id).join(",")}}`
 

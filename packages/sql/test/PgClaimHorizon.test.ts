@@ -135,6 +135,26 @@ layer(Live, { timeout: "60 seconds" })("PgOutboxStore's unordered claims within 
       assert.deepStrictEqual(rows.map((r) => r.status), ["COMPLETED", "COMPLETED"])
     }))
 
+  it.effect("a horizon that cannot be taken is none: the claims read every partition rather than fail", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* setUp
+      yield* publish(4, "a")
+      // as if EXECUTE were revoked: the store's call fails
+      yield* sql`ALTER FUNCTION outbox_claim_horizon(regclass, interval) RENAME TO outbox_claim_horizon_away`
+      const claimed = yield* Effect.all(Object.values(claims).map((claim) => claim)).pipe(
+        Effect.ensuring(Effect.orDie(sql`ALTER FUNCTION outbox_claim_horizon_away(regclass, interval) RENAME TO outbox_claim_horizon`))
+      )
+      assert.deepStrictEqual(claimed.map((c) => c.map((e) => e.aggregateId)), [["a1", "a2", "a3", "a4"], [], [], []])
+      // the next refresh takes it again: the old partitions are read no more
+      yield* TestClock.adjust(Duration.seconds(10))
+      assert.strictEqual((yield* claims.lease).length, 0)
+      yield* publish(1, "b")
+      const { claimed: next, scans } = yield* measured(claims.lease)
+      assert.deepStrictEqual(next.map((e) => e.aggregateId), ["b1"])
+      assert.strictEqual(scans, 0)
+    }))
+
   it.effect("a row in the DEFAULT partition leaves no horizon: it is claimed at once", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

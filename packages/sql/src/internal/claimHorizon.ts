@@ -22,7 +22,6 @@
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import type * as SqlClient from "effect/sql/SqlClient"
-import type * as SqlError from "effect/sql/SqlError"
 import type { Fragment } from "effect/sql/Statement"
 
 /**
@@ -69,7 +68,7 @@ export interface ClaimHorizon {
    * outbox (`AND o.created_at >= '...'`, or nothing: no horizon), taken
    * again once `refreshMillis` have passed on Effect's `Clock`.
    */
-  readonly bound: Effect.Effect<Fragment, SqlError.SqlError>
+  readonly bound: Effect.Effect<Fragment>
   /**
    * The bound a statement settling leased rows whose `created_at` are all at
    * or after `from` may add (`AND created_at >= '...'`, unqualified): the
@@ -98,7 +97,10 @@ export const make = (options: Options): ClaimHorizon => {
     kept !== undefined && now >= kept.takenAt && now - kept.takenAt < refreshMillis
       ? Effect.succeed(kept.bound)
       : Effect.map(
-        sql<{ h: Date | string | null }>`SELECT outbox_claim_horizon(${options.table}::regclass, ${lagSeconds} * interval '1 second') AS h`,
+        // a horizon that cannot be taken (EXECUTE revoked, a statement timeout) is no horizon until the next
+        // refresh: the claims read every partition, as before it, rather than fail
+        sql<{ h: Date | string | null }>`SELECT outbox_claim_horizon(${options.table}::regclass, ${lagSeconds} * interval '1 second') AS h`
+          .pipe(Effect.catch(() => Effect.succeed([] as ReadonlyArray<{ h: Date | string | null }>))),
         (rows) => {
           const h = rows[0]?.h
           if (h === null || h === undefined) {

@@ -62,7 +62,7 @@ export interface Options<V> {
   /** The store's CTEs `ready`, `due` and `locked` of the oldest claimable rows (`internal/oldestClaim.ts`). */
   readonly oldestClaimable: (ts: Fragment, limit: number, select: Fragment, from?: Fragment, horizon?: Fragment) => Fragment
   /** The unordered claims' horizon (`internal/claimHorizon.ts`). */
-  readonly claimHorizon: Effect.Effect<Fragment, SqlError.SqlError>
+  readonly claimHorizon: Effect.Effect<Fragment>
   /** The horizon's bound for settling rows created at or after a time (`ClaimHorizon.settleBound`). */
   readonly settleBound: (from: Date) => Fragment
   /** The store's LIMIT literal. */
@@ -132,8 +132,8 @@ export const make = <V>(options: Options<V>) => {
   // The bounds ride in the claim: the CTE is evaluated when the first row is
   // found (nothing to bound otherwise), and `set_config` takes effect for the
   // next statement and the idle time after this one.
-  const claim = (ts: Fragment, claimOptions: TransactionClaimOptions) =>
-    Effect.flatMap(options.claimHorizon, (horizon) =>
+  const claim = (ts: Fragment, claimOptions: TransactionClaimOptions, horizon: Fragment) =>
+    Effect.suspend(() =>
       sql`
       WITH bounds AS MATERIALIZED (${bounds(claimOptions.timeout)}), ${
         options.oldestClaimable(
@@ -154,11 +154,12 @@ export const make = <V>(options: Options<V>) => {
   const claimFair = (
     fair: ReturnType<typeof FairClaim.make>,
     ts: Fragment,
-    claimOptions: TransactionClaimOptions & { readonly fairness: NonNullable<TransactionClaimOptions["fairness"]> }
+    claimOptions: TransactionClaimOptions & { readonly fairness: NonNullable<TransactionClaimOptions["fairness"]> },
+    horizon: Fragment
   ) =>
     Effect.andThen(
-      Effect.flatMap(bounds(claimOptions.timeout), () => options.claimHorizon),
-      (horizon) => (sql`${
+      bounds(claimOptions.timeout),
+      (sql`${
         fair.statement(ts, claimOptions.limit, claimOptions.fairness, {
           claimable: options.claimable(ts),
           select: sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token${options.keyColumns}`,
@@ -280,7 +281,7 @@ export const make = <V>(options: Options<V>) => {
     if (ordering !== undefined && typeof options.ordered === "string") {
       return Effect.fail(new StoreError({ operation, message: options.ordered, retryable: false }))
     }
-    const body = Effect.gen(function*() {
+    const body = (horizon: Fragment) => Effect.gen(function*() {
       const ts = yield* now
       const rows = ordering !== undefined
         ? yield* claimOrdered(
@@ -290,8 +291,8 @@ export const make = <V>(options: Options<V>) => {
           fairness === undefined ? undefined : options.fair as ReturnType<typeof FairClaim.make>
         )
         : fairness !== undefined
-        ? yield* claimFair(options.fair as ReturnType<typeof FairClaim.make>, ts, { ...claimOptions, fairness })
-        : yield* claim(ts, claimOptions)
+        ? yield* claimFair(options.fair as ReturnType<typeof FairClaim.make>, ts, { ...claimOptions, fairness }, horizon)
+        : yield* claim(ts, claimOptions, horizon)
       if (rows.length === 0) return [] as ReadonlyArray<OutboxEvent>
       // FOR UPDATE with ORDER BY may return rows out of order under concurrency
       const events = rows.map(options.toEvent).sort(byId)
@@ -304,7 +305,9 @@ export const make = <V>(options: Options<V>) => {
       yield* settle(settleable(events, outcome))
       return events
     })
-    return sql.withTransaction(body).pipe(
+    // the horizon is taken before the transaction: a failure to take it must not abort the claim's transaction
+    const horizon = ordering === undefined ? options.claimHorizon : Effect.succeed(sql.literal(""))
+    return Effect.flatMap(horizon, (horizon) => sql.withTransaction(body(horizon))).pipe(
       Effect.catch((error: UseFailure<E> | StoreError | SqlError.SqlError) =>
         Effect.fail(
           error instanceof UseFailure

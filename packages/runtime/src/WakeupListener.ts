@@ -14,7 +14,7 @@
  *   only while a worker waits, and lets go at the first notification it
  *   causes: the relay then knows events are coming and claims them, and the
  *   producers that follow commit without NOTIFY. It takes the gate again at
- *   most every `rearmAfter` (3 ms), and claims once more whenever it does,
+ *   most every `rearmAfter` (1 ms), and claims once more whenever it does,
  *   which finds what was committed meanwhile: under a steady flow the relay
  *   is woken at most about once per `rearmAfter`, and most producers never
  *   notify. Idle, it holds the gate and costs nothing. Measured costs
@@ -101,20 +101,23 @@ export interface Options {
   readonly reconnectMax?: Duration.Input | undefined
   /**
    * The shortest time between letting go of the gate and taking it again
-   * (default 3 ms): at most one window in which producers notify per
+   * (default 1 ms): at most one window in which producers notify per
    * period, and at most that much added latency for events committed by a
    * steady flow of producers (the relay claims them when it takes the gate).
    *
-   * Why 3 ms: `bench:peers` W2 (500 one-event transactions/s, 2 lease
-   * workers) on a quiet machine, 2026-12-04, paired runs: 10 ms gave p50
-   * 4.1 / p90 9.6–9.9 / p99 13–14 ms (the 10 ms is visible in the p90), 3 ms
-   * 2.5–2.9 / 4.6–5.2 / 9.6–11 ms, 1 ms 2.2–2.9 / 3.9–5.0 / 8.8–10 ms. The
-   * cost is claims: the relay's CPU at that rate rose from 94–105 % of a core
-   * (Node + backends) at 10 ms to 119–127 % at 3 ms and 133–141 % at 1 ms
-   * (graphile-worker beside it: 101–111 %); 16 producers beside a relay
-   * (`bench/notify.bench.ts`) committed 2,218–2,332 tx/s against
-   * 2,383–2,509 at 10 ms. A busy relay never re-arms, so a backlog pays
-   * nothing; an idle one holds the gate and pays nothing either.
+   * Why 1 ms (3 ms from 2026-12-04, 10 ms before): `bench:peers` W2 (500
+   * one-event transactions/s, 2 lease workers), 2026-12-06, alternating
+   * runs: 1 ms gave p50 0.9–1.0 / p90 1.3–1.5 / p99 4.6–5.3 ms, 3 ms
+   * 1.3–1.5 / 2.8–3.0 / 5.9–7.3 (events committed while the gate is down
+   * wait for it: the 3 ms showed in the p90), 0 ms 1.0 / 1.6 / 4.7;
+   * graphile-worker's perf preset beside them 1.1 / 1.4–1.6 / 3.9–4.2. The
+   * cost is claims: Node + backends at that rate 39–40 + 49–54 % of a core
+   * against 33–35 + 44–45 at 3 ms. Producers paid nothing measurable: 16
+   * beside a relay (`bench/notify.bench.ts`, two alternating pairs)
+   * committed 3,398–4,189 tx/s against 3,073–4,315 at 3 ms (on 2026-12-04,
+   * 10 ms against 3 ms: 2,383–2,509 against 2,218–2,332). A busy relay never
+   * re-arms, so a backlog pays nothing; an idle one holds the gate and pays
+   * nothing either.
    */
   readonly rearmAfter?: Duration.Input | undefined
   /** The longest the listener waits for the gate (default 50 ms; see `PgWakeup`). */
@@ -163,7 +166,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   /** Failed attempts since the listener last listened: the reconnect backoff's exponent. */
   const failures = yield* Ref.make(0)
 
-  const rearmAfter = Duration.toMillis(Duration.fromInputUnsafe(options.rearmAfter ?? Duration.millis(3)))
+  const rearmAfter = Duration.toMillis(Duration.fromInputUnsafe(options.rearmAfter ?? Duration.millis(1)))
   /** While another relay's gate covers us: how long before trying again anyway (it may have gone away). */
   const othersCheck = Duration.seconds(1)
   /** The longest pause between two `arm`s while a long transaction keeps them timing out. */

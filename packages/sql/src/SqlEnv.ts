@@ -92,8 +92,18 @@ export const completed: Config.Config<"keep" | "delete"> = Config.schema(
 ).pipe(Config.withDefault("keep" as const))
 
 /**
+ * `OUTBOX_CLAIM_HORIZON` (default `true`): whether the unordered claims read
+ * only the partitions from the claim horizon on (see
+ * `PgOutboxStore.Options.claimHorizon`).
+ *
+ * @category config
+ * @since 0.1.0
+ */
+export const claimHorizon: Config.Config<boolean> = Config.Boolean("OUTBOX_CLAIM_HORIZON").pipe(Config.withDefault(true))
+
+/**
  * `PgOutboxStore.Options` from the environment: `OUTBOX_TABLE`, the online
- * migration's variables, `OUTBOX_RUN_MIGRATIONS` and `OUTBOX_COMPLETED` (the
+ * migration's variables, `OUTBOX_RUN_MIGRATIONS`, `OUTBOX_CLAIM_HORIZON` and `OUTBOX_COMPLETED` (the
  * time source stays the default, the database clock). `OUTBOX_COMPLETED=delete`
  * with `ENABLE_AUDIT=true` fails here, naming both: the audit trail and
  * inspection need completed rows kept.
@@ -101,8 +111,8 @@ export const completed: Config.Config<"keep" | "delete"> = Config.schema(
  * @category config
  * @since 0.1.0
  */
-export const store: Config.Config<StoreOptions> = Config.all({ tables, legacy, runMigrations, completed, audit }).pipe(
-  Config.mapEffect(({ audit, completed, legacy, runMigrations, tables }) =>
+export const store: Config.Config<StoreOptions> = Config.all({ tables, legacy, runMigrations, completed, audit, claimHorizon }).pipe(
+  Config.mapEffect(({ audit, claimHorizon, completed, legacy, runMigrations, tables }) =>
     audit && completed === "delete"
       ? Effect.fail(
         new Config.ConfigError(
@@ -112,7 +122,7 @@ export const store: Config.Config<StoreOptions> = Config.all({ tables, legacy, r
           })
         )
       )
-      : Effect.succeed<StoreOptions>({ table: tables.outbox, tables, legacy, runMigrations, completed })
+      : Effect.succeed<StoreOptions>({ table: tables.outbox, tables, legacy, runMigrations, completed, claimHorizon })
   )
 )
 
@@ -150,6 +160,12 @@ export const variables: ReadonlyArray<Variable> = [
     default: "`keep`",
     description:
       "`keep` (completed rows stay, status COMPLETED: audit trail, inspection) or `delete` (completion deletes the row: less bloat; refused with `ENABLE_AUDIT`)"
+  },
+  {
+    name: "OUTBOX_CLAIM_HORIZON",
+    default: "`true`",
+    description:
+      "unordered claims skip the partitions below the oldest one with unfinished rows (taken every 10 s; a row committed below it waits up to 10 s); `false`: every claim reads every partition"
   },
   {
     name: "ENABLE_AUDIT",

@@ -167,3 +167,18 @@ layer(Live, { timeout: "60 seconds" })("PgOutboxStore's unordered claims within 
       assert.deepStrictEqual(claimed.map((e) => e.aggregateId), ["old", "a1"])
     }))
 })
+
+layer(PgOutboxStore.layer({ claimHorizon: false }).pipe(Layer.provideMerge(TestDatabase.layer), Layer.orDie), {
+  timeout: "60 seconds"
+})("PgOutboxStore with claimHorizon: false", (it) => {
+  it.effect("a row committed below where the horizon would be is claimed at once", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* setUp
+      yield* publish(1, "a")
+      assert.strictEqual((yield* claims.lease).length, 1)
+      yield* sql`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at)
+                 VALUES ('Order', 'late', 'OrderCreated', '{}'::jsonb, now() - interval '10 days')`
+      assert.deepStrictEqual((yield* claims.lease).map((e) => e.aggregateId), ["late"])
+    }))
+})

@@ -33,7 +33,8 @@ describe("SqlEnv", () => {
         tables: OutboxTables.defaults,
         legacy: undefined,
         runMigrations: true,
-        completed: "keep"
+        completed: "keep",
+        claimHorizon: true
       })
       assert.deepStrictEqual(
         yield* SqlEnv.store.parse(env({
@@ -41,14 +42,16 @@ describe("SqlEnv", () => {
           OUTBOX_MIGRATION_LEGACY_TABLE: "outbox",
           OUTBOX_MIGRATION_DUAL_WRITE: "true",
           OUTBOX_RUN_MIGRATIONS: "false",
-          OUTBOX_COMPLETED: "delete"
+          OUTBOX_COMPLETED: "delete",
+          OUTBOX_CLAIM_HORIZON: "false"
         })),
         {
           table: "outbox_partitioned",
           tables: yield* OutboxTables.make("outbox_partitioned"),
           legacy: { table: "outbox", dualWrite: true },
           runMigrations: false,
-          completed: "delete"
+          completed: "delete",
+          claimHorizon: false
         }
       )
       const badCompleted = yield* Effect.flip(SqlEnv.store.parse(env({ OUTBOX_COMPLETED: "archive" })))
@@ -66,6 +69,7 @@ describe("SqlEnv", () => {
     const names = SqlEnv.variables.map((v) => v.name)
     assert.deepStrictEqual([...names].sort(), [
       "ENABLE_AUDIT",
+      "OUTBOX_CLAIM_HORIZON",
       "OUTBOX_COMPLETED",
       "OUTBOX_MIGRATION_DUAL_WRITE",
       "OUTBOX_MIGRATION_LEGACY_TABLE",

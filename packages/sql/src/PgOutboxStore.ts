@@ -496,12 +496,11 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   // the unordered claims' horizon (migration 0013): the partitions below it are not read
   const [horizonFunction] = mode !== "plain" ? [] : yield* sql<{ ok: boolean }>`
     SELECT to_regprocedure('outbox_claim_horizon(regclass,interval)') IS NOT NULL AS ok`.pipe(mapSqlError("configure"))
-  const horizon = ClaimHorizon.make({
+  const claimHorizon = ClaimHorizon.make({
     sql,
     table: quotedT,
     enabled: options.claimHorizon !== false && horizonFunction?.ok === true
   })
-  const claimHorizon = horizon.bound
 
   /** Claims from one table (the plain store, and the legacy table while the flag is unset). */
   const claimOne = (
@@ -622,7 +621,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       if (fair === undefined || fairnessRefusal !== undefined) {
         return yield* new StoreError({ operation: "claim", message: fairnessRefusal!, retryable: false })
       }
-      const horizon = yield* claimHorizon
+      const horizon = yield* claimHorizon.bound
       const rows = yield* (sql`${
         fair.statement(ts, options.limit, options.fairness, {
           claimable: claimable(ts),
@@ -649,7 +648,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       return rows.map(toEvent).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
     }
     const statement: Effect.Effect<ReadonlyArray<ClaimedValues>, SqlError.SqlError> = mode === "plain"
-      ? Effect.flatMap(claimHorizon, (horizon) => claimOne(T, stampT, ts, options, true, horizon))
+      ? Effect.flatMap(claimHorizon.bound, (horizon) => claimOne(T, stampT, ts, options, true, horizon))
       : mode === "legacy"
       // The mirror is a second statement: its fresh snapshot sees a copy a
       // concurrent backfill committed while the claim waited for the row.
@@ -707,7 +706,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const onCopiesOf = (group: ReturnType<typeof groupByToken>[number], ids: string) =>
     sql`id = ANY(${ids}::bigint[])
       AND created_at >= ${group.from} AND created_at < ${group.to} AND lock_token = ${group.token}${
-      mode === "plain" ? horizon.settleBound(group.from) : sql.literal("")
+      mode === "plain" ? claimHorizon.settleBound(group.from) : sql.literal("")
     }`
   const fencedUpdate = (set: Fragment, group: ReturnType<typeof groupByToken>[number], ids: string) => {
     const onCopies = onCopiesOf(group, ids)
@@ -866,8 +865,8 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     plus,
     claimable,
     oldestClaimable,
-    claimHorizon,
-    settleBound: horizon.settleBound,
+    claimHorizon: claimHorizon.bound,
+    settleBound: claimHorizon.settleBound,
     limit: limitLiteral,
     columns: sql.literal(
       "o.id, o.tracking_id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.metadata, o.retry_count, o.max_retries, o.created_at"

@@ -8,12 +8,12 @@
  * tenant, whatever its backlog), from the one after the previous claim's
  * last tenant, wrapping around, at most `maxTenants`; keeps those with a due
  * row; gives each an equal share of the limit (at least one) and locks each
- * tenant's oldest due rows, `FOR UPDATE SKIP LOCKED`, in a lateral
- * sub-query over the same index (`<outbox>_tenant_due_idx`, by tenant, then
- * `available_at`, due at once first, then id: `oldestDue`). The last tenant (in turn order) that got
- * rows is the next claim's cursor, so a tenant the limit ran out before goes
- * first next time (kept by the store, shared by its workers: a race only
- * makes two claims overlap).
+ * tenant's oldest due rows, `FOR UPDATE SKIP LOCKED`, in a lateral sub-query
+ * over the same index (`<outbox>_tenant_due_idx`, by tenant, then
+ * `available_at`, due at once first, then id: `oldestDue`). The last tenant
+ * (in turn order) that got rows is the next claim's cursor, so a tenant the
+ * limit ran out before goes first next time (kept by the store, shared by
+ * its workers: a race only makes two claims overlap).
  *
  * **In-flight caps** (`Fairness.maxInFlight`): the claim counts each
  * tenant's rows PROCESSING once (`flying`: a scan of the in-flight rows,
@@ -63,9 +63,8 @@ export const make = (options: Options) => {
    * locked (`FOR UPDATE SKIP LOCKED`) when `lock`. Read from the two ranges
    * of the tenant in `<outbox>_tenant_due_idx` (migration 0012): the rows
    * due at once (no `available_at`) by id, and the scheduled rows up to `ts`
-   * by their time, each
-   * up to `limit`; so the rows scheduled ahead, at the end of the tenant's
-   * range, are never read. Along one range by id instead (before
+   * by their time, each up to `limit`; so the rows scheduled ahead, at the
+   * end of the tenant's range, are never read. Along one range by id instead (before
    * 2026-12-06), a claim read past every row of the tenant scheduled ahead.
    *
    * **Gotcha**: when locking, a part's rows beyond `limit` of both are

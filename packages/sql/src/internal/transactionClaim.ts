@@ -133,18 +133,17 @@ export const make = <V>(options: Options<V>) => {
   // found (nothing to bound otherwise), and `set_config` takes effect for the
   // next statement and the idle time after this one.
   const claim = (ts: Fragment, claimOptions: TransactionClaimOptions, horizon: Fragment) =>
-    Effect.suspend(() =>
-      sql`
+    sql`
       WITH bounds AS MATERIALIZED (${bounds(claimOptions.timeout)}), ${
-        options.oldestClaimable(
-          ts,
-          claimOptions.limit,
-          sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token`,
-          sql.literal(" CROSS JOIN bounds"),
-          horizon
-        )
-      }
-      SELECT * FROM locked`.values as Effect.Effect<ReadonlyArray<V>, SqlError.SqlError>)
+      options.oldestClaimable(
+        ts,
+        claimOptions.limit,
+        sql`${options.columns}, ${options.plus(ts, claimOptions.timeout)} AS locked_until, 0::bigint AS lock_token`,
+        sql.literal(" CROSS JOIN bounds"),
+        horizon
+      )
+    }
+      SELECT * FROM locked`.values as Effect.Effect<ReadonlyArray<V>, SqlError.SqlError>
 
   /**
    * The fair claim in the transaction: the bounds first (a statement of
@@ -306,8 +305,8 @@ export const make = <V>(options: Options<V>) => {
       return events
     })
     // the horizon is taken before the transaction: a failure to take it must not abort the claim's transaction
-    const horizon = ordering === undefined ? options.claimHorizon : Effect.succeed(sql.literal(""))
-    return Effect.flatMap(horizon, (horizon) => sql.withTransaction(body(horizon))).pipe(
+    const takeHorizon = ordering === undefined ? options.claimHorizon : Effect.succeed(sql.literal(""))
+    return Effect.flatMap(takeHorizon, (horizon) => sql.withTransaction(body(horizon))).pipe(
       Effect.catch((error: UseFailure<E> | StoreError | SqlError.SqlError) =>
         Effect.fail(
           error instanceof UseFailure

@@ -17,8 +17,8 @@
  * it begins, so a transaction begun before a partition boundary commits
  * its rows below it. NULL (no horizon) when a leaf without a time range
  * (the DEFAULT partition, a leaf of another partitioning) holds such a row.
- * It reads the catalog and probes every leaf: ~0.2 ms a leaf (68–70 ms at
- * 370 leaves).
+ * It reads the catalog once and probes every leaf: ~0.13 ms a leaf (49–50
+ * ms at 370 leaves).
  *
  * **Gotcha**: a row committed below a horizon already taken (a transaction
  * open longer than `lag` across a partition boundary, an explicit old
@@ -46,40 +46,37 @@ export const statements = (pinned: string): ReadonlyArray<string> => [
   `CREATE OR REPLACE FUNCTION outbox_claim_horizon(tbl regclass, lag interval)
    RETURNS timestamptz LANGUAGE plpgsql STABLE SECURITY DEFINER ${pinned} AS $fn$
    DECLARE
-     leaf record;
-     busy boolean;
-     oldest_busy timestamptz;
+     parts regclass[];
+     los timestamptz[];
      lag_bound timestamptz;
+     busy boolean;
    BEGIN
      IF NOT has_table_privilege(session_user, coalesce(pg_partition_root(tbl), tbl), 'SELECT') THEN
        RETURN NULL;
      END IF;
-     -- the leaves oldest first (those without a time range first), until one holds an unfinished row
-     FOR leaf IN
-       SELECT l.part, l.lo FROM (
-         SELECT c.oid::regclass AS part,
-                (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\) TO'))[1]::timestamptz AS lo
-         FROM pg_partition_tree(tbl) t JOIN pg_class c ON c.oid = t.relid
-         WHERE t.isleaf AND t.relid <> tbl) l
-       ORDER BY l.lo NULLS FIRST
-     LOOP
+     -- the leaves and their lower bounds, oldest first (those without a time range first), read once; and the
+     -- bound of the leaf holding now() - lag. Read from the catalog, not outbox_partition_leaves (0002): one read
+     -- of the view took 28 ms at 370 leaves (it also sizes every leaf), the whole function 49–50 ms this way
+     SELECT array_agg(l.part ORDER BY l.lo NULLS FIRST), array_agg(l.lo ORDER BY l.lo NULLS FIRST),
+            max(l.lo) FILTER (WHERE l.lo <= now() - lag)
+       INTO parts, los, lag_bound
+     FROM (
+       SELECT c.oid::regclass AS part,
+              (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\) TO'))[1]::timestamptz AS lo
+       FROM pg_partition_tree(tbl) t JOIN pg_class c ON c.oid = t.relid
+       WHERE t.isleaf AND t.relid <> tbl) l;
+     IF lag_bound IS NULL THEN RETURN NULL; END IF;
+     -- until a leaf holds an unfinished row
+     FOR i IN 1 .. array_length(parts, 1) LOOP
        -- each status set matches a partial index's predicate (the claimable and the leased indexes): one probe each
        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE status IN (''PENDING'', ''FAILED''))
-                          OR EXISTS (SELECT 1 FROM %s WHERE status = ''PROCESSING'')', leaf.part, leaf.part) INTO busy;
+                          OR EXISTS (SELECT 1 FROM %s WHERE status = ''PROCESSING'')', parts[i], parts[i]) INTO busy;
        IF busy THEN
-         IF leaf.lo IS NULL THEN RETURN NULL; END IF;
-         oldest_busy := leaf.lo;
-         EXIT;
+         -- a leaf without a time range may hold rows of any time: no horizon
+         RETURN CASE WHEN los[i] IS NULL THEN NULL ELSE least(los[i], lag_bound) END;
        END IF;
      END LOOP;
-     -- the lower bound of the leaf holding now() - lag
-     SELECT max(x.lo) INTO lag_bound FROM (
-       SELECT (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\) TO'))[1]::timestamptz AS lo
-       FROM pg_partition_tree(tbl) t JOIN pg_class c ON c.oid = t.relid
-       WHERE t.isleaf AND t.relid <> tbl) x
-     WHERE x.lo <= now() - lag;
-     IF lag_bound IS NULL THEN RETURN NULL; END IF;
-     RETURN least(coalesce(oldest_busy, lag_bound), lag_bound);
+     RETURN lag_bound;
    END
    $fn$`,
   `COMMENT ON FUNCTION outbox_claim_horizon(regclass, interval) IS

@@ -11,7 +11,8 @@ import * as SqlClient from "effect/sql/SqlClient"
 
 // The ordered claim's two ways of ruling out a window candidate with a lower row of its key not yet due: one
 // read of the rows not yet due when there are few (the store contract covers it), and an index probe per
-// candidate past 1,000 of them (many scheduled events), covered here.
+// candidate past 1,000 of them (many scheduled events), covered here; and, with fairness, the probe each claim
+// takes first (a full claim's in-statement probe, which the next claim reuses without fairness, is one claim old).
 
 const Live = PgOutboxStore.layer().pipe(Layer.provideMerge(TestDatabase.layer), Layer.orDie)
 
@@ -59,4 +60,22 @@ layer(Live, { timeout: "60 seconds" })("PgOutboxStore ordered claim", (it) => {
         assert.strictEqual(waiting[0]!.n, scheduled + 1)
       }))
   }
+
+  it.effect("with fairness, a tenant's new event is taken by the next claim while another tenant's backlog fills every claim", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const store = yield* OutboxStore
+      yield* sql`TRUNCATE outbox`
+      const claimFair = store.claim({ limit: 10, leaseDuration: lease, ordering: { deadLetter: "continue" }, fairness: {} })
+      // tenant a: 40 keys, one event each, so that every claim of 10 is full
+      yield* Outbox.transaction(Outbox.publishAll(
+        Array.from({ length: 40 }, (_, i) => onKey(`a-${i}`, i, { metadata: { tenant: "a" } }))
+      ))
+      const first = yield* claimFair
+      assert.strictEqual(first.length, 10)
+      const [b] = yield* Outbox.transaction(Outbox.publishAll([onKey("b-1", 1, { metadata: { tenant: "b" } })]))
+      // a full claim's probe, reused by the next claim, is one claim old: b's id was drawn after it
+      const second = yield* claimFair
+      assert.include(second.map((e) => e.id), b!.id)
+    }))
 })

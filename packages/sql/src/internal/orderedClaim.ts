@@ -15,7 +15,9 @@
  * overtakes an uncommitted lower id of its own. Every claim also runs the
  * probe inside its statement (after its snapshot), which any later claim
  * may use instead of probing first: the lease claim does after a full claim
- * (`reusable`), saving a round trip per claim while a backlog drains. The
+ * (`reusable`), saving a round trip per claim while a backlog drains, but
+ * not with fairness, where another tenant's new event, drawn after that
+ * probe, would wait for the claim after next. The
  * transaction claim probes first every time (its probe statement also reads
  * the transaction's bounds), so there the in-statement probe (~0.05 ms) goes
  * unused.

@@ -62,6 +62,18 @@ export class Wakeup extends Context.Service<Wakeup, {
   readonly idleWorkers: Effect.Effect<Idle>
   /** Completes once `idleWorkers` changed after `version`. */
   readonly awaitIdleChange: (version: number) => Effect.Effect<void>
+  /**
+   * Whether a listener hears the producers' notifications now
+   * (`WakeupListener`, which sets it): then every commit after a worker's
+   * claim either wakes it (the gate was held) or is found by the claim the
+   * listener asks for when it takes the gate again, so a worker whose claim
+   * came back short may wait instead of claiming again at once. `false`
+   * while no listener listens (none, or its session dropped): the relay then
+   * polls, and claims again after a short claim.
+   */
+  readonly listening: Effect.Effect<boolean>
+  /** The listener started (`true`) or stopped (`false`) hearing notifications. */
+  readonly setListening: (listening: boolean) => Effect.Effect<void>
 }>()("@outbox/runtime/Wakeup") {}
 
 /**
@@ -74,6 +86,7 @@ export const make: Effect.Effect<Wakeup["Service"]> = Effect.sync(() => {
   const wakes = Counter.make()
   const changes = Counter.make()
   let idle = 0
+  let listening = false
   return Wakeup.of({
     generation: Effect.sync(wakes.count),
     await: wakes.await,
@@ -84,7 +97,12 @@ export const make: Effect.Effect<Wakeup["Service"]> = Effect.sync(() => {
         changes.bump()
       }),
     idleWorkers: Effect.sync(() => ({ workers: idle, version: changes.count() })),
-    awaitIdleChange: changes.await
+    awaitIdleChange: changes.await,
+    listening: Effect.sync(() => listening),
+    setListening: (on) =>
+      Effect.sync(() => {
+        listening = on
+      })
   })
 })
 

@@ -19,6 +19,10 @@
  *   is woken at most about once per `rearmAfter`, and most producers never
  *   notify. Idle, it holds the gate and costs nothing. Measured costs
  *   (`bench/notify.bench.ts`) are in the README's "Wake-up" section.
+ *   While it listens (`Wakeup.listening`), an unordered worker whose claim
+ *   came back short waits as after an empty one: a later commit notifies or
+ *   is found by the claim after the next arm, so the claim that would have
+ *   found nothing is saved (`Relay`).
  * - **One listening connection per relay process**, its own (not from the
  *   pool). A burst of notifications is one wake-up; a notification that
  *   arrives while a worker claims is not lost (`Wakeup`).
@@ -233,6 +237,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     }))
     if (connects > 1) yield* Effect.logInfo(`listening on ${channel} again; claiming at once (notifications sent meanwhile were lost)`)
     // notifications sent while nobody listened are lost: claim now
+    yield* wakeup.setListening(true)
     yield* wakeup.wake
     const heard = Counter.make()
     const hear = Effect.forever(
@@ -244,7 +249,10 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     return yield* Effect.all([hear, gate(session, heard)], { concurrency: 2, discard: true })
   })).pipe(
     Effect.onError(() => Ref.update(failures, (n) => n + 1)),
-    Effect.ensuring(Ref.update(state, (s) => ({ ...s, listening: false, armed: false, processId: undefined }))),
+    Effect.ensuring(Effect.andThen(
+      wakeup.setListening(false),
+      Ref.update(state, (s) => ({ ...s, listening: false, armed: false, processId: undefined }))
+    )),
     Effect.annotateLogs({ module: "WakeupListener" })
   )
 

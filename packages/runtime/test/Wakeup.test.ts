@@ -155,6 +155,38 @@ describe("Wakeup", () => {
     }).pipe(Effect.scoped, Effect.provide([countingStore(counter), Wakeup.layer]))
   })
 
+  it.effect("while a listener listens, a short claim is not followed by one that finds nothing; the next wake-up claims", () => {
+    const counter: ClaimCounter = { claims: 0, onClaim: undefined }
+    return Effect.gen(function*() {
+      const wakeup = yield* Wakeup.Wakeup
+      yield* wakeup.setListening(true)
+      const delivered = yield* Ref.make<Array<string>>([])
+      yield* Layer.build(relayLayer((id) => Ref.update(delivered, (a) => [...a, id])))
+      yield* turn
+      const idleClaims = counter.claims
+      yield* publish("one")
+      yield* wakeup.wake
+      yield* turn
+      assert.deepStrictEqual(yield* Ref.get(delivered), ["one"])
+      // the claim that took "one" (short of its limit), and no other: the worker waits again
+      assert.strictEqual(counter.claims - idleClaims, 1)
+      assert.strictEqual((yield* wakeup.idleWorkers).workers, 1)
+      // an event committed after it: its notification (or the listener's next arm) wakes the worker
+      yield* publish("two")
+      yield* wakeup.wake
+      yield* turn
+      assert.deepStrictEqual(yield* Ref.get(delivered), ["one", "two"])
+      assert.strictEqual(counter.claims - idleClaims, 2)
+      // the listener stops listening (its session dropped): short claims are followed by another at once again
+      yield* wakeup.setListening(false)
+      yield* publish("three")
+      yield* wakeup.wake
+      yield* turn
+      assert.deepStrictEqual(yield* Ref.get(delivered), ["one", "two", "three"])
+      assert.strictEqual(counter.claims - idleClaims, 4)
+    }).pipe(Effect.scoped, Effect.provide([countingStore(counter), Wakeup.layer]))
+  })
+
   it.effect("a burst of wake-ups while the worker is busy costs it one extra claim, not one per wake-up", () => {
     const counter: ClaimCounter = { claims: 0, onClaim: undefined }
     return Effect.gen(function*() {

@@ -113,6 +113,7 @@ describe("OutboxEnv", () => {
       const store = yield* OutboxEnv.store
       assert.strictEqual(String(store.runMigrations), documented("OUTBOX_RUN_MIGRATIONS"))
       assert.strictEqual(store.completed, documented("OUTBOX_COMPLETED"))
+      assert.strictEqual(store.settleCommit, documented("OUTBOX_SETTLE_COMMIT"))
     }).pipe(Effect.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: {} })))))
 
   it.effect("a bad value fails naming the variable", () =>

@@ -146,6 +146,32 @@ export interface Options {
    */
   readonly completed?: "keep" | "delete" | undefined
   /**
+   * How the settling transitions of a lease (`complete`, `retry`,
+   * `deadLetter`, `release`) commit: `asynchronous` (the default) or
+   * `synchronous`. Asynchronous, the statement sets `synchronous_commit =
+   * off` for its own transaction (`set_config(…, true)` inside the statement:
+   * no extra round trip, no other statement affected), so the server does not
+   * wait for the WAL flush before it answers, and the relay's settlements no
+   * longer queue the producers' commits behind their flushes.
+   *
+   * **Why it loses nothing.** Only a server crash can lose such a commit
+   * (within `wal_writer_delay` × 3, 600 ms by default), and a lost settlement
+   * leaves the row as its claim left it: leased, so the reaper requeues it
+   * when the lease expires and the event is delivered again (at-least-once; a
+   * retry's backoff or a dead letter is decided again on that delivery). The
+   * claims, renewals and everything a producer writes stay synchronous, and
+   * WAL is flushed in order: a claim that saw a settlement (the next event of
+   * a key, under per-key ordering) flushes it before it returns, so no later
+   * event of a key is handed out while its predecessor's completion could
+   * still be lost. Within an explicit transaction (a caller's
+   * `withTransaction`; the transaction claim mode) the statement leaves the
+   * setting alone: the transaction's own commit decides.
+   *
+   * Measured: see the README's "Peers" section (W2 tail latency) and
+   * CHANGELOG.
+   */
+  readonly settleCommit?: "asynchronous" | "synchronous" | undefined
+  /**
    * How `layer` and `layerWithoutMigrations` retry a start-up that fails for want of the database: the
    * connection refused or lost, the server starting up, shutting down or out
    * of connection slots (`StoreError.retryable`). Each failed attempt logs a
@@ -733,6 +759,16 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     }
   }
 
+  const settleAsync = options.settleCommit !== "synchronous"
+  /**
+   * The fenced statement's tail that makes its implicit transaction commit
+   * without waiting for the WAL flush (`Options.settleCommit`): a local
+   * setting lasts until the transaction ends, and an implicit transaction
+   * ends with its statement; the commit reads the setting before it is
+   * reset. `set_config` is volatile, so the one-row sub-select is always run.
+   */
+  const asynchronousCommit = sql.literal(" FROM (SELECT set_config('synchronous_commit', 'off', true)) AS settle_commit")
+  const noFrom = sql.literal("")
   /**
    * Runs a fenced batch transition, one statement per lock token. Every group
    * is applied; the fenced leases of all groups are reported together.
@@ -742,10 +778,15 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     leases: ReadonlyArray<Lease>,
     set: (ts: Fragment) => Fragment,
     /** Delete the rows instead (`completed: "delete"`; plain tables only). */
-    remove = false
+    remove = false,
+    /** Settling (not a renewal): commits asynchronously (`Options.settleCommit`) outside a transaction. */
+    settle = true
   ): Effect.Effect<void, LeaseLost | StoreError> =>
     leases.length === 0 ? Effect.void : Effect.gen(function*() {
       const ts = yield* now
+      const commit = settle && settleAsync && Option.isNone(yield* Effect.serviceOption(sql.transactionService))
+        ? asynchronousCommit
+        : noFrom
       const lost: Array<bigint> = []
       let lostToken: bigint | undefined
       for (const group of groupByToken(leases)) {
@@ -755,7 +796,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         const [result] = yield* sql<{ lost: ReadonlyArray<bigint | string> | null }>`
           WITH ${remove ? sql`updated AS (DELETE FROM ${T} WHERE ${onCopiesOf(group, ids)} RETURNING id)` : fencedUpdate(set(ts), group, ids)}
           SELECT CASE WHEN (SELECT count(*) FROM updated) = ${group.ids.length} THEN NULL
-                      ELSE ARRAY(SELECT unnest(${ids}::bigint[]) EXCEPT SELECT id FROM updated) END AS lost`.pipe(
+                      ELSE ARRAY(SELECT unnest(${ids}::bigint[]) EXCEPT SELECT id FROM updated) END AS lost${commit}`.pipe(
           mapSqlError(operation)
         )
         if (result?.lost == null) continue
@@ -766,7 +807,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     })
 
   const renew = (leases: ReadonlyArray<Lease>, leaseDuration: Duration.Duration) =>
-    fenced("renew", leases, (ts) => sql`locked_until = ${plus(ts, leaseDuration)}`)
+    fenced("renew", leases, (ts) => sql`locked_until = ${plus(ts, leaseDuration)}`, false, false)
 
   const complete = (leases: ReadonlyArray<Lease>) =>
     fenced(

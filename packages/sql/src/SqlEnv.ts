@@ -102,8 +102,21 @@ export const completed: Config.Config<"keep" | "delete"> = Config.schema(
 export const claimHorizon: Config.Config<boolean> = Config.Boolean("OUTBOX_CLAIM_HORIZON").pipe(Config.withDefault(true))
 
 /**
+ * `OUTBOX_SETTLE_COMMIT` (default `asynchronous`): how a lease's settling
+ * transitions commit, `asynchronous` (without waiting for the WAL flush) or
+ * `synchronous` (see `PgOutboxStore.Options.settleCommit`).
+ *
+ * @category config
+ * @since 0.1.0
+ */
+export const settleCommit: Config.Config<"asynchronous" | "synchronous"> = Config.schema(
+  Schema.Literals(["asynchronous", "synchronous"]),
+  "OUTBOX_SETTLE_COMMIT"
+).pipe(Config.withDefault("asynchronous" as const))
+
+/**
  * `PgOutboxStore.Options` from the environment: `OUTBOX_TABLE`, the online
- * migration's variables, `OUTBOX_RUN_MIGRATIONS`, `OUTBOX_CLAIM_HORIZON` and `OUTBOX_COMPLETED` (the
+ * migration's variables, `OUTBOX_RUN_MIGRATIONS`, `OUTBOX_CLAIM_HORIZON`, `OUTBOX_SETTLE_COMMIT` and `OUTBOX_COMPLETED` (the
  * time source stays the default, the database clock). `OUTBOX_COMPLETED=delete`
  * with `ENABLE_AUDIT=true` fails here, naming both: the audit trail and
  * inspection need completed rows kept.
@@ -111,8 +124,8 @@ export const claimHorizon: Config.Config<boolean> = Config.Boolean("OUTBOX_CLAIM
  * @category config
  * @since 0.1.0
  */
-export const store: Config.Config<StoreOptions> = Config.all({ tables, legacy, runMigrations, completed, audit, claimHorizon }).pipe(
-  Config.mapEffect(({ audit, claimHorizon, completed, legacy, runMigrations, tables }) =>
+export const store: Config.Config<StoreOptions> = Config.all({ tables, legacy, runMigrations, completed, audit, claimHorizon, settleCommit }).pipe(
+  Config.mapEffect(({ audit, claimHorizon, completed, legacy, runMigrations, settleCommit, tables }) =>
     audit && completed === "delete"
       ? Effect.fail(
         new Config.ConfigError(
@@ -122,7 +135,15 @@ export const store: Config.Config<StoreOptions> = Config.all({ tables, legacy, r
           })
         )
       )
-      : Effect.succeed<StoreOptions>({ table: tables.outbox, tables, legacy, runMigrations, completed, claimHorizon })
+      : Effect.succeed<StoreOptions>({
+        table: tables.outbox,
+        tables,
+        legacy,
+        runMigrations,
+        completed,
+        claimHorizon,
+        settleCommit
+      })
   )
 )
 
@@ -166,6 +187,12 @@ export const variables: ReadonlyArray<Variable> = [
     default: "`true`",
     description:
       "unordered claims skip the partitions below the oldest one with unfinished rows (taken every 10 s; a row committed below it waits up to 10 s); `false`: every claim reads every partition"
+  },
+  {
+    name: "OUTBOX_SETTLE_COMMIT",
+    default: "`asynchronous`",
+    description:
+      "how a lease's completion, retry, dead letter and release commit: `asynchronous` (no wait for the WAL flush; a server crash can lose one, and the event is then redelivered) or `synchronous`"
   },
   {
     name: "ENABLE_AUDIT",

@@ -34,7 +34,8 @@ describe("SqlEnv", () => {
         legacy: undefined,
         runMigrations: true,
         completed: "keep",
-        claimHorizon: true
+        claimHorizon: true,
+        settleCommit: "asynchronous"
       })
       assert.deepStrictEqual(
         yield* SqlEnv.store.parse(env({
@@ -43,7 +44,8 @@ describe("SqlEnv", () => {
           OUTBOX_MIGRATION_DUAL_WRITE: "true",
           OUTBOX_RUN_MIGRATIONS: "false",
           OUTBOX_COMPLETED: "delete",
-          OUTBOX_CLAIM_HORIZON: "false"
+          OUTBOX_CLAIM_HORIZON: "false",
+          OUTBOX_SETTLE_COMMIT: "synchronous"
         })),
         {
           table: "outbox_partitioned",
@@ -51,11 +53,14 @@ describe("SqlEnv", () => {
           legacy: { table: "outbox", dualWrite: true },
           runMigrations: false,
           completed: "delete",
-          claimHorizon: false
+          claimHorizon: false,
+          settleCommit: "synchronous"
         }
       )
       const badCompleted = yield* Effect.flip(SqlEnv.store.parse(env({ OUTBOX_COMPLETED: "archive" })))
       assert.include(badCompleted.message, "OUTBOX_COMPLETED")
+      const badSettle = yield* Effect.flip(SqlEnv.store.parse(env({ OUTBOX_SETTLE_COMMIT: "off" })))
+      assert.include(badSettle.message, "OUTBOX_SETTLE_COMMIT")
       // the audit trail needs completed rows kept: refused at start, naming both
       const audited = yield* Effect.flip(SqlEnv.store.parse(env({ OUTBOX_COMPLETED: "delete", ENABLE_AUDIT: "true" })))
       assert.strictEqual(audited._tag, "ConfigError")
@@ -74,6 +79,7 @@ describe("SqlEnv", () => {
       "OUTBOX_MIGRATION_DUAL_WRITE",
       "OUTBOX_MIGRATION_LEGACY_TABLE",
       "OUTBOX_RUN_MIGRATIONS",
+      "OUTBOX_SETTLE_COMMIT",
       "OUTBOX_TABLE"
     ])
   })

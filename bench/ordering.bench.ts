@@ -11,7 +11,8 @@
  * 2. **Over 1 key**: BENCH_ONE_KEY_EVENTS (default 2,000; 0 skips it) events of one key,
  *    ordered: one event in flight, but a claim takes a run of the key's
  *    events (`Ordering.run`), delivered one after the other.
- * 3. **Fairness** (BENCH_FAIR_ROUNDS rounds per row, default 3, b's events pooled): a backlog of BENCH_FAIR_BACKLOG events (default 100,000; 0 skips it) of
+ * 3. **Fairness** (BENCH_FAIR_ROUNDS rounds per row, default 3, b's events pooled; BENCH_FAIR_PRODUCER
+ *    `process`, the default, or `inline`: where b's producer runs): a backlog of BENCH_FAIR_BACKLOG events (default 100,000; 0 skips it) of
  *    tenant `a` drains while tenant `b` publishes 10 events/s, one
  *    transaction each; the relay (2 workers, claims of up to 1,000) with
  *    `OUTBOX_FAIRNESS=none`, `tenant`, and `tenant` with
@@ -58,6 +59,7 @@ import * as ClaimHorizon from "../packages/sql/src/internal/claimHorizon.ts"
 import * as FairClaim from "../packages/sql/src/internal/fairClaim.ts"
 import * as OldestClaim from "../packages/sql/src/internal/oldestClaim.ts"
 import * as OrderedClaim from "../packages/sql/src/internal/orderedClaim.ts"
+import { spawn } from "node:child_process"
 import { fmt, machineCpu, openDatabase, percentile, runMain, timed, writeResults } from "./shared.ts"
 
 const EVENTS = Number(process.env.BENCH_EVENTS ?? 200_000)
@@ -150,7 +152,64 @@ const preloadTenant = (n: number) =>
  * The fairness run: the relay drains tenant `a`'s backlog while tenant `b`
  * publishes one event every 100 ms; `b`'s latencies (ms) and the drain's time.
  */
-const fairnessRun = (fairness: "none" | "tenant", ordering: "none" | "key" = "none") =>
+/**
+ * Tenant b's producer in a process of its own (`BENCH_FAIR_PRODUCER=process`, the default): plain SQL through
+ * `pg`, one INSERT (its own transaction) every 100 ms, the payload's `t` taken before it; it reports each
+ * commit and stops at a message. Producers run elsewhere than the relay in a deployment; in the relay's
+ * process (`inline`, `Outbox.transaction(Outbox.publish(...))`) b's transactions wait for the event loop the
+ * draining relay keeps busy, and that wait is part of the pickup latency measured then.
+ */
+const producerScript = `
+const { Client } = require("pg")
+const client = new Client({ connectionString: process.env.BENCH_PRODUCER_URL })
+let stop = false
+process.on("message", () => { stop = true })
+client.connect().then(async () => {
+  const start = Date.now()
+  let n = 0
+  while (!stop) {
+    const t = Date.now()
+    await client.query(
+      "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, metadata) VALUES ('Signup', $1, 'SignedUp', $2, $3)",
+      ["b-" + n, JSON.stringify({ t }), JSON.stringify({ tenant: "b" })]
+    )
+    n++
+    process.send(n)
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, start + n * 100 - Date.now())))
+  }
+  await client.end()
+  process.disconnect()
+})
+`
+
+const FAIR_PRODUCER = process.env.BENCH_FAIR_PRODUCER === "inline" ? "inline" : "process"
+
+/** Starts b's producer process; `stop` ends it and succeeds with how many events it committed. */
+const producerProcess = (url: string) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const child = spawn(process.execPath, ["-e", producerScript], {
+        cwd: process.cwd(),
+        env: { ...process.env, BENCH_PRODUCER_URL: url },
+        stdio: ["ignore", "inherit", "inherit", "ipc"]
+      })
+      let published = 0
+      child.on("message", (n) => {
+        published = Number(n)
+      })
+      const exited = new Promise<void>((resolve) => child.on("exit", () => resolve()))
+      return { child, published: () => published, exited }
+    }),
+    ({ child }) => Effect.sync(() => child.kill())
+  ).pipe(Effect.map(({ child, exited, published }) => ({
+    published,
+    stop: Effect.andThen(
+      Effect.sync(() => child.connected && child.send("stop")),
+      Effect.as(Effect.promise(() => exited), undefined)
+    ).pipe(Effect.map(published))
+  })))
+
+const fairnessRun = (url: string, fairness: "none" | "tenant", ordering: "none" | "key" = "none") =>
   Effect.scoped(Effect.gen(function*() {
     const latencies: Array<number> = []
     let drainedA = 0
@@ -169,16 +228,22 @@ const fairnessRun = (fairness: "none" | "tenant", ordering: "none" | "key" = "no
     const relay = Context.get(context, Relay.Relay)
     const t0 = performance.now()
     let published = 0
-    while (doneA === 0) {
-      yield* Outbox.transaction(Outbox.publish({
-        aggregateType: "Signup",
-        aggregateId: `b-${published}`,
-        eventType: "SignedUp",
-        payload: { t: Date.now() },
-        metadata: { tenant: "b" }
-      }))
-      published++
-      yield* Effect.sleep("100 millis")
+    if (FAIR_PRODUCER === "process") {
+      const producer = yield* producerProcess(url)
+      while (doneA === 0) yield* Effect.sleep("5 millis")
+      published = yield* producer.stop
+    } else {
+      while (doneA === 0) {
+        yield* Outbox.transaction(Outbox.publish({
+          aggregateType: "Signup",
+          aggregateId: `b-${published}`,
+          eventType: "SignedUp",
+          payload: { t: Date.now() },
+          metadata: { tenant: "b" }
+        }))
+        published++
+        yield* Effect.sleep("100 millis")
+      }
     }
     while ((yield* relay.stats).completed < FAIR_BACKLOG + published) yield* Effect.sleep("5 millis")
     return { latencies: latencies.sort((x, y) => x - y), drainSeconds: (doneA - t0) / 1000, published }
@@ -319,7 +384,7 @@ const summary = (lines: ReadonlyArray<string>) => {
 }
 
 const main = Effect.gen(function*() {
-  const { run } = yield* openDatabase(16)
+  const { database, run } = yield* openDatabase(16)
   yield* run(OutboxMigrations.run)
   console.log(
     `Per-key ordering — drain ${EVENTS.toLocaleString()} queued events over ${KEYS} keys, ${WORKERS} workers, no-op sink, best of ${ROUNDS}, node ${process.version}`
@@ -370,7 +435,9 @@ const main = Effect.gen(function*() {
   // BENCH_FAIR_BACKLOG=0 skips it (the run waits for the backlog's last event)
   if (FAIR_BACKLOG > 0) {
     console.log(
-      `\nFairness — tenant a's backlog of ${FAIR_BACKLOG.toLocaleString()} events drains while tenant b publishes 10 events/s; ${WORKERS} workers, claims up to 1,000; ${FAIR_ROUNDS} round(s) per row, b's events pooled`
+      `\nFairness — tenant a's backlog of ${FAIR_BACKLOG.toLocaleString()} events drains while tenant b publishes 10 events/s; ${WORKERS} workers, claims up to 1,000; ${FAIR_ROUNDS} round(s) per row, b's events pooled; b's producer ${
+        FAIR_PRODUCER === "process" ? "in a process of its own (plain SQL)" : "in the relay's process (BENCH_FAIR_PRODUCER=inline)"
+      }`
     )
     console.log(
       `  OUTBOX_FAIRNESS   b events   b pickup p50 / p99 / max ms   backlog drain s   batch-handling ms   p99 / batch   target ≤ 2   each round's p99 / batch`
@@ -381,7 +448,7 @@ const main = Effect.gen(function*() {
       const rounds: Array<{ readonly drainSeconds: number; readonly batchMs: number; readonly p99: number }> = []
       for (let round = 0; round < FAIR_ROUNDS; round++) {
         yield* run(preloadTenant(FAIR_BACKLOG))
-        const r = yield* run(fairnessRun(mode, ordering))
+        const r = yield* run(fairnessRun(database.url, mode, ordering))
         // a batch of 1,000 handled by one worker (claim, deliver, complete): the drain's time per batch, per worker
         const batchMs = (r.drainSeconds * 1000 * WORKERS) / (FAIR_BACKLOG / 1000)
         rounds.push({ drainSeconds: r.drainSeconds, batchMs, p99: percentile(r.latencies, 99) })

@@ -146,8 +146,9 @@ export interface Options {
    */
   readonly completed?: "keep" | "delete" | undefined
   /**
-   * How the settling transitions of a lease (`complete`, `retry`,
-   * `deadLetter`, `release`) commit: `asynchronous` (the default) or
+   * How settlements commit: a lease's (`complete`, `retry`, `deadLetter`,
+   * `release`) and the transaction claim's (its one settling statement
+   * sets it for the claiming transaction): `asynchronous` (the default) or
    * `synchronous`. Asynchronous, the statement sets `synchronous_commit =
    * off` for its own transaction (`set_config(…, true)` inside the statement:
    * no extra round trip, no other statement affected), so the server does not
@@ -163,9 +164,11 @@ export interface Options {
    * WAL is flushed in order: a claim that saw a settlement (the next event of
    * a key, under per-key ordering) flushes it before it returns, so no later
    * event of a key is handed out while its predecessor's completion could
-   * still be lost. Within an explicit transaction (a caller's
-   * `withTransaction`; the transaction claim mode) the statement leaves the
-   * setting alone: the transaction's own commit decides.
+   * still be lost. The transaction claim's lost commit leaves its batch
+   * PENDING, delivered again; a later event of a key may have been delivered
+   * in between, which a redelivery may follow (README, "Guarantees"). Within
+   * a caller's transaction (`withTransaction` around the call) the
+   * statement leaves the setting alone: that transaction's commit decides.
    *
    * Measured: see the README's "Peers" section (W2 tail latency) and
    * CHANGELOG.
@@ -921,6 +924,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     ),
     toEvent,
     deleteCompleted,
+    asynchronousSettle: settleAsync,
     transactionTimeout: hasTransactionTimeout,
     unsupported: mode === "plain"
       ? undefined

@@ -102,8 +102,8 @@ export const completed: Config.Config<"keep" | "delete"> = Config.schema(
 export const claimHorizon: Config.Config<boolean> = Config.Boolean("OUTBOX_CLAIM_HORIZON").pipe(Config.withDefault(true))
 
 /**
- * `OUTBOX_SETTLE_COMMIT` (default `asynchronous`): how a lease's settling
- * transitions commit, `asynchronous` (without waiting for the WAL flush) or
+ * `OUTBOX_SETTLE_COMMIT` (default `asynchronous`): how settlements commit
+ * (a lease's settling transitions, the transaction claim's commit), `asynchronous` (without waiting for the WAL flush) or
  * `synchronous` (see `PgOutboxStore.Options.settleCommit`).
  *
  * @category config
@@ -192,7 +192,7 @@ export const variables: ReadonlyArray<Variable> = [
     name: "OUTBOX_SETTLE_COMMIT",
     default: "`asynchronous`",
     description:
-      "how a lease's completion, retry, dead letter and release commit: `asynchronous` (no wait for the WAL flush; a server crash can lose one, and the event is then redelivered) or `synchronous`"
+      "how settlements commit (a lease's completion, retry, dead letter and release; the transaction claim's commit): `asynchronous` (no wait for the WAL flush; a server crash can lose one, and its events are then redelivered) or `synchronous`"
   },
   {
     name: "ENABLE_AUDIT",

@@ -7,8 +7,9 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 
-// A lease's settling transitions (complete, retry, dead letter, release) commit without waiting for the WAL
-// flush (`PgOutboxStore.Options.settleCommit`, default "asynchronous"); claims and renewals do wait. What a
+// A lease's settling transitions (complete, retry, dead letter, release), and the transaction claim's
+// settlement, commit without waiting for the WAL flush (`PgOutboxStore.Options.settleCommit`, default
+// "asynchronous"); claims and renewals do wait. What a
 // transaction commits with is read where it commits: a deferred constraint trigger on the outbox runs at
 // commit time and records the `synchronous_commit` in force then, with the row's new status.
 
@@ -43,6 +44,16 @@ const publish = (n: number) =>
         SELECT 'Order', 'o' || g, 'OrderCreated', '{}'::jsonb FROM generate_series(1, ${n}::int) g`)
 
 const claim = (n: number) => Effect.flatMap(OutboxStore, (store) => store.claim({ limit: n, leaseDuration: lease }))
+
+/** One transaction claim of `n` that completes the first event, retries the second and dead-letters the third. */
+const claimInTransaction = (n: number) =>
+  Effect.flatMap(OutboxStore, (store) =>
+    store.claimInTransaction({ limit: n, timeout: Duration.seconds(5) }, (events) =>
+      Effect.succeed({
+        completed: events.slice(0, 1),
+        retried: events.slice(1, 2).map((event) => ({ event, error: "boom", delay: Duration.seconds(5) })),
+        deadLettered: events.slice(2, 3).map((event) => ({ event, error: "poison" }))
+      })))
 
 const Asynchronous = PgOutboxStore.layer().pipe(Layer.provideMerge(TestDatabase.layer), Layer.orDie)
 
@@ -82,6 +93,21 @@ layer(Asynchronous, { timeout: "60 seconds" })("PgOutboxStore settles leases wit
       assert.deepStrictEqual(yield* recorded, ["PROCESSING:on", "PROCESSING:on", "COMPLETED:on", "COMPLETED:off"])
     }))
 
+  it.effect("the transaction claim's settlement commits asynchronously, unless a caller's transaction holds it", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* recordCommits
+      yield* publish(3)
+      yield* claimInTransaction(3)
+      // one statement settles all three: the order its rows were updated in is the plan's
+      assert.deepStrictEqual((yield* recorded).sort(), ["COMPLETED:off", "DEAD_LETTER:off", "FAILED:off"])
+      yield* recordCommits
+      yield* publish(3)
+      // nested: the claim's transaction is a savepoint of the caller's, whose commit keeps its setting
+      yield* sql.withTransaction(claimInTransaction(3))
+      assert.deepStrictEqual((yield* recorded).sort(), ["COMPLETED:on", "DEAD_LETTER:on", "FAILED:on"])
+    }))
+
   it.effect("the setting ends with the statement's transaction: the session's next statements flush", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
@@ -116,5 +142,9 @@ layer(Synchronous, { timeout: "60 seconds" })("PgOutboxStore with settleCommit: 
       yield* store.complete([a!])
       yield* store.release([b!])
       assert.deepStrictEqual(yield* recorded, ["PROCESSING:on", "PROCESSING:on", "COMPLETED:on", "PENDING:on"])
+      yield* recordCommits
+      yield* publish(3)
+      yield* claimInTransaction(3)
+      assert.deepStrictEqual((yield* recorded).sort(), ["COMPLETED:on", "DEAD_LETTER:on", "FAILED:on"])
     }))
 })

@@ -36,6 +36,7 @@ import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import * as Result from "effect/Result"
 import type * as SqlClient from "effect/sql/SqlClient"
 import * as SqlError from "effect/sql/SqlError"
@@ -72,6 +73,12 @@ export interface Options<V> {
   readonly toEvent: (values: V) => OutboxEvent
   /** Completion deletes the row (`OUTBOX_COMPLETED=delete`). */
   readonly deleteCompleted: boolean
+  /**
+   * The settlement sets `synchronous_commit = off` for the claiming
+   * transaction when that transaction is the store's own (not nested in a
+   * caller's): `PgOutboxStore.Options.settleCommit`.
+   */
+  readonly asynchronousSettle: boolean
   /** The server has `transaction_timeout` (PostgreSQL ≥ 17). */
   readonly transactionTimeout: boolean
   /** `undefined`, or why this store cannot claim in a transaction (an online migration). */
@@ -246,10 +253,26 @@ export const make = <V>(options: Options<V>) => {
       WHERE o.id = f.id AND ${window(keys)}`
   }
 
-  const settle = (outcome: TransactionOutcome) =>
+  /**
+   * The settlement, one statement. `asynchronous`: it also sets
+   * `synchronous_commit = off` until the claiming transaction ends, so its
+   * commit does not wait for the WAL flush (data-modifying CTEs run whether
+   * or not the final SELECT reads them). A commit a server crash undoes
+   * leaves the batch PENDING, delivered again; a later event of a key may
+   * have been delivered meanwhile, which a redelivery is allowed to follow
+   * (README, "Guarantees").
+   */
+  const settle = (outcome: TransactionOutcome, asynchronous: boolean) =>
     Effect.flatMap(now, (ts): Effect.Effect<unknown, SqlError.SqlError> => {
       const failed = outcome.retried.length + outcome.deadLettered.length > 0
-      if (outcome.completed.length === 0) return failed ? failures(ts, outcome) : Effect.void
+      const completed = outcome.completed.length > 0
+      if (asynchronous && (completed || failed)) {
+        const c = completed ? sql`c AS (${completion(ts, outcome.completed)})` : undefined
+        const f = failed ? sql`f AS (${failures(ts, outcome)})` : undefined
+        return sql`WITH ${c !== undefined && f !== undefined ? sql`${c}, ${f}` : (c ?? f)!}
+          SELECT set_config('synchronous_commit', 'off', true)`
+      }
+      if (!completed) return failed ? failures(ts, outcome) : Effect.void
       if (!failed) return completion(ts, outcome.completed)
       return sql`WITH c AS (${completion(ts, outcome.completed)}), f AS (${failures(ts, outcome)}) SELECT 1`
     })
@@ -280,7 +303,7 @@ export const make = <V>(options: Options<V>) => {
     if (ordering !== undefined && typeof options.ordered === "string") {
       return Effect.fail(new StoreError({ operation, message: options.ordered, retryable: false }))
     }
-    const body = (horizon: Fragment) => Effect.gen(function*() {
+    const body = (horizon: Fragment, asynchronous: boolean) => Effect.gen(function*() {
       const ts = yield* now
       const rows = ordering !== undefined
         ? yield* claimOrdered(
@@ -301,12 +324,15 @@ export const make = <V>(options: Options<V>) => {
         Effect.mapError((error) => new UseFailure(error)),
         Effect.timeoutOrElse({ duration: claimOptions.timeout, orElse: timedOut })
       )
-      yield* settle(settleable(events, outcome))
+      yield* settle(settleable(events, outcome), asynchronous)
       return events
     })
     // the horizon is taken before the transaction: a failure to take it must not abort the claim's transaction
     const takeHorizon = ordering === undefined ? options.claimHorizon : Effect.succeed(sql.literal(""))
-    return Effect.flatMap(takeHorizon, (horizon) => sql.withTransaction(body(horizon))).pipe(
+    return Effect.flatMap(takeHorizon, (horizon) =>
+      Effect.flatMap(Effect.serviceOption(sql.transactionService), (outer) =>
+        // nested in a caller's transaction, the commit is the caller's: its setting stays
+        sql.withTransaction(body(horizon, options.asynchronousSettle && Option.isNone(outer))))).pipe(
       Effect.catch((error: UseFailure<E> | StoreError | SqlError.SqlError) =>
         Effect.fail(
           error instanceof UseFailure

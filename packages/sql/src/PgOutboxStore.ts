@@ -170,8 +170,10 @@ export interface Options {
    * a caller's transaction (`withTransaction` around the call) the
    * statement leaves the setting alone: that transaction's commit decides.
    *
-   * Measured: see the README's "Peers" section (W2 tail latency) and
-   * CHANGELOG.
+   * Measured (2026-12-06, `bench:peers` W2, 500 one-event transactions/s):
+   * 25–31 % fewer WAL syncs with lease claims, 44 % fewer with the
+   * transaction claim; latency within the noise. A one-row `UPDATE` with
+   * the sub-select: 0.21 against 0.32 ms (`pgbench`).
    */
   readonly settleCommit?: "asynchronous" | "synchronous" | undefined
   /**

@@ -11,7 +11,10 @@
  * 2. **Over 1 key**: BENCH_ONE_KEY_EVENTS (default 2,000; 0 skips it) events of one key,
  *    ordered: one event in flight, but a claim takes a run of the key's
  *    events (`Ordering.run`), delivered one after the other.
- * 3. **Fairness** (BENCH_FAIR_ROUNDS rounds per row, default 3, b's events pooled; BENCH_FAIR_PRODUCER
+ * 3. **Fairness** (BENCH_FAIR_ROUNDS rounds per row, default 3, b's events pooled; BENCH_FAIR_ROWS picks rows
+ *    of `none`, `tenant`, `key` (fairness with key order), default these three, and `keyonly` (key order without
+ *    fairness, only when named); BENCH_FAIR_SINK_MS makes the sink take
+ *    that long per event, default 0; BENCH_FAIR_PRODUCER
  *    `process`, the default, or `inline`: where b's producer runs): a backlog of BENCH_FAIR_BACKLOG events (default 100,000; 0 skips it) of
  *    tenant `a` drains while tenant `b` publishes 10 events/s, one
  *    transaction each; the relay (2 workers, claims of up to 1,000) with
@@ -74,6 +77,13 @@ const FAIR_BACKLOG = Number(process.env.BENCH_FAIR_BACKLOG ?? 100_000)
  * drain takes ~3 s, so it gives ~27 b events and its p99 is about its maximum, one sample.
  */
 const FAIR_ROUNDS = Math.max(1, Number(process.env.BENCH_FAIR_ROUNDS ?? 3))
+/**
+ * What the fairness part's sink takes per event (`BENCH_FAIR_SINK_MS`, default 0: a no-op): with a sink that
+ * takes time, a batch's delivery is most of a worker's cycle, and where in its batch b's event goes counts.
+ */
+const FAIR_SINK_MS = Number(process.env.BENCH_FAIR_SINK_MS ?? 0)
+/** The fairness rows to run (`BENCH_FAIR_ROWS`, comma-separated of `none`, `tenant`, `key`, `keyonly`; default the first three). */
+const FAIR_ROWS = process.env.BENCH_FAIR_ROWS?.split(",").map((s) => s.trim())
 /** Past days of partitions the partition-count section adds, in steps (`BENCH_PARTITION_DAYS`, "" skips it). */
 const PARTITION_DAYS = (process.env.BENCH_PARTITION_DAYS ?? "30,365").split(",").filter((d) => d.trim() !== "").map(Number)
 /** Runs per state of the claim-cost section (0 skips it). */
@@ -216,12 +226,14 @@ const fairnessRun = (url: string, fairness: "none" | "tenant", ordering: "none" 
     let doneA = 0
     const context = yield* Layer.build(
       Relay.layer.pipe(
-        Layer.provide(OutboxSink.layerHandler((event) =>
-          Effect.sync(() => {
-            if (event.metadata.tenant === "b") latencies.push(Date.now() - (event.payload as { t: number }).t)
-            else if (++drainedA === FAIR_BACKLOG) doneA = performance.now()
+        Layer.provide(OutboxSink.layerHandler((event) => {
+          // b's pickup is taken when its delivery starts; a's backlog is drained when its last delivery ends
+          if (event.metadata.tenant === "b") latencies.push(Date.now() - (event.payload as { t: number }).t)
+          const done = Effect.sync(() => {
+            if (event.metadata.tenant !== "b" && ++drainedA === FAIR_BACKLOG) doneA = performance.now()
           })
-        )),
+          return FAIR_SINK_MS > 0 ? Effect.andThen(Effect.sleep(Duration.millis(FAIR_SINK_MS)), done) : done
+        })),
         Layer.provide(OutboxConfig.layer({ fairness, ordering, concurrency: WORKERS, pollInterval: Duration.millis(10) }))
       )
     )
@@ -435,7 +447,7 @@ const main = Effect.gen(function*() {
   // BENCH_FAIR_BACKLOG=0 skips it (the run waits for the backlog's last event)
   if (FAIR_BACKLOG > 0) {
     console.log(
-      `\nFairness — tenant a's backlog of ${FAIR_BACKLOG.toLocaleString()} events drains while tenant b publishes 10 events/s; ${WORKERS} workers, claims up to 1,000; ${FAIR_ROUNDS} round(s) per row, b's events pooled; b's producer ${
+      `\nFairness — tenant a's backlog of ${FAIR_BACKLOG.toLocaleString()} events drains while tenant b publishes 10 events/s; ${WORKERS} workers, claims up to 1,000; ${FAIR_SINK_MS > 0 ? `a sink taking ${FAIR_SINK_MS} ms per event; ` : "a no-op sink; "}${FAIR_ROUNDS} round(s) per row, b's events pooled; b's producer ${
         FAIR_PRODUCER === "process" ? "in a process of its own (plain SQL)" : "in the relay's process (BENCH_FAIR_PRODUCER=inline)"
       }`
     )
@@ -443,7 +455,11 @@ const main = Effect.gen(function*() {
       `  OUTBOX_FAIRNESS   b events   b pickup p50 / p99 / max ms   backlog drain s   batch-handling ms   p99 / batch   target ≤ 2   each round's p99 / batch`
     )
     // the last row: fairness with OUTBOX_ORDERING=key (a's backlog over 1,000 keys, each key in order)
-    for (const [mode, ordering] of [["none", "none"], ["tenant", "none"], ["tenant", "key"]] as const) {
+    for (
+      const [mode, ordering] of ([["none", "none"], ["tenant", "none"], ["tenant", "key"], ["none", "key"]] as const).filter(([mode, ordering]) =>
+        FAIR_ROWS === undefined ? !(mode === "none" && ordering === "key") : FAIR_ROWS.includes(ordering === "key" ? (mode === "none" ? "keyonly" : "key") : mode)
+      )
+    ) {
       const latencies: Array<number> = []
       const rounds: Array<{ readonly drainSeconds: number; readonly batchMs: number; readonly p99: number }> = []
       for (let round = 0; round < FAIR_ROUNDS; round++) {

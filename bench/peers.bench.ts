@@ -36,7 +36,7 @@
  * Options: `--quick` (5,000 events, 1 s warm-up, 5 s window), `--only
  * <names>` (comma-separated parts of "system mode" names: raw, relay,
  * pg-boss, graphile, "relay defaults"), `--workload w1|w2`, `--events N`, `--window S`, `--rate N`,
- * `--max-wait S`, `--w1-rounds N` (default 2: W1 best of N, systems in turn), `--profile DIR` (a V8 CPU profile of each W1 drain, written to DIR and summarised).
+ * `--max-wait S`, `--w1-rounds N` (default 2: W1 best of N, systems in turn), `--profile DIR` (a V8 CPU profile of each W1 drain and of each W2 window, written to DIR and summarised).
  * `BENCH_RELAY_MODES` adds relay rows: a JSON object of mode
  * name → environment, e.g. `{"lease":{"OUTBOX_CLAIM_MODE":"lease"}}`. Writes
  * `bench/results/peers.json`. The server is `DATABASE_URL` (else
@@ -88,7 +88,7 @@ const ENQUEUE_BATCH = 1_000
  * when the same row ran again later in the same process.
  */
 const W1_ROUNDS = Number(option("--w1-rounds") ?? (QUICK ? 1 : 2))
-/** `--profile DIR`: a V8 CPU profile of each W1 drain (profiled runs are slower: profile apart from measuring). */
+/** `--profile DIR`: a V8 CPU profile of each W1 drain and each W2 window (profiled runs are slower: profile apart from measuring). */
 const PROFILE_DIR = option("--profile")
 /** A wait fails when nothing moved for this long. */
 const STALL_MS = 30_000
@@ -362,6 +362,7 @@ const runW2 = (subject: Subject, server: string) =>
       let maxLag = 0
       let machine0 = machineCpu()
       let cpu0 = process.cpuUsage()
+      let profiling: Profile.Profiling | undefined
       let server0 = yield* serverCpu(client)
       let w0 = now()
       const start = now()
@@ -371,6 +372,7 @@ const runW2 = (subject: Subject, server: string) =>
         while (issued < due) {
           if (issued === analyzeAt) yield* Effect.forkScoped(Effect.tryPromise(() => client.query("ANALYZE")).pipe(Effect.orDie))
           if (issued === windowFrom) {
+            if (PROFILE_DIR !== undefined) profiling = yield* Profile.start
             server0 = yield* serverCpu(client)
             machine0 = machineCpu()
             cpu0 = process.cpuUsage()
@@ -401,6 +403,10 @@ const runW2 = (subject: Subject, server: string) =>
       const cpu = process.cpuUsage(cpu0)
       const machine = machineCpuPercent(machine0, machineCpu())
       const serverSeconds = backendCpuSeconds(server0, yield* serverCpu(client))
+      if (profiling !== undefined) {
+        const file = Path.join(PROFILE_DIR!, `w2-${`${subject.system} ${subject.mode}`.replace(/[^a-z0-9]+/gi, "-")}.cpuprofile`)
+        console.log(`  profile of W2's window, ${subject.system} (${subject.mode}): ${file}\n${yield* profiling.stop(file)}`)
+      }
       yield* FiberSet.awaitEmpty(producers)
       const achieved = (total - windowFrom) / ((lastCommit - w0) / 1000)
       if (produceErrors.length > 0) {

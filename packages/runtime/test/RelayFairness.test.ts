@@ -20,6 +20,7 @@ import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import { advanceUntil } from "@outbox/testing/RelayTestKit"
 import * as RelayTestKit from "@outbox/testing/RelayTestKit"
 import * as TestDatabase from "@outbox/testing/TestDatabase"
+import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -89,6 +90,33 @@ const run = (maxInFlight: number | undefined, ordering: "none" | "key" = "none")
     return { most, asked, delivered }
   })
 
+type Seen = { readonly key: string; readonly id: bigint; readonly tenant: string }
+
+/**
+ * Runs the relay with `config` and a sink taking 10 ms an event until it has
+ * delivered `count` events: the deliveries in the order the sink saw them.
+ */
+const deliveries = (count: number, config: Partial<OutboxConfig.Options>) =>
+  Effect.gen(function*() {
+    const seen: Array<Seen> = []
+    const sink = OutboxSink.layerHandler((e) =>
+      Effect.andThen(
+        Effect.sync(() => seen.push({ key: e.orderingKey ?? e.aggregateId, id: e.id, tenant: e.tenant ?? "" })),
+        Effect.sleep("10 millis")
+      )
+    )
+    const scope = yield* Scope.make()
+    yield* Layer.buildWithScope(
+      Relay.layer.pipe(Layer.provide(sink), Layer.provide(OutboxConfig.layer({ pollInterval: Duration.millis(50), ...config }))),
+      scope
+    )
+    yield* advanceUntil(Effect.sync(() => seen.length >= count), { step: "10 millis", max: "5 minutes" })
+    // the sink records a delivery as it starts: the last one still sleeps, and the relay lets it finish
+    const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+    yield* advanceUntil(Effect.sync(() => closing.pollUnsafe() !== undefined), { step: "10 millis", max: "1 minute" })
+    return seen
+  })
+
 /**
  * Relays tenant `a`'s 80 events (2 on each of 40 keys, interleaved) and then
  * tenant `b`'s 2 (one key) with per-key ordering, 2 workers, claims of 4:
@@ -101,34 +129,75 @@ const runOrdered = (fairness: "none" | "tenant", claimMode: "lease" | "transacti
       ...Array.from({ length: 2 }, (_, n) => ({ ...event("b", n), aggregateId: "b-0" }))
     ]
     yield* Outbox.transaction(Outbox.publishAll(inputs))
-    const seen: Array<{ readonly key: string; readonly id: bigint; readonly tenant: string }> = []
-    const sink = OutboxSink.layerHandler((e) =>
+    return yield* deliveries(inputs.length, { concurrency: 2, minBatchSize: 4, batchSize: 4, ordering: "key", fairness, claimMode })
+  })
+
+/**
+ * Relays tenant `a`'s 20 events (one key each), then, in a later
+ * transaction, tenant `b`'s one, with 1 worker and claims of 8: the
+ * deliveries in the order the sink saw them. The first claim takes b's
+ * event with a share of a's older ones.
+ */
+const runTurns = (ordering: "none" | "key", claimMode: "lease" | "transaction") =>
+  Effect.gen(function*() {
+    yield* Outbox.transaction(Outbox.publishAll(Array.from({ length: 20 }, (_, n) => event("a", n))))
+    yield* Outbox.transaction(Outbox.publish(event("b", 0)))
+    return yield* deliveries(21, { concurrency: 1, minBatchSize: 8, batchSize: 8, ordering, fairness: "tenant", claimMode })
+  })
+
+/**
+ * Drains tenant `a`'s 400 events with 2 workers, fixed claims of 20 and a
+ * sink taking 10 ms an event (a cycle of ~200 ms per worker): when each
+ * claim started (on the clock), whether it came back full, and when the
+ * last event was delivered.
+ */
+const runStaggered = (fairness: "none" | "tenant", claimMode: "lease" | "transaction") =>
+  Effect.gen(function*() {
+    yield* Outbox.transaction(Outbox.publishAll(Array.from({ length: 400 }, (_, n) => event("a", n))))
+    let delivered = 0
+    let drainedAt = 0
+    const sink = OutboxSink.layerHandler(() =>
       Effect.andThen(
-        Effect.sync(() => seen.push({ key: e.orderingKey ?? e.aggregateId, id: e.id, tenant: e.tenant ?? "" })),
-        Effect.sleep("10 millis")
+        Effect.sleep("10 millis"),
+        Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          Effect.sync(() => {
+            if (++delivered === 400) drainedAt = now
+          }))
       )
     )
+    const claims: Array<{ readonly at: number; readonly full: boolean }> = []
+    const record = <A extends ReadonlyArray<unknown>, E, R>(claimed: Effect.Effect<A, E, R>) =>
+      Effect.flatMap(Clock.currentTimeMillis, (at) =>
+        Effect.tap(claimed, (events) => Effect.sync(() => claims.push({ at, full: events.length >= 20 }))))
+    const store = Layer.effect(
+      OutboxStore,
+      Effect.map(Effect.service(OutboxStore), (inner) =>
+        OutboxStore.of({
+          ...inner,
+          claim: (options) => record(inner.claim(options)),
+          claimInTransaction: (options, use) => record(inner.claimInTransaction(options, use))
+        }))
+    )
+    const start = yield* Clock.currentTimeMillis
     const scope = yield* Scope.make()
     yield* Layer.buildWithScope(
       Relay.layer.pipe(
         Layer.provide(sink),
+        Layer.provide(store),
         Layer.provide(OutboxConfig.layer({
           pollInterval: Duration.millis(50),
           concurrency: 2,
-          minBatchSize: 4,
-          batchSize: 4,
-          ordering: "key",
+          minBatchSize: 20,
+          batchSize: 20,
           fairness,
           claimMode
         }))
       ),
       scope
     )
-    yield* advanceUntil(Effect.sync(() => seen.length >= inputs.length), { step: "10 millis", max: "5 minutes" })
-    // the sink records a delivery as it starts: the last one still sleeps, and the relay lets it finish
-    const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
-    yield* advanceUntil(Effect.sync(() => closing.pollUnsafe() !== undefined), { step: "10 millis", max: "1 minute" })
-    return seen
+    yield* advanceUntil(Effect.sync(() => delivered >= 400), { step: "10 millis", max: "5 minutes" })
+    yield* Scope.close(scope, Exit.void)
+    return { claims: claims.map((c) => ({ ...c, at: c.at - start })), drainMs: drainedAt - start }
   })
 
 /** Every key's deliveries in strictly increasing id order, each event once. */
@@ -162,6 +231,35 @@ layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.
           assertInKeyOrder(unfair)
           // measured: 66-80th without fairness (3rd-6th with it); half of a's events is a margin no slicing luck crosses
           assert.isAbove(unfair.findIndex((s) => s.tenant === "b"), 40, "without fairness b waits behind a's heads")
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
+      for (const ordering of ["none", "key"] as const) {
+      it.effect(`${claimMode} claims${ordering === "key" ? " with OUTBOX_ORDERING=key" : ""}: a batch is delivered in tenant turns, so b's new event goes second, not after a's share (last in id order)`, () =>
+        Effect.gen(function*() {
+          const seen = yield* runTurns(ordering, claimMode)
+          assert.strictEqual(seen.length, 21)
+          assertInKeyOrder(seen)
+          assert.deepStrictEqual(seen.slice(0, 2).map((s) => s.tenant), ["a", "b"])
+          // a's own events keep their id order
+          const ofA = seen.filter((s) => s.tenant === "a").map((s) => s.id)
+          assert.deepStrictEqual(ofA, [...ofA].sort((x, y) => (x < y ? -1 : 1)))
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
+      }
+      it.effect(`${claimMode} claims: 2 workers draining a backlog claim apart, not in step; the drain takes no longer`, () =>
+        Effect.gen(function*() {
+          const fair = yield* runStaggered("tenant", claimMode)
+          const full = fair.claims.filter((c) => c.full).map((c) => c.at).sort((x, y) => x - y)
+          assert.strictEqual(full.length, 20)
+          // a cycle is 200 ms (20 events × 10 ms): after the first two claims (both at the start), one every ~100
+          const gaps = full.slice(2).map((at, i) => at - full[i + 1]!)
+          for (const gap of gaps) assert.isAtLeast(gap, 50, `claims at ${full.join(", ")}`)
+          // without fairness the same workers claim in step: together, then 200 ms later together again
+          const unfair = yield* runStaggered("none", claimMode)
+          const inStep = unfair.claims.filter((c) => c.full).map((c) => c.at).sort((x, y) => x - y)
+          assert.isTrue(inStep.slice(2).some((at, i) => at - inStep[i + 1]! < 50), `claims at ${inStep.join(", ")}`)
+          // staggering costs one worker one wait of half a cycle (on the memory store, whose claims take no
+          // time: under TestClock each PostgreSQL claim's real time moves the clock on too, and staggered
+          // claims no longer overlap)
+          if (store.name === "memory store") assert.isAtMost(fair.drainMs, unfair.drainMs + 110, `drained in ${fair.drainMs} ms, claims at ${JSON.stringify(fair.claims)}; without fairness ${unfair.drainMs}, ${JSON.stringify(unfair.claims)}`)
         }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
       }
       // OUTBOX_FAIRNESS=tenant with an in-flight cap

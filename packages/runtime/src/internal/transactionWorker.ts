@@ -56,6 +56,7 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as References from "effect/References"
 import { claimOrder } from "./claimOrder.ts"
+import { tenantTurns } from "./tenantTurns.ts"
 import * as Failure from "./failure.ts"
 import type * as RelayInstruments from "./relayInstruments.ts"
 
@@ -129,9 +130,10 @@ export const make = Effect.fnUntraced(function*(options: Options) {
     })
   })
 
-  /** Delivers `events` in order within the budget; what happened to each, for the settlement. */
-  const deliver = (events: ReadonlyArray<OutboxEvent>, settlement: Settlement) =>
+  /** Delivers `claimed` in order (in tenant turns with fairness: `internal/tenantTurns.ts`) within the budget; what happened to each, for the settlement. */
+  const deliver = (claimed: ReadonlyArray<OutboxEvent>, settlement: Settlement) =>
     Effect.gen(function*() {
+      const events = order.fairness === undefined ? claimed : tenantTurns(claimed, order.ordering !== undefined)
       // recorded after the fact (the claim ran inside the store's transaction), counted in the claim metrics
       const { span } = yield* instruments.claim(Effect.succeed(events))
       yield* options.count("claimed", events.length)

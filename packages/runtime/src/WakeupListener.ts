@@ -11,13 +11,18 @@
  *   any language wake the relay too; and **only while a relay asks**:
  *   NOTIFY serialises committing transactions behind one database-wide lock,
  *   so the listener holds a gate (an advisory lock, `@outbox/sql/PgWakeup`)
- *   only while a worker waits, and lets go at the first notification it
- *   causes: the relay then knows events are coming and claims them, and the
- *   producers that follow commit without NOTIFY. It takes the gate again at
- *   most every `rearmAfter` (1 ms), and claims once more whenever it does,
- *   which finds what was committed meanwhile: under a steady flow the relay
- *   is woken at most about once per `rearmAfter`, and most producers never
- *   notify. Idle, it holds the gate and costs nothing. Measured costs
+ *   only while a worker waits, and lets go once notifications say producers
+ *   commit close together (two within `burstGap`, 1 ms) or the relay is busy
+ *   (no worker waits `hold`, 10 ms, after one): the relay then claims what
+ *   follows as its batches end, and those producers commit without NOTIFY.
+ *   It takes the gate again at most every `rearmAfter` (1 ms), and claims
+ *   once more whenever it does, which finds what was committed meanwhile.
+ *   A trickle of commits further apart keeps the gate held: each event is
+ *   one notification, one claim and one completion. Until 2026-12-06 it let
+ *   go at the first notification, and each event of a trickle also cost a
+ *   `disarm`, an `arm` and the claim after it (4.5 statements an event
+ *   against 2 at 300 one-event transactions/s, `pg_stat_statements`).
+ *   Idle, it holds the gate and costs nothing. Measured costs
  *   (`bench/notify.bench.ts`) are in the README's "Wake-up" section.
  *   While it listens (`Wakeup.listening`), an unordered worker whose claim
  *   came back short waits as after an empty one: a later commit notifies or
@@ -72,6 +77,12 @@ export interface Status extends Duty.Status {
   readonly armed: boolean
   /** Times it started listening (1 after start; more after reconnects). */
   readonly connects: number
+  /**
+   * Times it took the gate. Under a trickle of events it takes it once and
+   * holds it (`WakeupListener`'s `burstGap`, `hold`); each burst, or each
+   * stretch in which the relay is busy, lets it go, and it takes it again.
+   */
+  readonly arms: number
   /** Notifications heard. */
   readonly notifications: number
   /** The listening session's backend pid (`pg_stat_activity.pid`) while listening. */
@@ -124,6 +135,20 @@ export interface Options {
    * nothing either.
    */
   readonly rearmAfter?: Duration.Input | undefined
+  /**
+   * Notifications closer together than this (default 1 ms) make the
+   * listener let go of the gate: producers then commit close together, and
+   * NOTIFY would have them wait on one another's commits. Further apart,
+   * their commits do not overlap, and it holds on.
+   */
+  readonly burstGap?: Duration.Input | undefined
+  /**
+   * How long after a notification, with none after it, a worker must wait
+   * again for the gate to stay held (default 10 ms): a worker that claims
+   * one event and waits again keeps it held; a relay busy for longer lets it
+   * go.
+   */
+  readonly hold?: Duration.Input | undefined
   /** The longest the listener waits for the gate (default 50 ms; see `PgWakeup`). */
   readonly lockTimeout?: Duration.Input | undefined
 }
@@ -132,11 +157,12 @@ interface State {
   readonly listening: boolean
   readonly armed: boolean
   readonly connects: number
+  readonly arms: number
   readonly notifications: number
   readonly processId: number | undefined
 }
 
-const initial: State = { listening: false, armed: false, connects: 0, notifications: 0, processId: undefined }
+const initial: State = { listening: false, armed: false, connects: 0, arms: 0, notifications: 0, processId: undefined }
 
 /**
  * Starts the listener in the current scope (or, when it is off, logs why
@@ -171,6 +197,8 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const failures = yield* Ref.make(0)
 
   const rearmAfter = Duration.toMillis(Duration.fromInputUnsafe(options.rearmAfter ?? Duration.millis(1)))
+  const burstGap = Duration.toMillis(Duration.fromInputUnsafe(options.burstGap ?? Duration.millis(1)))
+  const hold = Duration.fromInputUnsafe(options.hold ?? Duration.millis(10))
   /** While another relay's gate covers us: how long before trying again anyway (it may have gone away). */
   const othersCheck = Duration.seconds(1)
   /** The longest pause between two `arm`s while a long transaction keeps them timing out. */
@@ -186,16 +214,45 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   })
 
   /**
-   * The gate: taken while a worker waits, let go at the first notification
-   * (producers are at work and the relay is awake), taken again at most
-   * every `rearmAfter`. Each time it is taken (or could not be in time) the
+   * While the gate is held: until notifications say that producers are
+   * busy, or the relay is (then producers need not notify). A notification
+   * within `burstGap` of the one before it (or several read at once) ends it (producers commit close
+   * together: NOTIFY's commit lock would make them wait on one another); so
+   * does a pause of `hold` after a notification with no worker waiting at
+   * its end (the relay is busy with what it claimed, and claims again when
+   * its batch is done). A trickle of notifications further apart keeps it
+   * held: each event costs its claim and its completion, not also a
+   * `disarm`, an `arm` and the claim after it.
+   */
+  const held = (heard: Counter.Counter, seen: number): Effect.Effect<void> =>
+    Effect.gen(function*() {
+      let last = Number.NEGATIVE_INFINITY
+      let count = seen
+      while (true) {
+        yield* heard.await(count)
+        const before = count
+        count = heard.count()
+        const now = yield* Clock.currentTimeMillis
+        // two at once, or this one within `burstGap` of the last
+        if (count - before > 1 || now - last < burstGap) return
+        last = now
+        // the next notification (taken at the top of the loop), or a pause: then a worker should wait again
+        const more = yield* Effect.raceFirst(Effect.as(Effect.sleep(hold), false), Effect.as(heard.await(count), true))
+        if (!more && (yield* wakeup.idleWorkers).workers === 0) return
+      }
+    })
+
+  /**
+   * The gate: taken while a worker waits, let go once notifications say
+   * producers or the relay are busy (`held`), taken again at most every
+   * `rearmAfter`. Each time it is taken (or could not be in time) the
    * workers claim once more, for the rows of producers that did not notify.
    */
   const gate = (session: PgWakeup.Session, heard: Counter.Counter) => {
     let released = Number.NEGATIVE_INFINITY
     /** `arm`s in a row that timed out (a long transaction holds the shared lock): each doubles the pause. */
     let timeouts = 0
-    const setArmed = (armed: boolean) => Ref.update(state, (s) => ({ ...s, armed }))
+    const setArmed = (armed: boolean) => Ref.update(state, (s) => ({ ...s, armed, arms: armed ? s.arms + 1 : s.arms }))
     return Effect.forever(Effect.gen(function*() {
       yield* someoneWaits
       const pause = Math.min(rearmAfter * 2 ** Math.min(timeouts, 20), Math.max(rearmAfter, slowest))
@@ -206,7 +263,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         timeouts = 0
         yield* setArmed(true)
         yield* wakeup.wake
-        yield* heard.await(seen)
+        yield* held(heard, seen)
         yield* session.disarm
         yield* setArmed(false)
       } else {
@@ -242,7 +299,13 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     const heard = Counter.make()
     const hear = Effect.forever(
       Effect.flatMap(session.notifications, (n) =>
-        Effect.andThen(Ref.update(state, (s) => ({ ...s, notifications: s.notifications + n })), Effect.sync(heard.bump)).pipe(
+        Effect.andThen(
+          Ref.update(state, (s) => ({ ...s, notifications: s.notifications + n })),
+          // one count per notification: several read at once are a burst (`held`)
+          Effect.sync(() => {
+            for (let i = 0; i < n; i++) heard.bump()
+          })
+        ).pipe(
           Effect.andThen(wakeup.wake)
         ))
     )

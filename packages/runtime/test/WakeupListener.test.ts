@@ -172,6 +172,54 @@ layer(Layer.provideMerge(PgOutboxStore.layer(), TestDatabase.layer), { timeout: 
       }).pipe(Effect.scoped))
   })
 
+  describe("a trickle and a burst", () => {
+    /** An empty outbox, a relay of 2 workers whose listener holds the gate, and the notifications from now on. */
+    const twoWorkersArmed = Effect.gen(function*() {
+      yield* truncate
+      const deliveries: Deliveries = yield* Queue.unbounded<{ readonly id: string; readonly at: number }>()
+      const listener = yield* startLive(deliveries, { config: { concurrency: 2 } })
+      const heard = yield* eavesdrop
+      yield* armed(listener)
+      return { deliveries, heard, listener }
+    })
+
+    it.effect("events committed one at a time, 20 ms apart, with 2 workers: the gate is taken once and held, every producer notifies, each event relayed at once", () =>
+      Effect.gen(function*() {
+        const { deliveries, heard, listener } = yield* twoWorkersArmed
+        const before = yield* listener.status
+        for (let i = 0; i < 10; i++) {
+          const t0 = yield* Clock.currentTimeMillis
+          yield* publish(`trickle-${i}`)
+          const delivered = yield* next(deliveries)
+          assert.strictEqual(delivered.id, `trickle-${i}`)
+          assert.isBelow(delivered.at - t0, 1000, "woken, not polled")
+          yield* Effect.sleep("20 millis")
+        }
+        const after = yield* listener.status
+        // before, the gate was let go at each notification and taken again: 10 arms for 10 events
+        assert.isAtMost(after.arms - before.arms, 2, `arms ${before.arms} → ${after.arms}`)
+        assert.isTrue(after.armed)
+        assert.strictEqual((yield* Queue.clear(heard)).length, 10, "each producer notified")
+      }).pipe(Effect.scoped))
+
+    it.effect("a burst of producers committing together: the gate is let go, most of them commit without NOTIFY, all relayed", () =>
+      Effect.gen(function*() {
+        const { deliveries, heard } = yield* twoWorkersArmed
+        // 8 producers × 10 transactions each, as fast as they go: commits well under 1 ms apart
+        yield* Effect.forEach(
+          Array.from({ length: 8 }, (_, p) => p),
+          (p) => Effect.forEach(Array.from({ length: 10 }, (_, i) => i), (i) => publish(`burst-${p}-${i}`), { discard: true }),
+          { concurrency: "unbounded", discard: true }
+        )
+        const ids = new Set<string>()
+        while (ids.size < 80) ids.add((yield* next(deliveries)).id)
+        const notified = (yield* Queue.clear(heard)).length
+        // a gate held through the burst would have every one of the 80 notify
+        yield* Effect.logInfo(`${notified} of 80 producers notified`)
+        assert.isBelow(notified, 60, `${notified} of 80 producers notified`)
+      }).pipe(Effect.scoped))
+  })
+
   describe("a dropped listening connection", () => {
     it.effect("is reconnected, and the relay claims at once what was committed while nobody listened", () =>
       Effect.gen(function*() {

@@ -264,8 +264,9 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         yield* setArmed(true)
         yield* wakeup.wake
         yield* held(heard, seen)
-        yield* session.disarm
+        // said before the statement: `armed` must not outlast the lock
         yield* setArmed(false)
+        yield* session.disarm
       } else {
         // producers that did not notify may have committed meanwhile: claim
         yield* wakeup.wake

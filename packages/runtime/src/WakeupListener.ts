@@ -216,11 +216,11 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   /**
    * While the gate is held: until notifications say that producers are
    * busy, or the relay is (then producers need not notify). A notification
-   * within `burstGap` of the one before it (or several read at once) ends it (producers commit close
-   * together: NOTIFY's commit lock would make them wait on one another); so
-   * does a pause of `hold` after a notification with no worker waiting at
-   * its end (the relay is busy with what it claimed, and claims again when
-   * its batch is done). A trickle of notifications further apart keeps it
+   * within `burstGap` of the one before it, or several read at once, ends it
+   * (producers commit close together: NOTIFY's commit lock would make them
+   * wait on one another); so does a pause of `hold` after a notification
+   * with no worker waiting at its end (the relay is busy with what it
+   * claimed, and claims again when its batch is done). A trickle of notifications further apart keeps it
    * held: each event costs its claim and its completion, not also a
    * `disarm`, an `arm` and the claim after it.
    */
@@ -271,7 +271,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         // producers that did not notify may have committed meanwhile: claim
         yield* wakeup.wake
         if (yield* session.othersArmed) {
-          // another relay holds it: producers notify while it does, and it lets go at a notification we hear too
+          // another relay holds it: producers notify while it does, and we hear them too until it lets go
           timeouts = 0
           yield* Effect.timeoutOption(heard.await(heard.count()), othersCheck)
         } else {
@@ -303,9 +303,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
         Effect.andThen(
           Ref.update(state, (s) => ({ ...s, notifications: s.notifications + n })),
           // one count per notification: several read at once are a burst (`held`)
-          Effect.sync(() => {
-            for (let i = 0; i < n; i++) heard.bump()
-          })
+          Effect.sync(() => heard.bump(n))
         ).pipe(
           Effect.andThen(wakeup.wake)
         ))

@@ -13,7 +13,8 @@ import * as Exit from "effect/Exit"
 /** @internal */
 export interface Counter {
   readonly count: () => number
-  readonly bump: () => void
+  /** Counts `by` occurrences (default 1), waking whoever waits once. */
+  readonly bump: (by?: number) => void
   /** Completes once the count passed `seen` (at once when it already has). */
   readonly await: (seen: number) => Effect.Effect<void>
 }
@@ -24,8 +25,8 @@ export const make = (): Counter => {
   let next = Deferred.makeUnsafe<void>()
   return {
     count: () => count,
-    bump: () => {
-      count++
+    bump: (by = 1) => {
+      count += by
       const reached = next
       next = Deferred.makeUnsafe<void>()
       Deferred.doneUnsafe(reached, Exit.void)

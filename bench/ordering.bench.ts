@@ -11,7 +11,7 @@
  * 2. **Over 1 key**: BENCH_ONE_KEY_EVENTS (default 2,000; 0 skips it) events of one key,
  *    ordered: one event in flight, but a claim takes a run of the key's
  *    events (`Ordering.run`), delivered one after the other.
- * 3. **Fairness** (BENCH_FAIR_ROUNDS rounds per row, default 3, b's events pooled; BENCH_FAIR_ROWS picks rows
+ * 3. **Fairness** (BENCH_FAIR_ROUNDS rounds per row, default 8, b's events pooled, BENCH_FAIR_TRACE=1 to trace the slow pickups; BENCH_FAIR_ROWS picks rows
  *    of `none`, `tenant`, `key` (fairness with key order), default these three, and `keyonly` (key order without
  *    fairness, only when named); BENCH_FAIR_SINK_MS makes the sink take
  *    that long per event, default 0; BENCH_FAIR_PRODUCER
@@ -50,6 +50,7 @@
 import * as Outbox from "@outbox/core/Outbox"
 import * as OutboxConfig from "@outbox/core/OutboxConfig"
 import * as OutboxSink from "@outbox/core/OutboxSink"
+import { OutboxStore } from "@outbox/core/OutboxStore"
 import * as Relay from "@outbox/runtime/Relay"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import * as Context from "effect/Context"
@@ -73,10 +74,19 @@ const PLAN_ROWS = Number(process.env.BENCH_PLAN_ROWS ?? 1_000_000)
 const PLAN_LIMITS = (process.env.BENCH_PLAN_LIMITS ?? "100").split(",").map(Number)
 const FAIR_BACKLOG = Number(process.env.BENCH_FAIR_BACKLOG ?? 100_000)
 /**
- * Rounds of each fairness row (`BENCH_FAIR_ROUNDS`, default 3), whose b events are pooled: one round's
- * drain takes ~3 s, so it gives ~27 b events and its p99 is about its maximum, one sample.
+ * Rounds of each fairness row (`BENCH_FAIR_ROUNDS`, default 8), whose b events are pooled: one round's
+ * drain takes 2–3 s, so it gives 20–30 b events and its own p99 is its maximum, one sample; pooled over 8
+ * rounds the p99 is the 2nd or 3rd largest of ~200. With 3 rounds (before 2026-12-06) the row's p99 was
+ * about the largest of ~80 and moved with any one slow pickup (a run of 4 rounds: 2.30 batch-handling
+ * times, from one pickup of 234 ms; 8 and 10 rounds the same hour: 1.74–1.89).
  */
-const FAIR_ROUNDS = Math.max(1, Number(process.env.BENCH_FAIR_ROUNDS ?? 3))
+const FAIR_ROUNDS = Math.max(1, Number(process.env.BENCH_FAIR_ROUNDS ?? 8))
+/**
+ * `BENCH_FAIR_TRACE=1`: each round's batch-handling time and slowest pickups, and for each pickup over 2
+ * batch-handling times the claims and completions around it (start..end ms from the round's first claim,
+ * rows / limit, and how many of b's events a claim took): where such a pickup's time went.
+ */
+const FAIR_TRACE = process.env.BENCH_FAIR_TRACE === "1"
 /**
  * What the fairness part's sink takes per event (`BENCH_FAIR_SINK_MS`, default 0: a no-op): with a sink that
  * takes time, a batch's delivery is most of a worker's cycle, and where in its batch b's event goes counts.
@@ -222,19 +232,43 @@ const producerProcess = (url: string) =>
 const fairnessRun = (url: string, fairness: "none" | "tenant", ordering: "none" | "key" = "none") =>
   Effect.scoped(Effect.gen(function*() {
     const latencies: Array<number> = []
+    /** `BENCH_FAIR_TRACE`: b's pickups (from, to), and the store's claims and completions (`limit` -1) as they ended. */
+    const pickups: Array<readonly [number, number]> = []
+    const calls: Array<{ readonly from: number; readonly to: number; readonly rows: number; readonly limit: number; readonly b: number }> = []
+    const traced = (store: OutboxStore["Service"]) =>
+      OutboxStore.of({
+        ...store,
+        claim: (options) => {
+          const from = Date.now()
+          return Effect.tap(store.claim(options), (rows) =>
+            Effect.sync(() => {
+              calls.push({ from, to: Date.now(), rows: rows.length, limit: options.limit, b: rows.filter((r) => r.metadata.tenant === "b").length })
+            }))
+        },
+        complete: (leases) => {
+          const from = Date.now()
+          return Effect.tap(store.complete(leases), () => Effect.sync(() => calls.push({ from, to: Date.now(), rows: leases.length, limit: -1, b: 0 })))
+        }
+      })
     let drainedA = 0
     let doneA = 0
     const context = yield* Layer.build(
       Relay.layer.pipe(
         Layer.provide(OutboxSink.layerHandler((event) => {
           // b's pickup is taken when its delivery starts; a's backlog is drained when its last delivery ends
-          if (event.metadata.tenant === "b") latencies.push(Date.now() - (event.payload as { t: number }).t)
+          if (event.metadata.tenant === "b") {
+            const at = Date.now()
+            const t = (event.payload as { t: number }).t
+            latencies.push(at - t)
+            if (FAIR_TRACE) pickups.push([t, at])
+          }
           const done = Effect.sync(() => {
             if (event.metadata.tenant !== "b" && ++drainedA === FAIR_BACKLOG) doneA = performance.now()
           })
           return FAIR_SINK_MS > 0 ? Effect.andThen(Effect.sleep(Duration.millis(FAIR_SINK_MS)), done) : done
         })),
-        Layer.provide(OutboxConfig.layer({ fairness, ordering, concurrency: WORKERS, pollInterval: Duration.millis(10) }))
+        Layer.provide(OutboxConfig.layer({ fairness, ordering, concurrency: WORKERS, pollInterval: Duration.millis(10) })),
+        Layer.provide(FAIR_TRACE ? Layer.effect(OutboxStore, Effect.map(OutboxStore, traced)) : Layer.empty)
       )
     )
     const relay = Context.get(context, Relay.Relay)
@@ -258,7 +292,22 @@ const fairnessRun = (url: string, fairness: "none" | "tenant", ordering: "none" 
       }
     }
     while ((yield* relay.stats).completed < FAIR_BACKLOG + published) yield* Effect.sleep("5 millis")
-    return { latencies: latencies.sort((x, y) => x - y), drainSeconds: (doneA - t0) / 1000, published }
+    const drainSeconds = (doneA - t0) / 1000
+    if (FAIR_TRACE) {
+      const batchMs = (drainSeconds * 1000 * WORKERS) / (FAIR_BACKLOG / 1000)
+      const sorted = [...latencies].sort((x, y) => x - y)
+      console.log(`    round: batch-handling ${fmt(batchMs, 1)} ms, ${sorted.length} b events, p50 ${percentile(sorted, 50)}, slowest ${sorted.slice(-5).join(" ")} ms`)
+      const zero = calls[0]?.from ?? 0
+      for (const [from, to] of pickups.filter(([from, to]) => to - from > 2 * batchMs)) {
+        const around = calls.filter((c) => c.to >= from - 100 && c.from <= to).map((c) =>
+          c.limit < 0
+            ? `(completion ${c.from - zero}..${c.to - zero} ${c.rows})`
+            : `[claim ${c.from - zero}..${c.to - zero} ${c.rows}/${c.limit}${c.b > 0 ? `, b ${c.b}` : ""}]`
+        )
+        console.log(`      b's pickup ${to - from} ms (published +${from - zero}, delivered +${to - zero}): ${around.join(" ")}`)
+      }
+    }
+    return { latencies: latencies.sort((x, y) => x - y), drainSeconds, published }
   }))
 
 type Slice = { readonly index: number; readonly count: number }

@@ -13,9 +13,10 @@
 import { assert, describe, layer } from "@effect/vitest"
 import * as Outbox from "@outbox/core/Outbox"
 import * as OutboxConfig from "@outbox/core/OutboxConfig"
-import type { EventInput } from "@outbox/core/OutboxEvent"
+import type { EventInput, OutboxEvent } from "@outbox/core/OutboxEvent"
 import * as OutboxSink from "@outbox/core/OutboxSink"
-import { type Fairness, OutboxStore } from "@outbox/core/OutboxStore"
+import { StoreError } from "@outbox/core/OutboxError"
+import { type ClaimOptions, type Fairness, OutboxStore } from "@outbox/core/OutboxStore"
 import * as OutboxMigrations from "@outbox/sql/OutboxMigrations"
 import { advanceUntil } from "@outbox/testing/RelayTestKit"
 import * as RelayTestKit from "@outbox/testing/RelayTestKit"
@@ -36,6 +37,15 @@ const event = (tenant: string, n: number): EventInput => ({
   payload: { n },
   tenant
 })
+
+/** The store in context with its `claim` replaced by `claim(inner, options)`. */
+const withClaim = (
+  claim: (inner: OutboxStore["Service"], options: ClaimOptions) => Effect.Effect<ReadonlyArray<OutboxEvent>, StoreError>
+) =>
+  Layer.effect(
+    OutboxStore,
+    Effect.map(Effect.service(OutboxStore), (inner) => OutboxStore.of({ ...inner, claim: (options) => claim(inner, options) }))
+  )
 
 /** Relays 24 events of tenant `a` and 4 of `b`; returns the most of each tenant's events in the sink at once. */
 const run = (maxInFlight: number | undefined, ordering: "none" | "key" = "none") =>
@@ -60,14 +70,7 @@ const run = (maxInFlight: number | undefined, ordering: "none" | "key" = "none")
       })
     )
     const asked: Array<Fairness | undefined> = []
-    const store = Layer.effect(
-      OutboxStore,
-      Effect.map(Effect.service(OutboxStore), (inner) =>
-        OutboxStore.of({
-          ...inner,
-          claim: (options) => Effect.andThen(Effect.sync(() => asked.push(options.fairness)), inner.claim(options))
-        }))
-    )
+    const store = withClaim((inner, options) => Effect.andThen(Effect.sync(() => asked.push(options.fairness)), inner.claim(options)))
     const scope = yield* Scope.make()
     yield* Layer.buildWithScope(
       Relay.layer.pipe(
@@ -200,6 +203,41 @@ const runStaggered = (fairness: "none" | "tenant", claimMode: "lease" | "transac
     return { claims: claims.map((c) => ({ ...c, at: c.at - start })), drainMs: drainedAt - start }
   })
 
+/**
+ * Tenant `a`'s 40 events (one key each), 1 worker, claims of 2 to 8 (or
+ * fixed at 8), a sink taking 10 ms an event; tenant `b`'s event is
+ * committed while the first claim of 8 runs, after it read the table (in
+ * the claim, once the store returned). The deliveries in order, and the ids
+ * that claim took.
+ */
+const runCatchUp = (minBatchSize: number, failCatchUp = false) =>
+  Effect.gen(function*() {
+    yield* Outbox.transaction(Outbox.publishAll(Array.from({ length: 40 }, (_, n) => event("a", n))))
+    const during: Array<bigint> = []
+    let lastFull = false
+    const store = withClaim((inner, options) =>
+      failCatchUp && lastFull && options.limit === minBatchSize
+        ? Effect.suspend(() => {
+          lastFull = false
+          return Effect.fail(new StoreError({ operation: "claim", message: "the catch-up claim fails", retryable: true }))
+        })
+        : Effect.tap(inner.claim(options), (events) => {
+          lastFull = options.limit > minBatchSize && events.length === options.limit
+          return options.limit === 8 && during.length === 0 && events.length === 8
+            ? Effect.andThen(
+              Effect.sync(() => during.push(...events.map((e) => e.id))),
+              Outbox.transaction(Outbox.publish(event("b", 0))).pipe(Effect.provideService(OutboxStore, inner), Effect.orDie)
+            )
+            : Effect.void
+        })
+    )
+    const start = yield* Clock.currentTimeMillis
+    const seen = yield* deliveries(41, { concurrency: 1, minBatchSize, batchSize: 8, fairness: "tenant" }).pipe(
+      Effect.provide(store)
+    )
+    return { seen, during, tookMs: (yield* Clock.currentTimeMillis) - start }
+  })
+
 /** Every key's deliveries in strictly increasing id order, each event once. */
 const assertInKeyOrder = (seen: ReadonlyArray<{ readonly key: string; readonly id: bigint }>) => {
   const last = new Map<string, bigint>()
@@ -262,6 +300,60 @@ layer(Layer.provideMerge(OutboxMigrations.layer, TestDatabase.layer).pipe(Layer.
           if (store.name === "memory store") assert.isAtMost(fair.drainMs, unfair.drainMs + 110, `drained in ${fair.drainMs} ms, claims at ${JSON.stringify(fair.claims)}; without fairness ${unfair.drainMs}, ${JSON.stringify(unfair.claims)}`)
         }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
       }
+      it.effect("lease claims: tenant b's event committed during a full claim is taken by the small claim that follows it and delivered in that batch, not after it", () =>
+        Effect.gen(function*() {
+          const { during, seen } = yield* runCatchUp(2)
+          assert.strictEqual(seen.length, 41)
+          assert.strictEqual(during.length, 8)
+          const b = seen.findIndex((s) => s.tenant === "b")
+          const lastOfClaim = Math.max(...during.map((id) => seen.findIndex((s) => s.id === id)))
+          assert.isBelow(b, lastOfClaim, `b delivered ${b}th, the claim's last event ${lastOfClaim}th`)
+          // fixed claims (no smaller claim to make): b waits for the next claim, after that batch
+          const fixed = yield* runCatchUp(8)
+          assert.strictEqual(fixed.seen.length, 41)
+          const bFixed = fixed.seen.findIndex((s) => s.tenant === "b")
+          const lastFixed = Math.max(...fixed.during.map((id) => fixed.seen.findIndex((s) => s.id === id)))
+          assert.isAbove(bFixed, lastFixed, `b delivered ${bFixed}th, the claim's last event ${lastFixed}th`)
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
+      it.effect("lease claims: a shutdown during a catch-up claim releases the batch it follows (claimable at once)", () =>
+        Effect.gen(function*() {
+          yield* Outbox.transaction(Outbox.publishAll(Array.from({ length: 40 }, (_, n) => event("a", n))))
+          let full = false
+          let waiting = false
+          // the first claim of 8 comes back full; the claim after it (the catch-up) never returns
+          const store = withClaim((inner, options) =>
+            full
+              ? Effect.andThen(Effect.sync(() => (waiting = true)), Effect.never)
+              : Effect.tap(inner.claim(options), (events) =>
+                Effect.sync(() => {
+                  full = options.limit === 8 && events.length === 8
+                }))
+          )
+          const scope = yield* Scope.make()
+          yield* Layer.buildWithScope(
+            Relay.layer.pipe(
+              Layer.provide(OutboxSink.layerHandler(() => Effect.void)),
+              Layer.provide(store),
+              Layer.provide(OutboxConfig.layer({ pollInterval: Duration.millis(50), concurrency: 1, minBatchSize: 2, batchSize: 8, fairness: "tenant" }))
+            ),
+            scope
+          )
+          yield* advanceUntil(Effect.sync(() => waiting), { step: "10 millis", max: "1 minute" })
+          const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+          yield* advanceUntil(Effect.sync(() => closing.pollUnsafe() !== undefined), { step: "10 millis", max: "1 minute" })
+          // the claims of 2, 4 (and their catch-ups of 2) were delivered: 8 of a's 40; the batch of 8 was released
+          const store0 = yield* OutboxStore
+          const left = yield* store0.claim({ limit: 100, leaseDuration: Duration.seconds(30) })
+          assert.strictEqual(left.length, 40 - 8)
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
+      it.effect("lease claims: a failed catch-up claim leaves the batch it follows to be delivered at once (not at its leases' expiry)", () =>
+        Effect.gen(function*() {
+          const { seen, tookMs } = yield* runCatchUp(2, true)
+          assert.strictEqual(seen.length, 41)
+          assert.strictEqual(new Set(seen.map((s) => s.id)).size, 41)
+          // 41 deliveries of 10 ms and a few polls; a batch left to its leases would wait 30 s (the default lease)
+          assert.isBelow(tookMs, 5_000)
+        }).pipe(Effect.provide(store.layer), Effect.provide(TestClock.layer())))
       // OUTBOX_FAIRNESS=tenant with an in-flight cap
       for (const ordering of ["none", "key"] as const) {
       it.effect(`${ordering === "key" ? "with OUTBOX_ORDERING=key: " : ""}every claim carries the cap; a capped tenant never has more than its cap in the sink; all delivered`, () =>

@@ -192,6 +192,10 @@ export const make = Effect.gen(function*() {
       Effect.catchTag("LeaseLost", (error) => Effect.as(onLeaseLost(operation, error), error.eventIds))
     )
 
+  /** Gives `events`' leases back (fenced, for redelivery) and counts those released; ones already lost are not. */
+  const release = (events: ReadonlyArray<OutboxEvent>): Effect.Effect<void, StoreError> =>
+    Effect.flatMap(fenced("release", store.release(events)), (lost) => count("released", events.length - lost.length))
+
   // --- claim -----------------------------------------------------------------
 
   /**
@@ -366,8 +370,7 @@ export const make = Effect.gen(function*() {
         if (rest.length === 0) return Effect.void
         lost ??= new Set()
         for (const later of rest) lost.add(later.id)
-        return fenced("release", store.release(rest)).pipe(
-          Effect.flatMap((gone) => count("released", rest.length - gone.length)),
+        return release(rest).pipe(
           Effect.catchTag("StoreError", (error) =>
             Effect.logWarning(`releasing ${rest.length} later event(s) of key ${key} failed; the reaper will: ${error.message}`))
         )
@@ -477,11 +480,10 @@ export const make = Effect.gen(function*() {
           )
           // a release that fails (the database unreachable) leaves them to the reaper; the delivered ones are
           // still handed to completion below
-          const lost = yield* fenced("release", store.release(rest)).pipe(
+          yield* release(rest).pipe(
             Effect.catchTag("StoreError", (error) =>
-              Effect.as(Effect.logWarning(`releasing ${rest.length} event(s) failed; the reaper will: ${error.message}`), rest.map((e) => e.id)))
+              Effect.logWarning(`releasing ${rest.length} event(s) failed; the reaper will: ${error.message}`))
           )
-          yield* count("released", rest.length - lost.length)
         })
       })
       yield* Effect.gen(function*() {
@@ -497,10 +499,7 @@ export const make = Effect.gen(function*() {
             const taken = takeDelivered()
             if (taken.length > 0) yield* completeAll(taken, claimSpan)
             const rest = undelivered()
-            if (rest.length > 0) {
-              const lost = yield* fenced("release", store.release(rest))
-              yield* count("released", rest.length - lost.length)
-            }
+            if (rest.length > 0) yield* release(rest)
           }).pipe(Effect.catchCause((cause) => Effect.logWarning("releasing leases failed", cause)))
         )
       )
@@ -592,12 +591,7 @@ export const make = Effect.gen(function*() {
       Effect.map(({ events: more }) => more.length === 0 ? events : [...events, ...more]),
       Effect.catchTag("StoreError", (error) =>
         Effect.as(Effect.logWarning(`the catch-up claim failed; the batch goes on without it: ${error.message}`), events)),
-      Effect.onInterrupt(() =>
-        fenced("release", store.release(events)).pipe(
-          Effect.flatMap((lost) => count("released", events.length - lost.length)),
-          Effect.catchCause((cause) => Effect.logWarning("releasing leases failed", cause))
-        )
-      )
+      Effect.onInterrupt(() => release(events).pipe(Effect.catchCause((cause) => Effect.logWarning("releasing leases failed", cause))))
     )
 
   const iteration = (pending: { fiber: Fiber.Fiber<void> | undefined }, limit: number, slice?: Ordering["slice"]) =>

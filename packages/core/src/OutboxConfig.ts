@@ -5,7 +5,7 @@
  * | variable | default | meaning |
  * | --- | --- | --- |
  * | `OUTBOX_BATCH_SIZE` | 1000 | most rows per claim (the adaptive batch's maximum; a batch stays under lease/3) |
- * | `OUTBOX_MIN_BATCH_SIZE` | 10 | rows per claim when the outbox is nearly empty (capped at `OUTBOX_BATCH_SIZE`) |
+ * | `OUTBOX_MIN_BATCH_SIZE` | 10 | rows per claim when the outbox is nearly empty (capped at `OUTBOX_BATCH_SIZE`); with tenant fairness, also the catch-up claim |
  * | `OUTBOX_LEASE_SECONDS` | 30 | lease length; heartbeat every lease/3, reaper every lease/2 |
  * | `OUTBOX_POLL_INTERVAL_MS` | 1000 | idle wait between empty claims |
  * | `OUTBOX_MAX_RETRIES` | 5 | `max_retries` written on published rows |
@@ -63,7 +63,9 @@ export interface Options {
    * after an empty or short one). Small batches keep latency low: a batch is
    * delivered in full before any of it is completed, and several workers
    * share a burst instead of one taking it all. Capped at `batchSize`:
-   * `minBatchSize >= batchSize` gives fixed batches of `batchSize`.
+   * `minBatchSize >= batchSize` gives fixed batches of `batchSize`. With
+   * tenant fairness (lease claims, no key order, no cap) it is also the size
+   * of the catch-up claim that follows each full claim (`Relay`).
    */
   readonly minBatchSize: number
   readonly leaseDuration: Duration.Duration
@@ -292,7 +294,8 @@ export const variables: ReadonlyArray<Variable> = [
   {
     name: "OUTBOX_MIN_BATCH_SIZE",
     default: "10",
-    description: "rows per claim while the outbox is nearly empty (latency); capped at `OUTBOX_BATCH_SIZE`, equal to it: fixed batches"
+    description:
+      "rows per claim while the outbox is nearly empty (latency); capped at `OUTBOX_BATCH_SIZE`, equal to it: fixed batches. With `OUTBOX_FAIRNESS=tenant` (no key order, no cap), also the small catch-up claim after each full one"
   },
   { name: "OUTBOX_LEASE_SECONDS", default: "30", description: "lease length; heartbeat every lease/3, reaper every lease/2" },
   {

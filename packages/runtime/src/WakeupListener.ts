@@ -220,9 +220,9 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
    * (producers commit close together: NOTIFY's commit lock would make them
    * wait on one another); so does a pause of `hold` after a notification
    * with no worker waiting at its end (the relay is busy with what it
-   * claimed, and claims again when its batch is done). A trickle of notifications further apart keeps it
-   * held: each event costs its claim and its completion, not also a
-   * `disarm`, an `arm` and the claim after it.
+   * claimed, and claims again when its batch is done). A trickle of
+   * notifications further apart keeps it held: each event costs its claim
+   * and its completion, not also a `disarm`, an `arm` and the claim after it.
    */
   const held = (heard: Counter.Counter, seen: number): Effect.Effect<void> =>
     Effect.gen(function*() {
